@@ -1,0 +1,193 @@
+"""The ship-classification data: reader, stratified split, tf.data pipeline, synthetic generator.
+
+Layout (the Analytics Vidhya "Game of Deep Learning" ships set used by the seed article)::
+
+    ROOT/train/train.csv        columns image,category; categories 1..5
+    ROOT/train/images/<image>   JPEG (PNG content is accepted too)
+
+Categories 1..5 (Cargo, Military, Carrier, Cruise, Tankers) become labels 0..4. The seed's own
+code one-hot encoded 1..5 into five slots, which silently made every Tanker an all-zero target.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+CLASS_NAMES: tuple[str, ...] = ("Cargo", "Military", "Carrier", "Cruise", "Tankers")
+NUM_CLASSES = len(CLASS_NAMES)
+CSV_COLUMNS: tuple[str, ...] = ("image", "category")
+
+
+class DataError(ValueError):
+    """The data set on disk is not usable; the message names the file (and row)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShipIndex:
+    """Image paths and 0-based labels read from a ship data set."""
+
+    root: Path
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self) -> list[int]:
+        return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=NUM_CLASSES).tolist()
+
+    def subset(self, positions: Sequence[int]) -> ShipIndex:
+        return ShipIndex(
+            self.root,
+            tuple(self.paths[i] for i in positions),
+            tuple(self.labels[i] for i in positions),
+        )
+
+
+def csv_path(root: str | Path) -> Path:
+    return Path(root) / "train" / "train.csv"
+
+
+def images_dir(root: str | Path) -> Path:
+    return Path(root) / "train" / "images"
+
+
+def _parse_category(raw: str, where: str) -> int:
+    try:
+        category = int(raw)
+    except ValueError:
+        raise DataError(f"{where}: category {raw!r} is not an integer") from None
+    if not 1 <= category <= NUM_CLASSES:
+        raise DataError(f"{where}: category {category} is outside 1..{NUM_CLASSES}")
+    return category - 1
+
+
+def read_ship_index(root: str | Path) -> ShipIndex:
+    """Read and validate ``ROOT/train/train.csv``; every listed image must exist.
+
+    A UTF-8 byte-order mark and whitespace around names and values are accepted. Errors name the
+    file and the line (the header is line 1).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    table = csv_path(root)
+    if not table.is_file():
+        raise DataError(f"{table}: file not found")
+    try:
+        text = table.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{table}: cannot read as UTF-8 text ({error.__class__.__name__})") from None
+    reader = csv.reader(text.splitlines())
+    header = [cell.strip().lower() for cell in next(reader, [])]
+    if not header or header == [""]:
+        raise DataError(f"{table}: file is empty")
+    missing = [column for column in CSV_COLUMNS if column not in header]
+    if missing:
+        raise DataError(
+            f"{table}: missing column(s) {', '.join(missing)}; found {', '.join(header)}"
+        )
+    image_at, category_at = header.index("image"), header.index("category")
+    folder = images_dir(root)
+    paths: list[str] = []
+    labels: list[int] = []
+    seen: dict[str, int] = {}
+    for line, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{table}:{line}"
+        if len(row) <= max(image_at, category_at):
+            raise DataError(f"{where}: expected {len(header)} fields, found {len(row)}")
+        name = row[image_at].strip()
+        if not name:
+            raise DataError(f"{where}: empty image name")
+        if name in seen:
+            raise DataError(f"{where}: duplicate image {name!r} (first on line {seen[name]})")
+        seen[name] = line
+        label = _parse_category(row[category_at].strip(), where)
+        image = folder / name
+        if not image.is_file():
+            raise DataError(f"{where}: image {name!r} not found in {folder}")
+        paths.append(str(image))
+        labels.append(label)
+    if not paths:
+        raise DataError(f"{table}: no images listed")
+    return ShipIndex(root, tuple(paths), tuple(labels))
+
+
+def stratified_split(
+    index: ShipIndex, validation_fraction: float = 0.2, seed: int = 0
+) -> tuple[ShipIndex, ShipIndex]:
+    """Split per class, deterministically for a seed; each class keeps its share in both parts."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(index.labels)
+    train: list[int] = []
+    validation: list[int] = []
+    for label in range(NUM_CLASSES):
+        members = np.flatnonzero(labels == label)
+        if members.size == 0:
+            continue
+        if members.size < 2:
+            raise DataError(
+                f"class {label + 1} ({CLASS_NAMES[label]}) has {members.size} image; "
+                "at least 2 are needed to stratify"
+            )
+        members = rng.permutation(members)
+        n_val = min(max(1, round(members.size * validation_fraction)), members.size - 1)
+        validation.extend(members[:n_val].tolist())
+        train.extend(members[n_val:].tolist())
+    return index.subset(sorted(train)), index.subset(sorted(validation))
+
+
+def decode_and_resize(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Read one file, decode JPEG/PNG/GIF/BMP by content to RGB, resize to a float32 square."""
+    raw = tf.io.read_file(path)
+    image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+    image = tf.image.resize(image, (image_size, image_size))
+    return tf.ensure_shape(image, (image_size, image_size, 3))
+
+
+def make_dataset(
+    index: ShipIndex,
+    image_size: int,
+    batch_size: int,
+    preprocess: Callable[[tf.Tensor], tf.Tensor],
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    cache: bool = False,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """The input pipeline: read, decode, resize, preprocess (float32), [cache], shuffle, batch,
+    prefetch. Labels are int32 class indices 0..4 for a sparse cross-entropy."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (list(index.paths), np.asarray(index.labels, dtype=np.int32))
+    )
+    if shuffle and not cache:
+        # Shuffle file names, not decoded images: a full-data shuffle buffer costs nothing.
+        dataset = dataset.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(
+        lambda path, label: (preprocess(decode_and_resize(path, image_size)), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    if cache:
+        dataset = dataset.cache()
+        if shuffle:
+            dataset = dataset.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(num_images: int, batch_size: int, drop_remainder: bool = False) -> int:
+    return num_images // batch_size if drop_remainder else math.ceil(num_images / batch_size)

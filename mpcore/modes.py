@@ -1,0 +1,198 @@
+"""Precision and XLA modes: what a run configuration is, how to apply it, how to verify it.
+
+Mixed precision in TensorFlow/Keras 3 is controlled by process-global state (the Keras dtype
+policy, grappler's ``auto_mixed_precision`` option, the auto-clustering JIT flag), so applying a
+mode is a context manager that restores every global it touched, and a model built under a mode
+is verified against it with :func:`check_model` before any number is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+PRECISIONS: tuple[str, ...] = ("float32", "mixed_float16", "mixed_bfloat16", "amp_rewrite")
+XLA_MODES: tuple[str, ...] = ("off", "jit", "auto")
+
+#: Precisions whose compute dtype is float16 and which therefore need dynamic loss scaling.
+FLOAT16_PRECISIONS: frozenset[str] = frozenset({"mixed_float16", "amp_rewrite"})
+
+#: The Keras dtype policy each precision builds its layers under. ``amp_rewrite`` builds a float32
+#: model; grappler rewrites the graph to float16 on a GPU with tensor cores.
+KERAS_POLICY: dict[str, str] = {
+    "float32": "float32",
+    "mixed_float16": "mixed_float16",
+    "mixed_bfloat16": "mixed_bfloat16",
+    "amp_rewrite": "float32",
+}
+
+_GRAPPLER_AMP = "auto_mixed_precision"
+
+
+class ModeMismatchError(AssertionError):
+    """A built model does not run in the mode its configuration names."""
+
+
+def _validated(name: str, valid: tuple[str, ...], what: str) -> str:
+    if name not in valid:
+        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(valid)}")
+    return name
+
+
+def parse_precision(name: str) -> str:
+    """Return ``name`` if it is a known precision, else raise ``ValueError`` listing them."""
+    return _validated(name, PRECISIONS, "precision")
+
+
+def parse_xla(name: str) -> str:
+    """Return ``name`` if it is a known XLA mode, else raise ``ValueError`` listing them."""
+    return _validated(name, XLA_MODES, "XLA mode")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One precision x XLA configuration; validated on construction."""
+
+    precision: str = "float32"
+    xla: str = "off"
+
+    def __post_init__(self) -> None:
+        parse_precision(self.precision)
+        parse_xla(self.xla)
+
+    @property
+    def name(self) -> str:
+        """Short label such as ``mixed_float16+jit``."""
+        return f"{self.precision}+xla_{self.xla}"
+
+    @property
+    def uses_loss_scaling(self) -> bool:
+        """Whether the optimizer must be a ``LossScaleOptimizer``."""
+        return self.precision in FLOAT16_PRECISIONS
+
+    @property
+    def compile_jit(self) -> bool:
+        """The ``jit_compile`` argument for ``Model.compile``: always explicit, never "auto"."""
+        return self.xla == "jit"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalState:
+    """The process-global TensorFlow/Keras settings a mode may change."""
+
+    policy: str
+    grappler_options: dict[str, Any]
+    jit: Any
+
+    @classmethod
+    def capture(cls) -> GlobalState:
+        return cls(
+            policy=keras.mixed_precision.dtype_policy().name,
+            grappler_options=dict(tf.config.optimizer.get_experimental_options()),
+            jit=tf.config.optimizer.get_jit(),
+        )
+
+    def restore(self) -> None:
+        """Put every captured global back, including grappler options added since capture."""
+        keras.mixed_precision.set_dtype_policy(self.policy)
+        current = tf.config.optimizer.get_experimental_options()
+        reset = {key: False for key in current if key not in self.grappler_options}
+        # Grappler options are booleans we may have switched on; an option absent at capture time
+        # was at its default, which for auto_mixed_precision is off.
+        tf.config.optimizer.set_experimental_options({**reset, **self.grappler_options})
+        tf.config.optimizer.set_jit(self.jit or False)
+
+
+@contextlib.contextmanager
+def applied(config: RunConfig) -> Iterator[RunConfig]:
+    """Apply ``config`` to the process and restore every global it touched on exit.
+
+    Order matters: ``keras.backend.clear_session()`` resets the dtype policy to float32, so the
+    session is cleared *first* and the policy set afterwards, then asserted.
+    """
+    saved = GlobalState.capture()
+    try:
+        keras.backend.clear_session()
+        keras.mixed_precision.set_dtype_policy(KERAS_POLICY[config.precision])
+        active = keras.mixed_precision.dtype_policy().name
+        if active != KERAS_POLICY[config.precision]:
+            raise ModeMismatchError(
+                f"{config.name}: global dtype policy is {active!r} after setting it"
+            )
+        tf.config.optimizer.set_experimental_options(
+            {_GRAPPLER_AMP: config.precision == "amp_rewrite"}
+        )
+        tf.config.optimizer.set_jit("autoclustering" if config.xla == "auto" else False)
+        yield config
+    finally:
+        saved.restore()
+
+
+def amp_rewrite_enabled() -> bool:
+    """Whether grappler's ``auto_mixed_precision`` rewrite is switched on in this process."""
+    return bool(tf.config.optimizer.get_experimental_options().get(_GRAPPLER_AMP, False))
+
+
+def autoclustering_enabled() -> bool:
+    """Whether ``tf.config.optimizer.set_jit`` auto-clustering is on in this process."""
+    return bool(tf.config.optimizer.get_jit())
+
+
+def _expected_dtypes(precision: str) -> tuple[str, str]:
+    compute = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}.get(precision, "float32")
+    return compute, "float32"
+
+
+def check_model(model: keras.Model, config: RunConfig) -> None:
+    """Raise :class:`ModeMismatchError` unless a built, compiled ``model`` matches ``config``.
+
+    Checked: every layer's variable dtype is float32 (master weights); the compute dtype of every
+    layer with weights is the mode's, except the classification head, which must compute in
+    float32; the model output is float32; the optimizer is a ``LossScaleOptimizer`` exactly for
+    float16 modes; the XLA setting (``jit_compile`` and auto-clustering) and the grappler rewrite
+    are the mode's.
+    """
+    problems: list[str] = []
+    compute, variable = _expected_dtypes(config.precision)
+    head = model.layers[-1]
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        want = "float32" if layer is head else compute
+        if layer.compute_dtype != want:
+            problems.append(f"layer {layer.name} computes in {layer.compute_dtype}, expected {want}")
+        if layer.variable_dtype != variable:
+            problems.append(
+                f"layer {layer.name} stores variables in {layer.variable_dtype}, expected {variable}"
+            )
+    for output in model.outputs:
+        if output.dtype != "float32":
+            problems.append(f"model output {output.name} is {output.dtype}, expected float32")
+
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        problems.append("model is not compiled")
+    else:
+        wrapped = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        if wrapped != config.uses_loss_scaling:
+            state = "is" if wrapped else "is not"
+            problems.append(f"optimizer {state} a LossScaleOptimizer")
+
+    jit = getattr(model, "jit_compile", None)
+    if jit != config.compile_jit:
+        problems.append(f"model.jit_compile is {jit!r}, expected {config.compile_jit}")
+    if autoclustering_enabled() != (config.xla == "auto"):
+        problems.append(f"auto-clustering is {'on' if autoclustering_enabled() else 'off'}")
+    if amp_rewrite_enabled() != (config.precision == "amp_rewrite"):
+        problems.append(f"grappler auto_mixed_precision is {'on' if amp_rewrite_enabled() else 'off'}")
+
+    if problems:
+        raise ModeMismatchError(f"{config.name}: " + "; ".join(problems))

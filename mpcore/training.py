@@ -1,0 +1,251 @@
+"""Training a configuration with ``model.fit`` into a result record, and a custom training step.
+
+The result separates the first epoch (which includes tracing and XLA compilation) from the
+steady state, and records the loss-scale value per epoch for float16 modes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from mpcore.data import ShipIndex, make_dataset, steps_per_epoch
+from mpcore.machine import machine_summary
+from mpcore.models import build_model, model_spec
+from mpcore.modes import RunConfig, applied, check_model
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Everything besides precision and XLA that determines a training run."""
+
+    model: str = "small"
+    image_size: int | None = None
+    batch_size: int = 32
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    seed: int = 0
+    weights: str | None = None
+    float16_input: bool = False
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        model_spec(self.model)
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image size must be positive, got {self.image_size}")
+
+    @property
+    def resolved_image_size(self) -> int:
+        return self.image_size or model_spec(self.model).default_image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "image_size": self.resolved_image_size}
+
+
+@dataclasses.dataclass
+class RunResult:
+    """The record of one configuration's training run (JSON-ready via :meth:`to_dict`)."""
+
+    config: dict[str, Any]
+    settings: dict[str, Any]
+    train_images: int
+    validation_images: int
+    steps_per_epoch: int
+    parameters: int
+    epoch_seconds: list[float]
+    loss: list[float]
+    accuracy: list[float]
+    val_loss: list[float]
+    val_accuracy: list[float]
+    loss_scale: list[float] | None
+    machine: dict[str, Any]
+
+    @property
+    def first_epoch_seconds(self) -> float:
+        return self.epoch_seconds[0]
+
+    @property
+    def steady_epoch_seconds(self) -> float:
+        """Median epoch time after the first (the first when there is only one)."""
+        rest = self.epoch_seconds[1:] or self.epoch_seconds
+        return statistics.median(rest)
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000.0 * self.steady_epoch_seconds / self.steps_per_epoch
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images / self.steady_epoch_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "first_epoch_seconds": self.first_epoch_seconds,
+            "steady_epoch_seconds": self.steady_epoch_seconds,
+            "ms_per_step": self.ms_per_step,
+            "images_per_second": self.images_per_second,
+        }
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of each training epoch (validation excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = 0.0
+        self._train_end = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+        self._train_end = 0.0
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        # fit() runs validation inside the epoch; stop the clock where training ends.
+        self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append((self._train_end or time.perf_counter()) - self._start)
+
+
+def current_loss_scale(optimizer: keras.optimizers.Optimizer) -> float | None:
+    """The dynamic loss scale of a ``LossScaleOptimizer``, or None for other optimizers."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and optimizer.built:
+        return float(keras.ops.convert_to_numpy(optimizer.dynamic_scale))
+    return None
+
+
+class LossScaleRecorder(keras.callbacks.Callback):
+    """The loss-scale value at the end of every epoch (float16 modes only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[float] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = current_loss_scale(self.model.optimizer)
+        if value is not None:
+            self.values.append(value)
+
+
+def compile_for(model: keras.Model, config: RunConfig, learning_rate: float) -> keras.Model:
+    """Compile ``model`` for ``config``: Adam, sparse cross-entropy, explicit ``jit_compile``.
+
+    ``mixed_float16`` gets its ``LossScaleOptimizer`` from ``compile``; ``amp_rewrite`` builds a
+    float32 model, so compile would not wrap it and the wrapper is added here.
+    """
+    optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(learning_rate)
+    if config.precision == "amp_rewrite":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(
+        optimizer=optimizer,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=config.compile_jit,
+    )
+    return model
+
+
+def build_compiled(config: RunConfig, settings: TrainSettings) -> keras.Model:
+    """Build and compile the settings' model; call inside :func:`mpcore.modes.applied`."""
+    model = build_model(
+        settings.model,
+        settings.resolved_image_size,
+        weights=settings.weights,
+        float16_input=settings.float16_input,
+    )
+    compile_for(model, config, settings.learning_rate)
+    check_model(model, config)
+    return model
+
+
+def train(
+    config: RunConfig,
+    settings: TrainSettings,
+    train_index: ShipIndex,
+    validation_index: ShipIndex,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = 0,
+) -> RunResult:
+    """Train ``settings.model`` under ``config`` with ``model.fit`` and return its record."""
+    if settings.batch_size > len(train_index):
+        raise ValueError(
+            f"batch size {settings.batch_size} is larger than the training split "
+            f"({len(train_index)} images)"
+        )
+    spec = model_spec(settings.model)
+    size = settings.resolved_image_size
+    with applied(config):
+        keras.utils.set_random_seed(settings.seed)
+        model = build_compiled(config, settings)
+        train_data = make_dataset(
+            train_index, size, settings.batch_size, spec.preprocess,
+            seed=settings.seed, cache=settings.cache,
+        )
+        validation_data = make_dataset(
+            validation_index, size, settings.batch_size, spec.preprocess,
+            shuffle=False, cache=settings.cache,
+        )
+        timer, scales = EpochTimer(), LossScaleRecorder()
+        history = model.fit(
+            train_data,
+            validation_data=validation_data,
+            epochs=settings.epochs,
+            shuffle=False,  # the tf.data pipeline shuffles, seeded
+            callbacks=[timer, scales, *callbacks],
+            verbose=verbose,
+        )
+        logs = history.history
+        return RunResult(
+            config=config.to_dict(),
+            settings=settings.to_dict(),
+            train_images=len(train_index),
+            validation_images=len(validation_index),
+            steps_per_epoch=steps_per_epoch(len(train_index), settings.batch_size),
+            parameters=model.count_params(),
+            epoch_seconds=timer.seconds,
+            loss=[float(v) for v in logs["loss"]],
+            accuracy=[float(v) for v in logs["accuracy"]],
+            val_loss=[float(v) for v in logs["val_loss"]],
+            val_accuracy=[float(v) for v in logs["val_accuracy"]],
+            loss_scale=scales.values if config.uses_loss_scaling else None,
+            machine=machine_summary(),
+        )
+
+
+def make_train_step(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    jit_compile: bool = False,
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """A ``tf.function`` training step for custom loops, loss scaling done the Keras 3 way.
+
+    ``optimizer.scale_loss`` multiplies the loss by the dynamic scale inside the tape (the
+    identity for optimizers without loss scaling); ``optimizer.apply`` then unscales the
+    gradients, skips the update if any is non-finite and adjusts the scale. Returns the unscaled
+    loss, so reading it also synchronises the device.
+    """
+    optimizer.build(model.trainable_variables)
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            predictions = model(images, training=True)
+            loss = loss_fn(labels, predictions)
+            scaled = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply(gradients, model.trainable_variables)
+        return loss
+
+    return train_step
