@@ -8,10 +8,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import pytest  # noqa: E402
+import pytest
 
-from mpcore.machine import visible_gpus  # noqa: E402
-from mpcore.modes import GlobalState  # noqa: E402
+from mpcore.machine import visible_gpus
+from mpcore.modes import GlobalState
 
 NO_GPU_REASON = "no GPU visible to TensorFlow"
 

@@ -1,6 +1,7 @@
 """mpbench core: precision modes, models, ship data, training, telemetry and reports."""
 
 from mpcore.data import CLASS_NAMES, DataError, ShipIndex, read_ship_index, stratified_split
+from mpcore.models import MODELS, WeightsError, build_model
 from mpcore.modes import (
     PRECISIONS,
     XLA_MODES,
@@ -9,7 +10,6 @@ from mpcore.modes import (
     applied,
     check_model,
 )
-from mpcore.models import MODELS, WeightsError, build_model
 from mpcore.training import RunResult, TrainSettings, make_train_step, train
 
 __all__ = [

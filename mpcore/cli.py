@@ -32,12 +32,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     for precision in ("float32", "mixed_float16"):
         config = RunConfig(precision, "off")
         print(f"== {config.name}", flush=True)
-        result = train(config, TrainSettings(epochs=args.epochs), train_index, validation_index,
-                       verbose=2)
-        rows.append((config.name, result.first_epoch_seconds, result.ms_per_step,
-                     result.images_per_second, result.loss[-1], result.val_accuracy[-1]))
-    print(tabulate(rows, headers=("configuration", "first epoch s", "ms/step", "images/s",
-                                  "final loss", "val accuracy"), floatfmt=".3f"))
+        result = train(
+            config, TrainSettings(epochs=args.epochs), train_index, validation_index, verbose=2
+        )
+        rows.append(
+            (
+                config.name,
+                result.first_epoch_seconds,
+                result.ms_per_step,
+                result.images_per_second,
+                result.loss[-1],
+                result.val_accuracy[-1],
+            )
+        )
+    print(
+        tabulate(
+            rows,
+            headers=(
+                "configuration",
+                "first epoch s",
+                "ms/step",
+                "images/s",
+                "final loss",
+                "val accuracy",
+            ),
+            floatfmt=".3f",
+        )
+    )
     return 0
 
 

@@ -84,7 +84,9 @@ def read_ship_index(root: str | Path) -> ShipIndex:
     try:
         text = table.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{table}: cannot read as UTF-8 text ({error.__class__.__name__})") from None
+        raise DataError(
+            f"{table}: cannot read as UTF-8 text ({error.__class__.__name__})"
+        ) from None
     reader = csv.reader(text.splitlines())
     header = [cell.strip().lower() for cell in next(reader, [])]
     if not header or header == [""]:

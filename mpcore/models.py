@@ -46,9 +46,9 @@ def _unit_preprocess(images: tf.Tensor) -> tf.Tensor:
 
 
 def _softmax_head(x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
-    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(
-        x
-    )
+    return keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="predictions"
+    )(x)
 
 
 def _build_resnet50(image_size: int, num_classes: int, float16_input: bool) -> keras.Model:

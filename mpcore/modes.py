@@ -168,10 +168,12 @@ def check_model(model: keras.Model, config: RunConfig) -> None:
             continue
         want = "float32" if layer is head else compute
         if layer.compute_dtype != want:
-            problems.append(f"layer {layer.name} computes in {layer.compute_dtype}, expected {want}")
+            problems.append(
+                f"layer {layer.name} computes in {layer.compute_dtype}, expected {want}"
+            )
         if layer.variable_dtype != variable:
             problems.append(
-                f"layer {layer.name} stores variables in {layer.variable_dtype}, expected {variable}"
+                f"layer {layer.name} keeps variables in {layer.variable_dtype}, expected {variable}"
             )
     for output in model.outputs:
         if output.dtype != "float32":
@@ -192,7 +194,9 @@ def check_model(model: keras.Model, config: RunConfig) -> None:
     if autoclustering_enabled() != (config.xla == "auto"):
         problems.append(f"auto-clustering is {'on' if autoclustering_enabled() else 'off'}")
     if amp_rewrite_enabled() != (config.precision == "amp_rewrite"):
-        problems.append(f"grappler auto_mixed_precision is {'on' if amp_rewrite_enabled() else 'off'}")
+        problems.append(
+            f"grappler auto_mixed_precision is {'on' if amp_rewrite_enabled() else 'off'}"
+        )
 
     if problems:
         raise ModeMismatchError(f"{config.name}: " + "; ".join(problems))

@@ -40,24 +40,37 @@ def _draw_ship(draw: ImageDraw.ImageDraw, label: int, hull: Box, rng: np.random.
         grey = _jitter(rng, (120, 125, 130), 10)
         draw.polygon([(x0, y0), (x1 + length * 0.15, y0), (x1, y1), (x0, y1)], fill=grey)
         draw.rectangle((x0 + length * 0.4, y0 - height * 0.9, x0 + length * 0.55, y0), fill=grey)
-        draw.line((x0 + length * 0.48, y0 - height * 2.0, x0 + length * 0.48, y0), fill=grey, width=2)
+        draw.line(
+            (x0 + length * 0.48, y0 - height * 2.0, x0 + length * 0.48, y0), fill=grey, width=2
+        )
     elif label == 2:  # Carrier: long flat dark deck, yellow centre line, island to one side
-        draw.rectangle((x0 - length * 0.1, y0, x1 + length * 0.1, y1), fill=_jitter(rng, (55, 60, 70), 8))
+        draw.rectangle(
+            (x0 - length * 0.1, y0, x1 + length * 0.1, y1), fill=_jitter(rng, (55, 60, 70), 8)
+        )
         draw.line((x0, y0 + 1, x1, y0 + 1), fill=_jitter(rng, (240, 220, 40)), width=2)
-        draw.rectangle((x0 + length * 0.75, y0 - height * 1.2, x0 + length * 0.85, y0), fill=(80, 85, 95))
+        draw.rectangle(
+            (x0 + length * 0.75, y0 - height * 1.2, x0 + length * 0.85, y0), fill=(80, 85, 95)
+        )
     elif label == 3:  # Cruise: white tall tiers with rows of windows
         for tier in range(3):
             inset = length * 0.08 * tier
             top = y0 - height * 0.8 * tier
-            draw.rectangle((x0 + inset, top - height * 0.8, x1 - inset, top), fill=_jitter(rng, (245, 245, 240), 8))
+            draw.rectangle(
+                (x0 + inset, top - height * 0.8, x1 - inset, top),
+                fill=_jitter(rng, (245, 245, 240), 8),
+            )
             for wx in np.arange(x0 + inset + 2, x1 - inset - 2, max(3.0, length / 14)):
                 draw.point((wx, top - height * 0.4), fill=(20, 40, 90))
         draw.rectangle(hull, fill=_jitter(rng, (235, 235, 235), 8))
     else:  # Tankers: low black hull with a red waterline and thin deck pipes
         draw.rectangle(hull, fill=_jitter(rng, (20, 20, 22), 6))
         draw.rectangle((x0, y1 - height * 0.3, x1, y1), fill=_jitter(rng, (160, 20, 20)))
-        draw.line((x0 + length * 0.1, y0 - 2, x1 - length * 0.2, y0 - 2), fill=(200, 180, 60), width=1)
-        draw.rectangle((x1 - length * 0.15, y0 - height * 1.0, x1 - length * 0.05, y0), fill=(235, 235, 235))
+        draw.line(
+            (x0 + length * 0.1, y0 - 2, x1 - length * 0.2, y0 - 2), fill=(200, 180, 60), width=1
+        )
+        draw.rectangle(
+            (x1 - length * 0.15, y0 - height * 1.0, x1 - length * 0.05, y0), fill=(235, 235, 235)
+        )
 
 
 def render_ship(label: int, size: int, rng: np.random.Generator) -> Image.Image:

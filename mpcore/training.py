@@ -39,7 +39,9 @@ class TrainSettings:
         model_spec(self.model)
         for name in ("batch_size", "epochs"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}"
+                )
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"image size must be positive, got {self.image_size}")
 
@@ -189,12 +191,20 @@ def train(
         keras.utils.set_random_seed(settings.seed)
         model = build_compiled(config, settings)
         train_data = make_dataset(
-            train_index, size, settings.batch_size, spec.preprocess,
-            seed=settings.seed, cache=settings.cache,
+            train_index,
+            size,
+            settings.batch_size,
+            spec.preprocess,
+            seed=settings.seed,
+            cache=settings.cache,
         )
         validation_data = make_dataset(
-            validation_index, size, settings.batch_size, spec.preprocess,
-            shuffle=False, cache=settings.cache,
+            validation_index,
+            size,
+            settings.batch_size,
+            spec.preprocess,
+            shuffle=False,
+            cache=settings.cache,
         )
         timer, scales = EpochTimer(), LossScaleRecorder()
         history = model.fit(
