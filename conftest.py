@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 # Must be set before TensorFlow is imported anywhere: keep C++/absl log noise out of test output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import pytest

@@ -1,0 +1,116 @@
+"""Models: the seed's ResNet50 transfer head, the small CNN, and weights handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from keras.src.legacy.saving import legacy_h5_format
+
+from mpcore.models import (
+    RESNET50_NOTOP_FILE,
+    WeightsError,
+    build_model,
+    model_spec,
+    multiple_of_8_report,
+)
+from mpcore.modes import RunConfig, applied
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    return build_model("resnet50", 224, 5)
+
+
+def test_resnet50_has_the_seed_parameter_count(resnet50) -> None:
+    # ResNet50 without top (23,587,712) + Dense(2048 -> 5) (10,245).
+    assert resnet50.count_params() == 23_597_957
+    assert resnet50.input_shape == (None, 224, 224, 3)
+    assert resnet50.output_shape == (None, 5)
+
+
+def test_resnet50_head_is_a_float32_softmax_under_mixed_float16() -> None:
+    with applied(RunConfig("mixed_float16", "off")):
+        model = build_model("resnet50", 32, 5, float16_input=True)
+    head = model.get_layer("predictions")
+    assert head.compute_dtype == "float32"
+    assert head.activation.__name__ == "softmax"
+    assert model.get_layer("conv1_conv").compute_dtype == "float16"
+    assert model.inputs[0].dtype == "float16"
+    assert model.outputs[0].dtype == "float32"
+
+
+def test_small_model_channel_counts_are_multiples_of_8() -> None:
+    model = build_model("small", 32, 5)
+    # Only the 5-class head may be off the multiple of 8: the class count is the data's.
+    assert multiple_of_8_report(model) == ["predictions: units=5"]
+
+
+def test_multiple_of_8_report_flags_odd_layers(resnet50) -> None:
+    assert multiple_of_8_report(resnet50) == ["predictions: units=5"]
+    odd = build_model("small", 32, 7)
+    assert multiple_of_8_report(odd) == ["predictions: units=7"]
+
+
+def test_unknown_model_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match="unknown model 'vgg'; valid: resnet50, small"):
+        build_model("vgg")
+
+
+def test_image_size_too_small_is_refused() -> None:
+    with pytest.raises(ValueError, match="too small for model 'resnet50'"):
+        build_model("resnet50", 16)
+
+
+def test_imagenet_weights_are_never_downloaded(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(WeightsError, match="not in the local Keras cache.*--weights FILE"):
+        build_model("resnet50", 32, weights="imagenet")
+    with pytest.raises(WeightsError, match="no ImageNet weights exist for model 'small'"):
+        build_model("small", 32, weights="imagenet")
+
+
+def test_imagenet_weights_load_from_the_local_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    donor = build_model("resnet50", 32)
+    backbone = keras.Model(donor.inputs, donor.get_layer("avg_pool").input)
+    cached = tmp_path / "models" / RESNET50_NOTOP_FILE
+    cached.parent.mkdir()
+    # Keras-applications "notop" files are legacy HDF5 weight files keyed by layer name.
+    with h5py.File(cached, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, backbone)
+    loaded = build_model("resnet50", 32, weights="imagenet")
+    np.testing.assert_array_equal(
+        loaded.get_layer("conv1_conv").get_weights()[0],
+        donor.get_layer("conv1_conv").get_weights()[0],
+    )
+
+
+def test_whole_model_weights_file_round_trips(tmp_path: Path) -> None:
+    source = build_model("small", 32)
+    path = tmp_path / "small.weights.h5"
+    source.save_weights(path)
+    loaded = build_model("small", 32, weights=path)
+    for a, b in zip(source.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_weights_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="weights file not found: .*absent.weights.h5"):
+        build_model("small", 32, weights=tmp_path / "absent.weights.h5")
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.weights.h5"
+    build_model("small", 32, num_classes=3).save_weights(path)
+    with pytest.raises(WeightsError, match=f"cannot load weights {path} into small"):
+        build_model("small", 32, weights=path)
+
+
+def test_model_specs_preprocess_in_float32() -> None:
+    pixels = np.full((1, 4, 4, 3), 255, dtype=np.uint8)
+    for name in ("small", "resnet50"):
+        assert model_spec(name).preprocess(pixels).dtype == "float32"

@@ -1,0 +1,142 @@
+"""Precision/XLA modes: applying, restoring and verifying every configuration."""
+
+from __future__ import annotations
+
+import itertools
+
+import keras
+import pytest
+import tensorflow as tf
+
+from mpcore.modes import (
+    PRECISIONS,
+    XLA_MODES,
+    GlobalState,
+    ModeMismatchError,
+    RunConfig,
+    amp_rewrite_enabled,
+    applied,
+    autoclustering_enabled,
+    check_model,
+    parse_precision,
+    parse_xla,
+)
+from mpcore.training import compile_for
+
+ALL_CONFIGS = [RunConfig(p, x) for p, x in itertools.product(PRECISIONS, XLA_MODES)]
+
+
+def _tiny_model(config: RunConfig) -> keras.Model:
+    """The small CNN at its minimum size, compiled for ``config`` (fast to build)."""
+    from mpcore.models import build_model
+
+    return compile_for(build_model("small", 8), config, 1e-3)
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda c: c.name)
+def test_every_mode_applies_and_verifies(config: RunConfig) -> None:
+    with applied(config):
+        model = _tiny_model(config)
+        check_model(model, config)
+        hidden = model.get_layer(index=1)
+        assert hidden.compute_dtype == {
+            "mixed_float16": "float16",
+            "mixed_bfloat16": "bfloat16",
+        }.get(config.precision, "float32")
+        assert model.get_layer("predictions").compute_dtype == "float32"
+        assert amp_rewrite_enabled() == (config.precision == "amp_rewrite")
+        assert autoclustering_enabled() == (config.xla == "auto")
+        assert model.jit_compile == (config.xla == "jit")
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda c: c.name)
+def test_applied_restores_every_global(config: RunConfig) -> None:
+    before = GlobalState.capture()
+    with applied(config):
+        pass
+    assert GlobalState.capture() == before
+
+
+def test_applied_restores_globals_on_error() -> None:
+    before = GlobalState.capture()
+    with pytest.raises(RuntimeError, match="boom"), applied(RunConfig("amp_rewrite", "auto")):
+        raise RuntimeError("boom")
+    assert GlobalState.capture() == before
+    assert not amp_rewrite_enabled()
+    assert not autoclustering_enabled()
+
+
+def test_applied_restores_a_non_default_outer_state() -> None:
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    tf.config.optimizer.set_jit(True)
+    with applied(RunConfig("float32", "off")):
+        assert keras.mixed_precision.dtype_policy().name == "float32"
+        assert not autoclustering_enabled()
+    assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"
+    assert autoclustering_enabled()
+
+
+def test_clear_session_pitfall_is_caught() -> None:
+    """Setting the policy and *then* clearing the session silently builds a float32 model."""
+    config = RunConfig("mixed_float16", "off")
+    with applied(config):
+        keras.backend.clear_session()  # the pitfall: resets the policy to float32
+        assert keras.mixed_precision.dtype_policy().name == "float32"
+        model = _tiny_model(config)
+        with pytest.raises(ModeMismatchError, match="computes in float32, expected float16"):
+            check_model(model, config)
+
+
+def test_missing_loss_scale_optimizer_is_caught() -> None:
+    config = RunConfig("mixed_float16", "off")
+    with applied(config):
+        from mpcore.models import build_model
+
+        model = build_model("small", 8)
+        model.compile(optimizer="adam", loss="mse", jit_compile=False, auto_scale_loss=False)
+        with pytest.raises(ModeMismatchError, match="is not a LossScaleOptimizer"):
+            check_model(model, config)
+
+
+def test_wrong_jit_setting_is_caught() -> None:
+    config = RunConfig("float32", "off")
+    with applied(config):
+        from mpcore.models import build_model
+
+        model = build_model("small", 8)
+        model.compile(optimizer="adam", loss="mse", jit_compile=True)
+        with pytest.raises(ModeMismatchError, match="jit_compile is True"):
+            check_model(model, config)
+
+
+def test_uncompiled_model_is_caught() -> None:
+    config = RunConfig("float32", "off")
+    with applied(config):
+        from mpcore.models import build_model
+
+        with pytest.raises(ModeMismatchError, match="not compiled"):
+            check_model(build_model("small", 8), config)
+
+
+@pytest.mark.parametrize(
+    ("parse", "name", "valid"),
+    [(parse_precision, "float8", PRECISIONS), (parse_xla, "always", XLA_MODES)],
+)
+def test_unknown_names_list_the_valid_ones(parse, name: str, valid: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match=f"unknown .*'{name}'") as raised:
+        parse(name)
+    assert all(option in str(raised.value) for option in valid)
+
+
+def test_run_config_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="valid: float32, mixed_float16"):
+        RunConfig("fp16", "off")
+    with pytest.raises(ValueError, match="valid: off, jit, auto"):
+        RunConfig("float32", "yes")
+
+
+def test_loss_scaling_exactly_for_float16_modes() -> None:
+    assert {c.precision for c in ALL_CONFIGS if c.uses_loss_scaling} == {
+        "mixed_float16",
+        "amp_rewrite",
+    }

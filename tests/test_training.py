@@ -1,0 +1,136 @@
+"""Training with fit into a result record, and the custom training step."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from mpcore.data import read_ship_index, stratified_split
+from mpcore.models import build_model
+from mpcore.modes import RunConfig, applied
+from mpcore.training import TrainSettings, current_loss_scale, make_train_step, train
+
+SETTINGS = TrainSettings(model="small", image_size=32, batch_size=16, epochs=2, learning_rate=3e-3)
+
+
+@pytest.fixture(scope="module")
+def splits(ship_root: Path):
+    return stratified_split(read_ship_index(ship_root), 0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def results(splits):
+    train_index, validation_index = splits
+    return {
+        precision: train(RunConfig(precision, "off"), SETTINGS, train_index, validation_index)
+        for precision in ("float32", "mixed_float16")
+    }
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_two_epochs_reduce_the_loss(results, precision: str) -> None:
+    result = results[precision]
+    assert len(result.loss) == 2
+    assert result.loss[1] < result.loss[0]
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_every_result_field_is_filled(results, splits, precision: str) -> None:
+    record = results[precision].to_dict()
+    train_index, validation_index = splits
+    assert record["config"] == {"precision": precision, "xla": "off"}
+    assert record["settings"]["image_size"] == 32 and record["settings"]["seed"] == 0
+    # 24 images per class, round(24 * 0.2) = 5 of each held out.
+    assert record["train_images"] == len(train_index) == 95
+    assert record["validation_images"] == len(validation_index) == 25
+    assert record["steps_per_epoch"] == math.ceil(95 / 16) == 6
+    assert record["parameters"] == build_model("small", 32).count_params()
+    for key in ("epoch_seconds", "loss", "accuracy", "val_loss", "val_accuracy"):
+        assert len(record[key]) == 2 and all(math.isfinite(v) for v in record[key]), key
+    assert all(0.0 <= v <= 1.0 for v in record["accuracy"] + record["val_accuracy"])
+    assert record["first_epoch_seconds"] == record["epoch_seconds"][0] > 0
+    assert record["steady_epoch_seconds"] == record["epoch_seconds"][1]
+    assert record["ms_per_step"] == pytest.approx(1000 * record["epoch_seconds"][1] / 6)
+    assert record["images_per_second"] == pytest.approx(95 / record["epoch_seconds"][1])
+    assert record["machine"]["versions"]["tensorflow"]
+    if precision == "mixed_float16":
+        # One value per epoch; the scale starts at 2**15 and only halves or doubles.
+        assert len(record["loss_scale"]) == 2
+        assert all(math.log2(v).is_integer() for v in record["loss_scale"])
+    else:
+        assert record["loss_scale"] is None
+
+
+def test_first_epoch_includes_tracing(results) -> None:
+    result = results["float32"]
+    assert result.first_epoch_seconds > result.steady_epoch_seconds
+
+
+def test_batch_larger_than_training_split_is_refused(splits) -> None:
+    train_index, validation_index = splits
+    too_big = TrainSettings(model="small", image_size=32, batch_size=96, epochs=1)
+    with pytest.raises(
+        ValueError, match=r"batch size 96 is larger than the training split \(95 images\)"
+    ):
+        train(RunConfig(), too_big, train_index, validation_index)
+
+
+@pytest.mark.parametrize("field", ["epochs", "batch_size", "image_size"])
+def test_non_positive_settings_are_refused(field: str) -> None:
+    with pytest.raises(ValueError, match="must be positive, got 0"):
+        TrainSettings(**{field: 0})
+
+
+def _step_once(precision: str, scale_loss: bool) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """One custom step on a fixed batch; returns (kernel before, kernel after, loss scale)."""
+    with applied(RunConfig(precision, "off")):
+        keras.utils.set_random_seed(1)
+        model = build_model("small", 16)
+        optimizer: keras.optimizers.Optimizer = keras.optimizers.SGD(0.1)
+        if scale_loss:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**10)
+        step = make_train_step(
+            model, optimizer, keras.losses.SparseCategoricalCrossentropy(), jit_compile=False
+        )
+        images = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+        labels = np.arange(8, dtype=np.int32) % 5
+        kernel = model.layers[1].kernel
+        before = keras.ops.convert_to_numpy(kernel).copy()
+        loss = float(step(images, labels))
+        assert math.isfinite(loss)
+        return before, keras.ops.convert_to_numpy(kernel), current_loss_scale(optimizer)
+
+
+def test_custom_step_with_loss_scaling_matches_float32() -> None:
+    before32, after32, scale32 = _step_once("float32", scale_loss=False)
+    before16, after16, scale16 = _step_once("mixed_float16", scale_loss=True)
+    np.testing.assert_array_equal(before32, before16)  # same seed, same float32 master weights
+    assert after16.dtype == np.float32
+    assert scale32 is None and scale16 == 2.0**10  # finite step: the scale is kept
+    update32, update16 = after32 - before32, after16 - before16
+    assert np.abs(update32).max() > 0
+    # float16 compute through three batch-normalised conv blocks on an 8-image batch: the update
+    # keeps its direction and size (element-wise agreement is the numerics suite's job, on a
+    # model built for it).
+    cosine = np.dot(update16.ravel(), update32.ravel()) / (
+        np.linalg.norm(update16) * np.linalg.norm(update32)
+    )
+    assert cosine > 0.95
+    assert np.linalg.norm(update16) == pytest.approx(np.linalg.norm(update32), rel=0.1)
+
+
+@pytest.mark.slow
+def test_small_model_learns_the_generated_set(tmp_path: Path) -> None:
+    """The generated set is learnable: >= 90% validation accuracy within 5 float32 epochs."""
+    from mpcore.synthetic import write_synthetic_ships
+
+    root = write_synthetic_ships(tmp_path / "ships", per_class=120, image_size=96, seed=0)
+    train_index, validation_index = stratified_split(read_ship_index(root), 0.2, seed=0)
+    result = train(
+        RunConfig("float32", "off"), TrainSettings(epochs=5), train_index, validation_index
+    )
+    assert max(result.val_accuracy) >= 0.9, result.val_accuracy
