@@ -75,7 +75,7 @@ def test_pipeline_batches_have_model_shapes_and_dtypes(ship_root: Path) -> None:
     images, labels = next(iter(dataset))
     assert images.shape == (16, 32, 32, 3) and images.dtype == "float32"
     assert labels.shape == (16,) and labels.dtype == "int32"
-    assert 0.0 <= float(np.min(images)) and float(np.max(images)) <= 1.0
+    assert float(np.min(images)) >= 0.0 and float(np.max(images)) <= 1.0
     total = sum(int(batch[1].shape[0]) for batch in dataset)
     assert total == len(index)
 

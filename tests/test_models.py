@@ -67,7 +67,7 @@ def test_image_size_too_small_is_refused() -> None:
 
 def test_imagenet_weights_are_never_downloaded(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(WeightsError, match="not in the local Keras cache.*--weights FILE"):
+    with pytest.raises(WeightsError, match=r"not in the local Keras cache.*--weights FILE"):
         build_model("resnet50", 32, weights="imagenet")
     with pytest.raises(WeightsError, match="no ImageNet weights exist for model 'small'"):
         build_model("small", 32, weights="imagenet")
@@ -99,7 +99,7 @@ def test_whole_model_weights_file_round_trips(tmp_path: Path) -> None:
 
 
 def test_missing_weights_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match="weights file not found: .*absent.weights.h5"):
+    with pytest.raises(WeightsError, match=r"weights file not found: .*absent\.weights\.h5"):
         build_model("small", 32, weights=tmp_path / "absent.weights.h5")
 
 
