@@ -1,0 +1,326 @@
+"""What a cast to float16 or bfloat16 does to a set of values, and to a model's gradients.
+
+:func:`cast_census` classifies values by the IEEE round-to-nearest-even result of a cast (zero,
+subnormal, infinite) from exact thresholds derived from the format, without casting, so tests
+can check it against real casts. :func:`gradient_census` applies it to a model's float32
+gradients multiplied by a loss scale and adds the log2-magnitude histogram behind Figure 3 of
+Micikevicius et al., "Mixed Precision Training" (ICLR 2018); :func:`plot_log2_histogram` draws
+that histogram with the format's representable range marked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import ml_dtypes
+import numpy as np
+import tensorflow as tf
+
+#: The half-precision formats a census can target.
+CAST_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
+
+_NUMPY_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatFormat:
+    """The magnitudes that decide where an IEEE round-to-nearest-even cast lands.
+
+    Ties round to the even neighbour. At every threshold below, the lower neighbour has an odd
+    significand (0 is even; the smallest subnormal, the largest subnormal and the largest finite
+    value are odd), so a tie at ``underflow_limit`` goes to zero, and ties at
+    ``normal_threshold`` and ``overflow_threshold`` go up.
+    """
+
+    name: str
+    smallest_subnormal: float
+    smallest_normal: float
+    largest: float
+    overflow_threshold: float
+
+    @property
+    def underflow_limit(self) -> float:
+        """Magnitudes at or below this round to zero (half the smallest subnormal)."""
+        return self.smallest_subnormal / 2
+
+    @property
+    def normal_threshold(self) -> float:
+        """Magnitudes at or above this round to a normal number."""
+        return self.smallest_normal - self.smallest_subnormal / 2
+
+
+@functools.cache
+def float_format(dtype: str) -> FloatFormat:
+    """The :class:`FloatFormat` of ``"float16"`` or ``"bfloat16"``; ``ValueError`` otherwise."""
+    if dtype not in _NUMPY_DTYPES:
+        raise ValueError(f"unknown cast dtype {dtype!r}; valid: {', '.join(CAST_DTYPES)}")
+    info = ml_dtypes.finfo(_NUMPY_DTYPES[dtype])
+    # The spacing of the largest binade; half of it past the largest value rounds to infinity.
+    # Every value here is a power of two or a short binary fraction, so float64 holds it exactly.
+    largest_ulp = 2.0 ** (info.maxexp - 1 - info.nmant)
+    return FloatFormat(
+        name=dtype,
+        smallest_subnormal=float(info.smallest_subnormal),
+        smallest_normal=float(info.smallest_normal),
+        largest=float(info.max),
+        overflow_threshold=float(info.max) + largest_ulp / 2,
+    )
+
+
+def _float_array(values: Any) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype.kind != "f" and array.dtype != _NUMPY_DTYPES["bfloat16"]:
+        raise TypeError(f"cast_census needs floating-point values, got dtype {array.dtype}")
+    # Comparisons against the thresholds are exact in float64 for every narrower input; wider
+    # inputs (long double) are compared in their own type.
+    return array.astype(np.float64) if array.dtype.itemsize <= 8 else array
+
+
+def cast_census(values: Any, dtype: str) -> dict[str, float]:
+    """Fractions of the finite non-zero ``values`` that a cast to ``dtype`` makes zero
+    (``underflow``), subnormal and non-zero (``subnormal``) or infinite (``overflow``), and their
+    number (``count``). NaN, infinities and zeros are left out; with nothing left every fraction
+    is 0.0. Raises ``TypeError`` for non-float input, ``ValueError`` for an unknown ``dtype``.
+    """
+    fmt = float_format(dtype)
+    magnitudes = np.abs(_float_array(values)).ravel()
+    magnitudes = magnitudes[np.isfinite(magnitudes) & (magnitudes != 0)]
+    count = int(magnitudes.size)
+    underflow = int(np.count_nonzero(magnitudes <= fmt.underflow_limit))
+    subnormal = int(
+        np.count_nonzero((magnitudes > fmt.underflow_limit) & (magnitudes < fmt.normal_threshold))
+    )
+    overflow = int(np.count_nonzero(magnitudes >= fmt.overflow_threshold))
+    denominator = max(count, 1)
+    return {
+        "underflow": underflow / denominator,
+        "subnormal": subnormal / denominator,
+        "overflow": overflow / denominator,
+        "count": count,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Log2Histogram:
+    """Counts of magnitudes per power of two: ``counts[i]`` values have
+    ``2**exponents[i] <= |v| < 2**(exponents[i] + 1)``; zeros and NaN/inf are counted apart."""
+
+    exponents: list[int]
+    counts: list[int]
+    zeros: int
+    nonfinite: int
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Log2Histogram:
+        values = np.asarray(values, dtype=np.float64).ravel()
+        finite = values[np.isfinite(values)]
+        nonzero = np.abs(finite[finite != 0])
+        if nonzero.size == 0:
+            exponents: list[int] = []
+            counts: list[int] = []
+        else:
+            # frexp gives |v| = m * 2**e with 0.5 <= m < 1 exactly, so floor(log2|v|) = e - 1
+            # with no rounding at the bin edges.
+            floor_log2 = np.frexp(nonzero)[1].astype(np.int64) - 1
+            low, high = int(floor_log2.min()), int(floor_log2.max())
+            exponents = list(range(low, high + 1))
+            counts = np.bincount(floor_log2 - low, minlength=high - low + 1).tolist()
+        return cls(
+            exponents=exponents,
+            counts=counts,
+            zeros=int(finite.size - nonzero.size),
+            nonfinite=int(values.size - finite.size),
+        )
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts) + self.zeros + self.nonfinite
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableCensus:
+    """The cast census of one variable's scaled gradient."""
+
+    name: str
+    shape: list[int]
+    census: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientCensus:
+    """What casting a model's loss-scaled float32 gradients to ``dtype`` would do."""
+
+    dtype: str
+    loss_scale: float
+    loss: float
+    overall: dict[str, float]
+    per_variable: list[VariableCensus]
+    histogram: Log2Histogram
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (plain lists, dicts, numbers and strings)."""
+        return dataclasses.asdict(self)
+
+
+def _model_loss(model: keras.Model) -> Callable[..., tf.Tensor]:
+    if not model.compiled:
+        raise ValueError(
+            f"model {model.name} is not compiled: compile it or pass loss_fn to gradient_census"
+        )
+
+    def compiled_loss(labels: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
+        return model.compute_loss(y=labels, y_pred=predictions)
+
+    return compiled_loss
+
+
+def gradient_census(
+    model: keras.Model,
+    batch: Sequence[Any],
+    loss_scale: float = 1.0,
+    dtype: str = "float16",
+    loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+) -> GradientCensus:
+    """Census of ``loss_scale`` times the float32 gradients of ``model``'s loss on ``batch``.
+
+    ``batch`` is ``(inputs, labels)``. The loss is ``loss_fn(labels, predictions)`` or, when
+    ``loss_fn`` is None, the model's compiled loss. The model must compute in float32 (build it
+    under the float32 policy): the census asks what a cast would lose, so the gradients must not
+    have been through one already. The forward pass runs in training mode, as in a training
+    step; non-trainable state it updates (batch-norm statistics) is put back afterwards.
+    """
+    float_format(dtype)
+    if not (np.isfinite(loss_scale) and loss_scale > 0):
+        raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale}")
+    low_precision = sorted(
+        {layer.compute_dtype for layer in model.layers if layer.compute_dtype != "float32"}
+    )
+    if low_precision:
+        raise ValueError(
+            f"gradient_census needs a float32 model; {model.name} computes in "
+            f"{', '.join(low_precision)} (build it under the float32 policy)"
+        )
+    if len(batch) != 2:
+        raise ValueError(f"batch must be (inputs, labels), got {len(batch)} items")
+    inputs, labels = batch
+    loss_of = loss_fn or _model_loss(model)
+    variables = model.trainable_variables
+    saved_state = [variable.numpy() for variable in model.non_trainable_variables]
+    try:
+        with tf.GradientTape() as tape:
+            loss = loss_of(labels, model(inputs, training=True))
+        gradients = tape.gradient(loss, variables)
+    finally:
+        for variable, value in zip(model.non_trainable_variables, saved_state, strict=True):
+            variable.assign(value)
+
+    # float64 so that the product neither overflows nor rounds before the census looks at it.
+    scaled = [
+        np.zeros(tuple(v.shape)) if g is None else np.asarray(g, dtype=np.float64) * loss_scale
+        for g, v in zip(gradients, variables, strict=True)
+    ]
+    per_variable = [
+        VariableCensus(variable.path, [int(n) for n in variable.shape], cast_census(g, dtype))
+        for variable, g in zip(variables, scaled, strict=True)
+    ]
+    everything = np.concatenate([g.ravel() for g in scaled]) if scaled else np.zeros(0)
+    return GradientCensus(
+        dtype=dtype,
+        loss_scale=float(loss_scale),
+        loss=float(loss),
+        overall=cast_census(everything, dtype),
+        per_variable=per_variable,
+        histogram=Log2Histogram.of(everything),
+    )
+
+
+def _power_of_two_label(value: float) -> str:
+    exponent = np.log2(value)
+    return f"2^{int(exponent)}" if exponent == int(exponent) else f"{value:g}"
+
+
+def plot_log2_histogram(report: GradientCensus, path: str | Path, title: str | None = None) -> Path:
+    """Draw ``report``'s log2-magnitude histogram to a PNG at ``path`` and return the path.
+
+    Bars are the percentage of gradient values per power of two (log scale), with a separate bar
+    for exact zeros; the target format's subnormal and normal ranges are shaded and the bins a
+    cast flushes to zero or to infinity are coloured.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import pyplot as plt
+    from matplotlib.patches import Patch
+
+    fmt = float_format(report.dtype)
+    histogram = report.histogram
+    subnormal_edge = int(np.log2(fmt.smallest_subnormal))
+    normal_edge = int(np.log2(fmt.smallest_normal))
+    overflow_edge = int(np.ceil(np.log2(fmt.overflow_threshold)))
+    exponents = np.asarray(histogram.exponents, dtype=np.int64)
+    percent = 100.0 * np.asarray(histogram.counts, dtype=np.float64) / max(histogram.total, 1)
+
+    shown = [*histogram.exponents, subnormal_edge - 1, overflow_edge]
+    x_low, x_high = min(shown) - 1, max(shown) + 2
+    zero_bar = x_low - 3  # the separate bin for exact zeros, left of a gap
+
+    figure, axes = plt.subplots(figsize=(11, 4.8), dpi=110)
+    axes.axvspan(subnormal_edge, normal_edge, color="#f3d9a4", alpha=0.7, zorder=0)
+    axes.axvspan(normal_edge, np.log2(fmt.largest), color="#cfe3c4", alpha=0.7, zorder=0)
+    # Whole bins below 2**(subnormal_edge - 1) round to zero and whole bins from the overflow
+    # edge up round to infinity; the two partial bins at the edges are mostly kept, so they are
+    # drawn as representable (the legend's percentages are exact).
+    colours = np.where(
+        exponents < subnormal_edge - 1,
+        "#c0392b",
+        np.where(exponents >= overflow_edge, "#8e44ad", "#2c6fbb"),
+    )
+    axes.bar(exponents + 0.5, percent, width=0.9, color=colours, zorder=2)
+    if histogram.zeros:
+        zeros_percent = 100.0 * histogram.zeros / max(histogram.total, 1)
+        axes.bar(zero_bar + 0.5, zeros_percent, width=0.9, color="#7f7f7f", zorder=2)
+    axes.set_yscale("log")
+    axes.set_xlim(zero_bar - 0.5, x_high + 0.5)
+    first_tick = x_low + (-x_low) % 4
+    ticks = list(range(first_tick, x_high + 1, 4))
+    axes.set_xticks([zero_bar + 0.5, *ticks], ["zero", *[str(t) for t in ticks]])
+    axes.set_xlabel(
+        f"log2 |gradient × loss scale|   (loss scale {_power_of_two_label(report.loss_scale)})"
+    )
+    axes.set_ylabel(f"% of all {histogram.total:,} gradient values")
+    overall = report.overall
+    largest = f"{fmt.largest:g}" if fmt.largest < 1e6 else _power_of_two_label(fmt.largest)
+    axes.legend(
+        handles=[
+            Patch(color="#cfe3c4", label=f"{fmt.name} normal\n[2^{normal_edge}, {largest}]"),
+            Patch(
+                color="#f3d9a4",
+                label=f"{fmt.name} subnormal\n[2^{subnormal_edge}, 2^{normal_edge})",
+            ),
+            Patch(color="#2c6fbb", label="representable"),
+            Patch(color="#c0392b", label=f"flushed to zero\n{100 * overall['underflow']:.3g}%"),
+            Patch(color="#8e44ad", label=f"overflow to inf\n{100 * overall['overflow']:.3g}%"),
+            Patch(color="#7f7f7f", label="exact zeros"),
+        ],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize="small",
+        title=f"cast to {fmt.name}",
+    )
+    axes.set_title(
+        title
+        or f"Gradient magnitudes at loss scale {_power_of_two_label(report.loss_scale)}: "
+        f"{overall['count']:,} non-zero values, loss {report.loss:.4g}"
+    )
+    axes.grid(axis="y", alpha=0.3, zorder=1)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

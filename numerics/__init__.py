@@ -1,0 +1,1 @@
+"""The numerics suite: mixed-precision numerics claims proved on a CPU (``pytest numerics/``)."""
