@@ -150,6 +150,58 @@ def stratified_split(
     return index.subset(sorted(train)), index.subset(sorted(validation))
 
 
+#: Formats both PIL (the checker) and ``tf.io.decode_image`` (the pipeline) decode.
+DECODABLE_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "GIF", "BMP"})
+
+
+@dataclasses.dataclass(frozen=True)
+class BadImage:
+    """An image file the pipeline could not decode, and why."""
+
+    path: str
+    reason: str
+
+
+def _image_problem(path: str) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.format not in DECODABLE_FORMATS:
+                return f"unsupported format {image.format}"
+            image.load()  # a full decode: truncated files fail here, not at open()
+    except UnidentifiedImageError:
+        return "not an image"
+    except (OSError, SyntaxError, ValueError) as error:
+        return str(error).splitlines()[0] or type(error).__name__
+    return None
+
+
+def find_bad_images(index: ShipIndex, workers: int = 4) -> list[BadImage]:
+    """Decode every image of ``index`` once and return all that fail, in index order.
+
+    Grayscale, RGBA and PNG-in-.jpg files are fine (the pipeline converts them to RGB).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = list(pool.map(_image_problem, index.paths))
+    pairs = zip(index.paths, problems, strict=True)
+    return [BadImage(path, problem) for path, problem in pairs if problem]
+
+
+def without_images(index: ShipIndex, bad: Sequence[BadImage]) -> ShipIndex:
+    """``index`` less the ``bad`` images."""
+    drop = {image.path for image in bad}
+    return index.subset([i for i, path in enumerate(index.paths) if path not in drop])
+
+
+def describe_bad_images(bad: Sequence[BadImage]) -> str:
+    """One line naming every bad image and its problem."""
+    listed = "; ".join(f"{Path(image.path).name} ({image.reason})" for image in bad)
+    return f"{len(bad)} unreadable image{'s' if len(bad) != 1 else ''}: {listed}"
+
+
 def decode_and_resize(path: tf.Tensor, image_size: int) -> tf.Tensor:
     """Read one file, decode JPEG/PNG/GIF/BMP by content to RGB, resize to a float32 square."""
     raw = tf.io.read_file(path)

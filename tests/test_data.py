@@ -145,3 +145,29 @@ def test_synthetic_set_is_reused_and_seeded(tmp_path: Path) -> None:
     twin = write_synthetic_ships(tmp_path / "b", per_class=2, image_size=32, seed=5)
     for name in ("000000.jpg", "000009.jpg"):
         assert (images_dir(root) / name).read_bytes() == (images_dir(twin) / name).read_bytes()
+
+
+def test_bad_images_are_all_found_and_named(ship_copy: Path) -> None:
+    from PIL import Image
+
+    from mpcore.data import describe_bad_images, find_bad_images, without_images
+
+    folder = images_dir(ship_copy)
+    truncated = (folder / "000001.jpg").read_bytes()
+    (folder / "000001.jpg").write_bytes(truncated[: len(truncated) // 2])
+    (folder / "000002.jpg").write_text("not a picture")
+    (folder / "000003.jpg").write_bytes(b"")
+    Image.open(folder / "000004.jpg").convert("RGBA").save(folder / "000004.jpg", format="PNG")
+    Image.open(folder / "000005.jpg").convert("L").save(folder / "000005.jpg", format="JPEG")
+    index = read_ship_index(ship_copy)
+    bad = find_bad_images(index)
+    assert [Path(b.path).name for b in bad] == ["000001.jpg", "000002.jpg", "000003.jpg"]
+    assert "truncated" in bad[0].reason
+    assert bad[1].reason == bad[2].reason == "not an image"
+    line = describe_bad_images(bad)
+    assert line.startswith("3 unreadable images: 000001.jpg (") and "\n" not in line
+    kept = without_images(index, bad)
+    assert len(kept) == len(index) - 3
+    # What is kept, RGBA-as-PNG and grayscale included, decodes through the pipeline.
+    dataset = make_dataset(kept, 16, len(kept), model_spec("small").preprocess, shuffle=False)
+    assert next(iter(dataset))[0].shape == (len(kept), 16, 16, 3)
