@@ -6,17 +6,18 @@ steady state, and records the loss-scale value per epoch for float16 modes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 
 from mpcore.data import ShipIndex, make_dataset, steps_per_epoch
-from mpcore.machine import machine_summary
+from mpcore.machine import machine_summary, visible_gpus
 from mpcore.models import build_model, model_spec
 from mpcore.modes import RunConfig, applied, check_model
 
@@ -34,6 +35,9 @@ class TrainSettings:
     weights: str | None = None
     float16_input: bool = False
     cache: bool = True
+    #: TensorFlow op determinism; None means on where no GPU is visible (free on a CPU, while on
+    #: a GPU it costs speed and some ops have no deterministic kernel).
+    deterministic: bool | None = None
 
     def __post_init__(self) -> None:
         model_spec(self.model)
@@ -49,8 +53,31 @@ class TrainSettings:
     def resolved_image_size(self) -> int:
         return self.image_size or model_spec(self.model).default_image_size
 
+    @property
+    def resolved_deterministic(self) -> bool:
+        return not visible_gpus() if self.deterministic is None else self.deterministic
+
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "image_size": self.resolved_image_size}
+        return {
+            **dataclasses.asdict(self),
+            "image_size": self.resolved_image_size,
+            "deterministic": self.resolved_deterministic,
+        }
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool) -> Iterator[None]:
+    """Enable TensorFlow op determinism inside the block and switch it back off after."""
+    from tensorflow.python.framework import config as tf_config  # the only switch-off
+
+    was_enabled = tf_config.is_op_determinism_enabled()
+    if enabled and not was_enabled:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not was_enabled:
+            tf_config.disable_op_determinism()
 
 
 @dataclasses.dataclass
@@ -187,7 +214,7 @@ def train(
         )
     spec = model_spec(settings.model)
     size = settings.resolved_image_size
-    with applied(config):
+    with applied(config), op_determinism(settings.resolved_deterministic):
         keras.utils.set_random_seed(settings.seed)
         model = build_compiled(config, settings)
         train_data = make_dataset(

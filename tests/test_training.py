@@ -134,3 +134,19 @@ def test_small_model_learns_the_generated_set(tmp_path: Path) -> None:
         RunConfig("float32", "off"), TrainSettings(epochs=5), train_index, validation_index
     )
     assert max(result.val_accuracy) >= 0.9, result.val_accuracy
+
+
+def test_same_seed_gives_identical_float32_losses(splits) -> None:
+    """CPU float32 with op determinism (the CPU default): two runs agree bit for bit."""
+    from tensorflow.python.framework import config as tf_config
+
+    train_index, validation_index = splits
+    settings = TrainSettings(model="small", image_size=16, batch_size=16, epochs=2, seed=3)
+    assert settings.to_dict()["deterministic"] is True  # no GPU here
+    first, second = (
+        train(RunConfig("float32", "off"), settings, train_index, validation_index)
+        for _ in range(2)
+    )
+    assert first.loss == second.loss
+    assert first.val_loss == second.val_loss
+    assert not tf_config.is_op_determinism_enabled()  # switched back off after the run
