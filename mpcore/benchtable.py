@@ -1,0 +1,166 @@
+"""The benchmark report: one table per model/batch/size/device, rows precision x XLA.
+
+Rows are the ``extra_info`` records the ``benchmarks/`` suite stores (plus ``group`` and, for a
+failed combination, ``error``). Speedups are over ``float32``/``off`` of the same group in the
+same run, never across runs (``pytest --benchmark-compare`` does that). Also a command:
+``python -m mpcore.benchtable SAVED.json`` reprints the report of a saved pytest-benchmark file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from mpcore.modes import PRECISIONS, XLA_MODES
+
+TRAINING_HEADERS = (
+    "precision",
+    "xla",
+    "ms/step",
+    "images/s",
+    "speedup",
+    "peak memory MiB",
+    "TFLOP/s",
+    "% of peak",
+    "compile s",
+    "note",
+)
+PIPELINE_HEADERS = ("input pipeline", "images/s", "raw decode+resize images/s", "ratio", "target")
+PIPELINE_KIND = "input_pipeline"
+
+
+def _order(row: dict[str, Any]) -> tuple[int, int]:
+    precision, xla = row.get("precision"), row.get("xla")
+    return (
+        PRECISIONS.index(precision) if precision in PRECISIONS else len(PRECISIONS),
+        XLA_MODES.index(xla) if xla in XLA_MODES else len(XLA_MODES),
+    )
+
+
+def _number(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    return "" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _baseline(rows: Sequence[dict[str, Any]]) -> float | None:
+    for row in rows:
+        if row.get("precision") == "float32" and row.get("xla") == "off" and "error" not in row:
+            return row.get("ms_per_step")
+    return None
+
+
+def training_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The table of one group; speedup is float32/off's ms/step over the row's."""
+    baseline = _baseline(rows)
+    lines = []
+    for row in sorted(rows, key=_order):
+        ms = row.get("ms_per_step")
+        speedup = baseline / ms if baseline and ms and "error" not in row else None
+        memory = row.get("peak_memory_bytes")
+        note = row.get("error") or row.get("note") or ""
+        lines.append(
+            (
+                row.get("precision", "?"),
+                row.get("xla", "?"),
+                "" if "error" in row else _number(ms),
+                "" if "error" in row else _number(row.get("images_per_second"), digits=1),
+                "" if speedup is None else f"{speedup:.2f}x",
+                "" if "error" in row else _number(memory, 1 / 2**20, 0),
+                "" if "error" in row else _number(row.get("achieved_tflops"), digits=3),
+                "" if "error" in row else _number(row.get("fraction_of_peak"), 100.0, 1),
+                _number(row.get("compile_seconds"), digits=1),
+                note,
+            )
+        )
+    return tabulate(
+        lines,
+        headers=TRAINING_HEADERS,
+        disable_numparse=True,
+        colalign=("left", "left", *["right"] * 7, "left"),
+    )
+
+
+def pipeline_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Input-pipeline rate next to the raw decode+resize baseline of the same run."""
+    lines = [
+        (
+            f"{row['model']} {row['image_size']}px batch {row['batch']}",
+            _number(row["images_per_second"], digits=1),
+            _number(row["baseline_images_per_second"], digits=1),
+            f"{row['pipeline_to_baseline']:.0%}"
+            + (" (below target)" if row["pipeline_to_baseline"] < row["target_ratio"] else ""),
+            f">= {row['target_ratio']:.0%}",
+        )
+        for row in rows
+    ]
+    return tabulate(
+        lines, headers=PIPELINE_HEADERS, disable_numparse=True, colalign=("left", *["right"] * 4)
+    )
+
+
+def _input_bound_notes(groups: dict[str, list[dict]], pipelines: Sequence[dict]) -> list[str]:
+    notes = []
+    for pipeline in pipelines:
+        for name, rows in groups.items():
+            rates = [r["images_per_second"] for r in rows if r.get("images_per_second")]
+            same_input = all(
+                rows[0].get(key) == pipeline.get(key) for key in ("model", "image_size", "batch")
+            )
+            if rates and same_input and max(rates) > pipeline["images_per_second"]:
+                notes.append(
+                    f"{name}: the fastest mode trains {max(rates):.0f} images/s but the input "
+                    f"pipeline delivers {pipeline['images_per_second']:.0f}: input-bound"
+                )
+    return notes
+
+
+def render_report(rows: Iterable[dict[str, Any]]) -> str:
+    """All tables: one per training group, then the input pipeline."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    pipelines = []
+    for row in rows:
+        if row.get("kind") == PIPELINE_KIND:
+            pipelines.append(row)
+        else:
+            groups.setdefault(row.get("group") or "ungrouped", []).append(row)
+    parts = [f"{name}\n{training_table(group)}" for name, group in sorted(groups.items())]
+    if pipelines:
+        parts.append(pipeline_table(pipelines))
+    parts.extend(_input_bound_notes(groups, pipelines))
+    return "\n\n".join(parts)
+
+
+def rows_from_saved(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Report rows from a pytest-benchmark JSON file (failed combinations are not saved)."""
+    return [
+        {"group": bench.get("group"), **bench.get("extra_info", {})}
+        for bench in document.get("benchmarks", [])
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the report of saved ``--benchmark-json``/``--benchmark-autosave`` files."""
+    parser = argparse.ArgumentParser(prog="python -m mpcore.benchtable", description=__doc__)
+    parser.add_argument("files", nargs="+", type=Path, help="pytest-benchmark JSON files")
+    args = parser.parse_args(argv)
+    for path in args.files:
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            print(f"error: cannot read {path}: {error}", file=sys.stderr)
+            return 2
+        if not isinstance(document, dict) or not isinstance(document.get("benchmarks"), list):
+            print(f"error: {path} is not a pytest-benchmark JSON file", file=sys.stderr)
+            return 2
+        print(f"== {path}")
+        print(render_report(rows_from_saved(document)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

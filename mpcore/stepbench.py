@@ -1,0 +1,196 @@
+"""The training-step benchmark harness: one precision x XLA combination, built in isolation.
+
+:func:`prepared_step` applies the mode (which clears the Keras session and sets every global the
+mode owns), builds and compiles the model, verifies it with :func:`mpcore.modes.check_model`, puts
+one batch on the device and runs the first step (tracing and XLA compilation) on its own clock.
+A round (:meth:`PreparedStep.run_round`) is then K compiled steps on that resident batch, ending
+in a device synchronisation, so a timer around it measures the device, not the host's dispatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from mpcore import telemetry
+from mpcore.devices import device_peak, peak_tflops, training_flops_per_step
+from mpcore.modes import RunConfig, amp_rewrite_enabled, applied, autoclustering_enabled
+from mpcore.training import TrainSettings, build_compiled, current_loss_scale, make_train_step
+
+
+def sync_device() -> None:
+    """Wait until every op queued on every device has finished."""
+    tf.test.experimental.sync_devices()
+
+
+@dataclasses.dataclass
+class PreparedStep:
+    """One combination's compiled training step, its device-resident batch, first-step time."""
+
+    config: RunConfig
+    settings: TrainSettings
+    model: keras.Model | None
+    step: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None
+    images: tf.Tensor | None
+    labels: tf.Tensor | None
+    steps_per_round: int
+    compile_seconds: float
+    amp_rewrite_on: bool
+    autoclustering_on: bool
+
+    def run_round(self) -> float:
+        """Run ``steps_per_round`` steps and wait for the device; return the last loss."""
+        loss = None
+        for _ in range(self.steps_per_round):
+            loss = self.step(self.images, self.labels)
+        value = float(loss)  # waits for the last forward pass...
+        sync_device()  # ...and for its optimizer update, which the loss does not depend on
+        return value
+
+    def release(self) -> None:
+        """Drop the model, step and batch so a failed run's traceback cannot pin device memory."""
+        self.model = self.step = self.images = self.labels = None
+
+    def describe(self) -> dict[str, Any]:
+        """The identity of this run: mode, model, sizes, parameters, first-step time."""
+        return {
+            "precision": self.config.precision,
+            "xla": self.config.xla,
+            "model": self.settings.model,
+            "batch": self.settings.batch_size,
+            "image_size": self.settings.resolved_image_size,
+            "parameters": self.model.count_params(),
+            "steps_per_round": self.steps_per_round,
+            "compile_seconds": self.compile_seconds,
+            "amp_rewrite_enabled": self.amp_rewrite_on,
+            "autoclustering_enabled": self.autoclustering_on,
+        }
+
+
+def resident_batch(
+    batch_size: int, image_size: int, num_classes: int, device: str, seed: int = 0
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """A random batch of preprocessed-range images and labels, placed on ``device``."""
+    generator = tf.random.Generator.from_seed(seed)
+    with tf.device(device):
+        images = generator.uniform((batch_size, image_size, image_size, 3), -1.0, 1.0)
+        labels = generator.uniform((batch_size,), 0, num_classes, dtype=tf.int32)
+        return tf.identity(images), tf.identity(labels)
+
+
+@contextlib.contextmanager
+def prepared_step(
+    config: RunConfig,
+    settings: TrainSettings,
+    steps_per_round: int,
+    num_classes: int = 5,
+    device: str = "/CPU:0",
+) -> Iterator[PreparedStep]:
+    """Build ``config`` in isolation and yield its compiled step; restore every global on exit."""
+    if steps_per_round < 1:
+        raise ValueError(f"steps per round must be positive, got {steps_per_round}")
+    prepared = None
+    try:
+        with applied(config):
+            keras.utils.set_random_seed(settings.seed)
+            model = build_compiled(config, settings)  # raises unless the model is in its mode
+            step = make_train_step(
+                model,
+                model.optimizer,
+                keras.losses.SparseCategoricalCrossentropy(),
+                jit_compile=config.compile_jit,
+            )
+            images, labels = resident_batch(
+                settings.batch_size,
+                settings.resolved_image_size,
+                num_classes,
+                device,
+                settings.seed,
+            )
+            start = time.perf_counter()
+            float(step(images, labels))
+            sync_device()
+            prepared = PreparedStep(
+                config=config,
+                settings=settings,
+                model=model,
+                step=step,
+                images=images,
+                labels=labels,
+                steps_per_round=steps_per_round,
+                compile_seconds=time.perf_counter() - start,
+                amp_rewrite_on=amp_rewrite_enabled(),
+                autoclustering_on=autoclustering_enabled(),
+            )
+            del model, step, images, labels
+            yield prepared
+    finally:
+        if prepared is not None:
+            prepared.release()
+        keras.backend.clear_session()
+        gc.collect()
+
+
+class MemoryProbe:
+    """Peak memory over a block: TensorFlow's and NVML's on a GPU, the process RSS peak always.
+
+    ``peak_memory_bytes`` is TensorFlow's peak on a GPU and the process's peak RSS otherwise
+    (``ru_maxrss`` only grows, so on the CPU it is the session's peak up to this run).
+    """
+
+    def __init__(self, on_gpu: bool, device: str = "GPU:0") -> None:
+        self.on_gpu = on_gpu
+        self.device = device
+        self.sampler = telemetry.Sampler()
+        self.fields: dict[str, Any] = {}
+
+    def __enter__(self) -> MemoryProbe:
+        if self.on_gpu:
+            telemetry.reset_tf_peak_memory(self.device)
+            self.sampler.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        tf_peak = None
+        if self.on_gpu:
+            self.sampler.__exit__(None, None, None)
+            tf_peak = telemetry.tf_peak_memory_bytes(self.device)
+        nvml_peak = self.sampler.peak("memory_used_bytes")
+        rss = telemetry.peak_rss_bytes()
+        self.fields = {
+            "peak_memory_bytes": tf_peak if self.on_gpu else rss,
+            "peak_memory_source": "tensorflow" if self.on_gpu else "process_rss",
+            "tf_peak_memory_bytes": tf_peak,
+            "nvml_peak_used_bytes": None if nvml_peak is None else int(nvml_peak),
+            "peak_rss_bytes": rss,
+        }
+
+
+def throughput_fields(
+    prepared: PreparedStep,
+    seconds_per_round: float,
+    device_name: str | None,
+    tf32_enabled: bool,
+) -> dict[str, Any]:
+    """Rates of a measured round: ms/step, images/s, FLOPs, TFLOP/s and fraction of peak."""
+    seconds_per_step = seconds_per_round / prepared.steps_per_round
+    flops = training_flops_per_step(prepared.model, prepared.settings.batch_size)
+    achieved = flops / seconds_per_step / 1e12
+    peak = peak_tflops(device_peak(device_name), prepared.config.precision, tf32_enabled)
+    return {
+        "ms_per_step": 1000.0 * seconds_per_step,
+        "images_per_second": prepared.settings.batch_size / seconds_per_step,
+        "flops_per_step": flops,
+        "achieved_tflops": achieved,
+        "device": device_name or "CPU",
+        "peak_tflops": peak,
+        "fraction_of_peak": None if peak is None else achieved / peak,
+        "final_loss_scale": current_loss_scale(prepared.model.optimizer),
+    }
