@@ -1,0 +1,406 @@
+"""Tables, CSV and plots from a ``results.json`` or a pytest-benchmark JSON file.
+
+Nothing here imports TensorFlow: ``mpbench report`` re-renders a saved run in a second.
+Plots use matplotlib's object API (``Figure``), so no global pyplot state or GUI backend is
+involved.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from tabulate import tabulate
+
+MIB = 1024 * 1024
+BASELINE = "float32+xla_off"
+
+#: Columns of the run table and CSV: (key, table header, number format).
+RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("configuration", "configuration", ""),
+    ("status", "status", ""),
+    ("first_epoch_s", "first epoch s", ".2f"),
+    ("steady_epoch_s", "steady epoch s", ".2f"),
+    ("ms_per_step", "ms/step", ".1f"),
+    ("images_per_s", "images/s", ".1f"),
+    ("speedup", "speedup", "x"),
+    ("final_loss", "final loss", ".4f"),
+    ("accuracy", "accuracy", ".3f"),
+    ("val_accuracy", "val accuracy", ".3f"),
+    ("peak_memory_mib", "peak memory MiB", ".0f"),
+    ("final_loss_scale", "final loss scale", "g"),
+)
+
+
+class ReportError(Exception):
+    """The input is not a results.json or pytest-benchmark file; one line for the user."""
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as error:
+        raise ReportError(f"cannot read {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ReportError(f"{path} is not valid JSON ({error})") from None
+
+
+def is_benchmark_json(document: Any) -> bool:
+    return isinstance(document, dict) and isinstance(document.get("benchmarks"), list)
+
+
+def is_results_json(document: Any) -> bool:
+    return isinstance(document, dict) and str(document.get("schema", "")).startswith(
+        "mpbench-results/"
+    )
+
+
+def locate(path: str | Path) -> Path:
+    """The JSON file ``mpbench report PATH`` means: the file itself, ``PATH/results.json``, or
+    the newest pytest-benchmark file under a folder such as ``.benchmarks/``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ReportError(f"not found: {path}")
+    if (path / "results.json").is_file():
+        return path / "results.json"
+    candidates = sorted(path.rglob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not candidates:
+        raise ReportError(f"{path} holds no results.json and no pytest-benchmark JSON file")
+    return candidates[0]
+
+
+def load(path: str | Path) -> tuple[str, dict[str, Any], Path]:
+    """Return ``(kind, document, file)`` with kind ``"run"`` or ``"benchmark"``."""
+    file = locate(path)
+    document = _load_json(file)
+    if is_results_json(document):
+        return "run", document, file
+    if is_benchmark_json(document):
+        return "benchmark", document, file
+    raise ReportError(f"{file} is neither an mpbench results.json nor a pytest-benchmark file")
+
+
+# --------------------------------------------------------------------------------------------
+# Rows
+
+
+def _last(values: Sequence[float] | None) -> float | None:
+    return values[-1] if values else None
+
+
+def peak_memory(record: dict[str, Any]) -> tuple[float | None, str]:
+    """Peak memory of a configuration in bytes and what it measures (GPU or host RSS)."""
+    telemetry = record.get("telemetry") or {}
+    if telemetry.get("tf_peak_memory_bytes") is not None:
+        return telemetry["tf_peak_memory_bytes"], "TensorFlow peak GPU memory"
+    if telemetry.get("peak_rss_bytes") is not None:
+        return telemetry["peak_rss_bytes"], "peak host RSS of the worker process"
+    return None, "unknown"
+
+
+def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per configuration, in run order, with the table's values (None = unknown)."""
+    records = document.get("configurations", [])
+    baseline = next(
+        (r for r in records if r.get("name") == BASELINE and r.get("status") == "ok"), None
+    )
+    base_ms = baseline["result"]["ms_per_step"] if baseline else None
+    rows = []
+    for record in records:
+        row: dict[str, Any] = {key: None for key, _, _ in RUN_COLUMNS}
+        row["configuration"] = record.get("name")
+        ok = record.get("status") == "ok"
+        row["status"] = "ok" if ok else f"failed: {record.get('reason')}"
+        if ok:
+            result = record["result"]
+            memory, _ = peak_memory(record)
+            row.update(
+                first_epoch_s=result["first_epoch_seconds"],
+                steady_epoch_s=result["steady_epoch_seconds"],
+                ms_per_step=result["ms_per_step"],
+                images_per_s=result["images_per_second"],
+                speedup=base_ms / result["ms_per_step"] if base_ms else None,
+                final_loss=_last(result["loss"]),
+                accuracy=_last(result["accuracy"]),
+                val_accuracy=_last(result["val_accuracy"]),
+                peak_memory_mib=memory / MIB if memory is not None else None,
+                final_loss_scale=_last(result.get("loss_scale")),
+            )
+        rows.append(row)
+    return rows
+
+
+def benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training rows (``extra_info``) of a pytest-benchmark file, with the speedup over
+    ``float32``/``off`` of the same group, as the benchmark suite's own table computes it."""
+    from mpcore.benchtable import PIPELINE_KIND, rows_from_saved
+
+    rows = [row for row in rows_from_saved(document) if row.get("kind") != PIPELINE_KIND]
+    baselines = {
+        row.get("group"): row["ms_per_step"]
+        for row in rows
+        if row.get("precision") == "float32" and row.get("xla") == "off" and row.get("ms_per_step")
+    }
+    for row in rows:
+        base, ms = baselines.get(row.get("group")), row.get("ms_per_step")
+        row["speedup"] = base / ms if base and ms else None
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Table and CSV
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if fmt == "d":
+        return str(int(value))
+    if fmt == "x":
+        return f"{value:.2f}x"
+    return format(value, fmt) if fmt else str(value)
+
+
+def format_table(
+    rows: list[dict[str, Any]], columns: tuple[tuple[str, str, str], ...] = RUN_COLUMNS
+) -> str:
+    """A plain-text table (tabulate) of ``rows``; long failure reasons wrap."""
+    body = [[_cell(row.get(key), fmt) for key, _, fmt in columns] for row in rows]
+    widths = [48 if key == "status" else None for key, _, _ in columns]
+    return tabulate(
+        body,
+        headers=[header for _, header, _ in columns],
+        tablefmt="simple",
+        disable_numparse=True,
+        maxcolwidths=widths,
+    )
+
+
+def run_table(document: dict[str, Any]) -> str:
+    """The run table plus a footnote saying what speedup and peak memory mean."""
+    rows = run_rows(document)
+    table = format_table(rows)
+    kinds = {peak_memory(r)[1] for r in document.get("configurations", []) if r.get("result")}
+    notes = [f"speedup: steady ms/step of {BASELINE} divided by each configuration's"]
+    if kinds:
+        notes.append(f"peak memory: {', '.join(sorted(kinds))}")
+    return table + "\n" + "\n".join(notes)
+
+
+def write_csv(
+    rows: list[dict[str, Any]],
+    path: Path,
+    columns: tuple[tuple[str, str, str], ...] = RUN_COLUMNS,
+) -> Path:
+    """Write ``rows`` with full-precision numbers (empty cell = unknown)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([key for key, _, _ in columns])
+        for row in rows:
+            writer.writerow(["" if row.get(key) is None else row[key] for key, _, _ in columns])
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+
+
+def _colours(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    return [palette(i % 10) for i in range(count)]
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def _ok_records(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in document.get("configurations", []) if r.get("status") == "ok"]
+
+
+def _subtitle(document: dict[str, Any]) -> str:
+    settings = document.get("settings", {})
+    return (
+        f"model {settings.get('model')}, {settings.get('image_size')} px, "
+        f"batch {settings.get('batch_size')}, {settings.get('epochs')} epochs"
+    )
+
+
+def plot_time_vs_loss(document: dict[str, Any], path: Path) -> Path:
+    """The seed's comparison: total training time against final training loss."""
+    records = _ok_records(document)
+    figure = Figure(figsize=(7.5, 5))
+    axes = figure.subplots()
+    for record, colour in zip(records, _colours(len(records)), strict=True):
+        result = record["result"]
+        seconds = sum(result["epoch_seconds"])
+        axes.scatter(seconds, result["loss"][-1], s=70, color=colour, label=record["name"])
+        axes.annotate(
+            record["name"],
+            (seconds, result["loss"][-1]),
+            textcoords="offset points",
+            xytext=(6, 6),
+            fontsize=8,
+        )
+    axes.set_xlabel("training time, all epochs (s)")
+    axes.set_ylabel("final training loss")
+    axes.set_title(f"Training time vs final loss\n{_subtitle(document)}", fontsize=11)
+    axes.grid(alpha=0.3)
+    if records:
+        axes.legend(fontsize=8, loc="best")
+        axes.margins(0.25)
+    return _save(figure, path)
+
+
+def plot_curves(document: dict[str, Any], path: Path) -> Path:
+    """Loss and accuracy per epoch, training (solid) and validation (dashed), per configuration."""
+    records = _ok_records(document)
+    figure = Figure(figsize=(12, 4.8))
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for record, colour in zip(records, _colours(len(records)), strict=True):
+        result = record["result"]
+        epochs = range(1, len(result["loss"]) + 1)
+        name = record["name"]
+        loss_axes.plot(epochs, result["loss"], "-o", color=colour, label=f"{name} train")
+        loss_axes.plot(epochs, result["val_loss"], "--", color=colour, label=f"{name} val")
+        accuracy_axes.plot(epochs, result["accuracy"], "-o", color=colour, label=f"{name} train")
+        accuracy_axes.plot(epochs, result["val_accuracy"], "--", color=colour, label=f"{name} val")
+    loss_axes.set_title("Loss per epoch (solid: training, dashed: validation)", fontsize=10)
+    loss_axes.set_ylabel("sparse categorical cross-entropy")
+    accuracy_axes.set_title("Accuracy per epoch (solid: training, dashed: validation)", fontsize=10)
+    accuracy_axes.set_ylabel("accuracy (fraction correct)")
+    accuracy_axes.set_ylim(0, 1.02)
+    for axes in (loss_axes, accuracy_axes):
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    if records:
+        accuracy_axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.suptitle(f"Learning curves: {_subtitle(document)}", fontsize=11)
+    return _save(figure, path)
+
+
+def plot_bars(
+    labels: list[str],
+    values: list[float],
+    speedups: list[float | None],
+    path: Path,
+    title: str,
+    xlabel: str,
+    unit: str = "ms",
+) -> Path:
+    """Horizontal bars of a time per configuration, each annotated with its speedup."""
+    figure = Figure(figsize=(8, 1.2 + 0.55 * max(1, len(labels))))
+    axes = figure.subplots()
+    positions = range(len(labels))
+    axes.barh(positions, values, color=_colours(len(labels)))
+    axes.set_yticks(list(positions), labels, fontsize=9)
+    axes.invert_yaxis()
+    for position, value, speedup in zip(positions, values, speedups, strict=True):
+        note = f"{value:.1f} {unit}" + (f"  ({speedup:.2f}x)" if speedup is not None else "")
+        axes.text(value, position, "  " + note, va="center", fontsize=9)
+    axes.set_xlabel(xlabel)
+    axes.set_title(title, fontsize=11)
+    axes.set_xlim(0, max(values, default=1.0) * 1.35 or 1.0)
+    axes.grid(axis="x", alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_step_time(document: dict[str, Any], path: Path) -> Path:
+    """Steady-state ms/step per configuration, annotated with the speedup over the baseline."""
+    rows = [row for row in run_rows(document) if row["ms_per_step"] is not None]
+    return plot_bars(
+        [row["configuration"] for row in rows],
+        [row["ms_per_step"] for row in rows],
+        [row["speedup"] for row in rows],
+        path,
+        f"Steady training step time (speedup over {BASELINE})\n{_subtitle(document)}",
+        "milliseconds per training step (median of epochs after the first)",
+    )
+
+
+def plot_gpu_telemetry(document: dict[str, Any], path: Path) -> Path | None:
+    """GPU memory used and utilisation over time per configuration; None without samples."""
+    records = [r for r in _ok_records(document) if (r.get("telemetry") or {}).get("gpu_series")]
+    if not records:
+        return None
+    figure = Figure(figsize=(10, 6.5))
+    memory_axes, utilisation_axes = figure.subplots(2, 1, sharex=True)
+    for record, colour in zip(records, _colours(len(records)), strict=True):
+        series = record["telemetry"]["gpu_series"]
+        times = [row["t"] for row in series]
+        memory = [
+            row["memory_used_bytes"] / MIB if row["memory_used_bytes"] is not None else math.nan
+            for row in series
+        ]
+        utilisation = [
+            row["utilization_percent"] if row["utilization_percent"] is not None else math.nan
+            for row in series
+        ]
+        memory_axes.plot(times, memory, color=colour, label=record["name"])
+        utilisation_axes.plot(times, utilisation, color=colour, label=record["name"])
+    memory_axes.set_ylabel("device memory used (MiB)")
+    memory_axes.set_title("GPU memory used (NVML)", fontsize=10)
+    utilisation_axes.set_ylabel("GPU utilisation (%)")
+    utilisation_axes.set_ylim(0, 105)
+    utilisation_axes.set_title("GPU utilisation (NVML)", fontsize=10)
+    utilisation_axes.set_xlabel("seconds since the configuration's training started")
+    for axes in (memory_axes, utilisation_axes):
+        axes.grid(alpha=0.3)
+    memory_axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.suptitle(f"GPU telemetry during training: {_subtitle(document)}", fontsize=11)
+    return _save(figure, path)
+
+
+def render_run(document: dict[str, Any], out: Path) -> list[Path]:
+    """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        write_csv(run_rows(document), out / "results.csv"),
+        plot_time_vs_loss(document, out / "time_vs_loss.png"),
+        plot_curves(document, out / "curves.png"),
+        plot_step_time(document, out / "step_time.png"),
+    ]
+    gpu = plot_gpu_telemetry(document, out / "gpu_telemetry.png")
+    return [*written, *([gpu] if gpu else [])]
+
+
+def render_benchmark(document: dict[str, Any], out: Path) -> tuple[str, list[Path]]:
+    """The benchmark suite's table of a pytest-benchmark file, and its CSV and step-time plot
+    written to ``out``."""
+    from mpcore.benchtable import render_report, rows_from_saved
+
+    rows = benchmark_rows(document)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(out / "benchmark.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    timed = [row for row in rows if row.get("ms_per_step")]
+    plot = plot_bars(
+        [f"{row.get('group')}\n{row.get('precision')}+xla_{row.get('xla')}" for row in timed],
+        [row["ms_per_step"] for row in timed],
+        [row["speedup"] for row in timed],
+        out / "benchmark_step_time.png",
+        "pytest-benchmark: training step time (speedup over float32, XLA off, same group)",
+        "milliseconds per training step",
+    )
+    return render_report(rows_from_saved(document)), [out / "benchmark.csv", plot]
