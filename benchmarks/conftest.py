@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -28,6 +28,7 @@ from mpcore.devices import benchmark_gpus, skip_reason, speedup_note
 from mpcore.machine import GpuInfo, software_versions, visible_gpus
 from mpcore.models import model_spec
 from mpcore.modes import PRECISIONS, XLA_MODES, RunConfig, parse_precision, parse_xla
+from mpcore.stepbench import PreparedStep, prepared_step
 from mpcore.training import TrainSettings
 
 GPU_DEFAULTS = {"model": "resnet50", "batch": 80, "image_size": None, "steps": 10, "rounds": 10}
@@ -204,18 +205,41 @@ def speedup_caveat(bench_options: BenchOptions, combination: RunConfig) -> str |
     return speedup_note(combination.precision, bench_options.gpu)
 
 
+@pytest.fixture
+def prepared(bench_options: BenchOptions, combination: RunConfig) -> Iterator[PreparedStep]:
+    """The combination built in isolation, compiled, verified and run once; globals restored."""
+    with prepared_step(
+        combination,
+        bench_options.train_settings,
+        bench_options.steps,
+        bench_options.classes,
+        bench_options.device,
+    ) as step:
+        yield step
+
+
+def _first_line(excinfo: pytest.ExceptionInfo) -> str:
+    lines = str(excinfo.value).strip().splitlines()
+    return f"{excinfo.typename}: {lines[0]}" if lines else excinfo.typename
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
-    """Keep each benchmark's ``extra_info`` (or its error) for the end-of-session tables."""
+    """Keep each benchmark's ``extra_info``, or its error (setup or call), for the report."""
     report = yield
-    if call.when != "call" or "benchmark" not in getattr(item, "funcargs", {}):
-        return report
-    fixture = item.funcargs["benchmark"]
-    row = {"group": fixture.group, **fixture.extra_info}
-    if report.failed and call.excinfo is not None:
-        message = str(call.excinfo.value).strip().splitlines()
-        row["error"] = f"{call.excinfo.typename}: {message[0] if message else ''}".strip()
-    if report.passed or report.failed:
+    funcargs = getattr(item, "funcargs", {})
+    callspec = getattr(item, "callspec", None)
+    combination = callspec.params.get("combination") if callspec else None
+    row: dict = {}
+    if combination is not None:
+        options = item.config.stash[_OPTIONS]
+        row = {"group": options.group, **combination.to_dict()}
+    if "benchmark" in funcargs:
+        row.update(funcargs["benchmark"].extra_info)
+    failed_here = report.failed and call.excinfo is not None and call.when in ("setup", "call")
+    if failed_here and combination is not None:
+        row["error"] = _first_line(call.excinfo)
+    if row and (failed_here or (call.when == "call" and report.passed)):
         item.config.stash[_ROWS].append(row)
     return report
 

@@ -1,8 +1,9 @@
 """Training-step throughput of every precision x XLA combination (parametrized in conftest.py).
 
-A timed round is ``--mp-steps`` compiled steps on a device-resident batch ending in a device
-synchronisation; the first step (tracing, XLA compilation) is timed separately and
-``--mp-warmup-rounds`` untimed rounds follow it before timing starts.
+The ``prepared`` fixture (conftest.py) builds the combination in isolation and times its first
+step (tracing, XLA compilation) on its own clock. A timed round is ``--mp-steps`` compiled steps
+on a device-resident batch ending in a device synchronisation; ``--mp-warmup-rounds`` untimed
+rounds come first.
 """
 
 from __future__ import annotations
@@ -12,33 +13,32 @@ import math
 import tensorflow as tf
 
 from mpcore.modes import RunConfig, check_model
-from mpcore.stepbench import MemoryProbe, prepared_step, throughput_fields
+from mpcore.stepbench import MemoryProbe, PreparedStep, throughput_fields
 
 
-def test_train_step(benchmark, bench_options, combination: RunConfig, speedup_caveat) -> None:
+def test_train_step(
+    benchmark, bench_options, combination: RunConfig, prepared: PreparedStep, speedup_caveat
+) -> None:
     options = bench_options
     benchmark.group = options.group
     benchmark.extra_info["note"] = speedup_caveat
-    with prepared_step(
-        combination, options.train_settings, options.steps, options.classes, options.device
-    ) as prepared:
-        benchmark.extra_info.update(prepared.describe())
-        check_model(prepared.model, combination)  # the mode still holds right before timing
-        with MemoryProbe(on_gpu=options.real_gpu) as memory:
-            last_loss = benchmark.pedantic(
-                prepared.run_round,
-                rounds=options.rounds,
-                warmup_rounds=options.warmup_rounds,
-                iterations=1,
+    benchmark.extra_info.update(prepared.describe())
+    check_model(prepared.model, combination)  # the mode still holds right before timing
+    with MemoryProbe(on_gpu=options.real_gpu) as memory:
+        last_loss = benchmark.pedantic(
+            prepared.run_round,
+            rounds=options.rounds,
+            warmup_rounds=options.warmup_rounds,
+            iterations=1,
+        )
+    benchmark.extra_info.update(memory.fields)
+    if benchmark.stats is not None:  # None under --benchmark-disable: one untimed round
+        benchmark.extra_info.update(
+            throughput_fields(
+                prepared,
+                benchmark.stats.stats.median,
+                options.device_name,
+                tf.config.experimental.tensor_float_32_execution_enabled(),
             )
-        benchmark.extra_info.update(memory.fields)
-        if benchmark.stats is not None:  # None under --benchmark-disable: one untimed round
-            benchmark.extra_info.update(
-                throughput_fields(
-                    prepared,
-                    benchmark.stats.stats.median,
-                    options.device_name,
-                    tf.config.experimental.tensor_float_32_execution_enabled(),
-                )
-            )
+        )
     assert math.isfinite(last_loss), f"{combination.name}: training loss is {last_loss}"

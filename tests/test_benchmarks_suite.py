@@ -1,0 +1,304 @@
+"""The benchmarks/ suite driven with pytester on the CPU, at tiny settings.
+
+The suite is copied into the pytester folder and run in-process; ``MPBENCH_FAKE_GPU`` stands in
+for a T4, an A100, a pre-Volta card or no GPU, so every skip decision is exercised here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import pytest
+import tensorflow as tf
+
+import mpcore.stepbench
+from mpcore.devices import FAKE_GPU_ENV, NO_GPU_REASON
+from mpcore.modes import amp_rewrite_enabled, autoclustering_enabled
+
+pytest_plugins = ("pytester",)
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SUITE_FILES = ("conftest.py", "test_train_step.py", "test_input_pipeline.py")
+TINY = (
+    "--mp-model=small",
+    "--mp-image-size=16",
+    "--mp-batch=4",
+    "--mp-steps=1",
+    "--mp-rounds=1",
+    "--mp-warmup-rounds=0",
+    "--mp-pipeline-images=10",
+)
+ONLY_TRAINING = ("-k", "train_step")
+#: Every field the issue asks each training benchmark to record.
+TRAINING_FIELDS = (
+    "images_per_second",
+    "ms_per_step",
+    "precision",
+    "xla",
+    "model",
+    "batch",
+    "image_size",
+    "parameters",
+    "compile_seconds",
+    "final_loss_scale",
+    "peak_memory_bytes",
+    "tf_peak_memory_bytes",
+    "nvml_peak_used_bytes",
+    "peak_rss_bytes",
+    "flops_per_step",
+    "achieved_tflops",
+    "peak_tflops",
+    "fraction_of_peak",
+)
+MACHINE_FIELDS = (
+    "gpu_name",
+    "gpu_compute_capability",
+    "gpu_simulated",
+    "nvidia_driver",
+    "cuda_build",
+    "cudnn_build",
+    "tensorflow",
+    "keras",
+    "tf32_enabled",
+)
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A copy of benchmarks/ in the pytester folder, seeing no GPU unless a test says otherwise."""
+    target = pytester.path / "benchmarks"
+    target.mkdir()
+    for name in SUITE_FILES:
+        shutil.copy(BENCHMARKS / name, target / name)
+    monkeypatch.setenv(FAKE_GPU_ENV, "none")
+    monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(
+        "benchmarks", "-p", "no:random_order", "--import-mode=importlib", "-rs", *args
+    )
+
+
+def process_modes() -> tuple[str, bool, bool]:
+    """The dtype policy and whether the rewrite and auto-clustering are on in this process."""
+    return (
+        keras.mixed_precision.dtype_policy().name,
+        amp_rewrite_enabled(),
+        autoclustering_enabled(),
+    )
+
+
+def saved_benchmarks(path: Path) -> dict[str, dict]:
+    return {bench["name"]: bench for bench in json.loads(path.read_text())["benchmarks"]}
+
+
+def collected_skips(pytester: pytest.Pytester, *args: str) -> dict[str, str | None]:
+    """Each training benchmark's id and the skip reason it was collected with (None: runs)."""
+    items, _ = pytester.inline_genitems("benchmarks", "--import-mode=importlib", *args)
+    skips = {}
+    for item in items:
+        if "combination" in item.fixturenames:
+            mark = item.get_closest_marker("skip")
+            skips[item.callspec.id] = mark.kwargs["reason"] if mark else None
+    return skips
+
+
+def test_without_gpu_only_the_pipeline_runs(suite: pytest.Pytester) -> None:
+    result = run(suite, *TINY)
+    result.assert_outcomes(passed=1, skipped=12)
+    result.stdout.fnmatch_lines([f"SKIPPED ?12? *test_train_step.py: {NO_GPU_REASON}"])
+    result.stdout.fnmatch_lines(["*input pipeline*raw decode+resize images/s*"])
+
+
+@pytest.mark.parametrize(
+    ("fake_gpu", "expected"),
+    [
+        ("Tesla T4@7.5", {"mixed_bfloat16": "needs compute capability 8.0+ (Tesla T4 has 7.5)"}),
+        ("NVIDIA A100-SXM4-80GB@8.0", {}),
+        (
+            "Tesla P100-PCIE-16GB@6.0",
+            {
+                "amp_rewrite": "no-op below compute capability 7.0 (Tesla P100-PCIE-16GB has 6.0)",
+                "mixed_bfloat16": "needs compute capability 8.0+",
+            },
+        ),
+        ("none", {p: NO_GPU_REASON for p in ("float32", "mixed_float16", "amp_rewrite")}),
+    ],
+)
+def test_skips_are_decided_at_collection_from_capabilities(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fake_gpu: str, expected: dict
+) -> None:
+    monkeypatch.setenv(FAKE_GPU_ENV, fake_gpu)
+    skips = collected_skips(suite)
+    assert len(skips) == 12
+    for combination, reason in skips.items():
+        precision = combination.rsplit("-", 1)[0]
+        if fake_gpu == "none":
+            assert reason == NO_GPU_REASON
+        elif precision in expected:
+            assert expected[precision] in reason
+        else:
+            assert reason is None, combination
+
+
+def test_allow_cpu_runs_exactly_the_cpu_possible_combinations(suite: pytest.Pytester) -> None:
+    skips = collected_skips(suite, "--mp-allow-cpu")
+    runnable = {combination for combination, reason in skips.items() if reason is None}
+    assert runnable == {
+        f"{p}-{x}" for p in ("float32", "mixed_float16", "mixed_bfloat16") for x in ("off", "jit")
+    }
+    assert skips["amp_rewrite-off"] == "grappler auto_mixed_precision is a no-op without a GPU"
+    assert "auto-clustering does not cluster CPU ops" in skips["float32-auto"]
+
+
+def test_cpu_run_records_every_field_prints_the_table_and_compares(
+    suite: pytest.Pytester,
+) -> None:
+    storage = f"file://{suite.path / 'storage'}"
+    out = suite.path / "out.json"
+    first = run(
+        suite,
+        *TINY,
+        "--mp-allow-cpu",
+        "--mp-xla=off",
+        f"--benchmark-json={out}",
+        "--benchmark-autosave",
+        f"--benchmark-storage={storage}",
+    )
+    first.assert_outcomes(passed=4, skipped=1)  # amp_rewrite-off is not CPU-possible
+
+    document = json.loads(out.read_text())
+    assert set(MACHINE_FIELDS) <= set(document["machine_info"])
+    assert document["machine_info"]["tensorflow"] == tf.__version__
+    benches = saved_benchmarks(out)
+    for precision in ("float32", "mixed_float16", "mixed_bfloat16"):
+        info = benches[f"test_train_step[{precision}-off]"]["extra_info"]
+        assert set(TRAINING_FIELDS) <= set(info), precision
+        for field in ("images_per_second", "ms_per_step", "compile_seconds", "achieved_tflops"):
+            assert info[field] > 0, field
+        assert info["parameters"] > 0 and info["flops_per_step"] > 0
+        assert info["peak_memory_bytes"] == info["peak_rss_bytes"] > 0  # the CPU's measure
+        assert (info["final_loss_scale"] is not None) == (precision == "mixed_float16")
+        assert info["fraction_of_peak"] is None  # no datasheet peak for a CPU
+    pipeline = benches["test_input_pipeline"]["extra_info"]
+    assert pipeline["images_per_second"] > 0 and pipeline["baseline_images_per_second"] > 0
+
+    first.stdout.fnmatch_lines(
+        [
+            "*mpbench report*",
+            "small 16px batch 4 on CPU",
+            "precision*xla*ms/step*images/s*speedup*peak memory MiB*TFLOP/s*% of peak*",
+            "float32*off*1.00x*",
+            "mixed_float16*off*x*",
+            "mixed_bfloat16*off*x*",
+        ]
+    )
+
+    second = run(
+        suite,
+        *TINY,
+        *ONLY_TRAINING,
+        "--mp-allow-cpu",
+        "--mp-xla=off",
+        "--mp-precision=float32",
+        "--benchmark-compare",
+        f"--benchmark-storage={storage}",
+    )
+    second.assert_outcomes(passed=1)
+    second.stdout.fnmatch_lines(["*test_train_step?float32-off? (NOW)*", "*test_train_step*0001*"])
+
+
+def test_combinations_do_not_leak_rewrite_or_autoclustering(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FAKE_GPU_ENV, "Tesla T4@7.5")  # so the rewrite and auto-clustering run
+    before = process_modes()
+    out = suite.path / "out.json"
+    # Both globals on, then a combination that needs both off, in this order.
+    result = run(
+        suite,
+        *TINY,
+        "--mp-precision=amp_rewrite,float32",
+        "--mp-xla=auto,off",
+        "-k",
+        "amp_rewrite-auto or float32-off",
+        "-v",
+        f"--benchmark-json={out}",
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        ["*test_train_step?amp_rewrite-auto? PASSED*", "*test_train_step?float32-off? PASSED*"]
+    )
+    document = json.loads(out.read_text())
+    assert document["machine_info"]["gpu_simulated"] is True
+    for bench in document["benchmarks"]:
+        info = bench["extra_info"]
+        assert info["amp_rewrite_enabled"] == (info["precision"] == "amp_rewrite"), bench["name"]
+        assert info["autoclustering_enabled"] == (info["xla"] == "auto"), bench["name"]
+        assert info["peak_tflops"] == (8.1 if info["precision"] == "float32" else 65.0)
+    assert process_modes() == before
+
+
+def test_a_failing_combination_does_not_stop_the_others(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_build = mpcore.stepbench.build_compiled
+
+    def out_of_memory_for_float16(config, settings):
+        if config.precision == "mixed_float16":
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return real_build(config, settings)
+
+    monkeypatch.setattr(mpcore.stepbench, "build_compiled", out_of_memory_for_float16)
+    out = suite.path / "out.json"
+    result = run(
+        suite,
+        *TINY,
+        *ONLY_TRAINING,
+        "--mp-allow-cpu",
+        "--mp-precision=mixed_float16,float32,mixed_bfloat16",
+        "--mp-xla=off",
+        f"--benchmark-json={out}",
+    )
+    result.assert_outcomes(passed=2, errors=1)
+    assert set(saved_benchmarks(out)) == {
+        "test_train_step[float32-off]",
+        "test_train_step[mixed_bfloat16-off]",
+    }
+    result.stdout.fnmatch_lines(
+        ["*mixed_float16*off*ResourceExhaustedError: OOM when allocating tensor*"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--mp-precision=float64",), "ERROR: --mp-precision: unknown precision 'float64'*"),
+        (("--mp-model=vgg",), "ERROR: --mp-model: unknown model 'vgg'*"),
+        (("--mp-batch=0",), "ERROR: --mp-batch must be at least 1, got 0"),
+        (("--mp-image-size=4", "--mp-model=small"), "ERROR: --mp-image-size 4 is too small*"),
+    ],
+)
+def test_bad_options_fail_in_one_line(
+    suite: pytest.Pytester, args: tuple[str, ...], message: str
+) -> None:
+    result = run(suite, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_bad_fake_gpu_fails_in_one_line(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FAKE_GPU_ENV, "T4")
+    result = run(suite)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: {FAKE_GPU_ENV}='T4' is not 'none' or 'NAME@MAJOR.MINOR'*"]
+    )
