@@ -126,6 +126,20 @@ def test_cast_census_agrees_with_real_casts_on_log_uniform_data(
 
 
 @pytest.mark.parametrize("dtype", CAST_DTYPES)
+def test_tensorflow_casts_round_exactly_like_numpy_and_ml_dtypes(dtype: str) -> None:
+    """``tf.cast`` from float32 gives bit-for-bit the values of the numpy (float16) and ml_dtypes
+    (bfloat16) casts, over float32's whole range, so the census describes what TensorFlow does."""
+    rng = np.random.default_rng(7)
+    values = (rng.choice([-1.0, 1.0], 100_000) * np.exp2(rng.uniform(-149, 128, 100_000))).astype(
+        np.float32
+    )
+    with np.errstate(over="ignore"):
+        expected = values.astype(NUMPY_TYPE[dtype]).astype(np.float32)
+    got = tf.cast(tf.constant(values), dtype).numpy().astype(np.float32)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", CAST_DTYPES)
 def test_cast_census_agrees_with_real_casts_at_every_boundary_and_its_neighbours(
     dtype: str,
 ) -> None:
