@@ -231,11 +231,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
 
     out = _prepare_out(args)
-    try:
-        runner.check_writable_folder(out)
-    except runner.RunSetupError as error:
-        raise UsageError(str(error)) from None
-
     synthetic = args.data in (None, "synthetic")
     root = (
         _synthetic_root(profile, args.synthetic_per_class, image_size, args.seed)
@@ -252,6 +247,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"--batch-size {settings.batch_size} is larger than the training split "
             f"({len(train_index)} images of {len(index)})"
         )
+    try:
+        runner.check_writable_folder(out)
+    except runner.RunSetupError as error:
+        raise UsageError(str(error)) from None
     print(
         f"data: {'synthetic ship set' if synthetic else 'ship set'} at {root} "
         f"({len(train_index)} training, {len(validation_index)} validation images)",
@@ -531,6 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mpbench {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Output piped into a reader that stopped early (``| head``): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

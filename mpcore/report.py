@@ -24,16 +24,16 @@ BASELINE = "float32+xla_off"
 RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("configuration", "configuration", ""),
     ("status", "status", ""),
-    ("first_epoch_s", "first epoch s", ".2f"),
-    ("steady_epoch_s", "steady epoch s", ".2f"),
+    ("first_epoch_s", "first\nepoch s", ".2f"),
+    ("steady_epoch_s", "steady\nepoch s", ".2f"),
     ("ms_per_step", "ms/step", ".1f"),
     ("images_per_s", "images/s", ".1f"),
     ("speedup", "speedup", "x"),
-    ("final_loss", "final loss", ".4f"),
+    ("final_loss", "final\nloss", ".4f"),
     ("accuracy", "accuracy", ".3f"),
-    ("val_accuracy", "val accuracy", ".3f"),
-    ("peak_memory_mib", "peak memory MiB", ".0f"),
-    ("final_loss_scale", "final loss scale", "g"),
+    ("val_accuracy", "val\naccuracy", ".3f"),
+    ("peak_memory_mib", "peak mem\nMiB", ".0f"),
+    ("final_loss_scale", "final loss\nscale", "g"),
 )
 
 
@@ -186,6 +186,7 @@ def format_table(
         tablefmt="simple",
         disable_numparse=True,
         maxcolwidths=widths,
+        colalign=["left" if not fmt else "right" for _, _, fmt in columns],
     )
 
 

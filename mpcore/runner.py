@@ -271,26 +271,33 @@ def run_all(
         announce(f"resuming: {len(done)} configuration(s) already finished: {', '.join(done)}")
     write_json_atomic(results_path, document)
     total = len(plan.configs)
-    with tempfile.TemporaryDirectory(prefix="mpbench-") as workdir:
-        for position, config in enumerate(pending):
-            name = plan.config_name(config)
-            number = total - len(pending) + position + 1
-            announce(f"[{number}/{total}] {name}: training")
-            try:
+    running = ""  # the configuration an interrupt would cut short
+    try:
+        with tempfile.TemporaryDirectory(prefix="mpbench-") as workdir:
+            for position, config in enumerate(pending):
+                name = running = plan.config_name(config)
+                number = total - len(pending) + position + 1
+                announce(f"[{number}/{total}] {name}: training")
                 record = run_configuration(plan, config, Path(workdir))
-            except KeyboardInterrupt:
-                document.update(status="interrupted", updated=now_iso())
+                _store(document, record)
+                running = ""
+                document["updated"] = now_iso()
                 write_json_atomic(results_path, document)
-                announce(f"[{number}/{total}] {name}: interrupted; not recorded")
-                return False
-            _store(document, record)
-            document["updated"] = now_iso()
-            write_json_atomic(results_path, document)
-            following = pending[position + 1] if position + 1 < len(pending) else None
-            announce(
-                f"[{number}/{total}] {name}: {_outcome(record)}; "
-                + (f"next: {plan.config_name(following)}" if following else "all done")
-            )
+                following = pending[position + 1] if position + 1 < len(pending) else None
+                announce(
+                    f"[{number}/{total}] {name}: {_outcome(record)}; "
+                    + (f"next: {plan.config_name(following)}" if following else "all done")
+                )
+    except KeyboardInterrupt:
+        # Whatever the interrupt cut short, every finished configuration is in ``document``.
+        document.update(status="interrupted", updated=now_iso())
+        write_json_atomic(results_path, document)
+        announce(
+            f"interrupted during {running}: it is not recorded"
+            if running
+            else "interrupted between configurations"
+        )
+        return False
     document.update(status="complete", updated=now_iso())
     write_json_atomic(results_path, document)
     return True

@@ -1,0 +1,267 @@
+"""``mpbench run`` and ``mpbench report`` end to end, as subprocesses, with tiny settings.
+
+One module-scoped run trains three configurations on a generated set; the middle one is made to
+fail (injected out-of-memory), so the same run proves both the results of the finished ones and
+that a failure does not stop the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mpcore.report import RUN_COLUMNS, run_table
+from mpcore.runner import FAULT_ENV, SCHEMA
+
+TINY = (
+    "--data",
+    "synthetic",
+    "--synthetic-per-class",
+    "6",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "2",
+)
+RUN_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+FAILING = "mixed_bfloat16+xla_off"
+OK_NAMES = ("float32+xla_off", "mixed_float16+xla_off")
+
+
+def cli_env(cache: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "MPBENCH_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop(FAULT_ENV, None)
+    return {**env, **extra}
+
+
+def mpbench(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mpcore", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mpbench-cache")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, cache: Path):
+    """A completed run: float32 ok, mixed_bfloat16 failed (injected OOM), mixed_float16 ok."""
+    work = tmp_path_factory.mktemp("run")
+    out = work / "out"
+    completed = mpbench(
+        "run",
+        *TINY,
+        "--precision",
+        *RUN_PRECISIONS,
+        "--out",
+        str(out),
+        env=cli_env(cache, **{FAULT_ENV: f"{FAILING}=oom"}),
+        cwd=work,
+    )
+    return completed, out
+
+
+def test_run_prints_profile_progress_and_table(finished_run) -> None:
+    completed, _ = finished_run
+    assert completed.returncode == 1, completed.stderr  # one configuration failed
+    lines = completed.stdout.splitlines()
+    assert lines[0].startswith("profile quick: no GPU visible to TensorFlow")
+    assert "[float32+xla_off] Epoch 1/2" in lines
+    assert any(line.startswith("[float32+xla_off] 4/4 - ") for line in lines)
+    assert any(
+        line.startswith("[1/3] float32+xla_off: finished in")
+        and line.endswith("next: mixed_bfloat16+xla_off")
+        for line in lines
+    )
+    assert any(
+        line.startswith("[2/3] mixed_bfloat16+xla_off: FAILED") and "out of memory" in line
+        for line in lines
+    )
+    start = next(i for i, line in enumerate(lines) if line.startswith("configuration "))
+    header = " ".join(lines[start : start + 2])
+    for _, title, _ in RUN_COLUMNS:  # two-line headers: every word is on the first two lines
+        assert all(word in header for word in title.split()), title
+    assert "Traceback" not in completed.stderr
+
+
+def test_results_json_records_every_configuration(finished_run) -> None:
+    _, out = finished_run
+    document = json.loads((out / "results.json").read_text())
+    assert document["schema"] == SCHEMA
+    assert document["status"] == "complete"
+    assert document["planned"] == [f"{p}+xla_off" for p in RUN_PRECISIONS]
+    assert document["settings"]["image_size"] == 32
+    assert document["settings"]["epochs"] == 2
+    assert document["data"]["synthetic"] is True
+    assert document["data"]["images"] == 30
+    assert document["machine"]["versions"]["tensorflow"]
+    records = {record["name"]: record for record in document["configurations"]}
+    assert list(records) == document["planned"]
+    failed = records[FAILING]
+    assert failed["status"] == "failed"
+    assert failed["reason"].startswith("out of memory")
+    assert failed["result"] is None
+    for name in OK_NAMES:
+        record = records[name]
+        assert record["status"] == "ok"
+        result = record["result"]
+        assert result["config"]["precision"] == name.split("+")[0]
+        assert len(result["epoch_seconds"]) == len(result["loss"]) == 2
+        assert len(result["val_accuracy"]) == 2
+        assert result["ms_per_step"] > 0 and result["images_per_second"] > 0
+        assert result["train_images"] + result["validation_images"] == 30
+        assert record["telemetry"]["peak_rss_bytes"] > 50 * 2**20
+        assert record["wall_seconds"] > result["first_epoch_seconds"]
+    assert records["float32+xla_off"]["result"]["loss_scale"] is None
+    scales = records["mixed_float16+xla_off"]["result"]["loss_scale"]
+    assert len(scales) == 2 and all(scale >= 1 for scale in scales)
+
+
+def test_results_csv_has_a_row_per_configuration(finished_run) -> None:
+    _, out = finished_run
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["configuration"] for row in rows] == [f"{p}+xla_off" for p in RUN_PRECISIONS]
+    by_name = {row["configuration"]: row for row in rows}
+    assert float(by_name["float32+xla_off"]["speedup"]) == pytest.approx(1.0)
+    assert float(by_name["mixed_float16+xla_off"]["ms_per_step"]) > 0
+    assert float(by_name["mixed_float16+xla_off"]["final_loss_scale"]) >= 1
+    assert by_name[FAILING]["status"].startswith("failed: out of memory")
+    assert by_name[FAILING]["ms_per_step"] == ""
+
+
+def test_every_plot_is_a_readable_image(finished_run) -> None:
+    _, out = finished_run
+    names = sorted(path.name for path in out.glob("*.png"))
+    # No GPU telemetry plot without NVML samples.
+    assert names == ["curves.png", "step_time.png", "time_vs_loss.png"]
+    for name in names:
+        with Image.open(out / name) as image:
+            image.verify()
+        with Image.open(out / name) as image:
+            width, height = image.size
+            assert width >= 600 and height >= 200, (name, image.size)
+            # Not a blank canvas: a plot has many distinct colours.
+            assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 20
+
+
+def _scalars(folder: Path) -> dict[str, list[float]]:
+    import tensorflow as tf
+
+    values: dict[str, list[float]] = {}
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                number = (
+                    float(tf.make_ndarray(value.tensor))
+                    if value.HasField("tensor")
+                    else value.simple_value
+                )
+                values.setdefault(value.tag, []).append(number)
+    return values
+
+
+def test_tensorboard_events_hold_the_epoch_metrics(finished_run) -> None:
+    _, out = finished_run
+    document = json.loads((out / "results.json").read_text())
+    for record in document["configurations"]:
+        if record["status"] != "ok":
+            continue
+        board = out / "tensorboard" / record["name"]
+        train = _scalars(board / "train")
+        validation = _scalars(board / "validation")
+        assert train["epoch_loss"] == pytest.approx(record["result"]["loss"], rel=1e-5)
+        assert train["epoch_accuracy"] == pytest.approx(record["result"]["accuracy"], rel=1e-5)
+        assert validation["epoch_loss"] == pytest.approx(record["result"]["val_loss"], rel=1e-5)
+    assert not (out / "tensorboard" / FAILING / "train").exists()
+
+
+def test_report_reproduces_the_table(finished_run, tmp_path: Path) -> None:
+    completed, out = finished_run
+    report = mpbench(
+        "report", str(out), "--out", str(tmp_path), env=cli_env(tmp_path), cwd=tmp_path
+    )
+    assert report.returncode == 0, report.stderr
+    table = run_table(json.loads((out / "results.json").read_text()))
+    assert table in completed.stdout
+    assert report.stdout.startswith(table)
+    assert sorted(path.name for path in tmp_path.glob("*.png")) == [
+        "curves.png",
+        "step_time.png",
+        "time_vs_loss.png",
+    ]
+    assert (tmp_path / "results.csv").read_text() == (out / "results.csv").read_text()
+
+
+def test_out_holding_a_run_is_refused_without_resume(finished_run, cache: Path) -> None:
+    _, out = finished_run
+    before = (out / "results.json").read_bytes()
+    refused = mpbench("run", *TINY, "--out", str(out), env=cli_env(cache), cwd=out.parent)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"mpbench run: error: --out {out} already holds a run (results.json); "
+        "pass --resume to continue it or choose a new folder"
+    ]
+    assert (out / "results.json").read_bytes() == before
+
+
+def _wait_for_finished_configuration(results: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        try:
+            if json.loads(results.read_text())["configurations"]:
+                return
+        except (OSError, ValueError, KeyError):
+            pass  # not written yet
+        time.sleep(0.2)
+    raise AssertionError("no configuration finished within 240 s")
+
+
+def test_sigint_keeps_finished_configurations(tmp_path: Path, cache: Path) -> None:
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "mpcore", "run", *TINY, "--out", str(out)]
+    process = subprocess.Popen(
+        [*command, "--precision", "float32", "mixed_float16"],
+        env=cli_env(cache),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_finished_configuration(out / "results.json", process)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    document = json.loads((out / "results.json").read_text())
+    assert document["status"] == "interrupted"
+    assert [r["name"] for r in document["configurations"]] == ["float32+xla_off"]
+    assert document["configurations"][0]["status"] == "ok"
+    assert run_table(document) in stdout
+    assert "interrupted" in stdout
+    assert f"mpbench run --resume --out {out}" in stdout
+    assert "Traceback" not in stderr
+    assert not list(out.glob(".results.json.*")), "a temporary file was left behind"
