@@ -358,6 +358,11 @@ def generated_batch(model: str, image_size: int, batch_size: int, seed: int) -> 
     return model_spec(model).preprocess(images.astype(np.float32)), labels
 
 
+def _percent(fraction: float) -> str:
+    """A percentage that keeps small non-zero fractions visible (0.0004%, not 0.00%)."""
+    return f"{100 * fraction:.3g}%"
+
+
 def cmd_numerics(args: argparse.Namespace) -> int:
     load_tensorflow()
     import json
@@ -404,9 +409,10 @@ def cmd_numerics(args: argparse.Namespace) -> int:
         overall = census.overall
         label = "no loss scaling" if scale == 1.0 else "LossScaleOptimizer's initial scale"
         print(
-            f"loss scale {scale:g} ({label}): {overall['underflow']:.2%} underflow to zero, "
-            f"{overall['subnormal']:.2%} subnormal, {overall['overflow']:.2%} overflow, "
-            f"of {overall['count']:,} gradient values"
+            f"loss scale {scale:g} ({label}): of {overall['count']:,} non-zero gradient values, "
+            f"{_percent(overall['underflow'])} underflow to zero, "
+            f"{_percent(overall['subnormal'])} become subnormal, "
+            f"{_percent(overall['overflow'])} overflow to infinity"
         )
         path = out / f"gradient_histogram_scale_{scale:g}.png"
         title = f"{args.model}: gradients × {scale:g} ({label}) against the {args.dtype} range"

@@ -1,0 +1,281 @@
+"""``mpbench doctor``, ``numerics``, ``report`` of a benchmark file and bad input, run in-process
+(TensorFlow is already imported by the test session), and the runner's building blocks."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mpcore.cli import choose_profile, main, parse_names
+from mpcore.doctor import precision_verdicts
+from mpcore.machine import GpuInfo, visible_gpus
+from mpcore.modes import PRECISIONS
+from mpcore.runner import (
+    RESULTS_FILE,
+    SCHEMA,
+    NonFiniteLossError,
+    PrefixedStream,
+    RunPlan,
+    RunSetupError,
+    _make_loss_guard,
+    resumable_document,
+    write_json_atomic,
+)
+
+
+def invoke(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``mpbench ARGV`` in-process; argparse errors arrive as ``SystemExit``."""
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------------------------
+# doctor
+
+
+@pytest.mark.skipif(bool(visible_gpus()), reason="states the CPU-only verdicts; a GPU is visible")
+def test_doctor_on_a_cpu_says_mixed_precision_will_not_speed_up(capsys) -> None:
+    code, out, err = invoke(["doctor", "--model", "small", "--batch-size", "50"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("TensorFlow ") and "Keras " in lines[0]
+    assert "GPUs: none visible to TensorFlow" in lines
+    assert (
+        "mixed_float16   not expected to speed up: CPU only: float16 is emulated and slower"
+        in lines
+    )
+    assert any(line.startswith("amp_rewrite     not expected to speed up") for line in lines)
+    assert (
+        "verdict: no GPU is visible to TensorFlow; mixed precision is not expected to speed up "
+        "training on this machine" in lines
+    )
+    assert "  layer predictions: units=5" in lines
+    assert "  batch size 50: not a multiple of 8 (try 48 or 56)" in lines
+
+
+@pytest.mark.parametrize(
+    ("gpu", "float16", "bfloat16"),
+    [
+        (GpuInfo("Tesla P100", (6, 0)), False, False),
+        (GpuInfo("Tesla V100", (7, 0)), True, False),
+        (GpuInfo("A100", (8, 0)), True, True),
+    ],
+)
+def test_gpu_verdicts_follow_compute_capability(gpu: GpuInfo, float16: bool, bfloat16: bool):
+    verdicts = {v.precision: v for v in precision_verdicts((gpu,), frozenset())}
+    assert list(verdicts) == list(PRECISIONS)
+    assert verdicts["float32"].speeds_up is None
+    assert verdicts["mixed_float16"].speeds_up is float16
+    assert verdicts["amp_rewrite"].speeds_up is float16
+    assert verdicts["mixed_bfloat16"].speeds_up is bfloat16
+    assert gpu.name in verdicts["mixed_float16"].why
+
+
+def test_cpu_bfloat16_verdict_depends_on_native_instructions() -> None:
+    plain = {v.precision: v for v in precision_verdicts((), frozenset({"avx2"}))}
+    amx = {v.precision: v for v in precision_verdicts((), frozenset({"avx2", "amx_bf16"}))}
+    assert plain["mixed_bfloat16"].speeds_up is False
+    assert amx["mixed_bfloat16"].speeds_up is True
+    assert "amx_bf16" in amx["mixed_bfloat16"].why
+    assert amx["mixed_float16"].speeds_up is False
+
+
+# --------------------------------------------------------------------------------------------
+# numerics
+
+
+def test_numerics_reports_both_scales_and_writes_histograms(capsys, tmp_path: Path) -> None:
+    argv = ["numerics", "--model", "small", "--image-size", "32", "--batch-size", "4"]
+    code, out, err = invoke([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert "loss scale 1 (no loss scaling): of " in out
+    assert "loss scale 32768 (LossScaleOptimizer's initial scale): of " in out
+    reports = json.loads((tmp_path / "numerics.json").read_text())
+    assert [report["loss_scale"] for report in reports] == [1.0, 32768.0]
+    unscaled, scaled = (report["overall"] for report in reports)
+    assert unscaled["count"] == scaled["count"] > 1000
+    # Scaling up by 2**15 can only move small gradients out of float16's underflow range.
+    assert scaled["underflow"] <= unscaled["underflow"]
+    for scale in ("1", "32768"):
+        with Image.open(tmp_path / f"gradient_histogram_scale_{scale}.png") as image:
+            assert image.size[0] >= 600 and image.size[1] >= 300
+
+
+# --------------------------------------------------------------------------------------------
+# report of a pytest-benchmark file
+
+
+def test_report_renders_a_pytest_benchmark_file(capsys, tmp_path: Path) -> None:
+    def bench(precision: str, xla: str, ms: float) -> dict:
+        info = {"precision": precision, "xla": xla, "ms_per_step": ms, "images_per_second": 1e3}
+        return {"group": "small 32px batch 8 cpu", "name": "test_train_step", "extra_info": info}
+
+    saved = tmp_path / "0001_run.json"
+    saved.write_text(
+        json.dumps(
+            {
+                "machine_info": {},
+                "benchmarks": [
+                    bench("float32", "off", 20.0),
+                    bench("mixed_float16", "off", 10.0),
+                    bench("float32", "jit", 16.0),
+                ],
+            }
+        )
+    )
+    code, out, err = invoke(["report", str(tmp_path), "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    assert "2.00x" in out and "1.25x" in out
+    with Image.open(tmp_path / "r" / "benchmark_step_time.png") as image:
+        assert image.size[0] >= 600
+    rows = (tmp_path / "r" / "benchmark.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("group,precision,xla,ms_per_step")
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: exit status 2, one line on stderr, no traceback, nothing created
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", "--precision", "float64"], "unknown --precision value 'float64'; valid: float32"),
+        (["run", "--xla", "fast"], "unknown --xla value 'fast'; valid: off, jit, auto, all"),
+        (["run", "--model", "vgg"], "unknown model 'vgg'; valid: resnet50, small"),
+        (["run", "--profile", "huge"], "invalid choice: 'huge'"),
+        (["run", "--epochs", "0"], "must be a positive integer, got 0"),
+        (["run", "--batch-size", "-3"], "must be a positive integer, got -3"),
+        (["run", "--image-size", "4"], "--image-size 4 is too small for model small (minimum 8)"),
+        (["run", "--data", "no-such-folder"], "data folder not found: no-such-folder"),
+        (["run", "--weights", "missing.weights.h5"], "--weights: file not found"),
+        (["run", "--resume", "--out", "fresh"], "--resume: fresh holds no results.json"),
+        (["report", "nothing-here"], "not found: nothing-here"),
+        (["doctor", "--model", "vgg"], "unknown --model 'vgg'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    argv: list[str], expected: str, capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke(argv, capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("mpbench") and expected in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no output folder, no cache written
+
+
+def test_batch_larger_than_the_training_split_is_refused(capsys, ship_root, tmp_path) -> None:
+    out = tmp_path / "out"
+    argv = ["run", "--data", str(ship_root), "--batch-size", "1000", "--out", str(out)]
+    code, _, err = invoke(argv, capsys)
+    assert code == 2
+    assert err.strip() == (
+        "mpbench run: error: --batch-size 1000 is larger than the training split (95 images of 120)"
+    )
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+
+
+def test_parse_names_accepts_lists_commas_and_all() -> None:
+    assert parse_names(["mixed_float16,float32", "float32"], PRECISIONS, "--precision") == [
+        "mixed_float16",
+        "float32",
+    ]
+    assert parse_names(["all"], PRECISIONS, "--precision") == list(PRECISIONS)
+    assert parse_names(None, PRECISIONS, "--precision") == []
+
+
+def test_profile_follows_the_gpu_unless_chosen() -> None:
+    assert choose_profile(None, 0)[0] == "quick"
+    assert choose_profile(None, 2)[0] == "seed"
+    assert choose_profile("quick", 2) == ("quick", "chosen with --profile")
+
+
+def test_write_json_atomic_replaces_whole_files_only(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"n": 1})
+    write_json_atomic(path, {"n": 2})
+    assert json.loads(path.read_text()) == {"n": 2}
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"n": object()})  # fails mid-write
+    assert json.loads(path.read_text()) == {"n": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_prefixed_stream_prefixes_every_line_and_redraw() -> None:
+    target = io.StringIO()
+    stream = PrefixedStream(target, "[cfg] ")
+    for piece in ("Epoch 1/2\n", "1/4 ..", "\b\b\r2/4 ..", "\n", "done\n"):
+        stream.write(piece)
+    assert target.getvalue() == "[cfg] Epoch 1/2\n[cfg] 1/4 ..\b\b\r[cfg] 2/4 ..\n[cfg] done\n"
+
+
+def test_loss_guard_names_configuration_epoch_step_and_scale() -> None:
+    import keras
+
+    from mpcore.modes import RunConfig, applied
+    from mpcore.training import TrainSettings, build_compiled
+
+    config = RunConfig("mixed_float16", "off")
+    with applied(config):
+        model = build_compiled(config, TrainSettings(model="small", image_size=8))
+        model.optimizer.build(model.trainable_variables)
+        guard = _make_loss_guard(config.name)
+        guard.set_model(model)
+        guard.on_epoch_begin(2)
+        guard.on_train_batch_end(3, {"loss": 0.7})  # finite: no complaint
+        with pytest.raises(NonFiniteLossError) as caught:
+            guard.on_train_batch_end(4, {"loss": keras.ops.convert_to_tensor(float("nan"))})
+    assert str(caught.value) == (
+        "mixed_float16+xla_off: loss is nan at epoch 3, step 5, loss scale 32768"
+    )
+
+
+def _saved_run(tmp_path: Path, settings: dict) -> RunPlan:
+    plan = RunPlan(
+        out=tmp_path,
+        data_root=tmp_path / "data",
+        settings=settings,
+        configs=[
+            {"precision": "float32", "xla": "off"},
+            {"precision": "amp_rewrite", "xla": "off"},
+        ],
+    )
+    write_json_atomic(
+        tmp_path / RESULTS_FILE,
+        {
+            "schema": SCHEMA,
+            "status": "interrupted",
+            "settings": settings,
+            "data": {"root": str(tmp_path / "data")},
+            "configurations": [
+                {"name": "float32+xla_off", "status": "ok"},
+                {"name": "amp_rewrite+xla_off", "status": "failed"},
+            ],
+        },
+    )
+    return plan
+
+
+def test_resume_keeps_finished_configurations_only(tmp_path: Path) -> None:
+    plan = _saved_run(tmp_path, {"model": "small", "epochs": 2})
+    document = resumable_document(tmp_path / RESULTS_FILE, plan)
+    assert [r["name"] for r in document["configurations"]] == ["float32+xla_off"]
+    assert document["status"] == "running"
+    changed = RunPlan(plan.out, plan.data_root, {"model": "small", "epochs": 3}, plan.configs)
+    with pytest.raises(RunSetupError, match="different epochs"):
+        resumable_document(tmp_path / RESULTS_FILE, changed)
