@@ -231,13 +231,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
     callspec = getattr(item, "callspec", None)
     combination = callspec.params.get("combination") if callspec else None
     row: dict = {}
-    if combination is not None:
+    if isinstance(combination, RunConfig):
         options = item.config.stash[_OPTIONS]
         row = {"group": options.group, **combination.to_dict()}
     if "benchmark" in funcargs:
         row.update(funcargs["benchmark"].extra_info)
     failed_here = report.failed and call.excinfo is not None and call.when in ("setup", "call")
-    if failed_here and combination is not None:
+    if failed_here and isinstance(combination, RunConfig):
         row["error"] = _first_line(call.excinfo)
     if row and (failed_here or (call.when == "call" and report.passed)):
         item.config.stash[_ROWS].append(row)
