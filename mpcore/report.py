@@ -226,6 +226,18 @@ def _colours(count: int) -> list[Any]:
     return [palette(i % 10) for i in range(count)]
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def _marker(position: int) -> dict[str, Any]:
+    """A distinct marker per configuration, shrinking along the list, so configurations with
+    identical values (amp_rewrite is float32 on a CPU) show as nested shapes, not one."""
+    return {
+        "marker": _MARKERS[position % len(_MARKERS)],
+        "markersize": max(4.0, 11.0 - 1.5 * position),
+    }
+
+
 def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -249,24 +261,25 @@ def plot_time_vs_loss(document: dict[str, Any], path: Path) -> Path:
     records = _ok_records(document)
     figure = Figure(figsize=(7.5, 5))
     axes = figure.subplots()
-    for record, colour in zip(records, _colours(len(records)), strict=True):
+    for position, (record, colour) in enumerate(zip(records, _colours(len(records)), strict=True)):
         result = record["result"]
-        seconds = sum(result["epoch_seconds"])
-        axes.scatter(seconds, result["loss"][-1], s=70, color=colour, label=record["name"])
-        axes.annotate(
-            record["name"],
-            (seconds, result["loss"][-1]),
-            textcoords="offset points",
-            xytext=(6, 6),
-            fontsize=8,
+        axes.plot(
+            sum(result["epoch_seconds"]),
+            result["loss"][-1],
+            linestyle="none",
+            color=colour,
+            markerfacecolor="none" if position else colour,
+            markeredgewidth=2,
+            label=record["name"],
+            **_marker(position),
         )
     axes.set_xlabel("training time, all epochs (s)")
     axes.set_ylabel("final training loss")
     axes.set_title(f"Training time vs final loss\n{_subtitle(document)}", fontsize=11)
     axes.grid(alpha=0.3)
     if records:
-        axes.legend(fontsize=8, loc="best")
-        axes.margins(0.25)
+        axes.legend(fontsize=8, loc="best", title="configuration", title_fontsize=8)
+        axes.margins(0.2)
     return _save(figure, path)
 
 
@@ -275,14 +288,15 @@ def plot_curves(document: dict[str, Any], path: Path) -> Path:
     records = _ok_records(document)
     figure = Figure(figsize=(12, 4.8))
     loss_axes, accuracy_axes = figure.subplots(1, 2)
-    for record, colour in zip(records, _colours(len(records)), strict=True):
+    for position, (record, colour) in enumerate(zip(records, _colours(len(records)), strict=True)):
         result = record["result"]
         epochs = range(1, len(result["loss"]) + 1)
         name = record["name"]
-        loss_axes.plot(epochs, result["loss"], "-o", color=colour, label=f"{name} train")
-        loss_axes.plot(epochs, result["val_loss"], "--", color=colour, label=f"{name} val")
-        accuracy_axes.plot(epochs, result["accuracy"], "-o", color=colour, label=f"{name} train")
-        accuracy_axes.plot(epochs, result["val_accuracy"], "--", color=colour, label=f"{name} val")
+        style = {"color": colour, **_marker(position), "markerfacecolor": "none"}
+        loss_axes.plot(epochs, result["loss"], "-", label=f"{name} train", **style)
+        loss_axes.plot(epochs, result["val_loss"], "--", label=f"{name} val", **style)
+        accuracy_axes.plot(epochs, result["accuracy"], "-", label=f"{name} train", **style)
+        accuracy_axes.plot(epochs, result["val_accuracy"], "--", label=f"{name} val", **style)
     loss_axes.set_title("Loss per epoch (solid: training, dashed: validation)", fontsize=10)
     loss_axes.set_ylabel("sparse categorical cross-entropy")
     accuracy_axes.set_title("Accuracy per epoch (solid: training, dashed: validation)", fontsize=10)
@@ -362,7 +376,7 @@ def plot_gpu_telemetry(document: dict[str, Any], path: Path) -> Path | None:
     utilisation_axes.set_ylabel("GPU utilisation (%)")
     utilisation_axes.set_ylim(0, 105)
     utilisation_axes.set_title("GPU utilisation (NVML)", fontsize=10)
-    utilisation_axes.set_xlabel("seconds since the configuration's training started")
+    utilisation_axes.set_xlabel("seconds since the configuration started (model build included)")
     for axes in (memory_axes, utilisation_axes):
         axes.grid(alpha=0.3)
     memory_axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))

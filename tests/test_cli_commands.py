@@ -279,3 +279,52 @@ def test_resume_keeps_finished_configurations_only(tmp_path: Path) -> None:
     changed = RunPlan(plan.out, plan.data_root, {"model": "small", "epochs": 3}, plan.configs)
     with pytest.raises(RunSetupError, match="different epochs"):
         resumable_document(tmp_path / RESULTS_FILE, changed)
+
+
+def _gpu_record(name: str, ms_per_step: float, memory_gib: float) -> dict:
+    series = [
+        {
+            "t": 0.1 * i,
+            "memory_used_bytes": min(i, 20) / 20 * memory_gib * 2**30,
+            "utilization_percent": 0.0 if i < 5 else 90.0 + i % 7,
+        }
+        for i in range(60)
+    ]
+    return {
+        "name": name,
+        "status": "ok",
+        "result": {
+            "epoch_seconds": [5.0, 2.0, 2.0],
+            "first_epoch_seconds": 5.0,
+            "steady_epoch_seconds": 2.0,
+            "ms_per_step": ms_per_step,
+            "images_per_second": 1000.0 / ms_per_step,
+            "loss": [1.5, 1.0, 0.8],
+            "accuracy": [0.4, 0.6, 0.7],
+            "val_loss": [1.6, 1.1, 0.9],
+            "val_accuracy": [0.3, 0.5, 0.6],
+            "loss_scale": None,
+        },
+        "telemetry": {"tf_peak_memory_bytes": int(memory_gib * 2**30), "gpu_series": series},
+    }
+
+
+def test_gpu_runs_get_a_telemetry_plot_and_gpu_peak_memory(tmp_path: Path) -> None:
+    from mpcore.report import render_run, run_rows, run_table
+
+    document = {
+        "schema": SCHEMA,
+        "settings": {"model": "resnet50", "image_size": 224, "batch_size": 80, "epochs": 3},
+        "configurations": [
+            _gpu_record("float32+xla_off", 200.0, 6.0),
+            _gpu_record("mixed_float16+xla_off", 100.0, 3.5),
+        ],
+    }
+    files = render_run(document, tmp_path)
+    assert tmp_path / "gpu_telemetry.png" in files
+    with Image.open(tmp_path / "gpu_telemetry.png") as image:
+        assert image.size[0] >= 800 and image.size[1] >= 500
+    rows = run_rows(document)
+    assert [row["speedup"] for row in rows] == [1.0, 2.0]
+    assert [row["peak_memory_mib"] for row in rows] == [6 * 1024, 3.5 * 1024]
+    assert "peak memory: TensorFlow peak GPU memory" in run_table(document)
