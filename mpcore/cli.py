@@ -135,12 +135,14 @@ def default_out() -> Path:
 
 
 def _synthetic_root(profile: Profile, per_class: int | None, image_size: int, seed: int) -> Path:
-    from mpcore.synthetic import write_synthetic_ships
+    from mpcore.synthetic import MARKER, write_synthetic_ships
 
     count = per_class or profile.synthetic_per_class
     # Images are drawn at the training size (at least 32 px) so resizing does not blur them.
     size = max(32, image_size)
     root = cache_dir() / f"synthetic-ships-{count}x{size}px-seed{seed}"
+    if not (root / MARKER).is_file():
+        print(f"data: generating {5 * count} synthetic ship images ({size} px), once", flush=True)
     try:
         return write_synthetic_ships(root, per_class=count, image_size=size, seed=seed)
     except OSError as error:

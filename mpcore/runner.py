@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,6 +223,8 @@ def run_configuration(plan: RunPlan, config: dict[str, str], workdir: Path) -> d
         "parent_pid": os.getpid(),
     }
     write_json_atomic(spec_path, spec)
+    # A rerun (--resume after a failure) must not add a second set of events to TensorBoard.
+    shutil.rmtree(spec["tensorboard_dir"], ignore_errors=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.perf_counter()
