@@ -17,12 +17,16 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:  # imported lazily at run time: TensorFlow loads only when a command needs it
+    from mpcore.training import TrainSettings
 
 #: Exit status for bad usage or bad input (argparse's convention).
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 CACHE_ENV = "MPBENCH_CACHE"
+VALIDATION_FRACTION = 0.2
 
 
 class UsageError(Exception):
@@ -191,29 +195,18 @@ def _prepare_out(args: argparse.Namespace) -> Path:
     return out
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    load_tensorflow()
-    from mpcore.machine import visible_gpus
-
-    profile_name, reason = choose_profile(args.profile, len(visible_gpus()))
-    print(f"profile {profile_name}: {reason}", flush=True)
-    profile = PROFILES[profile_name]
-
-    from mpcore import report, runner
-    from mpcore.data import DataError, read_ship_index, stratified_split
-    from mpcore.machine import machine_summary
+def _settings(args: argparse.Namespace, profile: Profile) -> TrainSettings:
+    """The run's ``TrainSettings``: the options given, the profile's values for the rest."""
     from mpcore.models import model_spec
-    from mpcore.modes import PRECISIONS, XLA_MODES, RunConfig
     from mpcore.training import TrainSettings
 
-    precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(PRECISIONS)
-    xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or list(profile.xla)
     model = args.model or profile.model
     try:
         spec = model_spec(model)
     except ValueError as error:
         raise UsageError(f"--model: {error}") from None
-    image_size = args.image_size or (profile.image_size if not args.model else None)
+    # A model chosen with --model gets its own default size, not the profile's model's.
+    image_size = args.image_size or (None if args.model else profile.image_size)
     image_size = image_size or spec.default_image_size
     if image_size < spec.min_image_size:
         raise UsageError(
@@ -221,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"(minimum {spec.min_image_size})"
         )
     try:
-        settings = TrainSettings(
+        return TrainSettings(
             model=model,
             image_size=image_size,
             batch_size=args.batch_size or profile.batch_size,
@@ -232,16 +225,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
 
-    out = _prepare_out(args)
+
+def _data(
+    args: argparse.Namespace, profile: Profile, settings: TrainSettings
+) -> tuple[Path, dict[str, Any]]:
+    """The data set's root and its description for ``results.json``, validated and split as
+    every worker will split it."""
+    from mpcore.data import DataError, read_ship_index, stratified_split
+
     synthetic = args.data in (None, "synthetic")
     root = (
-        _synthetic_root(profile, args.synthetic_per_class, image_size, args.seed)
+        _synthetic_root(profile, args.synthetic_per_class, settings.image_size, args.seed)
         if synthetic
         else Path(args.data)
     )
     try:
         index = read_ship_index(root)
-        train_index, validation_index = stratified_split(index, 0.2, seed=args.seed)
+        train_index, validation_index = stratified_split(index, VALIDATION_FRACTION, args.seed)
     except DataError as error:
         raise UsageError(str(error)) from None
     if settings.batch_size > len(train_index):
@@ -249,22 +249,50 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"--batch-size {settings.batch_size} is larger than the training split "
             f"({len(train_index)} images of {len(index)})"
         )
+    return root.resolve(), {
+        "root": str(root.resolve()),
+        "synthetic": synthetic,
+        "images": len(index),
+        "train_images": len(train_index),
+        "validation_images": len(validation_index),
+        "class_counts": index.class_counts(),
+    }
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    load_tensorflow()
+    from mpcore.machine import visible_gpus
+
+    profile_name, reason = choose_profile(args.profile, len(visible_gpus()))
+    print(f"profile {profile_name}: {reason}", flush=True)
+    profile = PROFILES[profile_name]
+
+    from mpcore import report, runner
+    from mpcore.machine import machine_summary
+    from mpcore.modes import PRECISIONS, XLA_MODES, RunConfig
+
+    precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(PRECISIONS)
+    xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or list(profile.xla)
+    settings = _settings(args, profile)
+    out = _prepare_out(args)
+    root, data = _data(args, profile, settings)
     try:
         runner.check_writable_folder(out)
     except runner.RunSetupError as error:
         raise UsageError(str(error)) from None
     print(
-        f"data: {'synthetic ship set' if synthetic else 'ship set'} at {root} "
-        f"({len(train_index)} training, {len(validation_index)} validation images)",
+        f"data: {'synthetic ship set' if data['synthetic'] else 'ship set'} at {root} "
+        f"({data['train_images']} training, {data['validation_images']} validation images)",
         flush=True,
     )
 
     configs = [RunConfig(p, x) for p in precisions for x in xla_modes]
     plan = runner.RunPlan(
         out=out,
-        data_root=root.resolve(),
+        data_root=root,
         settings=settings.to_dict(),
         configs=[config.to_dict() for config in configs],
+        validation_fraction=VALIDATION_FRACTION,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     try:
@@ -275,14 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 plan,
                 profile=profile_name,
                 profile_reason=reason,
-                data={
-                    "root": str(plan.data_root),
-                    "synthetic": synthetic,
-                    "images": len(index),
-                    "train_images": len(train_index),
-                    "validation_images": len(validation_index),
-                    "class_counts": index.class_counts(),
-                },
+                data=data,
                 machine=machine_summary(),
                 command=["mpbench", *sys.argv[1:]],
             )
@@ -290,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     print(
         f"{len(configs)} configuration(s): {', '.join(c.name for c in configs)}; "
-        f"model {model}, {image_size} px, batch {settings.batch_size}, "
+        f"model {settings.model}, {settings.image_size} px, batch {settings.batch_size}, "
         f"{settings.epochs} epoch(s); output in {out}",
         flush=True,
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mpcore.cli import main
 from mpcore.report import RUN_COLUMNS, run_table
 from mpcore.runner import FAULT_ENV, SCHEMA
 
@@ -211,12 +212,12 @@ def test_report_reproduces_the_table(finished_run, tmp_path: Path) -> None:
     assert (tmp_path / "results.csv").read_text() == (out / "results.csv").read_text()
 
 
-def test_out_holding_a_run_is_refused_without_resume(finished_run, cache: Path) -> None:
+def test_out_holding_a_run_is_refused_without_resume(finished_run, cache, capsys, monkeypatch):
     _, out = finished_run
     before = (out / "results.json").read_bytes()
-    refused = mpbench("run", *TINY, "--out", str(out), env=cli_env(cache), cwd=out.parent)
-    assert refused.returncode == 2
-    assert refused.stderr.strip().splitlines() == [
+    monkeypatch.setenv("MPBENCH_CACHE", str(cache))
+    assert main(["run", *TINY, "--out", str(out)]) == 2  # in-process: no TensorFlow start-up
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"mpbench run: error: --out {out} already holds a run (results.json); "
         "pass --resume to continue it or choose a new folder"
     ]
