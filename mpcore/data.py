@@ -220,9 +220,15 @@ def make_dataset(
     seed: int = 0,
     cache: bool = False,
     drop_remainder: bool = False,
+    shard_policy: tf.data.experimental.AutoShardPolicy | None = None,
 ) -> tf.data.Dataset:
     """The input pipeline: read, decode, resize, preprocess (float32), [cache], shuffle, batch,
-    prefetch. Labels are int32 class indices 0..4 for a sparse cross-entropy."""
+    prefetch. Labels are int32 class indices 0..4 for a sparse cross-entropy.
+
+    ``shard_policy`` sets how a multi-worker ``tf.distribute`` strategy splits the data: ``DATA``
+    (every worker runs the pipeline and keeps its share of each batch) works here; ``FILE`` does
+    not, as the file names come from one in-memory tensor, not from files.
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     dataset = tf.data.Dataset.from_tensor_slices(
@@ -240,7 +246,12 @@ def make_dataset(
         dataset = dataset.cache()
         if shuffle:
             dataset = dataset.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    if shard_policy is not None:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = shard_policy
+        dataset = dataset.with_options(options)
+    return dataset
 
 
 def steps_per_epoch(num_images: int, batch_size: int, drop_remainder: bool = False) -> int:

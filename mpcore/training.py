@@ -17,6 +17,11 @@ import keras
 import tensorflow as tf
 
 from mpcore.data import ShipIndex, make_dataset, steps_per_epoch
+from mpcore.distribute import (
+    ReplicaConsistentLossScaleOptimizer,
+    ReplicaStatisticsAverager,
+    check_replicated,
+)
 from mpcore.machine import machine_summary, visible_gpus
 from mpcore.models import build_model, model_spec
 from mpcore.modes import RunConfig, applied, check_model
@@ -97,6 +102,14 @@ class RunResult:
     val_accuracy: list[float]
     loss_scale: list[float] | None
     machine: dict[str, Any]
+    #: Replicas training in sync under a tf.distribute strategy (1 without one).
+    replicas: int = 1
+    #: Images per step over all replicas; None means the settings' (per-replica) batch size.
+    global_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.global_batch is None:
+            self.global_batch = int(self.settings["batch_size"]) * self.replicas
 
     @property
     def first_epoch_seconds(self) -> float:
@@ -167,14 +180,20 @@ class LossScaleRecorder(keras.callbacks.Callback):
             self.values.append(value)
 
 
-def compile_for(model: keras.Model, config: RunConfig, learning_rate: float) -> keras.Model:
+def compile_for(
+    model: keras.Model, config: RunConfig, learning_rate: float, distributed: bool = False
+) -> keras.Model:
     """Compile ``model`` for ``config``: Adam, sparse cross-entropy, explicit ``jit_compile``.
 
     ``mixed_float16`` gets its ``LossScaleOptimizer`` from ``compile``; ``amp_rewrite`` builds a
-    float32 model, so compile would not wrap it and the wrapper is added here.
+    float32 model, so compile would not wrap it and the wrapper is added here. ``distributed``
+    (compiling inside a ``tf.distribute`` scope) swaps in a loss-scale optimizer that skips a
+    step when *any* replica overflowed; Keras's own only looks at the first replica's gradients.
     """
     optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(learning_rate)
-    if config.precision == "amp_rewrite":
+    if distributed and config.uses_loss_scaling:
+        optimizer = ReplicaConsistentLossScaleOptimizer(optimizer)
+    elif config.precision == "amp_rewrite":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
@@ -185,16 +204,25 @@ def compile_for(model: keras.Model, config: RunConfig, learning_rate: float) -> 
     return model
 
 
-def build_compiled(config: RunConfig, settings: TrainSettings) -> keras.Model:
-    """Build and compile the settings' model; call inside :func:`mpcore.modes.applied`."""
-    model = build_model(
-        settings.model,
-        settings.resolved_image_size,
-        weights=settings.weights,
-        float16_input=settings.float16_input,
-    )
-    compile_for(model, config, settings.learning_rate)
+def build_compiled(
+    config: RunConfig, settings: TrainSettings, strategy: tf.distribute.Strategy | None = None
+) -> keras.Model:
+    """Build and compile the settings' model; call inside :func:`mpcore.modes.applied`.
+
+    With a ``strategy`` the model and its optimizer are created in ``strategy.scope()``, so their
+    variables are mirrored across the replicas (checked).
+    """
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(
+            settings.model,
+            settings.resolved_image_size,
+            weights=settings.weights,
+            float16_input=settings.float16_input,
+        )
+        compile_for(model, config, settings.learning_rate, distributed=strategy is not None)
     check_model(model, config)
+    if strategy is not None:
+        check_replicated(model, strategy)
     return model
 
 
@@ -205,41 +233,55 @@ def train(
     validation_index: ShipIndex,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = 0,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> RunResult:
-    """Train ``settings.model`` under ``config`` with ``model.fit`` and return its record."""
-    if settings.batch_size > len(train_index):
+    """Train ``settings.model`` under ``config`` with ``model.fit`` and return its record.
+
+    With a ``strategy`` (see :mod:`mpcore.distribute`), ``settings.batch_size`` is the batch of
+    each replica and every step trains on ``batch_size x num_replicas_in_sync`` images; the
+    datasets are sharded by data (each worker keeps its slice of every global batch), which
+    works for file lists and generated data alike.
+    """
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    global_batch = settings.batch_size * replicas
+    if global_batch > len(train_index):
+        per_replica = f" ({settings.batch_size} per replica x {replicas})" if replicas > 1 else ""
         raise ValueError(
-            f"batch size {settings.batch_size} is larger than the training split "
+            f"batch size {global_batch}{per_replica} is larger than the training split "
             f"({len(train_index)} images)"
         )
     spec = model_spec(settings.model)
     size = settings.resolved_image_size
+    shard_policy = tf.data.experimental.AutoShardPolicy.DATA if strategy is not None else None
     with applied(config), op_determinism(settings.resolved_deterministic):
         keras.utils.set_random_seed(settings.seed)
-        model = build_compiled(config, settings)
+        model = build_compiled(config, settings, strategy)
         train_data = make_dataset(
             train_index,
             size,
-            settings.batch_size,
+            global_batch,
             spec.preprocess,
             seed=settings.seed,
             cache=settings.cache,
+            shard_policy=shard_policy,
         )
         validation_data = make_dataset(
             validation_index,
             size,
-            settings.batch_size,
+            global_batch,
             spec.preprocess,
             shuffle=False,
             cache=settings.cache,
+            shard_policy=shard_policy,
         )
         timer, scales = EpochTimer(), LossScaleRecorder()
+        replica_sync = [ReplicaStatisticsAverager(strategy)] if strategy is not None else []
         history = model.fit(
             train_data,
             validation_data=validation_data,
             epochs=settings.epochs,
             shuffle=False,  # the tf.data pipeline shuffles, seeded
-            callbacks=[timer, scales, *callbacks],
+            callbacks=[timer, scales, *replica_sync, *callbacks],
             verbose=verbose,
         )
         logs = history.history
@@ -248,7 +290,7 @@ def train(
             settings=settings.to_dict(),
             train_images=len(train_index),
             validation_images=len(validation_index),
-            steps_per_epoch=steps_per_epoch(len(train_index), settings.batch_size),
+            steps_per_epoch=steps_per_epoch(len(train_index), global_batch),
             parameters=model.count_params(),
             epoch_seconds=timer.seconds,
             loss=[float(v) for v in logs["loss"]],
@@ -257,6 +299,8 @@ def train(
             val_accuracy=[float(v) for v in logs["val_accuracy"]],
             loss_scale=scales.values if config.uses_loss_scaling else None,
             machine=machine_summary(),
+            replicas=replicas,
+            global_batch=global_batch,
         )
 
 
