@@ -75,7 +75,10 @@ def float_format(dtype: str) -> FloatFormat:
 def _float_array(values: Any) -> np.ndarray:
     array = np.asarray(values)
     if array.dtype.kind != "f" and array.dtype != _NUMPY_DTYPES["bfloat16"]:
-        raise TypeError(f"cast_census needs floating-point values, got dtype {array.dtype}")
+        raise TypeError(
+            f"cast_census needs floating-point values (float16/32/64 or bfloat16), "
+            f"got dtype {array.dtype}"
+        )
     # Comparisons against the thresholds are exact in float64 for every narrower input; wider
     # inputs (long double) are compared in their own type.
     return array.astype(np.float64) if array.dtype.itemsize <= 8 else array
@@ -241,7 +244,7 @@ def gradient_census(
 
 def _power_of_two_label(value: float) -> str:
     exponent = np.log2(value)
-    return f"2^{int(exponent)}" if exponent == int(exponent) else f"{value:g}"
+    return f"2^{int(exponent)}" if exponent == int(exponent) and exponent != 0 else f"{value:g}"
 
 
 def plot_log2_histogram(report: GradientCensus, path: str | Path, title: str | None = None) -> Path:
@@ -251,10 +254,8 @@ def plot_log2_histogram(report: GradientCensus, path: str | Path, title: str | N
     for exact zeros; the target format's subnormal and normal ranges are shaded and the bins a
     cast flushes to zero or to infinity are coloured.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib import pyplot as plt
+    # A bare Figure renders with Agg and leaves pyplot's global state (backend, open figures) alone.
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     fmt = float_format(report.dtype)
@@ -267,9 +268,11 @@ def plot_log2_histogram(report: GradientCensus, path: str | Path, title: str | N
 
     shown = [*histogram.exponents, subnormal_edge - 1, overflow_edge]
     x_low, x_high = min(shown) - 1, max(shown) + 2
-    zero_bar = x_low - 3  # the separate bin for exact zeros, left of a gap
+    step = 4 * max(1, (x_high - x_low) // 64)  # at most ~16 labelled ticks
+    zero_bar = x_low - max(3, step)  # the separate bin for exact zeros, left of a gap
 
-    figure, axes = plt.subplots(figsize=(11, 4.8), dpi=110)
+    figure = Figure(figsize=(11, 4.8), dpi=110)
+    axes = figure.subplots()
     axes.axvspan(subnormal_edge, normal_edge, color="#f3d9a4", alpha=0.7, zorder=0)
     axes.axvspan(normal_edge, np.log2(fmt.largest), color="#cfe3c4", alpha=0.7, zorder=0)
     # Whole bins below 2**(subnormal_edge - 1) round to zero and whole bins from the overflow
@@ -283,18 +286,18 @@ def plot_log2_histogram(report: GradientCensus, path: str | Path, title: str | N
     axes.bar(exponents + 0.5, percent, width=0.9, color=colours, zorder=2)
     if histogram.zeros:
         zeros_percent = 100.0 * histogram.zeros / max(histogram.total, 1)
-        axes.bar(zero_bar + 0.5, zeros_percent, width=0.9, color="#7f7f7f", zorder=2)
+        axes.bar(zero_bar + 0.5, zeros_percent, width=0.9 * step / 4, color="#7f7f7f", zorder=2)
     axes.set_yscale("log")
     axes.set_xlim(zero_bar - 0.5, x_high + 0.5)
-    first_tick = x_low + (-x_low) % 4
-    ticks = list(range(first_tick, x_high + 1, 4))
+    first_tick = x_low + (-x_low) % step
+    ticks = list(range(first_tick, x_high + 1, step))
     axes.set_xticks([zero_bar + 0.5, *ticks], ["zero", *[str(t) for t in ticks]])
     axes.set_xlabel(
         f"log2 |gradient × loss scale|   (loss scale {_power_of_two_label(report.loss_scale)})"
     )
     axes.set_ylabel(f"% of all {histogram.total:,} gradient values")
     overall = report.overall
-    largest = f"{fmt.largest:g}" if fmt.largest < 1e6 else _power_of_two_label(fmt.largest)
+    largest = f"{fmt.largest:g}" if fmt.largest < 1e6 else f"{fmt.largest:.3g}"
     axes.legend(
         handles=[
             Patch(color="#cfe3c4", label=f"{fmt.name} normal\n[2^{normal_edge}, {largest}]"),
@@ -322,5 +325,4 @@ def plot_log2_histogram(report: GradientCensus, path: str | Path, title: str | N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
-    plt.close(figure)
     return path
