@@ -410,12 +410,21 @@ def render_benchmark(document: dict[str, Any], out: Path) -> tuple[str, list[Pat
         writer.writeheader()
         writer.writerows(rows)
     timed = [row for row in rows if row.get("ms_per_step")]
+    groups = list(dict.fromkeys(str(row.get("group")) for row in timed))
+    one_group = len(groups) == 1
+
+    def label(row: dict[str, Any]) -> str:
+        name = f"{row.get('precision')}+xla_{row.get('xla')}"
+        return name if one_group else f"{row.get('group')}\n{name}"
+
     plot = plot_bars(
-        [f"{row.get('group')}\n{row.get('precision')}+xla_{row.get('xla')}" for row in timed],
+        [label(row) for row in timed],
         [row["ms_per_step"] for row in timed],
         [row["speedup"] for row in timed],
         out / "benchmark_step_time.png",
-        "pytest-benchmark: training step time (speedup over float32, XLA off, same group)",
+        "pytest-benchmark: training step time"
+        + (f", {groups[0]}" if one_group else "")
+        + "\n(speedup over float32 with XLA off, same group)",
         "milliseconds per training step",
     )
     return render_report(rows_from_saved(document)), [out / "benchmark.csv", plot]
