@@ -78,7 +78,7 @@ class OverheadProbe:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="steps per timed round (10)")
-    parser.add_argument("--rounds", type=int, default=40, help="timed rounds (40)")
+    parser.add_argument("--rounds", type=int, default=100, help="timed rounds (100)")
     parser.add_argument("--tolerance", type=float, default=0.03, help="allowed overhead (0.03)")
     args = parser.parse_args(argv)
     for name in ("steps", "rounds"):
