@@ -141,8 +141,9 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
         spec = model_spec(model)
     except ValueError as error:
         raise pytest.UsageError(f"--mp-model: {error}") from None
-    image_size = config.getoption("mp_image_size") or defaults["image_size"]
-    image_size = image_size or spec.default_image_size
+    image_size = config.getoption("mp_image_size")
+    if image_size is None:
+        image_size = defaults["image_size"] or spec.default_image_size
     if image_size < spec.min_image_size:
         raise pytest.UsageError(
             f"--mp-image-size {image_size} is too small for {model} (minimum {spec.min_image_size})"
