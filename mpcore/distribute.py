@@ -141,19 +141,32 @@ def is_chief(tf_config: Mapping[str, Any]) -> bool:
     return task["type"] == "chief" or (not has_chief and int(task["index"]) == 0)
 
 
+#: The strategies made in this process, by name and devices (see :func:`make_strategy`).
+_MADE: dict[tuple[str, ...], tf.distribute.Strategy] = {}
+
+
 def make_strategy(name: str, devices: Sequence[str] | None = None) -> tf.distribute.Strategy | None:
     """The strategy called ``name`` (None for ``none``).
 
     ``mirrored`` replicates over ``devices``, by default :func:`mirrored_devices`;
-    ``multiworker`` reads ``TF_CONFIG`` and must be built before TensorFlow runs any op.
+    ``multiworker`` reads ``TF_CONFIG`` and must be built before TensorFlow runs any op. Each
+    strategy is made once per process and reused: a second ``MirroredStrategy`` hands out the
+    first one's collective instance keys again, and its all-reduces then abort with "Shape
+    mismatch in the collective instance" (seen training float32, then mixed_float16).
     """
     parse_strategy(name)
     if name == "none":
         return None
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(list(devices or mirrored_devices()))
+        chosen = tuple(devices or mirrored_devices())
+        key = (name, *chosen)
+        if key not in _MADE:
+            _MADE[key] = tf.distribute.MirroredStrategy(list(chosen))
+        return _MADE[key]
     read_tf_config()
-    return NestReducingMultiWorkerStrategy()
+    if (name,) not in _MADE:
+        _MADE[(name,)] = NestReducingMultiWorkerStrategy()
+    return _MADE[(name,)]
 
 
 class NestReducingMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
@@ -482,7 +495,9 @@ def run_local_multiworker(
     fields; ``batch_size`` is per replica), ``data_root`` and optionally
     ``validation_fraction`` (0.2), ``verbose`` (0) and ``tensorboard_dir``. Logs, worker reports
     and the chief's ``result.json`` go to ``workdir``. The outcome's result is the chief's
-    record (``status``, ``result`` = ``RunResult.to_dict()``, ``weights_sha256``, ``workers``);
+    record, shaped like :mod:`mpcore.runner`'s (``name``, ``config``, ``status``, ``reason``,
+    ``result`` = ``RunResult.to_dict()``, ``telemetry``) plus ``weights_sha256`` and ``workers``
+    (every worker's report);
     raises :class:`WorkerLaunchError` if a worker fails or the workers' weights differ.
     """
     workdir = Path(workdir)
@@ -604,6 +619,7 @@ def _train_as_worker(
     index: int,
     report: dict[str, Any],
 ) -> dict[str, Any]:
+    from mpcore import telemetry
     from mpcore.data import read_ship_index, stratified_split
     from mpcore.modes import RunConfig
     from mpcore.training import TrainSettings, train
@@ -619,15 +635,17 @@ def _train_as_worker(
         callbacks.append(
             keras.callbacks.TensorBoard(spec["tensorboard_dir"], write_graph=False, profile_batch=0)
         )
-    result = train(
-        config,
-        settings,
-        train_index,
-        validation_index,
-        callbacks=callbacks,
-        verbose=spec.get("verbose", 0) if index == 0 else 0,
-        strategy=strategy,
-    )
+    telemetry.reset_tf_peak_memory()
+    with telemetry.Sampler() as sampler:
+        result = train(
+            config,
+            settings,
+            train_index,
+            validation_index,
+            callbacks=callbacks,
+            verbose=spec.get("verbose", 0) if index == 0 else 0,
+            strategy=strategy,
+        )
     if not all(math.isfinite(value) for value in result.loss):
         raise ArithmeticError(f"{config.name}: non-finite training loss {result.loss}")
     report.update(status="ok", weights_sha256=probe.checksum, variable_sha256=probe.by_variable)
@@ -637,6 +655,13 @@ def _train_as_worker(
         "status": "ok",
         "reason": None,
         "result": result.to_dict(),
+        # The chief's own process and GPU: the same fields as mpcore.runner's records.
+        "telemetry": {
+            "peak_rss_bytes": telemetry.peak_rss_bytes(),
+            "tf_peak_memory_bytes": telemetry.tf_peak_memory_bytes(),
+            "gpu": sampler.summary(),
+            "gpu_series": sampler.series,
+        },
         "weights_sha256": probe.checksum,
     }
 

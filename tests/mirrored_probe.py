@@ -169,7 +169,9 @@ def main(data_root: str) -> None:
         runs[precision] = {"single": single}
         for synchronized in synchronized_variants:
             name = "mirrored_sync_bn" if synchronized else "mirrored"
-            run = one_epoch(precision, strategy, splits, synchronized)
+            # Asked for anew each run, as a caller would: it must be the same strategy (a second
+            # MirroredStrategy would make the mixed_float16 run abort in an all-reduce).
+            run = one_epoch(precision, make_strategy("mirrored"), splits, synchronized)
             run["update_vs_single"] = update_agreement(single["update"], run["update"])
             runs[precision][name] = run
     for by_name in runs.values():

@@ -228,10 +228,13 @@ def test_timeout_kills_workers_that_ignore_sigterm(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_every_worker(tmp_path: Path) -> None:
     def interrupt_when_started() -> None:
+        # Like Ctrl-C in a terminal: SIGINT to the launcher, once both workers are running.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (tmp_path / "seen-1.json").exists():
+        while time.monotonic() < deadline:
+            if (tmp_path / "seen-1.json").exists() and (tmp_path / "seen-0.json").exists():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_when_started, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
@@ -366,6 +369,7 @@ def test_two_workers_train_in_sync_and_the_chief_writes_the_result(
     assert result["steps_per_epoch"] == math.ceil(50 / 16)
     assert len(result["loss"]) == 1 and math.isfinite(result["loss"][0])
     assert result["loss_scale"] == [2.0**15]
+    assert record["telemetry"]["peak_rss_bytes"] > 0
     # Both workers hold identical weights, variable by variable (BatchNormalization's moving
     # statistics included), and the chief's file is the record returned.
     workers = record.pop("workers")
