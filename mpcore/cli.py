@@ -305,7 +305,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 profile_reason=reason,
                 data=data,
                 machine=machine_summary(),
-                command=["mpbench", *sys.argv[1:]],
+                command=["mpbench", *args.argv],
             )
     except runner.RunSetupError as error:
         raise UsageError(str(error)) from None
@@ -550,7 +550,9 @@ def build_parser() -> OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mpbench`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except UsageError as error:

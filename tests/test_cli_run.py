@@ -114,6 +114,7 @@ def test_results_json_records_every_configuration(finished_run) -> None:
     assert document["data"]["synthetic"] is True
     assert document["data"]["images"] == 30
     assert document["machine"]["versions"]["tensorflow"]
+    assert document["command"][:2] == ["mpbench", "run"]
     records = {record["name"]: record for record in document["configurations"]}
     assert list(records) == document["planned"]
     failed = records[FAILING]
