@@ -1,8 +1,9 @@
 """``mpbench run`` and ``mpbench report`` end to end, as subprocesses, with tiny settings.
 
-One module-scoped run trains three configurations on a generated set; the middle one is made to
-fail (injected out-of-memory), so the same run proves both the results of the finished ones and
-that a failure does not stop the others.
+One module-scoped run trains four configurations on a generated set; the second is made to fail
+(injected out-of-memory) and the worker of the last kills itself (as the kernel's OOM killer
+would), so the same run proves the results of the finished ones, that a failure does not stop
+the others, and how each kind of failure is reported.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ TINY = (
     "--epochs",
     "2",
 )
-RUN_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+RUN_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "amp_rewrite")
 FAILING = "mixed_bfloat16+xla_off"
+CRASHING = "amp_rewrite+xla_off"
 OK_NAMES = ("float32+xla_off", "mixed_float16+xla_off")
 
 
@@ -64,7 +66,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, cache: Path):
-    """A completed run: float32 ok, mixed_bfloat16 failed (injected OOM), mixed_float16 ok."""
+    """A completed run: float32 ok, mixed_bfloat16 failed (injected OOM), mixed_float16 ok,
+    amp_rewrite's worker killed (SIGKILL)."""
     work = tmp_path_factory.mktemp("run")
     out = work / "out"
     completed = mpbench(
@@ -74,7 +77,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, cache: Path):
         *RUN_PRECISIONS,
         "--out",
         str(out),
-        env=cli_env(cache, **{FAULT_ENV: f"{FAILING}=oom"}),
+        env=cli_env(cache, **{FAULT_ENV: f"{FAILING}=oom,{CRASHING}=crash"}),
         cwd=work,
     )
     return completed, out
@@ -88,12 +91,18 @@ def test_run_prints_profile_progress_and_table(finished_run) -> None:
     assert "[float32+xla_off] Epoch 1/2" in lines
     assert any(line.startswith("[float32+xla_off] 4/4 - ") for line in lines)
     assert any(
-        line.startswith("[1/3] float32+xla_off: finished in")
+        line.startswith("[1/4] float32+xla_off: finished in")
         and line.endswith("next: mixed_bfloat16+xla_off")
         for line in lines
     )
     assert any(
-        line.startswith("[2/3] mixed_bfloat16+xla_off: FAILED") and "out of memory" in line
+        line.startswith("[2/4] mixed_bfloat16+xla_off: FAILED") and "out of memory" in line
+        for line in lines
+    )
+    assert any(line.startswith("[3/4] mixed_float16+xla_off: finished in") for line in lines)
+    assert any(
+        line.startswith("[4/4] amp_rewrite+xla_off: FAILED")
+        and "worker killed by SIGKILL (see logs/amp_rewrite+xla_off.log)" in line
         for line in lines
     )
     start = next(i for i, line in enumerate(lines) if line.startswith("configuration "))
@@ -121,6 +130,9 @@ def test_results_json_records_every_configuration(finished_run) -> None:
     assert failed["status"] == "failed"
     assert failed["reason"].startswith("out of memory")
     assert failed["result"] is None
+    crashed = records[CRASHING]
+    assert crashed["status"] == "failed" and crashed["exit_code"] == -9
+    assert crashed["reason"] == f"worker killed by SIGKILL (see logs/{CRASHING}.log)"
     for name in OK_NAMES:
         record = records[name]
         assert record["status"] == "ok"
