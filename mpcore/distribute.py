@@ -200,7 +200,8 @@ def check_replicated(model: keras.Model, strategy: tf.distribute.Strategy) -> No
     if optimizer is not None and optimizer.built:
         variables += list(optimizer.variables)
     local = [v.path for v in variables if not isinstance(v.value, tf.distribute.DistributedValues)]
-    if local and strategy.num_replicas_in_sync > 1:  # one replica (OneDeviceStrategy) keeps plain
+    # With one replica (OneDeviceStrategy) variables stay plain; with more they must be mirrored.
+    if local and strategy.num_replicas_in_sync > 1:
         problems.append(f"{len(local)} variable(s) are not mirrored, e.g. {local[0]}")
     if problems:
         raise ModeMismatchError(f"{type(strategy).__name__}: " + "; ".join(problems))
