@@ -347,13 +347,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     except report.ReportError as error:
         raise UsageError(str(error)) from None
     out = Path(args.out) if args.out else source.parent
-    if kind == "run":
-        print(report.run_table(document))
-        files = report.render_run(document, out)
-    else:
-        load_tensorflow()  # the benchmark suite's table module imports mpcore.modes
-        table, files = report.render_benchmark(document, out)
-        print(table)
+    try:
+        if kind == "run":
+            table = report.run_table(document)
+            files = report.render_run(document, out)
+        else:
+            load_tensorflow()  # the benchmark suite's table module imports mpcore.modes
+            table, files = report.render_benchmark(document, out)
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise UsageError(
+            f"{source}: a field is missing or malformed ({type(error).__name__}: {error})"
+        ) from None
+    except OSError as error:
+        raise UsageError(f"cannot write to {out}: {error.strerror or error}") from None
+    print(table)
     print(f"\nfrom {source}; written to {out}: " + ", ".join(f.name for f in files))
     return 0
 

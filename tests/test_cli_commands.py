@@ -175,6 +175,17 @@ def test_bad_input_is_one_line_and_exit_2(
     assert list(tmp_path.iterdir()) == []  # no output folder, no cache written
 
 
+def test_report_of_a_malformed_results_file_is_one_line(capsys, tmp_path: Path) -> None:
+    broken = {"schema": SCHEMA, "configurations": [{"name": "float32+xla_off", "status": "ok"}]}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(broken))
+    code, _, err = invoke(["report", str(tmp_path)], capsys)
+    assert code == 2
+    assert err.strip() == (
+        f"mpbench report: error: {tmp_path / RESULTS_FILE}: a field is missing or malformed "
+        "(KeyError: 'result')"
+    )
+
+
 def test_batch_larger_than_the_training_split_is_refused(capsys, ship_root, tmp_path) -> None:
     out = tmp_path / "out"
     argv = ["run", "--data", str(ship_root), "--batch-size", "1000", "--out", str(out)]
