@@ -435,11 +435,6 @@ def _train_in_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     config = RunConfig(**spec["config"])
     settings = TrainSettings(**spec["settings"])
-    if config.compile_jit and settings.resolved_deterministic:
-        # Keras turns jit_compile=True off under TensorFlow op determinism (and check_model then
-        # rightly refuses the model), so an XLA jit configuration trains without determinism;
-        # its result's settings record that.
-        settings = dataclasses.replace(settings, deterministic=False)
     train_index, validation_index = stratified_split(
         read_ship_index(spec["data_root"]), spec["validation_fraction"], seed=settings.seed
     )

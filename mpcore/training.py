@@ -250,6 +250,10 @@ def train(
             f"batch size {global_batch}{per_replica} is larger than the training split "
             f"({len(train_index)} images)"
         )
+    if config.compile_jit and settings.resolved_deterministic:
+        # Keras silently turns jit_compile=True off under op determinism (check_model would then
+        # refuse the model), so an XLA jit run trains without determinism, and records that.
+        settings = dataclasses.replace(settings, deterministic=False)
     spec = model_spec(settings.model)
     size = settings.resolved_image_size
     shard_policy = tf.data.experimental.AutoShardPolicy.DATA if strategy is not None else None

@@ -150,3 +150,12 @@ def test_same_seed_gives_identical_float32_losses(splits) -> None:
     assert first.loss == second.loss
     assert first.val_loss == second.val_loss
     assert not tf_config.is_op_determinism_enabled()  # switched back off after the run
+
+
+def test_xla_jit_runs_with_xla_and_records_no_determinism(splits) -> None:
+    """Keras drops jit_compile=True under op determinism; train() must keep XLA and say so."""
+    train_index, validation_index = splits
+    settings = TrainSettings(model="small", image_size=16, batch_size=32, epochs=1)
+    result = train(RunConfig("float32", "jit"), settings, train_index, validation_index)
+    assert result.settings["deterministic"] is False
+    assert math.isfinite(result.loss[0])
