@@ -156,7 +156,7 @@ def test_cast_census_agrees_with_real_casts_at_every_boundary_and_its_neighbours
                 assert cast_census(values, dtype) == oracle_census(values, dtype), float(signed)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.floats(width=32, allow_nan=False, allow_infinity=False))
 @example(2.0**-25)
 @example(65520.0)
