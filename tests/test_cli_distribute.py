@@ -1,0 +1,202 @@
+"""``mpbench run --strategy/--workers/--cpu-replicas`` end to end, with tiny settings.
+
+A distributed run schedules each configuration twice, without a strategy (the one-replica
+baseline) and under the strategy, and the results gain replicas, the global batch, images/s per
+replica and the scaling efficiency against that baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpcore.cli import main
+from mpcore.report import SCALING_COLUMNS
+
+#: 30 generated images: 25 training, 5 validation; batch 2 per replica.
+TINY = (
+    "--data",
+    "synthetic",
+    "--synthetic-per-class",
+    "6",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "2",
+    "--epochs",
+    "1",
+)
+
+
+def cli_env(cache: Path) -> dict[str, str]:
+    env = {**os.environ, "MPBENCH_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for name in ("TF_CONFIG", "MPBENCH_FAULT", "MPBENCH_WORKER_FAULT"):
+        env.pop(name, None)
+    return env
+
+
+def mpbench(*args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mpcore", *args],
+        env=cli_env(cache),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def records_by_name(out: Path) -> dict[str, dict]:
+    document = json.loads((out / "results.json").read_text())
+    return {record["name"]: record for record in document["configurations"]}
+
+
+def assert_scaling(record: dict, baseline: dict, replicas: int) -> None:
+    """The distributed record's scaling figures, recomputed from the two results."""
+    assert record["status"] == "ok", record["reason"]
+    assert baseline["status"] == "ok", baseline["reason"]
+    result, scaling = record["result"], record["scaling"]
+    assert result["replicas"] == scaling["replicas"] == replicas
+    assert result["global_batch"] == scaling["global_batch"] == 2 * replicas
+    assert baseline["result"]["replicas"] == 1
+    assert baseline["result"]["global_batch"] == 2
+    assert scaling["baseline"] == baseline["name"]
+    assert scaling["images_per_second_per_replica"] == pytest.approx(
+        result["images_per_second"] / replicas
+    )
+    expected = result["images_per_second"] / (replicas * baseline["result"]["images_per_second"])
+    assert scaling["scaling_efficiency"] == pytest.approx(expected)
+    assert scaling["scaling_efficiency"] > 0
+    assert all(math.isfinite(value) for value in result["loss"])
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(tmp_path_factory: pytest.TempPathFactory, cache: Path):
+    work = tmp_path_factory.mktemp("mirrored")
+    out = work / "run"
+    process = mpbench(
+        "run",
+        *TINY,
+        "--precision",
+        "mixed_float16",
+        "--strategy",
+        "mirrored",
+        "--cpu-replicas",
+        "2",
+        "--out",
+        str(out),
+        cache=cache,
+        cwd=work,
+    )
+    return process, out
+
+
+def test_mirrored_run_schedules_its_one_replica_baseline(mirrored_run) -> None:
+    process, out = mirrored_run
+    assert process.returncode == 0, process.stderr[-3000:]
+    document = json.loads((out / "results.json").read_text())
+    assert document["planned"] == ["mixed_float16+xla_off", "mixed_float16+xla_off@mirrored"]
+    assert document["distribution"]["strategy"] == "mirrored"
+    assert document["distribution"]["cpu_replicas"] == 2
+    records = records_by_name(out)
+    assert records["mixed_float16+xla_off@mirrored"]["config"]["strategy"] == "mirrored"
+    assert "strategy" not in records["mixed_float16+xla_off"]["config"]
+
+
+def test_mirrored_results_hold_replicas_global_batch_and_efficiency(mirrored_run) -> None:
+    _, out = mirrored_run
+    records = records_by_name(out)
+    distributed = records["mixed_float16+xla_off@mirrored"]
+    assert_scaling(distributed, records["mixed_float16+xla_off"], replicas=2)
+    # Loss scaling ran under the strategy: one (mirrored) scale recorded per epoch.
+    assert len(distributed["result"]["loss_scale"]) == 1
+
+
+def test_mirrored_table_and_csv_have_the_scaling_columns(mirrored_run) -> None:
+    process, out = mirrored_run
+    header = process.stdout.split("configuration  ", 1)[1].split("---", 1)[0]
+    for _, title, _ in SCALING_COLUMNS:
+        for word in title.split("\n"):
+            assert word in header
+    assert "scaling efficiency: images/s / (replicas x images/s" in process.stdout
+    with open(out / "results.csv", newline="") as handle:
+        rows = {row["configuration"]: row for row in csv.DictReader(handle)}
+    distributed = rows["mixed_float16+xla_off@mirrored"]
+    assert distributed["replicas"] == "2"
+    assert distributed["global_batch"] == "4"
+    assert float(distributed["scaling_efficiency"]) > 0
+    assert rows["mixed_float16+xla_off"]["replicas"] == "1"
+    assert rows["mixed_float16+xla_off"]["scaling_efficiency"] == ""
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--strategy", "ring"], "--strategy: unknown strategy 'ring'; valid: none, mirrored"),
+        (["--workers", "2", "--strategy", "mirrored"], "cannot be combined with --strategy"),
+        (["--workers", "2", "--strategy", "none"], "cannot be combined with --strategy none"),
+        (["--cpu-replicas", "2"], "--cpu-replicas splits the CPU for --strategy mirrored only"),
+        (["--strategy", "multiworker"], "strategy 'multiworker' needs TF_CONFIG"),
+        (
+            ["--strategy", "mirrored", "--cpu-replicas", "2", "--batch-size", "4"],
+            "validation split (5 images) is smaller than the global batch (8)",
+        ),
+        (
+            ["--strategy", "mirrored", "--cpu-replicas", "4", "--batch-size", "8"],
+            "global batch larger than the training split (25 images)",
+        ),
+    ],
+)
+def test_bad_distribution_options_are_one_line_and_exit_2(
+    options: list[str], message: str, cache: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("MPBENCH_CACHE", str(cache))
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    arguments = ["run", *TINY, "--precision", "float32", "--out", str(tmp_path / "run"), *options]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("mpbench run: error: ")
+    assert message in error
+    assert len(error.splitlines()) == 1
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_two_local_workers_train_in_sync_and_the_chief_records(tmp_path: Path, cache: Path):
+    out = tmp_path / "run"
+    process = mpbench(
+        "run",
+        *TINY,
+        "--precision",
+        "float32",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+        cache=cache,
+        cwd=tmp_path,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    records = records_by_name(out)
+    assert list(records) == ["float32+xla_off", "float32+xla_off@multiworker"]
+    distributed = records["float32+xla_off@multiworker"]
+    assert_scaling(distributed, records["float32+xla_off"], replicas=2)
+    workers = distributed["workers"]
+    assert [worker["index"] for worker in workers] == [0, 1]
+    assert len({worker["pid"] for worker in workers}) == 2
+    assert {worker["weights_sha256"] for worker in workers} == {distributed["weights_sha256"]}
+    logs = out / "logs" / "float32+xla_off@multiworker"
+    assert (logs / "worker-0.log").is_file() and (logs / "worker-1.log").is_file()
+    assert "float32+xla_off@multiworker" in process.stdout
