@@ -231,7 +231,14 @@ def _data(
 ) -> tuple[Path, dict[str, Any]]:
     """The data set's root and its description for ``results.json``, validated and split as
     every worker will split it."""
-    from mpcore.data import DataError, read_ship_index, stratified_split
+    from mpcore.data import (
+        DataError,
+        describe_bad_images,
+        find_bad_images,
+        read_ship_index,
+        stratified_split,
+        without_images,
+    )
 
     synthetic = args.data in (None, "synthetic")
     root = (
@@ -241,6 +248,16 @@ def _data(
     )
     try:
         index = read_ship_index(root)
+        # Decode every image now: a corrupt one would otherwise fail a worker mid-epoch, and
+        # every configuration after it, with a TensorFlow error naming no file.
+        bad = find_bad_images(index)
+        if bad and not args.skip_bad_images:
+            raise UsageError(
+                f"{describe_bad_images(bad)}; fix or remove them, or pass --skip-bad-images"
+            )
+        if bad:
+            print(f"data: leaving out {describe_bad_images(bad)}", flush=True)
+            index = without_images(index, bad)
         train_index, validation_index = stratified_split(index, VALIDATION_FRACTION, args.seed)
     except DataError as error:
         raise UsageError(str(error)) from None
@@ -256,7 +273,72 @@ def _data(
         "train_images": len(train_index),
         "validation_images": len(validation_index),
         "class_counts": index.class_counts(),
+        "skipped_images": [{"path": image.path, "reason": image.reason} for image in bad],
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """How ``mpbench run`` distributes each configuration (``--strategy``, ``--workers``,
+    ``--cpu-replicas``) and how many replicas that is, when known before training."""
+
+    strategy: str
+    workers: int
+    cpu_replicas: int
+    replicas: int | None
+    #: False on the hosts of a multi-host cluster other than the chief (their results are
+    #: not the run's).
+    chief: bool = True
+    task_index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _distribution(args: argparse.Namespace, gpu_count: int) -> Distribution:
+    """Validate the distribution options together; one usage error for a bad combination."""
+    from mpcore.distribute import StrategyError, is_chief, parse_strategy, read_tf_config
+
+    try:
+        strategy = parse_strategy(args.strategy or ("multiworker" if args.workers else "none"))
+    except StrategyError as error:
+        raise UsageError(f"--strategy: {error}") from None
+    if args.workers and strategy != "multiworker":
+        raise UsageError(
+            f"--workers {args.workers} runs local multiworker workers; it cannot be combined "
+            f"with --strategy {strategy}"
+        )
+    if args.cpu_replicas and strategy != "mirrored":
+        raise UsageError("--cpu-replicas splits the CPU for --strategy mirrored only")
+    if args.cpu_replicas and gpu_count:
+        raise UsageError(
+            f"--cpu-replicas: {gpu_count} GPU(s) are visible and --strategy mirrored uses them; "
+            "choose GPUs with CUDA_VISIBLE_DEVICES instead"
+        )
+    if strategy == "mirrored":
+        replicas = args.cpu_replicas or gpu_count or 1
+        return Distribution(strategy, 0, args.cpu_replicas or 0, replicas)
+    if strategy != "multiworker":
+        return Distribution(strategy, 0, 0, 1)
+    if args.workers:
+        return Distribution(strategy, args.workers, 0, args.workers * max(gpu_count, 1))
+    try:
+        tf_config = read_tf_config()  # fail here, not in every worker
+    except StrategyError as error:
+        raise UsageError(str(error)) from None
+    index = int(tf_config["task"]["index"])
+    return Distribution(strategy, 0, 0, None, chief=is_chief(tf_config), task_index=index)
+
+
+def _planned_configs(configs: Sequence[Any], distribution: Distribution) -> list[dict[str, str]]:
+    """Each configuration as planned: under a strategy, first without one (the one-replica
+    baseline its scaling efficiency is measured against), then under the strategy."""
+    planned: list[dict[str, str]] = []
+    for config in configs:
+        planned.append(config.to_dict())
+        if distribution.strategy != "none":
+            planned.append({**config.to_dict(), "strategy": distribution.strategy})
+    return planned
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -266,6 +348,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     profile_name, reason = choose_profile(args.profile, len(visible_gpus()))
     print(f"profile {profile_name}: {reason}", flush=True)
     profile = PROFILES[profile_name]
+    distribution = _distribution(args, len(visible_gpus()))
+    if not distribution.chief:
+        # Every host trains (the cluster needs all of them); the chief's results are the run's.
+        args.out = str(Path(args.out or default_out()) / f"worker-{distribution.task_index}")
+        print(f"worker {distribution.task_index}: not the chief; its copy goes to {args.out}")
 
     from mpcore import report, runner
     from mpcore.machine import machine_summary
@@ -276,6 +363,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args, profile)
     out = _prepare_out(args)
     root, data = _data(args, profile, settings)
+    replicas = distribution.replicas or 1
+    global_batch = settings.batch_size * replicas
+    if global_batch > data["train_images"]:
+        raise UsageError(
+            f"--batch-size {settings.batch_size} x {replicas} replicas is a global batch larger "
+            f"than the training split ({data['train_images']} images)"
+        )
+    if distribution.workers and data.get("skipped_images"):
+        # The local workers (mpcore.distribute) read the whole index: they cannot leave images out.
+        raise UsageError(
+            "--skip-bad-images is not supported with --workers; remove the undecodable images "
+            "from the data set"
+        )
+    validation = data["validation_images"]
+    if validation < global_batch and validation % replicas:
+        # Keras builds the model from the first validation batch reduced across the replicas,
+        # which fails (AddN of unequal shapes) when that batch splits unevenly.
+        raise UsageError(
+            f"the validation split ({validation} images) is smaller than the global batch "
+            f"({global_batch}) and does not split evenly over {replicas} replicas, which Keras "
+            "cannot evaluate under tf.distribute; use a smaller --batch-size or more data"
+        )
     try:
         runner.check_writable_folder(out)
     except runner.RunSetupError as error:
@@ -291,9 +400,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         out=out,
         data_root=root,
         settings=settings.to_dict(),
-        configs=[config.to_dict() for config in configs],
+        configs=_planned_configs(configs, distribution),
         validation_fraction=VALIDATION_FRACTION,
         verbose=1 if sys.stdout.isatty() else 2,
+        cpu_replicas=distribution.cpu_replicas,
+        workers=distribution.workers,
+        skipped_images=[image["path"] for image in data["skipped_images"]],
     )
     try:
         if args.resume:
@@ -309,8 +421,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
     except runner.RunSetupError as error:
         raise UsageError(str(error)) from None
+    document["distribution"] = distribution.to_dict()
+    if distribution.strategy != "none":
+        print(
+            f"strategy {distribution.strategy}: "
+            + (f"{distribution.workers} local worker(s), " if distribution.workers else "")
+            + (f"{distribution.replicas} replica(s), " if distribution.replicas else "")
+            + f"batch {settings.batch_size} per replica; each configuration also runs without "
+            "a strategy (one replica) for the scaling efficiency",
+            flush=True,
+        )
     print(
-        f"{len(configs)} configuration(s): {', '.join(c.name for c in configs)}; "
+        f"{len(plan.configs)} configuration(s): {', '.join(plan.names)}; "
         f"model {settings.model}, {settings.image_size} px, batch {settings.batch_size}, "
         f"{settings.epochs} epoch(s); output in {out}",
         flush=True,
@@ -324,7 +446,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     if not completed:
         print(
-            f"interrupted: {len(document['configurations'])} of {len(configs)} configuration(s) "
+            f"interrupted: {len(document['configurations'])} of {len(plan.configs)} "
+            "configuration(s) "
             f"finished; continue with: mpbench run --resume --out {out} (and the same options)"
         )
         return EXIT_INTERRUPTED
@@ -507,6 +630,31 @@ def build_parser() -> OneLineParser:
     run.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>)")
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out, skipping finished ones"
+    )
+    run.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out (and list) images that cannot be decoded instead of stopping",
+    )
+    run.add_argument(
+        "--strategy",
+        metavar="NAME",
+        help="tf.distribute strategy: none (default), mirrored (every GPU, or --cpu-replicas "
+        "logical CPUs), multiworker (TF_CONFIG on every host); each configuration also runs "
+        "without one, for the scaling efficiency",
+    )
+    run.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="train each configuration on N local worker processes (implies multiworker)",
+    )
+    run.add_argument(
+        "--cpu-replicas",
+        type=positive_int,
+        metavar="N",
+        help="without a GPU, split the CPU into N logical devices for --strategy mirrored "
+        "(shows the mechanics on a CPU; the devices share its cores, so no speedup)",
     )
     run.add_argument(
         "--profile",

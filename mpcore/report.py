@@ -35,6 +35,13 @@ RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("peak_memory_mib", "peak mem\nMiB", ".0f"),
     ("final_loss_scale", "final loss\nscale", "g"),
 )
+#: Extra columns of a run under a tf.distribute strategy (``mpbench run --strategy``).
+SCALING_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("replicas", "replicas", "d"),
+    ("global_batch", "global\nbatch", "d"),
+    ("images_per_s_per_replica", "images/s\nper replica", ".1f"),
+    ("scaling_efficiency", "scaling\neffic.", ".0%"),
+)
 
 
 class ReportError(Exception):
@@ -109,6 +116,19 @@ def peak_memory(record: dict[str, Any]) -> tuple[float | None, str]:
     return None, "unknown"
 
 
+def is_distributed(document: dict[str, Any]) -> bool:
+    """Whether a run trained configurations under a tf.distribute strategy."""
+    return any(
+        (record.get("config") or {}).get("strategy", "none") != "none"
+        for record in document.get("configurations", [])
+    )
+
+
+def run_columns(document: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """The run table's columns: the scaling ones too when the run was distributed."""
+    return RUN_COLUMNS + SCALING_COLUMNS if is_distributed(document) else RUN_COLUMNS
+
+
 def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per configuration, in run order, with the table's values (None = unknown)."""
     records = document.get("configurations", [])
@@ -118,7 +138,7 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     base_ms = baseline["result"]["ms_per_step"] if baseline else None
     rows = []
     for record in records:
-        row: dict[str, Any] = {key: None for key, _, _ in RUN_COLUMNS}
+        row: dict[str, Any] = {key: None for key, _, _ in RUN_COLUMNS + SCALING_COLUMNS}
         row["configuration"] = record.get("name")
         ok = record.get("status") == "ok"
         row["status"] = "ok" if ok else f"failed: {record.get('reason')}"
@@ -136,6 +156,11 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
                 val_accuracy=_last(result["val_accuracy"]),
                 peak_memory_mib=memory / MIB if memory is not None else None,
                 final_loss_scale=_last(result.get("loss_scale")),
+                replicas=result.get("replicas", 1),
+                global_batch=result.get("global_batch")
+                or (result.get("settings") or {}).get("batch_size"),
+                images_per_s_per_replica=result["images_per_second"] / result.get("replicas", 1),
+                scaling_efficiency=(record.get("scaling") or {}).get("scaling_efficiency"),
             )
         rows.append(row)
     return rows
@@ -193,11 +218,16 @@ def format_table(
 def run_table(document: dict[str, Any]) -> str:
     """The run table plus a footnote saying what speedup and peak memory mean."""
     rows = run_rows(document)
-    table = format_table(rows)
+    table = format_table(rows, run_columns(document))
     kinds = {peak_memory(r)[1] for r in document.get("configurations", []) if r.get("result")}
     notes = [f"speedup: steady ms/step of {BASELINE} divided by each configuration's"]
     if kinds:
         notes.append(f"peak memory: {', '.join(sorted(kinds))}")
+    if is_distributed(document):
+        notes.append(
+            "scaling efficiency: images/s / (replicas x images/s of the same configuration "
+            "without a strategy, one replica, in this run); 100% is linear scaling"
+        )
     return table + "\n" + "\n".join(notes)
 
 
@@ -388,7 +418,7 @@ def render_run(document: dict[str, Any], out: Path) -> list[Path]:
     """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files."""
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        write_csv(run_rows(document), out / "results.csv"),
+        write_csv(run_rows(document), out / "results.csv", run_columns(document)),
         plot_time_vs_loss(document, out / "time_vs_loss.png"),
         plot_curves(document, out / "curves.png"),
         plot_step_time(document, out / "step_time.png"),

@@ -9,7 +9,8 @@ run always leaves the last complete state on disk.
 
 Fault injection for tests of the harness itself: ``MPBENCH_FAULT="NAME=KIND[,NAME=KIND]"`` makes
 the worker of configuration NAME fail just before training, with KIND ``error`` (an exception),
-``oom`` (TensorFlow's ``ResourceExhaustedError``) or ``crash`` (the worker kills itself).
+``oom`` (TensorFlow's ``ResourceExhaustedError``) or ``crash`` (the worker kills itself), or
+during training with ``nan`` (every weight set to NaN before step 2, so the loss really is NaN).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 SCHEMA = "mpbench-results/1"
 RESULTS_FILE = "results.json"
 FAULT_ENV = "MPBENCH_FAULT"
-FAULT_KINDS: tuple[str, ...] = ("error", "oom", "crash")
+FAULT_KINDS: tuple[str, ...] = ("error", "oom", "crash", "nan")
 #: Exit status of a worker (and of ``mpbench run``) stopped by Ctrl-C, as a shell reports SIGINT.
 EXIT_INTERRUPTED = 130
 #: Seconds a worker gets to stop after the parent forwards SIGINT, before it is killed.
@@ -104,18 +105,41 @@ class RunPlan:
     out: Path
     data_root: Path
     settings: dict[str, Any]  # mpcore.training.TrainSettings.to_dict()
-    configs: list[dict[str, str]]  # mpcore.modes.RunConfig.to_dict(), in run order
+    # mpcore.modes.RunConfig.to_dict(), in run order, plus "strategy" when not "none"
+    configs: list[dict[str, str]]
     validation_fraction: float = 0.2
     verbose: int = 2
+    #: Undecodable images left out (``--skip-bad-images``): every worker drops them too.
+    skipped_images: list[str] = dataclasses.field(default_factory=list)
+    #: Logical CPU devices a ``mirrored`` worker splits the CPU into (0: leave it whole).
+    cpu_replicas: int = 0
+    #: Local worker processes a ``multiworker`` configuration runs on (0: one per host,
+    #: clustered by the TF_CONFIG of each host).
+    workers: int = 0
+    #: Seconds a local multi-worker configuration may take before every worker is stopped.
+    worker_timeout: float = 6 * 3600.0
 
     @staticmethod
     def config_name(config: dict[str, str]) -> str:
-        # Same label as mpcore.modes.RunConfig.name, without importing TensorFlow here.
-        return f"{config['precision']}+xla_{config['xla']}"
+        # Same label as mpcore.modes.RunConfig.name, without importing TensorFlow here; a
+        # distributed configuration also names its strategy (its baseline runs without one).
+        strategy = strategy_of(config)
+        suffix = "" if strategy == "none" else f"@{strategy}"
+        return f"{config['precision']}+xla_{config['xla']}{suffix}"
 
     @property
     def names(self) -> list[str]:
         return [self.config_name(config) for config in self.configs]
+
+
+def strategy_of(config: dict[str, str]) -> str:
+    """The tf.distribute strategy a planned configuration trains under."""
+    return config.get("strategy", "none")
+
+
+def mode_of(config: dict[str, str]) -> dict[str, str]:
+    """The ``RunConfig`` fields of a planned configuration (without its strategy)."""
+    return {"precision": config["precision"], "xla": config["xla"]}
 
 
 def new_document(
@@ -154,7 +178,9 @@ def resumable_document(path: Path, plan: RunPlan) -> dict[str, Any]:
         for key in set(plan.settings) | set(document.get("settings", {}))
         if plan.settings.get(key) != document.get("settings", {}).get(key)
     )
-    if document.get("data", {}).get("root") != str(plan.data_root):
+    saved_data = document.get("data", {})
+    saved_skipped = [image.get("path") for image in saved_data.get("skipped_images", [])]
+    if saved_data.get("root") != str(plan.data_root) or saved_skipped != plan.skipped_images:
         differing.append("data")
     if differing:
         raise RunSetupError(
@@ -208,6 +234,8 @@ def run_configuration(plan: RunPlan, config: dict[str, str], workdir: Path) -> d
     Raises ``KeyboardInterrupt`` (after stopping the worker) when the run is interrupted.
     """
     name = plan.config_name(config)
+    if strategy_of(config) == "multiworker" and plan.workers:
+        return _run_local_cluster(plan, config)
     spec_path = workdir / f"{name}.spec.json"
     result_path = workdir / f"{name}.result.json"
     log_path = plan.out / "logs" / f"{name}.log"
@@ -217,10 +245,13 @@ def run_configuration(plan: RunPlan, config: dict[str, str], workdir: Path) -> d
         "settings": plan.settings,
         "data_root": str(plan.data_root),
         "validation_fraction": plan.validation_fraction,
+        "skipped_images": plan.skipped_images,
         "tensorboard_dir": str(plan.out / "tensorboard" / name),
         "result_path": str(result_path),
         "verbose": plan.verbose,
         "parent_pid": os.getpid(),
+        "strategy": strategy_of(config),
+        "cpu_replicas": plan.cpu_replicas if strategy_of(config) == "mirrored" else 0,
     }
     write_json_atomic(spec_path, spec)
     # A rerun (--resume after a failure) must not add a second set of events to TensorBoard.
@@ -255,9 +286,80 @@ def run_configuration(plan: RunPlan, config: dict[str, str], workdir: Path) -> d
     return record
 
 
+def _run_local_cluster(plan: RunPlan, config: dict[str, str]) -> dict[str, Any]:
+    """Train ``config`` on ``plan.workers`` local worker processes (``multiworker``) and return
+    the chief's record; a failed launch is a failed record (every worker already stopped)."""
+    from mpcore.distribute import WorkerLaunchError, run_local_multiworker
+
+    name = plan.config_name(config)
+    workdir = plan.out / "logs" / name  # worker-N.log and worker-N.json of each worker
+    tensorboard_dir = plan.out / "tensorboard" / name
+    shutil.rmtree(tensorboard_dir, ignore_errors=True)
+    spec = {
+        "config": mode_of(config),
+        "settings": plan.settings,
+        "data_root": str(plan.data_root),
+        "validation_fraction": plan.validation_fraction,
+        "verbose": plan.verbose,
+        "tensorboard_dir": str(tensorboard_dir),
+    }
+    started = time.perf_counter()
+    try:
+        outcome = run_local_multiworker(
+            spec, plan.workers, plan.worker_timeout, workdir, echo_chief=True
+        )
+        record = {**outcome.result, "name": name, "config": config}
+        code = 0
+    except WorkerLaunchError as error:
+        record = _failed_record(name, config, str(error))
+        code = 1
+    record.update(
+        wall_seconds=time.perf_counter() - started,
+        log=str((workdir / "worker-0.log").relative_to(plan.out)),
+        exit_code=code,
+    )
+    return record
+
+
+def add_scaling(document: dict[str, Any]) -> None:
+    """Give every finished distributed configuration a ``scaling`` entry: replicas, global
+    batch, images/s per replica and the efficiency against the same mode without a strategy
+    (one replica) in this run; efficiency is None while that baseline is missing or failed."""
+    from mpcore.distribute import images_per_second_per_replica, scaling_efficiency
+
+    records = document["configurations"]
+    single = {
+        RunPlan.config_name(mode_of(r["config"])): r["result"]
+        for r in records
+        if r.get("status") == "ok" and strategy_of(r["config"]) == "none"
+    }
+    for record in records:
+        if record.get("status") != "ok" or strategy_of(record["config"]) == "none":
+            continue
+        result = record["result"]
+        baseline_name = RunPlan.config_name(mode_of(record["config"]))
+        baseline = single.get(baseline_name)
+        per_replica = images_per_second_per_replica(result)
+        record["scaling"] = {
+            "strategy": strategy_of(record["config"]),
+            "replicas": result["replicas"],
+            "global_batch": result["global_batch"],
+            "images_per_second_per_replica": per_replica,
+            "baseline": baseline_name,
+            "baseline_images_per_second": baseline["images_per_second"] if baseline else None,
+            "scaling_efficiency": scaling_efficiency(
+                result["images_per_second"], result["replicas"], baseline["images_per_second"]
+            )
+            if baseline
+            else None,
+        }
+
+
 def _store(document: dict[str, Any], record: dict[str, Any]) -> None:
     kept = [r for r in document["configurations"] if r.get("name") != record["name"]]
     document["configurations"] = [*kept, record]
+    if any(strategy_of(r["config"]) != "none" for r in document["configurations"]):
+        add_scaling(document)
 
 
 def run_all(
@@ -387,13 +489,32 @@ def _make_loss_guard(name: str) -> Any:
     return NonFiniteLossGuard()
 
 
-def _inject_fault(name: str) -> None:
-    """Fail on purpose if ``MPBENCH_FAULT`` names this configuration (testing the harness)."""
+def _poison_weights_callback() -> Any:
+    """A callback that sets every weight of the model to NaN before the second training step, so
+    the loss really turns NaN inside ``fit`` (as a diverging run's does). Every weight, not one:
+    a float16 ReLU on a CPU turns NaN into 0, which would hide a poisoned first layer."""
+    import keras
+    import numpy as np
+
+    class PoisonWeights(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+            if batch == 1:
+                for weight in self.model.trainable_weights:
+                    weight.assign(np.full(weight.shape, np.nan, dtype=weight.dtype))
+
+    return PoisonWeights()
+
+
+def _inject_fault(name: str) -> list[Any]:
+    """Fail on purpose if ``MPBENCH_FAULT`` names this configuration (testing the harness);
+    kind ``nan`` returns the callback that makes the loss NaN at step 2 of epoch 1."""
     for item in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
         target, _, kind = item.partition("=")
         if target.strip() != name:
             continue
         kind = kind.strip()
+        if kind == "nan":
+            return [_poison_weights_callback()]
         if kind == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
         if kind == "oom":
@@ -401,6 +522,7 @@ def _inject_fault(name: str) -> None:
 
             raise tf.errors.ResourceExhaustedError(None, None, f"injected fault ({FAULT_ENV})")
         raise RuntimeError(f"injected fault ({FAULT_ENV})")
+    return []
 
 
 def _failure_reason(error: BaseException) -> str:
@@ -426,25 +548,37 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _train_in_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    from mpcore.distribute import configure_logical_cpus, make_strategy
+
+    # TensorFlow fixes its devices, and a multi-worker cluster its collectives, at the first op:
+    # both must come before any other TensorFlow work in this process.
+    if spec.get("cpu_replicas"):
+        configure_logical_cpus(spec["cpu_replicas"])
+    strategy = make_strategy(spec.get("strategy", "none"))
+
     import keras
 
     from mpcore import telemetry
-    from mpcore.data import read_ship_index, stratified_split
+    from mpcore.data import BadImage, read_ship_index, stratified_split, without_images
     from mpcore.modes import RunConfig
     from mpcore.training import TrainSettings, train
 
-    config = RunConfig(**spec["config"])
+    config = RunConfig(**mode_of(spec["config"]))
+    name = RunPlan.config_name(spec["config"])
     settings = TrainSettings(**spec["settings"])
+    skipped = [BadImage(path, "skipped") for path in spec.get("skipped_images", [])]
     train_index, validation_index = stratified_split(
-        read_ship_index(spec["data_root"]), spec["validation_fraction"], seed=settings.seed
+        without_images(read_ship_index(spec["data_root"]), skipped),
+        spec["validation_fraction"],
+        seed=settings.seed,
     )
     callbacks = [
-        _make_loss_guard(config.name),
+        *_inject_fault(config.name),
+        _make_loss_guard(name),
         keras.callbacks.TensorBoard(
             log_dir=spec["tensorboard_dir"], write_graph=False, profile_batch=0
         ),
     ]
-    _inject_fault(config.name)
     telemetry.reset_tf_peak_memory()
     with telemetry.Sampler() as sampler:
         result = train(
@@ -454,10 +588,11 @@ def _train_in_worker(spec: dict[str, Any]) -> dict[str, Any]:
             validation_index,
             callbacks=callbacks,
             verbose=spec["verbose"],
+            strategy=strategy,
         )
     return {
-        "name": config.name,
-        "config": config.to_dict(),
+        "name": name,
+        "config": spec["config"],
         "status": "ok",
         "reason": None,
         "result": result.to_dict(),
