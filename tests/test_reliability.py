@@ -273,6 +273,7 @@ OPTION_CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")  # other weights
 @pytest.mark.parametrize("case", OPTION_CASES)
 def test_bad_option_is_one_line_and_keeps_the_saved_run(
     case: str, tiny_ships: Path, saved_run: Path, tmp_path: Path, capsys
@@ -380,7 +381,9 @@ def fuzz_root(tiny_ships: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return Path(shutil.copytree(tiny_ships, tmp_path_factory.mktemp("fuzz") / "ships"))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(text=csv_texts, encoding=st.sampled_from(("utf-8", "utf-8-sig", "latin-1", "utf-16")))
 def test_fuzzed_train_csv_loads_cleanly_or_raises_a_documented_error(
     fuzz_root: Path, text: str, encoding: str
