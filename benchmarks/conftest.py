@@ -9,6 +9,9 @@ Capability data is detected from TensorFlow. Tests replace it with the environme
 ``MPBENCH_FAKE_GPU`` (``none`` or ``NAME@MAJOR.MINOR``, e.g. ``Tesla T4@7.5``): skips and the
 peak table then follow the simulated GPU while the work itself runs wherever TensorFlow places
 it, and ``machine_info["gpu_simulated"]`` says so. It exists for the tests, not for measuring.
+
+``--mp-strategy mirrored`` times each step under ``MirroredStrategy`` (``--mp-batch`` per
+replica); it needs two replicas: two GPUs, or ``--mp-cpu-replicas 2`` to split the CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import tensorflow as tf
 from mpcore import telemetry
 from mpcore.benchtable import render_report
 from mpcore.devices import benchmark_gpus, skip_reason, speedup_note
+from mpcore.distribute import configure_logical_cpus, make_strategy, mirrored_devices
 from mpcore.machine import GpuInfo, software_versions, visible_gpus
 from mpcore.models import model_spec
 from mpcore.modes import PRECISIONS, XLA_MODES, RunConfig, parse_precision, parse_xla
@@ -57,6 +61,8 @@ class BenchOptions:
     gpu_count: int
     gpu_simulated: bool
     real_gpu: bool
+    strategy: str = "none"
+    replicas: int = 1
 
     @property
     def device(self) -> str:
@@ -70,7 +76,8 @@ class BenchOptions:
     def group(self) -> str:
         """One model/batch/size on one device: the rows of one report table."""
         where = self.device_name or "CPU"
-        return f"{self.model} {self.image_size}px batch {self.batch} on {where}"
+        group = f"{self.model} {self.image_size}px batch {self.batch} on {where}"
+        return group if self.strategy == "none" else f"{group}, {self.strategy} x{self.replicas}"
 
     @property
     def train_settings(self) -> TrainSettings:
@@ -109,6 +116,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=200,
         help="generated JPEGs the input-pipeline benchmark reads per round (default 200)",
     )
+    group.addoption(
+        "--mp-strategy",
+        default="none",
+        choices=("none", "mirrored"),
+        help="none (default), or mirrored: MirroredStrategy over the GPUs (--mp-cpu-replicas "
+        "logical CPUs without one), --mp-batch per replica; skipped with fewer than 2 replicas",
+    )
+    group.addoption(
+        "--mp-cpu-replicas",
+        type=int,
+        help="split the CPU into N logical devices for --mp-strategy mirrored (no GPU only)",
+    )
 
 
 def _names(raw: str, parse: Callable[[str], str], option: str) -> tuple[str, ...]:
@@ -125,6 +144,22 @@ def _positive(option: str, value: int, minimum: int = 1) -> int:
     if value < minimum:
         raise pytest.UsageError(f"{option} must be at least {minimum}, got {value}")
     return value
+
+
+def _replicas(config: pytest.Config, strategy: str, gpu_count: int) -> int:
+    """The replicas ``--mp-strategy`` trains on, after ``--mp-cpu-replicas`` split the CPU."""
+    cpu_replicas = config.getoption("mp_cpu_replicas")
+    if cpu_replicas is not None:
+        if strategy != "mirrored":
+            raise pytest.UsageError("--mp-cpu-replicas splits the CPU for --mp-strategy mirrored")
+        if gpu_count:
+            raise pytest.UsageError("--mp-cpu-replicas: a GPU is visible; mirrored uses the GPUs")
+        _positive("--mp-cpu-replicas", cpu_replicas)
+        try:
+            configure_logical_cpus(cpu_replicas)
+        except RuntimeError as error:
+            raise pytest.UsageError(f"--mp-cpu-replicas: {error}") from None
+    return len(mirrored_devices()) if strategy == "mirrored" else 1
 
 
 def resolve_options(config: pytest.Config) -> BenchOptions:
@@ -169,6 +204,8 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
         gpu_count=len(gpus),
         gpu_simulated=simulated,
         real_gpu=bool(visible_gpus()),
+        strategy=config.getoption("mp_strategy"),
+        replicas=_replicas(config, config.getoption("mp_strategy"), len(visible_gpus())),
     )
 
 
@@ -193,6 +230,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for precision in options.precisions:
         for xla in options.xla_modes:
             reason = skip_reason(precision, xla, options.gpu, options.allow_cpu)
+            if not reason and options.strategy == "mirrored" and options.replicas < 2:
+                split = "" if options.real_gpu else " (--mp-cpu-replicas 2 splits the CPU)"
+                reason = (
+                    "--mp-strategy mirrored needs 2 or more replicas; TensorFlow sees "
+                    f"{options.replicas} device to mirror over{split}"
+                )
             marks = [pytest.mark.skip(reason=reason)] if reason else []
             params.append(
                 pytest.param(RunConfig(precision, xla), id=f"{precision}-{xla}", marks=marks)
@@ -215,6 +258,8 @@ def prepared(bench_options: BenchOptions, combination: RunConfig) -> Iterator[Pr
         bench_options.steps,
         bench_options.classes,
         bench_options.device,
+        make_strategy(bench_options.strategy),  # one per process: made once, then reused
+        bench_options.strategy,
     ) as step:
         yield step
 

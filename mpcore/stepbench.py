@@ -5,6 +5,10 @@ mode owns), builds and compiles the model, verifies it with :func:`mpcore.modes.
 one batch on the device and runs the first step (tracing and XLA compilation) on its own clock.
 A round (:meth:`PreparedStep.run_round`) is then K compiled steps on that resident batch, ending
 in a device synchronisation, so a timer around it measures the device, not the host's dispatch.
+
+Under a ``tf.distribute`` strategy the model and optimizer are built in its scope, the batch is
+``batch_size`` per replica (a global batch of ``batch_size x replicas``) split across the
+replicas once, and each step runs on every replica (``strategy.run``) with summed gradients.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ class PreparedStep:
     compile_seconds: float
     amp_rewrite_on: bool
     autoclustering_on: bool
+    strategy: str = "none"
+    replicas: int = 1
+
+    @property
+    def global_batch(self) -> int:
+        """Images one step trains on, over all replicas."""
+        return self.settings.batch_size * self.replicas
 
     def run_round(self) -> float:
         """Run ``steps_per_round`` steps and wait for the device; return the last loss."""
@@ -65,6 +76,9 @@ class PreparedStep:
             "xla": self.config.xla,
             "model": self.settings.model,
             "batch": self.settings.batch_size,
+            "strategy": self.strategy,
+            "replicas": self.replicas,
+            "global_batch": self.global_batch,
             "image_size": self.settings.resolved_image_size,
             "parameters": self.model.count_params(),
             "steps_per_round": self.steps_per_round,
@@ -85,6 +99,25 @@ def resident_batch(
         return tf.identity(images), tf.identity(labels)
 
 
+def distributed_train_step(
+    model: keras.Model, strategy: tf.distribute.Strategy, jit_compile: bool
+) -> Callable[[Any, Any], tf.Tensor]:
+    """A training step running :func:`make_train_step` on every replica of ``strategy`` (the
+    optimizer all-reduces the gradients); returns the mean loss over the global batch."""
+    # A Keras loss called in a replica context divides its mean by the replicas, so the summed
+    # gradients (and the summed losses) are those of the mean over the global batch.
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    with strategy.scope():
+        replica_step = make_train_step(model, model.optimizer, loss_fn, jit_compile)
+
+    @tf.function
+    def step(images: Any, labels: Any) -> tf.Tensor:
+        losses = strategy.run(replica_step, args=(images, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    return step
+
+
 @contextlib.contextmanager
 def prepared_step(
     config: RunConfig,
@@ -92,28 +125,43 @@ def prepared_step(
     steps_per_round: int,
     num_classes: int = 5,
     device: str = "/CPU:0",
+    strategy: tf.distribute.Strategy | None = None,
+    strategy_name: str = "mirrored",
 ) -> Iterator[PreparedStep]:
-    """Build ``config`` in isolation and yield its compiled step; restore every global on exit."""
+    """Build ``config`` in isolation and yield its compiled step; restore every global on exit.
+
+    With a ``strategy`` (called ``strategy_name`` in :meth:`PreparedStep.describe`),
+    ``settings.batch_size`` is the batch of each replica.
+    """
     if steps_per_round < 1:
         raise ValueError(f"steps per round must be positive, got {steps_per_round}")
     prepared = None
     try:
         with applied(config):
             keras.utils.set_random_seed(settings.seed)
-            model = build_compiled(config, settings)  # raises unless the model is in its mode
-            step = make_train_step(
-                model,
-                model.optimizer,
-                keras.losses.SparseCategoricalCrossentropy(),
-                jit_compile=config.compile_jit,
-            )
+            replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+            if strategy is None:
+                model = build_compiled(config, settings)  # raises unless the model is in its mode
+                step = make_train_step(
+                    model,
+                    model.optimizer,
+                    keras.losses.SparseCategoricalCrossentropy(),
+                    jit_compile=config.compile_jit,
+                )
+            else:
+                model = build_compiled(config, settings, strategy)  # also checks the mirroring
+                step = distributed_train_step(model, strategy, config.compile_jit)
             images, labels = resident_batch(
-                settings.batch_size,
+                settings.batch_size * replicas,
                 settings.resolved_image_size,
                 num_classes,
                 device,
                 settings.seed,
             )
+            if strategy is not None:
+                # Split the global batch across the replicas once: each keeps its slice resident.
+                whole = tf.data.Dataset.from_tensors((images, labels))
+                images, labels = next(iter(strategy.experimental_distribute_dataset(whole)))
             start = time.perf_counter()
             float(step(images, labels))
             sync_device()
@@ -128,6 +176,8 @@ def prepared_step(
                 compile_seconds=time.perf_counter() - start,
                 amp_rewrite_on=amp_rewrite_enabled(),
                 autoclustering_on=autoclustering_enabled(),
+                strategy=strategy_name if strategy is not None else "none",
+                replicas=replicas,
             )
             del model, step, images, labels
             yield prepared
@@ -181,12 +231,13 @@ def throughput_fields(
 ) -> dict[str, Any]:
     """Rates of a measured round: ms/step, images/s, FLOPs, TFLOP/s and fraction of peak."""
     seconds_per_step = seconds_per_round / prepared.steps_per_round
-    flops = training_flops_per_step(prepared.model, prepared.settings.batch_size)
+    flops = training_flops_per_step(prepared.model, prepared.global_batch)
     achieved = flops / seconds_per_step / 1e12
     peak = peak_tflops(device_peak(device_name), prepared.config.precision, tf32_enabled)
     return {
         "ms_per_step": 1000.0 * seconds_per_step,
-        "images_per_second": prepared.settings.batch_size / seconds_per_step,
+        "images_per_second": prepared.global_batch / seconds_per_step,
+        "images_per_second_per_replica": prepared.settings.batch_size / seconds_per_step,
         "flops_per_step": flops,
         "achieved_tflops": achieved,
         "device": device_name or "CPU",

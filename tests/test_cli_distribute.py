@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ import pytest
 
 from mpcore.cli import main
 from mpcore.report import SCALING_COLUMNS
+
+pytest_plugins = ("pytester",)
 
 #: 30 generated images: 25 training, 5 validation; batch 2 per replica.
 TINY = (
@@ -200,3 +203,81 @@ def test_two_local_workers_train_in_sync_and_the_chief_records(tmp_path: Path, c
     logs = out / "logs" / "float32+xla_off@multiworker"
     assert (logs / "worker-0.log").is_file() and (logs / "worker-1.log").is_file()
     assert "float32+xla_off@multiworker" in process.stdout
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+TINY_BENCH = ("--mp-allow-cpu", "--mp-xla=off", "--mp-image-size=16", "--mp-batch=4")
+
+
+def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The training-step benchmark in its own process (logical CPUs must be set up first)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(BENCHMARKS / "test_train_step.py"),
+            "-p",
+            "no:randomly",
+            "-q",
+            "-rs",
+            "--rootdir",
+            str(BENCHMARKS),
+            *TINY_BENCH,
+            *args,
+        ],
+        env={**cli_env(cwd), "MPBENCH_FAKE_GPU": "none"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_benchmark_mirrored_is_skipped_with_one_replica(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In-process collection: this process's TensorFlow sees one CPU device.
+    target = pytester.path / "benchmarks"
+    target.mkdir()
+    for name in ("conftest.py", "test_train_step.py"):
+        shutil.copy(BENCHMARKS / name, target / name)
+    monkeypatch.setenv("MPBENCH_FAKE_GPU", "none")
+    items, _ = pytester.inline_genitems(
+        "benchmarks", "--import-mode=importlib", *TINY_BENCH, "--mp-strategy=mirrored"
+    )
+    reasons = {item.callspec.id: item.get_closest_marker("skip").kwargs["reason"] for item in items}
+    # amp_rewrite keeps its own reason (a no-op without a GPU); the CPU-possible ones get ours.
+    assert reasons.pop("amp_rewrite-off") != reasons["float32-off"]
+    assert set(reasons) == {"float32-off", "mixed_float16-off", "mixed_bfloat16-off"}
+    for reason in reasons.values():
+        assert reason.startswith(
+            "--mp-strategy mirrored needs 2 or more replicas; TensorFlow sees 1"
+        )
+
+
+@pytest.mark.slow
+def test_benchmark_mirrored_over_two_cpus_records_replicas(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = bench(
+        "--mp-precision=mixed_float16",
+        "--mp-strategy=mirrored",
+        "--mp-cpu-replicas=2",
+        "--mp-steps=2",
+        "--mp-rounds=2",
+        "--mp-warmup-rounds=0",
+        f"--benchmark-json={out}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    (benchmark,) = json.loads(out.read_text())["benchmarks"]
+    info = benchmark["extra_info"]
+    assert (info["strategy"], info["replicas"], info["batch"], info["global_batch"]) == (
+        "mirrored",
+        2,
+        4,
+        8,
+    )
+    assert info["images_per_second"] == pytest.approx(2 * info["images_per_second_per_replica"])
+    assert info["final_loss_scale"] > 0  # the LossScaleOptimizer ran under the strategy
+    assert "small 16px batch 4 on CPU, mirrored x2" in result.stdout
