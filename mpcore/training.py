@@ -257,6 +257,10 @@ def train(
     spec = model_spec(settings.model)
     size = settings.resolved_image_size
     shard_policy = tf.data.experimental.AutoShardPolicy.DATA if strategy is not None else None
+    # Across workers, a short last batch can leave one worker an empty share; its NaN loss is
+    # all-reduced into every worker's weights, so multi-worker training drops that batch.
+    drop_last = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    trained_images = steps_per_epoch(len(train_index), global_batch, drop_last) * global_batch
     with applied(config), op_determinism(settings.resolved_deterministic):
         keras.utils.set_random_seed(settings.seed)
         model = build_compiled(config, settings, strategy)
@@ -267,6 +271,7 @@ def train(
             spec.preprocess,
             seed=settings.seed,
             cache=settings.cache,
+            drop_remainder=drop_last,
             shard_policy=shard_policy,
         )
         validation_data = make_dataset(
@@ -292,9 +297,9 @@ def train(
         return RunResult(
             config=config.to_dict(),
             settings=settings.to_dict(),
-            train_images=len(train_index),
+            train_images=min(len(train_index), trained_images),
             validation_images=len(validation_index),
-            steps_per_epoch=steps_per_epoch(len(train_index), global_batch),
+            steps_per_epoch=steps_per_epoch(len(train_index), global_batch, drop_last),
             parameters=model.count_params(),
             epoch_seconds=timer.seconds,
             loss=[float(v) for v in logs["loss"]],

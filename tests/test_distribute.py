@@ -366,7 +366,8 @@ def test_two_workers_train_in_sync_and_the_chief_writes_the_result(
     assert record["status"] == "ok" and record["name"] == "mixed_float16+xla_off"
     result = record["result"]
     assert result["replicas"] == 2 and result["global_batch"] == 16
-    assert result["steps_per_epoch"] == math.ceil(50 / 16)
+    # Multi-worker training drops the short last batch (an empty share would make a NaN loss).
+    assert result["steps_per_epoch"] == 50 // 16 and result["train_images"] == 48
     assert len(result["loss"]) == 1 and math.isfinite(result["loss"][0])
     assert result["loss_scale"] == [2.0**15]
     assert record["telemetry"]["peak_rss_bytes"] > 0
