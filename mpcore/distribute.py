@@ -650,21 +650,10 @@ def _train_as_worker(
     if not all(math.isfinite(value) for value in result.loss):
         raise ArithmeticError(f"{config.name}: non-finite training loss {result.loss}")
     report.update(status="ok", weights_sha256=probe.checksum, variable_sha256=probe.by_variable)
-    return {
-        "name": config.name,
-        "config": config.to_dict(),
-        "status": "ok",
-        "reason": None,
-        "result": result.to_dict(),
-        # The chief's own process and GPU: the same fields as mpcore.runner's records.
-        "telemetry": {
-            "peak_rss_bytes": telemetry.peak_rss_bytes(),
-            "tf_peak_memory_bytes": telemetry.tf_peak_memory_bytes(),
-            "gpu": sampler.summary(),
-            "gpu_series": sampler.series,
-        },
-        "weights_sha256": probe.checksum,
-    }
+    from mpcore.runner import finished_record  # the chief's record matches the runner's
+
+    record = finished_record(config.name, config.to_dict(), result.to_dict(), sampler)
+    return {**record, "weights_sha256": probe.checksum}
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -590,12 +590,22 @@ def _train_in_worker(spec: dict[str, Any]) -> dict[str, Any]:
             verbose=spec["verbose"],
             strategy=strategy,
         )
+    return finished_record(name, spec["config"], result.to_dict(), sampler)
+
+
+def finished_record(
+    name: str, config: Mapping[str, Any], result: dict[str, Any], sampler: Any
+) -> dict[str, Any]:
+    """The record of a configuration that trained to the end, with this process's telemetry
+    (``sampler`` is the :class:`mpcore.telemetry.Sampler` that ran during training)."""
+    from mpcore import telemetry
+
     return {
         "name": name,
-        "config": spec["config"],
+        "config": dict(config),
         "status": "ok",
         "reason": None,
-        "result": result.to_dict(),
+        "result": result,
         "telemetry": {
             "peak_rss_bytes": telemetry.peak_rss_bytes(),
             "tf_peak_memory_bytes": telemetry.tf_peak_memory_bytes(),
