@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from mpcore.cli import choose_profile, main, parse_names
+from mpcore.cli import choose_profile, parse_names
 from mpcore.doctor import precision_verdicts
 from mpcore.machine import GpuInfo, visible_gpus
 from mpcore.modes import PRECISIONS
@@ -27,24 +26,13 @@ from mpcore.runner import (
     write_json_atomic,
 )
 
-
-def invoke(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run ``mpbench ARGV`` in-process; argparse errors arrive as ``SystemExit``."""
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 # --------------------------------------------------------------------------------------------
 # doctor
 
 
 @pytest.mark.skipif(bool(visible_gpus()), reason="states the CPU-only verdicts; a GPU is visible")
-def test_doctor_on_a_cpu_says_mixed_precision_will_not_speed_up(capsys) -> None:
-    code, out, err = invoke(["doctor", "--model", "small", "--batch-size", "50"], capsys)
+def test_doctor_on_a_cpu_says_mixed_precision_will_not_speed_up(invoke) -> None:
+    code, out, err = invoke(["doctor", "--model", "small", "--batch-size", "50"])
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("TensorFlow ") and "Keras " in lines[0]
@@ -93,9 +81,9 @@ def test_cpu_bfloat16_verdict_depends_on_native_instructions() -> None:
 # numerics
 
 
-def test_numerics_reports_both_scales_and_writes_histograms(capsys, tmp_path: Path) -> None:
+def test_numerics_reports_both_scales_and_writes_histograms(invoke, tmp_path: Path) -> None:
     argv = ["numerics", "--model", "small", "--image-size", "32", "--batch-size", "4"]
-    code, out, err = invoke([*argv, "--out", str(tmp_path)], capsys)
+    code, out, err = invoke([*argv, "--out", str(tmp_path)])
     assert code == 0, err
     assert "loss scale 1 (no loss scaling): of " in out
     assert "loss scale 32768 (LossScaleOptimizer's initial scale): of " in out
@@ -114,7 +102,7 @@ def test_numerics_reports_both_scales_and_writes_histograms(capsys, tmp_path: Pa
 # report of a pytest-benchmark file
 
 
-def test_report_renders_a_pytest_benchmark_file(capsys, tmp_path: Path) -> None:
+def test_report_renders_a_pytest_benchmark_file(invoke, tmp_path: Path) -> None:
     def bench(precision: str, xla: str, ms: float) -> dict:
         info = {"precision": precision, "xla": xla, "ms_per_step": ms, "images_per_second": 1e3}
         return {"group": "small 32px batch 8 cpu", "name": "test_train_step", "extra_info": info}
@@ -132,7 +120,7 @@ def test_report_renders_a_pytest_benchmark_file(capsys, tmp_path: Path) -> None:
             }
         )
     )
-    code, out, err = invoke(["report", str(tmp_path), "--out", str(tmp_path / "r")], capsys)
+    code, out, err = invoke(["report", str(tmp_path), "--out", str(tmp_path / "r")])
     assert code == 0, err
     assert "2.00x" in out and "1.25x" in out
     with Image.open(tmp_path / "r" / "benchmark_step_time.png") as image:
@@ -164,10 +152,10 @@ def test_report_renders_a_pytest_benchmark_file(capsys, tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
-    argv: list[str], expected: str, capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    argv: list[str], expected: str, invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    code, _, err = invoke(argv, capsys)
+    code, _, err = invoke(argv)
     assert code == 2
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("mpbench") and expected in err
@@ -175,10 +163,10 @@ def test_bad_input_is_one_line_and_exit_2(
     assert list(tmp_path.iterdir()) == []  # no output folder, no cache written
 
 
-def test_report_of_a_malformed_results_file_is_one_line(capsys, tmp_path: Path) -> None:
+def test_report_of_a_malformed_results_file_is_one_line(invoke, tmp_path: Path) -> None:
     broken = {"schema": SCHEMA, "configurations": [{"name": "float32+xla_off", "status": "ok"}]}
     (tmp_path / RESULTS_FILE).write_text(json.dumps(broken))
-    code, _, err = invoke(["report", str(tmp_path)], capsys)
+    code, _, err = invoke(["report", str(tmp_path)])
     assert code == 2
     assert err.strip() == (
         f"mpbench report: error: {tmp_path / RESULTS_FILE}: a field is missing or malformed "
@@ -186,10 +174,10 @@ def test_report_of_a_malformed_results_file_is_one_line(capsys, tmp_path: Path) 
     )
 
 
-def test_batch_larger_than_the_training_split_is_refused(capsys, ship_root, tmp_path) -> None:
+def test_batch_larger_than_the_training_split_is_refused(invoke, ship_root, tmp_path) -> None:
     out = tmp_path / "out"
     argv = ["run", "--data", str(ship_root), "--batch-size", "1000", "--out", str(out)]
-    code, _, err = invoke(argv, capsys)
+    code, _, err = invoke(argv)
     assert code == 2
     assert err.strip() == (
         "mpbench run: error: --batch-size 1000 is larger than the training split (95 images of 120)"

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mpcore.cli import main
 from mpcore.data import (
     DataError,
     csv_path,
@@ -74,16 +73,6 @@ def saved_run(tmp_path: Path) -> Path:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def invoke(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``mpbench ARGV`` in-process; argparse errors arrive as ``SystemExit``."""
-    try:
-        code = main(list(argv))
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, *expected: str) -> None:
@@ -165,22 +154,22 @@ DATA_CASES = {
 
 @pytest.mark.parametrize("case", DATA_CASES)
 def test_bad_data_is_one_line_and_keeps_the_saved_run(
-    case: str, ships: Path, saved_run: Path, capsys
+    case: str, ships: Path, saved_run: Path, invoke
 ) -> None:
     damage, expected = DATA_CASES[case]
     damage(ships)
     before = snapshot(saved_run)
     argv = ["run", "--data", str(ships), *TINY, "--out", str(saved_run), "--resume"]
-    code, _, err = invoke(argv, capsys)
+    code, _, err = invoke(argv)
     assert_one_line_error(code, err, *expected)
     assert snapshot(saved_run) == before
 
 
-def test_missing_data_folder_is_named(tmp_path: Path, saved_run: Path, capsys) -> None:
+def test_missing_data_folder_is_named(tmp_path: Path, saved_run: Path, invoke) -> None:
     before = snapshot(saved_run)
     missing = tmp_path / "nowhere"
     argv = ["run", "--data", str(missing), *TINY, "--out", str(saved_run), "--resume"]
-    code, _, err = invoke(argv, capsys)
+    code, _, err = invoke(argv)
     assert_one_line_error(code, err, f"data folder not found: {missing}")
     assert snapshot(saved_run) == before
 
@@ -276,12 +265,12 @@ OPTION_CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
 @pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")  # other weights
 @pytest.mark.parametrize("case", OPTION_CASES)
 def test_bad_option_is_one_line_and_keeps_the_saved_run(
-    case: str, tiny_ships: Path, saved_run: Path, tmp_path: Path, capsys
+    case: str, tiny_ships: Path, saved_run: Path, tmp_path: Path, invoke
 ) -> None:
     extra, expected = OPTION_CASES[case]
     before = snapshot(saved_run)
     argv = ["run", "--data", str(tiny_ships), *TINY, "--out", str(saved_run), "--resume"]
-    code, _, err = invoke([*argv, *extra(tmp_path)], capsys)
+    code, _, err = invoke([*argv, *extra(tmp_path)])
     if case.startswith("unknown profile"):  # argparse's own wording, prefixed by the command
         assert err.startswith("mpbench run: error: argument --profile: ")
     assert_one_line_error(code, err, *expected)
@@ -290,26 +279,24 @@ def test_bad_option_is_one_line_and_keeps_the_saved_run(
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes files whatever their mode")
 def test_unreadable_weights_and_unwritable_out_by_permissions(
-    tiny_ships: Path, tmp_path: Path, capsys
+    tiny_ships: Path, tmp_path: Path, invoke
 ) -> None:
     weights = _garbage_weights(tmp_path)
     weights.chmod(0)
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     base = ["run", "--data", str(tiny_ships), *TINY]
-    code, _, err = invoke([*base, "--weights", str(weights), "--out", str(tmp_path / "o")], capsys)
+    code, _, err = invoke([*base, "--weights", str(weights), "--out", str(tmp_path / "o")])
     assert_one_line_error(code, err, f"--weights: file not readable: {weights}")
-    code, _, err = invoke([*base, "--out", str(locked / "out")], capsys)
+    code, _, err = invoke([*base, "--out", str(locked / "out")])
     assert_one_line_error(code, err, f"--out {locked / 'out'} is not a writable folder")
 
 
 def test_out_holding_a_run_is_refused_without_resume(
-    tiny_ships: Path, saved_run: Path, capsys
+    tiny_ships: Path, saved_run: Path, invoke
 ) -> None:
     before = snapshot(saved_run)
-    code, _, err = invoke(
-        ["run", "--data", str(tiny_ships), *TINY, "--out", str(saved_run)], capsys
-    )
+    code, _, err = invoke(["run", "--data", str(tiny_ships), *TINY, "--out", str(saved_run)])
     assert_one_line_error(
         code,
         err,
@@ -320,7 +307,7 @@ def test_out_holding_a_run_is_refused_without_resume(
 
 
 @pytest.mark.parametrize("case", ["under a file", "is a file", "half-written results"])
-def test_unusable_out_is_one_line(case: str, tiny_ships: Path, tmp_path: Path, capsys) -> None:
+def test_unusable_out_is_one_line(case: str, tiny_ships: Path, tmp_path: Path, invoke) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
     resume: list[str] = []
@@ -335,7 +322,7 @@ def test_unusable_out_is_one_line(case: str, tiny_ships: Path, tmp_path: Path, c
         expected = f"{out / RESULTS_FILE} is not valid JSON"
     before = snapshot(tmp_path)
     argv = ["run", "--data", str(tiny_ships), *TINY, "--out", str(out), *resume]
-    code, _, err = invoke(argv, capsys)
+    code, _, err = invoke(argv)
     assert_one_line_error(code, err, expected)
     assert snapshot(tmp_path) == before
 
@@ -508,7 +495,7 @@ def test_real_process_bad_input_has_no_traceback(ships: Path, tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_killed_run_keeps_its_state_and_resume_continues_it(
-    ships: Path, tmp_path: Path, capsys
+    ships: Path, tmp_path: Path, invoke
 ) -> None:
     convert_accepted_variants(ships)
     folder = images_dir(ships)
@@ -592,7 +579,7 @@ def test_killed_run_keeps_its_state_and_resume_continues_it(
 
     # 4. A resume with other settings is refused and leaves the run as it is.
     before = snapshot(out)
-    code, _, err = invoke([*argv[3:], "--resume", "--epochs", "2"], capsys)
+    code, _, err = invoke([*argv[3:], "--resume", "--epochs", "2"])
     assert_one_line_error(
         code, err, f"cannot resume {results}: it was run with different epochs; use the same"
     )
