@@ -88,7 +88,11 @@ def read_ship_index(root: str | Path) -> ShipIndex:
             f"{table}: cannot read as UTF-8 text ({error.__class__.__name__})"
         ) from None
     reader = csv.reader(text.splitlines())
-    header = [cell.strip().lower() for cell in next(reader, [])]
+    try:
+        rows = list(reader)
+    except csv.Error as error:  # e.g. a NUL byte (Python < 3.11) or an over-long field
+        raise DataError(f"{table}:{reader.line_num}: not valid CSV ({error})") from None
+    header = [cell.strip().lower() for cell in (rows[0] if rows else [])]
     if not header or header == [""]:
         raise DataError(f"{table}: file is empty")
     missing = [column for column in CSV_COLUMNS if column not in header]
@@ -101,7 +105,7 @@ def read_ship_index(root: str | Path) -> ShipIndex:
     paths: list[str] = []
     labels: list[int] = []
     seen: dict[str, int] = {}
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         where = f"{table}:{line}"

@@ -171,3 +171,15 @@ def test_bad_images_are_all_found_and_named(ship_copy: Path) -> None:
     # What is kept, RGBA-as-PNG and grayscale included, decodes through the pipeline.
     dataset = make_dataset(kept, 16, len(kept), model_spec("small").preprocess, shuffle=False)
     assert next(iter(dataset))[0].shape == (len(kept), 16, 16, 3)
+
+
+def test_csv_the_csv_module_rejects_is_one_named_error(ship_copy: Path) -> None:
+    # Python's csv refuses fields over 128 KiB (and, before 3.11, NUL bytes) with csv.Error.
+    _write_csv(ship_copy, "image,category\n" + "a" * 200_000 + ",1\n")
+    with pytest.raises(DataError, match=r"train\.csv:2: not valid CSV \(field larger than"):
+        read_ship_index(ship_copy)
+    _write_csv(ship_copy, "image,category\n000000.jpg,1\x00\n")
+    with pytest.raises(
+        DataError, match=r"train\.csv:2: (not valid CSV|category .* not an integer)"
+    ):
+        read_ship_index(ship_copy)
