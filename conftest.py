@@ -10,8 +10,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import pytest
 
-from mpcore.machine import visible_gpus
 from mpcore.modes import GlobalState
+from mpcore.probe.machine import visible_gpus
 
 NO_GPU_REASON = "no GPU visible to TensorFlow"
 

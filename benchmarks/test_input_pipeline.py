@@ -3,8 +3,13 @@
 Each round reads every generated JPEG once through :func:`mpcore.data.make_dataset` (shuffle,
 decode, resize, the model's preprocessing, batch, prefetch; no cache, so the decode is timed).
 Before each round, untimed by pytest-benchmark but by us, the same files go through a raw
-decode+resize pipeline, so the two rates come from interleaved epochs of the same run. Below the
-target ratio the test warns (``PipelineBelowTarget``) and the report marks the row.
+decode+resize pipeline, so the two rates come from interleaved epochs of the same run.
+
+A report, not a gate: the test fails only if the pipeline loses or invents images. Its rate
+against the raw decode+resize rate is recorded (``extra_info``) and shown in the report; below
+:data:`TARGET_RATIO` the report marks the row "(below target)" and the test warns
+(``PipelineBelowTarget``). A speed ratio measured on a shared machine is a finding to read, not a
+pass/fail verdict (on a 2-core CPU it swings by tens of percent from run to run).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from mpcore.benchtable import PIPELINE_KIND
+from mpcore.bench.table import PIPELINE_KIND
 from mpcore.data import decode_and_resize, make_dataset, read_ship_index
 from mpcore.models import model_spec
 from mpcore.synthetic import write_synthetic_ships
@@ -101,7 +106,6 @@ def test_input_pipeline(benchmark, bench_options, pipeline_ship_root: Path) -> N
             "target_ratio": TARGET_RATIO,
         }
     )
-    assert pipeline_rate > 0 and baseline_rate > 0
     if ratio < TARGET_RATIO:
         # A finding about the pipeline, not a harness failure; on a shared CPU the ratio is noisy.
         warnings.warn(

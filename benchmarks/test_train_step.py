@@ -12,8 +12,8 @@ import math
 
 import tensorflow as tf
 
+from mpcore.bench.stepbench import MemoryProbe, PreparedStep, throughput_fields
 from mpcore.modes import RunConfig, check_model
-from mpcore.stepbench import MemoryProbe, PreparedStep, throughput_fields
 
 
 def test_train_step(

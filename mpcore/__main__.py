@@ -2,6 +2,6 @@
 
 import sys
 
-from mpcore.cli import main
+from mpcore.face.cli import main
 
 sys.exit(main())

@@ -16,11 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-PRECISIONS: tuple[str, ...] = ("float32", "mixed_float16", "mixed_bfloat16", "amp_rewrite")
-XLA_MODES: tuple[str, ...] = ("off", "jit", "auto")
-
-#: Precisions whose compute dtype is float16 and which therefore need dynamic loss scaling.
-FLOAT16_PRECISIONS: frozenset[str] = frozenset({"mixed_float16", "amp_rewrite"})
+from mpcore.names import FLOAT16_PRECISIONS, config_name, parse_precision, parse_xla
 
 #: The Keras dtype policy each precision builds its layers under. ``amp_rewrite`` builds a float32
 #: model; grappler rewrites the graph to float16 on a GPU with tensor cores.
@@ -38,22 +34,6 @@ class ModeMismatchError(AssertionError):
     """A built model does not run in the mode its configuration names."""
 
 
-def _validated(name: str, valid: tuple[str, ...], what: str) -> str:
-    if name not in valid:
-        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(valid)}")
-    return name
-
-
-def parse_precision(name: str) -> str:
-    """Return ``name`` if it is a known precision, else raise ``ValueError`` listing them."""
-    return _validated(name, PRECISIONS, "precision")
-
-
-def parse_xla(name: str) -> str:
-    """Return ``name`` if it is a known XLA mode, else raise ``ValueError`` listing them."""
-    return _validated(name, XLA_MODES, "XLA mode")
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """One precision x XLA configuration; validated on construction."""
@@ -68,7 +48,7 @@ class RunConfig:
     @property
     def name(self) -> str:
         """Short label such as ``mixed_float16+jit``."""
-        return f"{self.precision}+xla_{self.xla}"
+        return config_name(self.precision, self.xla)
 
     @property
     def uses_loss_scaling(self) -> bool:

@@ -1,8 +1,7 @@
 """Tables, CSV and plots from a ``results.json`` or a pytest-benchmark JSON file.
 
-Nothing here imports TensorFlow: ``mpbench report`` re-renders a saved run in a second.
-Plots use matplotlib's object API (``Figure``), so no global pyplot state or GUI backend is
-involved.
+Nothing here imports TensorFlow: ``mpbench report`` re-renders a saved run in a second. The
+figures themselves are drawn by :mod:`mpcore.face.plots`.
 """
 
 from __future__ import annotations
@@ -14,11 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
 from tabulate import tabulate
 
-MIB = 1024 * 1024
-BASELINE = "float32+xla_off"
+from mpcore.face.plots import (
+    MIB,
+    plot_bars,
+    plot_curves,
+    plot_gpu_telemetry,
+    plot_time_vs_loss,
+    subtitle,
+)
+from mpcore.names import BASELINE
 
 #: Columns of the run table and CSV: (key, table header, number format).
 RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -169,18 +174,9 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
 def benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     """The training rows (``extra_info``) of a pytest-benchmark file, with the speedup over
     ``float32``/``off`` of the same group, as the benchmark suite's own table computes it."""
-    from mpcore.benchtable import PIPELINE_KIND, rows_from_saved
+    from mpcore.bench.table import PIPELINE_KIND, rows_from_saved, with_speedups
 
-    rows = [row for row in rows_from_saved(document) if row.get("kind") != PIPELINE_KIND]
-    baselines = {
-        row.get("group"): row["ms_per_step"]
-        for row in rows
-        if row.get("precision") == "float32" and row.get("xla") == "off" and row.get("ms_per_step")
-    }
-    for row in rows:
-        base, ms = baselines.get(row.get("group")), row.get("ms_per_step")
-        row["speedup"] = base / ms if base and ms else None
-    return rows
+    return with_speedups([r for r in rows_from_saved(document) if r.get("kind") != PIPELINE_KIND])
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,126 +242,7 @@ def write_csv(
 
 
 # --------------------------------------------------------------------------------------------
-# Plots
-
-
-def _colours(count: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    palette = colormaps["tab10"]
-    return [palette(i % 10) for i in range(count)]
-
-
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
-
-
-def _marker(position: int) -> dict[str, Any]:
-    """A distinct marker per configuration, shrinking along the list, so configurations with
-    identical values (amp_rewrite is float32 on a CPU) show as nested shapes, not one."""
-    return {
-        "marker": _MARKERS[position % len(_MARKERS)],
-        "markersize": max(4.0, 11.0 - 1.5 * position),
-    }
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    return path
-
-
-def _ok_records(document: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in document.get("configurations", []) if r.get("status") == "ok"]
-
-
-def _subtitle(document: dict[str, Any]) -> str:
-    settings = document.get("settings", {})
-    return (
-        f"model {settings.get('model')}, {settings.get('image_size')} px, "
-        f"batch {settings.get('batch_size')}, {settings.get('epochs')} epochs"
-    )
-
-
-def plot_time_vs_loss(document: dict[str, Any], path: Path) -> Path:
-    """The seed's comparison: total training time against final training loss."""
-    records = _ok_records(document)
-    figure = Figure(figsize=(7.5, 5))
-    axes = figure.subplots()
-    for position, (record, colour) in enumerate(zip(records, _colours(len(records)), strict=True)):
-        result = record["result"]
-        axes.plot(
-            sum(result["epoch_seconds"]),
-            result["loss"][-1],
-            linestyle="none",
-            color=colour,
-            markerfacecolor="none" if position else colour,
-            markeredgewidth=2,
-            label=record["name"],
-            **_marker(position),
-        )
-    axes.set_xlabel("training time, all epochs (s)")
-    axes.set_ylabel("final training loss")
-    axes.set_title(f"Training time vs final loss\n{_subtitle(document)}", fontsize=11)
-    axes.grid(alpha=0.3)
-    if records:
-        axes.legend(fontsize=8, loc="best", title="configuration", title_fontsize=8)
-        axes.margins(0.2)
-    return _save(figure, path)
-
-
-def plot_curves(document: dict[str, Any], path: Path) -> Path:
-    """Loss and accuracy per epoch, training (solid) and validation (dashed), per configuration."""
-    records = _ok_records(document)
-    figure = Figure(figsize=(12, 4.8))
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
-    for position, (record, colour) in enumerate(zip(records, _colours(len(records)), strict=True)):
-        result = record["result"]
-        epochs = range(1, len(result["loss"]) + 1)
-        name = record["name"]
-        style = {"color": colour, **_marker(position), "markerfacecolor": "none"}
-        loss_axes.plot(epochs, result["loss"], "-", label=f"{name} train", **style)
-        loss_axes.plot(epochs, result["val_loss"], "--", label=f"{name} val", **style)
-        accuracy_axes.plot(epochs, result["accuracy"], "-", label=f"{name} train", **style)
-        accuracy_axes.plot(epochs, result["val_accuracy"], "--", label=f"{name} val", **style)
-    loss_axes.set_title("Loss per epoch (solid: training, dashed: validation)", fontsize=10)
-    loss_axes.set_ylabel("sparse categorical cross-entropy")
-    accuracy_axes.set_title("Accuracy per epoch (solid: training, dashed: validation)", fontsize=10)
-    accuracy_axes.set_ylabel("accuracy (fraction correct)")
-    accuracy_axes.set_ylim(0, 1.02)
-    for axes in (loss_axes, accuracy_axes):
-        axes.set_xlabel("epoch")
-        axes.grid(alpha=0.3)
-        axes.xaxis.get_major_locator().set_params(integer=True)
-    if records:
-        accuracy_axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    figure.suptitle(f"Learning curves: {_subtitle(document)}", fontsize=11)
-    return _save(figure, path)
-
-
-def plot_bars(
-    labels: list[str],
-    values: list[float],
-    speedups: list[float | None],
-    path: Path,
-    title: str,
-    xlabel: str,
-    unit: str = "ms",
-) -> Path:
-    """Horizontal bars of a time per configuration, each annotated with its speedup."""
-    figure = Figure(figsize=(8, 1.2 + 0.55 * max(1, len(labels))))
-    axes = figure.subplots()
-    positions = range(len(labels))
-    axes.barh(positions, values, color=_colours(len(labels)))
-    axes.set_yticks(list(positions), labels, fontsize=9)
-    axes.invert_yaxis()
-    for position, value, speedup in zip(positions, values, speedups, strict=True):
-        note = f"{value:.1f} {unit}" + (f"  ({speedup:.2f}x)" if speedup is not None else "")
-        axes.text(value, position, "  " + note, va="center", fontsize=9)
-    axes.set_xlabel(xlabel)
-    axes.set_title(title, fontsize=11)
-    axes.set_xlim(0, max(values, default=1.0) * 1.35 or 1.0)
-    axes.grid(axis="x", alpha=0.3)
-    return _save(figure, path)
+# Rendering
 
 
 def plot_step_time(document: dict[str, Any], path: Path) -> Path:
@@ -376,42 +253,9 @@ def plot_step_time(document: dict[str, Any], path: Path) -> Path:
         [row["ms_per_step"] for row in rows],
         [row["speedup"] for row in rows],
         path,
-        f"Steady training step time (speedup over {BASELINE})\n{_subtitle(document)}",
+        f"Steady training step time (speedup over {BASELINE})\n{subtitle(document)}",
         "milliseconds per training step (median of epochs after the first)",
     )
-
-
-def plot_gpu_telemetry(document: dict[str, Any], path: Path) -> Path | None:
-    """GPU memory used and utilisation over time per configuration; None without samples."""
-    records = [r for r in _ok_records(document) if (r.get("telemetry") or {}).get("gpu_series")]
-    if not records:
-        return None
-    figure = Figure(figsize=(10, 6.5))
-    memory_axes, utilisation_axes = figure.subplots(2, 1, sharex=True)
-    for record, colour in zip(records, _colours(len(records)), strict=True):
-        series = record["telemetry"]["gpu_series"]
-        times = [row["t"] for row in series]
-        memory = [
-            row["memory_used_bytes"] / MIB if row["memory_used_bytes"] is not None else math.nan
-            for row in series
-        ]
-        utilisation = [
-            row["utilization_percent"] if row["utilization_percent"] is not None else math.nan
-            for row in series
-        ]
-        memory_axes.plot(times, memory, color=colour, label=record["name"])
-        utilisation_axes.plot(times, utilisation, color=colour, label=record["name"])
-    memory_axes.set_ylabel("device memory used (MiB)")
-    memory_axes.set_title("GPU memory used (NVML)", fontsize=10)
-    utilisation_axes.set_ylabel("GPU utilisation (%)")
-    utilisation_axes.set_ylim(0, 105)
-    utilisation_axes.set_title("GPU utilisation (NVML)", fontsize=10)
-    utilisation_axes.set_xlabel("seconds since the configuration started (model build included)")
-    for axes in (memory_axes, utilisation_axes):
-        axes.grid(alpha=0.3)
-    memory_axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    figure.suptitle(f"GPU telemetry during training: {_subtitle(document)}", fontsize=11)
-    return _save(figure, path)
 
 
 def render_run(document: dict[str, Any], out: Path) -> list[Path]:
@@ -430,7 +274,7 @@ def render_run(document: dict[str, Any], out: Path) -> list[Path]:
 def render_benchmark(document: dict[str, Any], out: Path) -> tuple[str, list[Path]]:
     """The benchmark suite's table of a pytest-benchmark file, and its CSV and step-time plot
     written to ``out``."""
-    from mpcore.benchtable import render_report, rows_from_saved
+    from mpcore.bench.table import render_report, rows_from_saved
 
     rows = benchmark_rows(document)
     out.mkdir(parents=True, exist_ok=True)

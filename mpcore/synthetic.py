@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,14 @@ def write_synthetic_ships(
         writer.writerows(rows)
     marker.write_text(json.dumps(params))
     return root
+
+
+def generated_batch(
+    preprocess: Callable[[np.ndarray], np.ndarray], image_size: int, batch_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of synthetic ships (classes in turn) at ``image_size``, through ``preprocess``
+    (a model's preprocessing), with their labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(batch_size, dtype=np.int32) % len(CLASS_NAMES)
+    images = np.stack([np.asarray(render_ship(int(label), image_size, rng)) for label in labels])
+    return preprocess(images.astype(np.float32)), labels

@@ -17,14 +17,14 @@ import keras
 import tensorflow as tf
 
 from mpcore.data import ShipIndex, make_dataset, steps_per_epoch
-from mpcore.distribute import (
+from mpcore.models import build_model, model_spec
+from mpcore.modes import RunConfig, applied, check_model
+from mpcore.probe.machine import machine_summary, visible_gpus
+from mpcore.replicas import (
     ReplicaConsistentLossScaleOptimizer,
     ReplicaStatisticsAverager,
     check_replicated,
 )
-from mpcore.machine import machine_summary, visible_gpus
-from mpcore.models import build_model, model_spec
-from mpcore.modes import RunConfig, applied, check_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +237,7 @@ def train(
 ) -> RunResult:
     """Train ``settings.model`` under ``config`` with ``model.fit`` and return its record.
 
-    With a ``strategy`` (see :mod:`mpcore.distribute`), ``settings.batch_size`` is the batch of
+    With a ``strategy`` (see :mod:`mpcore.replicas`), ``settings.batch_size`` is the batch of
     each replica and every step trains on ``batch_size x num_replicas_in_sync`` images; the
     datasets are sharded by data (each worker keeps its slice of every global batch), which
     works for file lists and generated data alike.
@@ -339,3 +339,24 @@ def make_train_step(
         return loss
 
     return train_step
+
+
+def loss_scale_census(
+    model_name: str, image_size: int, batch_size: int, seed: int, dtype: str
+) -> list[tuple[float, Any]]:
+    """What a cast to ``dtype`` does to a fresh registry model's float32 gradients on a batch of
+    generated ships, with no loss scaling and at the ``LossScaleOptimizer``'s initial scale:
+    ``[(scale, GradientCensus), ...]`` (see :func:`mpcore.numerics.gradient_census`)."""
+    from mpcore.numerics import gradient_census
+    from mpcore.synthetic import generated_batch
+
+    float32 = RunConfig("float32", "off")
+    with applied(float32):
+        keras.utils.set_random_seed(seed)
+        # The census needs float32 gradients: it asks what a half-precision cast would do to them.
+        model = compile_for(build_model(model_name, image_size), float32, learning_rate=1e-3)
+        batch = generated_batch(model_spec(model_name).preprocess, image_size, batch_size, seed)
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam())
+        optimizer.build(model.trainable_variables)
+        scales = [1.0, current_loss_scale(optimizer) or 1.0]
+        return [(s, gradient_census(model, batch, loss_scale=s, dtype=dtype)) for s in scales]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mpcore.machine import visible_gpus
 from mpcore.models import build_model
 from mpcore.modes import RunConfig, amp_rewrite_enabled, applied
+from mpcore.probe.machine import visible_gpus
 
 HAS_TENSOR_CORES = any(gpu.has_tensor_cores for gpu in visible_gpus())
 

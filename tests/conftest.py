@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
-from mpcore.cli import main
+from mpcore.face.cli import main
+
+#: Variables of the test session's environment a child ``mpbench`` must not inherit: a cluster
+#: spec or a planted fault would change what the child does.
+SCRUBBED_ENV = ("TF_CONFIG", "MPBENCH_FAULT", "MPBENCH_WORKER_FAULT")
 
 
 @pytest.fixture
@@ -21,5 +29,37 @@ def invoke(capsys: pytest.CaptureFixture[str]) -> Callable[[Sequence[str]], tupl
             code = stop.code
         out, err = capsys.readouterr()
         return code, out, err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def cli_env() -> Callable[..., dict[str, str]]:
+    """``cli_env(cache, **extra)``: the environment of a child ``mpbench`` with its data cache
+    in ``cache``, the scrubbed variables removed and ``extra`` added."""
+
+    def make(cache: Path, **extra: str) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if key not in SCRUBBED_ENV}
+        return {**env, "MPBENCH_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def mpbench_process(cli_env) -> Callable[..., subprocess.CompletedProcess]:
+    """``mpbench_process(*args, cwd=..., cache=None, **extra_env)``: run ``mpbench ARGS`` in a
+    child process (a real TensorFlow start-up, signals and exit codes) and return its result."""
+
+    def run(
+        *args: str, cwd: Path, cache: Path | None = None, timeout: float = 300, **extra: str
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "mpcore", *args],
+            env=cli_env(cache or cwd, **extra),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run

@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from mpcore.data import read_ship_index, stratified_split
-from mpcore.distribute import check_replicated, configure_logical_cpus, make_strategy
 from mpcore.modes import ModeMismatchError, RunConfig, applied, check_model
+from mpcore.replicas import check_replicated, configure_logical_cpus, make_strategy
 from mpcore.training import TrainSettings, build_compiled, train
 
 PER_REPLICA_BATCH = 8

@@ -5,7 +5,9 @@ from __future__ import annotations
 import keras
 import pytest
 
-from mpcore.devices import (
+from mpcore.modes import RunConfig, applied
+from mpcore.names import PRECISIONS, XLA_MODES
+from mpcore.probe.devices import (
     FAKE_GPU_ENV,
     NO_GPU_REASON,
     benchmark_gpus,
@@ -17,8 +19,7 @@ from mpcore.devices import (
     speedup_note,
     training_flops_per_step,
 )
-from mpcore.machine import GpuInfo
-from mpcore.modes import PRECISIONS, XLA_MODES, RunConfig, applied
+from mpcore.probe.machine import GpuInfo
 
 T4 = GpuInfo("Tesla T4", (7, 5))
 A100 = GpuInfo("NVIDIA A100-SXM4-40GB", (8, 0))

@@ -8,10 +8,10 @@ import keras
 import pytest
 import tensorflow as tf
 
-import mpcore.stepbench
-from mpcore.machine import visible_gpus
+import mpcore.bench.stepbench
+from mpcore.bench.stepbench import MemoryProbe, prepared_step, throughput_fields
 from mpcore.modes import RunConfig, amp_rewrite_enabled, autoclustering_enabled
-from mpcore.stepbench import MemoryProbe, prepared_step, throughput_fields
+from mpcore.probe.machine import visible_gpus
 from mpcore.training import TrainSettings
 
 TINY = TrainSettings(model="small", image_size=16, batch_size=4)
@@ -38,7 +38,7 @@ def test_globals_are_restored_when_building_fails(monkeypatch: pytest.MonkeyPatc
     def out_of_memory(config, settings):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
 
-    monkeypatch.setattr(mpcore.stepbench, "build_compiled", out_of_memory)
+    monkeypatch.setattr(mpcore.bench.stepbench, "build_compiled", out_of_memory)
     policy = keras.mixed_precision.dtype_policy().name
     with (
         pytest.raises(tf.errors.ResourceExhaustedError),

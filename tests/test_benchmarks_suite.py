@@ -1,27 +1,29 @@
 """The benchmarks/ suite driven with pytester on the CPU, at tiny settings.
 
-The suite is copied into the pytester folder and run in-process; ``MPBENCH_FAKE_GPU`` stands in
-for a T4, an A100, a pre-Volta card or no GPU, so every skip decision is exercised here.
+The suite runs in-process from where it is, the plugin loaded with ``-p``; ``MPBENCH_FAKE_GPU``
+stands in for a T4, an A100, a pre-Volta card or no GPU, so every skip decision is exercised here.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import keras
 import pytest
 import tensorflow as tf
 
-import mpcore.stepbench
-from mpcore.devices import FAKE_GPU_ENV, NO_GPU_REASON
+import mpcore.bench.stepbench
 from mpcore.modes import amp_rewrite_enabled, autoclustering_enabled
+from mpcore.probe.devices import FAKE_GPU_ENV, NO_GPU_REASON
 
 pytest_plugins = ("pytester",)
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SUITE_FILES = ("conftest.py", "test_train_step.py", "test_input_pipeline.py")
+#: The suite's test modules, run where they are: the plugin is loaded with ``-p`` and conftest
+#: files are not read (``--noconftest``), so nothing is copied.
+SUITE = tuple(str(BENCHMARKS / name) for name in ("test_train_step.py", "test_input_pipeline.py"))
+PLUGIN = ("-p", "mpcore.bench.plugin", "--noconftest")
 TINY = (
     "--mp-model=small",
     "--mp-image-size=16",
@@ -68,11 +70,7 @@ MACHINE_FIELDS = (
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A copy of benchmarks/ in the pytester folder, seeing no GPU unless a test says otherwise."""
-    target = pytester.path / "benchmarks"
-    target.mkdir()
-    for name in SUITE_FILES:
-        shutil.copy(BENCHMARKS / name, target / name)
+    """A pytester folder for the benchmarks/ suite, seeing no GPU unless a test says otherwise."""
     monkeypatch.setenv(FAKE_GPU_ENV, "none")
     monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
     return pytester
@@ -80,7 +78,7 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest(
-        "benchmarks", "-p", "no:random_order", "--import-mode=importlib", "-rs", *args
+        *SUITE, *PLUGIN, "-p", "no:random_order", "--import-mode=importlib", "-rs", *args
     )
 
 
@@ -99,7 +97,7 @@ def saved_benchmarks(path: Path) -> dict[str, dict]:
 
 def collected_skips(pytester: pytest.Pytester, *args: str) -> dict[str, str | None]:
     """Each training benchmark's id and the skip reason it was collected with (None: runs)."""
-    items, _ = pytester.inline_genitems("benchmarks", "--import-mode=importlib", *args)
+    items, _ = pytester.inline_genitems(*SUITE, *PLUGIN, "--import-mode=importlib", *args)
     skips = {}
     for item in items:
         if "combination" in item.fixturenames:
@@ -250,14 +248,14 @@ def test_combinations_do_not_leak_rewrite_or_autoclustering(
 def test_a_failing_combination_does_not_stop_the_others(
     suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_build = mpcore.stepbench.build_compiled
+    real_build = mpcore.bench.stepbench.build_compiled
 
     def out_of_memory_for_float16(config, settings):
         if config.precision == "mixed_float16":
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
         return real_build(config, settings)
 
-    monkeypatch.setattr(mpcore.stepbench, "build_compiled", out_of_memory_for_float16)
+    monkeypatch.setattr(mpcore.bench.stepbench, "build_compiled", out_of_memory_for_float16)
     out = suite.path / "out.json"
     result = run(
         suite,
@@ -281,7 +279,7 @@ def test_a_failing_combination_does_not_stop_the_others(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--mp-precision=float64",), "ERROR: --mp-precision: unknown precision 'float64'*"),
+        (("--mp-precision=float64",), "ERROR: unknown --mp-precision value 'float64'*"),
         (("--mp-model=vgg",), "ERROR: --mp-model: unknown model 'vgg'*"),
         (("--mp-batch=0",), "ERROR: --mp-batch must be at least 1, got 0"),
         (("--mp-image-size=4", "--mp-model=small"), "ERROR: --mp-image-size 4 is too small*"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mpcore.benchtable import PIPELINE_KIND, main, render_report, rows_from_saved, training_table
+from mpcore.bench.table import PIPELINE_KIND, render_report, rows_from_saved, training_table
 
 GROUP = "small 32px batch 8 on CPU"
 
@@ -115,18 +115,18 @@ def test_rows_come_back_from_a_saved_file(saved: Path) -> None:
     assert rows[0]["group"] == GROUP and rows[0]["ms_per_step"] == 20.0
 
 
-def test_command_prints_the_saved_report(saved: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main([str(saved)]) == 0
-    assert "1.00x" in capsys.readouterr().out
+def test_report_command_prints_the_saved_report(saved: Path, invoke) -> None:
+    code, out, _ = invoke(["report", str(saved), "--out", str(saved.parent / "rendered")])
+    assert code == 0 and "1.00x" in out
 
 
 @pytest.mark.parametrize("content", [None, "not json", '{"benchmarks": 3}'])
-def test_command_rejects_bad_files_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture, content: str | None
+def test_report_command_rejects_bad_files_in_one_line(
+    tmp_path: Path, invoke, content: str | None
 ) -> None:
     path = tmp_path / "bad.json"
     if content is not None:
         path.write_text(content)
-    assert main([str(path)]) == 2
-    error = capsys.readouterr().err
-    assert error.startswith("error: ") and error.count("\n") == 1
+    code, _, error = invoke(["report", str(path)])
+    assert code == 2
+    assert error.startswith("mpbench report: error: ") and error.count("\n") == 1

@@ -10,28 +10,23 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mpcore.cli import choose_profile, parse_names
-from mpcore.doctor import precision_verdicts
-from mpcore.machine import GpuInfo, visible_gpus
-from mpcore.modes import PRECISIONS
-from mpcore.runner import (
-    RESULTS_FILE,
-    SCHEMA,
-    NonFiniteLossError,
-    PrefixedStream,
-    RunPlan,
-    RunSetupError,
-    _make_loss_guard,
-    resumable_document,
-    write_json_atomic,
-)
+from mpcore.face.doctor import precision_verdicts
+from mpcore.face.run_cmd import choose_profile
+from mpcore.names import PRECISIONS, parse_names
+from mpcore.probe.machine import GpuInfo, visible_gpus
+from mpcore.run.plan import RunPlan
+from mpcore.run.store import RESULTS_FILE, SCHEMA, RunSetupError, write_json_atomic
+from mpcore.run.worker import NonFiniteLossError, PrefixedStream, make_loss_guard
 
 # --------------------------------------------------------------------------------------------
 # doctor
 
 
 @pytest.mark.skipif(bool(visible_gpus()), reason="states the CPU-only verdicts; a GPU is visible")
-def test_doctor_on_a_cpu_says_mixed_precision_will_not_speed_up(invoke) -> None:
+def test_doctor_on_a_cpu_says_mixed_precision_will_not_speed_up(invoke, monkeypatch) -> None:
+    # A CPU without AVX512-BF16/AMX (the verdict for one with them is tested on its own below):
+    # the host's real flags must not decide what this test states.
+    monkeypatch.setattr("mpcore.face.doctor.cpu_flags", lambda: frozenset())
     code, out, err = invoke(["doctor", "--model", "small", "--batch-size", "50"])
     assert code == 0, err
     lines = out.splitlines()
@@ -198,6 +193,16 @@ def test_parse_names_accepts_lists_commas_and_all() -> None:
     assert parse_names(None, PRECISIONS, "--precision") == []
 
 
+@pytest.mark.parametrize("values", [[""], [","], [" , ", ""]])
+def test_a_name_list_that_names_nothing_is_refused(values: list[str], invoke) -> None:
+    with pytest.raises(ValueError, match="--precision: no value given"):
+        parse_names(values, PRECISIONS, "--precision")
+    # Through the command line too: one line, exit 2, before TensorFlow trains anything.
+    code, _, err = invoke(["run", "--precision", *values, "--out", "unused"])
+    assert code == 2 and err.count("\n") == 1
+    assert "--precision: no value given" in err
+
+
 def test_profile_follows_the_gpu_unless_chosen() -> None:
     assert choose_profile(None, 0)[0] == "quick"
     assert choose_profile(None, 2)[0] == "seed"
@@ -233,7 +238,7 @@ def test_loss_guard_names_configuration_epoch_step_and_scale() -> None:
     with applied(config):
         model = build_compiled(config, TrainSettings(model="small", image_size=8))
         model.optimizer.build(model.trainable_variables)
-        guard = _make_loss_guard(config.name)
+        guard = make_loss_guard(config.name)
         guard.set_model(model)
         guard.on_epoch_begin(2)
         guard.on_train_batch_end(3, {"loss": 0.7})  # finite: no complaint
@@ -272,12 +277,12 @@ def _saved_run(tmp_path: Path, settings: dict) -> RunPlan:
 
 def test_resume_keeps_finished_configurations_only(tmp_path: Path) -> None:
     plan = _saved_run(tmp_path, {"model": "small", "epochs": 2})
-    document = resumable_document(tmp_path / RESULTS_FILE, plan)
+    document = plan.resumed_document()
     assert [r["name"] for r in document["configurations"]] == ["float32+xla_off"]
     assert document["status"] == "running"
     changed = RunPlan(plan.out, plan.data_root, {"model": "small", "epochs": 3}, plan.configs)
     with pytest.raises(RunSetupError, match="different epochs"):
-        resumable_document(tmp_path / RESULTS_FILE, changed)
+        changed.resumed_document()
 
 
 def _gpu_record(name: str, ms_per_step: float, memory_gib: float) -> dict:
@@ -327,3 +332,10 @@ def test_gpu_runs_get_a_telemetry_plot_and_gpu_peak_memory(tmp_path: Path) -> No
     assert [row["speedup"] for row in rows] == [1.0, 2.0]
     assert [row["peak_memory_mib"] for row in rows] == [6 * 1024, 3.5 * 1024]
     assert "peak memory: TensorFlow peak GPU memory" in run_table(document)
+
+
+def test_doctor_says_bfloat16_helps_on_a_cpu_with_native_bfloat16() -> None:
+    verdicts = {v.precision: v for v in precision_verdicts((), frozenset({"avx512_bf16"}))}
+    assert verdicts["mixed_bfloat16"].speeds_up is True
+    assert "avx512_bf16" in verdicts["mixed_bfloat16"].why
+    assert verdicts["mixed_float16"].speeds_up is False

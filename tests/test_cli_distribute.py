@@ -10,15 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mpcore.cli import main
+from mpcore.face.cli import main
 from mpcore.report import SCALING_COLUMNS
 
 pytest_plugins = ("pytester",)
@@ -36,24 +34,6 @@ TINY = (
     "--epochs",
     "1",
 )
-
-
-def cli_env(cache: Path) -> dict[str, str]:
-    env = {**os.environ, "MPBENCH_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for name in ("TF_CONFIG", "MPBENCH_FAULT", "MPBENCH_WORKER_FAULT"):
-        env.pop(name, None)
-    return env
-
-
-def mpbench(*args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mpcore", *args],
-        env=cli_env(cache),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +66,10 @@ def assert_scaling(record: dict, baseline: dict, replicas: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def mirrored_run(tmp_path_factory: pytest.TempPathFactory, cache: Path):
+def mirrored_run(tmp_path_factory: pytest.TempPathFactory, cache: Path, mpbench_process):
     work = tmp_path_factory.mktemp("mirrored")
     out = work / "run"
-    process = mpbench(
+    process = mpbench_process(
         "run",
         *TINY,
         "--precision",
@@ -150,7 +130,7 @@ def test_mirrored_table_and_csv_have_the_scaling_columns(mirrored_run) -> None:
         (["--strategy", "ring"], "--strategy: unknown strategy 'ring'; valid: none, mirrored"),
         (["--workers", "2", "--strategy", "mirrored"], "cannot be combined with --strategy"),
         (["--workers", "2", "--strategy", "none"], "cannot be combined with --strategy none"),
-        (["--cpu-replicas", "2"], "--cpu-replicas splits the CPU for --strategy mirrored only"),
+        (["--cpu-replicas", "2"], "--cpu-replicas splits the CPU for the mirrored strategy only"),
         (["--strategy", "multiworker"], "strategy 'multiworker' needs TF_CONFIG"),
         (
             ["--strategy", "mirrored", "--cpu-replicas", "2", "--batch-size", "4"],
@@ -177,9 +157,11 @@ def test_bad_distribution_options_are_one_line_and_exit_2(
 
 
 @pytest.mark.slow
-def test_two_local_workers_train_in_sync_and_the_chief_records(tmp_path: Path, cache: Path):
+def test_two_local_workers_train_in_sync_and_the_chief_records(
+    tmp_path: Path, cache: Path, mpbench_process
+):
     out = tmp_path / "run"
-    process = mpbench(
+    process = mpbench_process(
         "run",
         *TINY,
         "--precision",
@@ -215,7 +197,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TINY_BENCH = ("--mp-allow-cpu", "--mp-xla=off", "--mp-image-size=16", "--mp-batch=4")
 
 
-def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def bench(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """The training-step benchmark in its own process (logical CPUs must be set up first)."""
     return subprocess.run(
         [
@@ -232,7 +214,7 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
             *TINY_BENCH,
             *args,
         ],
-        env={**cli_env(cwd), "MPBENCH_FAKE_GPU": "none"},
+        env={**env, "MPBENCH_FAKE_GPU": "none"},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -243,14 +225,12 @@ def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_benchmark_mirrored_is_skipped_with_one_replica(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # In-process collection: this process's TensorFlow sees one CPU device.
-    target = pytester.path / "benchmarks"
-    target.mkdir()
-    for name in ("conftest.py", "test_train_step.py"):
-        shutil.copy(BENCHMARKS / name, target / name)
+    # In-process collection: this process's TensorFlow sees one CPU device. The plugin is
+    # loaded on its own (-p), with a stand-in benchmark that asks for a combination.
+    pytester.makepyfile(test_step="def test_step(combination):\n    pass\n")
     monkeypatch.setenv("MPBENCH_FAKE_GPU", "none")
     items, _ = pytester.inline_genitems(
-        "benchmarks", "--import-mode=importlib", *TINY_BENCH, "--mp-strategy=mirrored"
+        "-p", "mpcore.bench.plugin", *TINY_BENCH, "--mp-strategy=mirrored"
     )
     reasons = {item.callspec.id: item.get_closest_marker("skip").kwargs["reason"] for item in items}
     # amp_rewrite keeps its own reason (a no-op without a GPU); the CPU-possible ones get ours.
@@ -263,7 +243,7 @@ def test_benchmark_mirrored_is_skipped_with_one_replica(
 
 
 @pytest.mark.slow
-def test_benchmark_mirrored_over_two_cpus_records_replicas(tmp_path: Path) -> None:
+def test_benchmark_mirrored_over_two_cpus_records_replicas(tmp_path: Path, cli_env) -> None:
     out = tmp_path / "bench.json"
     result = bench(
         "--mp-precision=mixed_float16",
@@ -274,6 +254,7 @@ def test_benchmark_mirrored_over_two_cpus_records_replicas(tmp_path: Path) -> No
         "--mp-warmup-rounds=0",
         f"--benchmark-json={out}",
         cwd=tmp_path,
+        env=cli_env(tmp_path),
     )
     assert result.returncode == 0, result.stdout[-3000:]
     (benchmark,) = json.loads(out.read_text())["benchmarks"]

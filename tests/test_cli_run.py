@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,9 +19,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mpcore.cli import main
 from mpcore.report import RUN_COLUMNS, run_table
-from mpcore.runner import FAULT_ENV, SCHEMA
+from mpcore.run.process import FAULT_ENV
+from mpcore.run.store import SCHEMA
 
 TINY = (
     "--data",
@@ -42,43 +41,27 @@ CRASHING = "amp_rewrite+xla_off"
 OK_NAMES = ("float32+xla_off", "mixed_float16+xla_off")
 
 
-def cli_env(cache: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "MPBENCH_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop(FAULT_ENV, None)
-    return {**env, **extra}
-
-
-def mpbench(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mpcore", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mpbench-cache")
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory, cache: Path):
+def finished_run(tmp_path_factory: pytest.TempPathFactory, cache: Path, mpbench_process):
     """A completed run: float32 ok, mixed_bfloat16 failed (injected OOM), mixed_float16 ok,
     amp_rewrite's worker killed (SIGKILL)."""
     work = tmp_path_factory.mktemp("run")
     out = work / "out"
-    completed = mpbench(
+    completed = mpbench_process(
         "run",
         *TINY,
         "--precision",
         *RUN_PRECISIONS,
         "--out",
         str(out),
-        env=cli_env(cache, **{FAULT_ENV: f"{FAILING}=oom,{CRASHING}=crash"}),
         cwd=work,
+        cache=cache,
+        **{FAULT_ENV: f"{FAILING}=oom,{CRASHING}=crash"},
     )
     return completed, out
 
@@ -208,11 +191,9 @@ def test_tensorboard_events_hold_the_epoch_metrics(finished_run) -> None:
     assert not (out / "tensorboard" / FAILING / "train").exists()
 
 
-def test_report_reproduces_the_table(finished_run, tmp_path: Path) -> None:
+def test_report_reproduces_the_table(finished_run, tmp_path: Path, mpbench_process) -> None:
     completed, out = finished_run
-    report = mpbench(
-        "report", str(out), "--out", str(tmp_path), env=cli_env(tmp_path), cwd=tmp_path
-    )
+    report = mpbench_process("report", str(out), "--out", str(tmp_path), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     table = run_table(json.loads((out / "results.json").read_text()))
     assert table in completed.stdout
@@ -223,18 +204,6 @@ def test_report_reproduces_the_table(finished_run, tmp_path: Path) -> None:
         "time_vs_loss.png",
     ]
     assert (tmp_path / "results.csv").read_text() == (out / "results.csv").read_text()
-
-
-def test_out_holding_a_run_is_refused_without_resume(finished_run, cache, capsys, monkeypatch):
-    _, out = finished_run
-    before = (out / "results.json").read_bytes()
-    monkeypatch.setenv("MPBENCH_CACHE", str(cache))
-    assert main(["run", *TINY, "--out", str(out)]) == 2  # in-process: no TensorFlow start-up
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"mpbench run: error: --out {out} already holds a run (results.json); "
-        "pass --resume to continue it or choose a new folder"
-    ]
-    assert (out / "results.json").read_bytes() == before
 
 
 def _wait_for_finished_configuration(results: Path, process: subprocess.Popen) -> None:
@@ -250,7 +219,7 @@ def _wait_for_finished_configuration(results: Path, process: subprocess.Popen) -
     raise AssertionError("no configuration finished within 240 s")
 
 
-def test_sigint_keeps_finished_configurations(tmp_path: Path, cache: Path) -> None:
+def test_sigint_keeps_finished_configurations(tmp_path: Path, cache: Path, cli_env) -> None:
     out = tmp_path / "out"
     command = [sys.executable, "-m", "mpcore", "run", *TINY, "--out", str(out)]
     process = subprocess.Popen(

@@ -24,22 +24,20 @@ from pathlib import Path
 import keras
 import pytest
 
-from mpcore import distribute
-from mpcore.distribute import (
-    STRATEGIES,
-    LaunchOutcome,
-    ReplicaConsistentLossScaleOptimizer,
-    StrategyError,
-    WorkerLaunchError,
-    images_per_second_per_replica,
-    launch_local_workers,
-    local_tf_configs,
-    make_strategy,
-    run_local_multiworker,
-    scaling_efficiency,
-)
 from mpcore.models import build_model
 from mpcore.modes import RunConfig, applied
+from mpcore.names import STRATEGIES
+from mpcore.replicas import ReplicaConsistentLossScaleOptimizer, StrategyError, make_strategy
+from mpcore.run.launcher import (
+    LaunchOutcome,
+    WorkerLaunchError,
+    launch_local_workers,
+    local_tf_configs,
+    run_local_multiworker,
+)
+from mpcore.run.process import WORKER_FAULT_ENV
+from mpcore.run.spec import WorkerSpec
+from mpcore.run.store import images_per_second_per_replica, scaling_efficiency
 from mpcore.training import RunResult, compile_for
 
 PROBE = Path(__file__).with_name("mirrored_probe.py")
@@ -356,14 +354,15 @@ SPEC_SETTINGS = {"model": "small", "image_size": 16, "batch_size": 8, "epochs": 
 def test_two_workers_train_in_sync_and_the_chief_writes_the_result(
     small_ships: Path, tmp_path: Path
 ) -> None:
-    spec = {
-        "config": {"precision": "mixed_float16", "xla": "off"},
-        "settings": SPEC_SETTINGS,
-        "data_root": str(small_ships),
-    }
+    spec = WorkerSpec(
+        config={"precision": "mixed_float16", "xla": "off"},
+        settings=SPEC_SETTINGS,
+        data_root=str(small_ships),
+        result_path="",  # the launcher puts the chief's result in its workdir
+    )
     outcome = run_local_multiworker(spec, 2, timeout=300, workdir=tmp_path)
     record = outcome.result
-    assert record["status"] == "ok" and record["name"] == "mixed_float16+xla_off"
+    assert record["status"] == "ok" and record["name"] == "mixed_float16+xla_off@multiworker"
     result = record["result"]
     assert result["replicas"] == 2 and result["global_batch"] == 16
     # Multi-worker training drops the short last batch (an empty share would make a NaN loss).
@@ -386,17 +385,18 @@ def test_two_workers_train_in_sync_and_the_chief_writes_the_result(
 def test_killing_a_worker_stops_the_run_quickly_and_leaves_no_process(
     small_ships: Path, tmp_path: Path
 ) -> None:
-    spec = {
-        "config": {"precision": "float32", "xla": "off"},
-        "settings": SPEC_SETTINGS,
-        "data_root": str(small_ships),
-    }
+    spec = WorkerSpec(
+        config={"precision": "float32", "xla": "off"},
+        settings=SPEC_SETTINGS,
+        data_root=str(small_ships),
+        result_path="",
+    )
     started = time.monotonic()
     with pytest.raises(WorkerLaunchError) as caught:
         # Worker 1 SIGKILLs itself after its first step, while worker 0 waits for it in the
         # next all-reduce, which on its own would wait forever.
         run_local_multiworker(
-            spec, 2, timeout=300, workdir=tmp_path, env={distribute.FAULT_ENV: "1=crash"}
+            spec, 2, timeout=300, workdir=tmp_path, env={WORKER_FAULT_ENV: "1=crash"}
         )
     elapsed = time.monotonic() - started
     message = str(caught.value)

@@ -9,8 +9,6 @@ import pytest
 import tensorflow as tf
 
 from mpcore.modes import (
-    PRECISIONS,
-    XLA_MODES,
     GlobalState,
     ModeMismatchError,
     RunConfig,
@@ -18,9 +16,8 @@ from mpcore.modes import (
     applied,
     autoclustering_enabled,
     check_model,
-    parse_precision,
-    parse_xla,
 )
+from mpcore.names import PRECISIONS, XLA_MODES, parse_precision, parse_xla
 from mpcore.training import compile_for
 
 ALL_CONFIGS = [RunConfig(p, x) for p, x in itertools.product(PRECISIONS, XLA_MODES)]

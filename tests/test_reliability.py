@@ -32,7 +32,8 @@ from mpcore.data import (
     read_ship_index,
     stratified_split,
 )
-from mpcore.runner import FAULT_ENV, RESULTS_FILE, SCHEMA, write_json_atomic
+from mpcore.run.process import FAULT_ENV
+from mpcore.run.store import RESULTS_FILE, SCHEMA, write_json_atomic
 
 PER_CLASS = 8  # 40 images: 30 training, 10 validation
 TINY = ("--image-size", "32", "--batch-size", "8", "--epochs", "1")
@@ -399,7 +400,7 @@ def _guard_message(precision: str, loss: float, scale: float | None = None) -> s
     import keras
 
     from mpcore.modes import RunConfig, applied
-    from mpcore.runner import NonFiniteLossError, _make_loss_guard
+    from mpcore.run.worker import NonFiniteLossError, make_loss_guard
     from mpcore.training import TrainSettings, build_compiled
 
     config = RunConfig(precision, "off")
@@ -408,7 +409,7 @@ def _guard_message(precision: str, loss: float, scale: float | None = None) -> s
         model.optimizer.build(model.trainable_variables)
         if scale is not None:
             model.optimizer.dynamic_scale.assign(scale)
-        guard = _make_loss_guard(config.name)
+        guard = make_loss_guard(config.name)
         guard.set_model(model)
         guard.on_epoch_begin(0)
         with pytest.raises(NonFiniteLossError) as caught:
@@ -456,12 +457,6 @@ def test_runs_without_op_determinism_repeat_within_a_tolerance(tiny_ships: Path)
 # End to end: corrupt images skipped, SIGKILL mid-configuration, --resume, a real NaN loss
 
 
-def cli_env(cache: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "MPBENCH_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop(FAULT_ENV, None)
-    return {**env, **extra}
-
-
 def _children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -476,16 +471,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_real_process_bad_input_has_no_traceback(ships: Path, tmp_path: Path) -> None:
+def test_real_process_bad_input_has_no_traceback(
+    ships: Path, tmp_path: Path, mpbench_process
+) -> None:
     _corrupt_images(ships)
-    completed = subprocess.run(
-        [sys.executable, "-m", "mpcore", "run", "--data", str(ships), *TINY],
-        env=cli_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    completed = mpbench_process("run", "--data", str(ships), *TINY, cwd=tmp_path)
     assert completed.returncode == 2
     assert completed.stderr.splitlines() == [
         completed.stderr.strip()
@@ -495,7 +485,7 @@ def test_real_process_bad_input_has_no_traceback(ships: Path, tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_killed_run_keeps_its_state_and_resume_continues_it(
-    ships: Path, tmp_path: Path, invoke
+    ships: Path, tmp_path: Path, invoke, cli_env
 ) -> None:
     convert_accepted_variants(ships)
     folder = images_dir(ships)

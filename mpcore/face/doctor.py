@@ -7,8 +7,8 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from mpcore import telemetry
-from mpcore.machine import GpuInfo, software_versions, visible_gpus
+from mpcore.probe import telemetry
+from mpcore.probe.machine import GpuInfo, software_versions, visible_gpus
 
 #: CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic that oneDNN uses.
 CPU_BFLOAT16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
@@ -62,11 +62,7 @@ def precision_verdicts(gpus: tuple[GpuInfo, ...], flags: frozenset[str]) -> list
             ),
         ]
     gpu = gpus[0]
-    cc = (
-        f"compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
-        if gpu.compute_capability
-        else "unknown compute capability"
-    )
+    cc = f"compute capability {gpu.capability or 'unknown'}"
     float16_why = (
         f"{gpu.name}, {cc}: tensor cores run float16 matmuls and convolutions"
         if gpu.has_tensor_cores
@@ -158,10 +154,8 @@ def run_doctor(
     if not gpus:
         emit("GPUs: none visible to TensorFlow")
     for index, gpu in enumerate(gpus):
-        cc = gpu.compute_capability
         emit(
-            f"GPU {index}: {gpu.name}, compute capability "
-            f"{f'{cc[0]}.{cc[1]}' if cc else 'unknown'}, memory "
+            f"GPU {index}: {gpu.name}, compute capability {gpu.capability or 'unknown'}, memory "
             f"{_bytes(telemetry.memory_total_bytes(index))}, tensor cores "
             f"{'yes' if gpu.has_tensor_cores else 'no'} (7.0+), bfloat16 "
             f"{'yes' if gpu.supports_bfloat16 else 'no'} (8.0+)"

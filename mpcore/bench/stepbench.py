@@ -23,9 +23,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from mpcore import telemetry
-from mpcore.devices import device_peak, peak_tflops, training_flops_per_step
 from mpcore.modes import RunConfig, amp_rewrite_enabled, applied, autoclustering_enabled
+from mpcore.probe import telemetry
+from mpcore.probe.devices import device_peak, peak_tflops, training_flops_per_step
 from mpcore.training import TrainSettings, build_compiled, current_loss_scale, make_train_step
 
 

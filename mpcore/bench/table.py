@@ -2,22 +2,18 @@
 
 Rows are the ``extra_info`` records the ``benchmarks/`` suite stores (plus ``group`` and, for a
 failed combination, ``error``). Speedups are over ``float32``/``off`` of the same group in the
-same run, never across runs (``pytest --benchmark-compare`` does that). Also a command:
-``python -m mpcore.benchtable SAVED.json`` reprints the report of a saved pytest-benchmark file.
+same run, never across runs (``pytest --benchmark-compare`` does that). ``mpbench report
+SAVED.json`` reprints the report of a saved pytest-benchmark file. No TensorFlow here.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from mpcore.modes import PRECISIONS, XLA_MODES
+from mpcore.names import BASELINE_PRECISION, BASELINE_XLA, PRECISIONS, XLA_MODES
 
 TRAINING_HEADERS = (
     "precision",
@@ -47,20 +43,31 @@ def _number(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     return "" if value is None else f"{value * scale:.{digits}f}"
 
 
-def _baseline(rows: Sequence[dict[str, Any]]) -> float | None:
+def with_speedups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of ``rows`` with ``speedup``: the ms/step of the group's float32/off row (same
+    group, same run) over the row's; None where either is missing or the row failed."""
+    baselines = {
+        row.get("group"): row["ms_per_step"]
+        for row in rows
+        if row.get("precision") == BASELINE_PRECISION
+        and row.get("xla") == BASELINE_XLA
+        and "error" not in row
+        and row.get("ms_per_step")
+    }
+    speeded = []
     for row in rows:
-        if row.get("precision") == "float32" and row.get("xla") == "off" and "error" not in row:
-            return row.get("ms_per_step")
-    return None
+        base, ms = baselines.get(row.get("group")), row.get("ms_per_step")
+        ok = base and ms and "error" not in row
+        speeded.append({**row, "speedup": base / ms if ok else None})
+    return speeded
 
 
 def training_table(rows: Sequence[dict[str, Any]]) -> str:
     """The table of one group; speedup is float32/off's ms/step over the row's."""
-    baseline = _baseline(rows)
     lines = []
-    for row in sorted(rows, key=_order):
+    for row in sorted(with_speedups(rows), key=_order):
         ms = row.get("ms_per_step")
-        speedup = baseline / ms if baseline and ms and "error" not in row else None
+        speedup = row["speedup"]
         memory = row.get("peak_memory_bytes")
         note = row.get("error") or row.get("note") or ""
         lines.append(
@@ -141,26 +148,3 @@ def rows_from_saved(document: dict[str, Any]) -> list[dict[str, Any]]:
         {"group": bench.get("group"), **bench.get("extra_info", {})}
         for bench in document.get("benchmarks", [])
     ]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print the report of saved ``--benchmark-json``/``--benchmark-autosave`` files."""
-    parser = argparse.ArgumentParser(prog="python -m mpcore.benchtable", description=__doc__)
-    parser.add_argument("files", nargs="+", type=Path, help="pytest-benchmark JSON files")
-    args = parser.parse_args(argv)
-    for path in args.files:
-        try:
-            document = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            print(f"error: cannot read {path}: {error}", file=sys.stderr)
-            return 2
-        if not isinstance(document, dict) or not isinstance(document.get("benchmarks"), list):
-            print(f"error: {path} is not a pytest-benchmark JSON file", file=sys.stderr)
-            return 2
-        print(f"== {path}")
-        print(render_report(rows_from_saved(document)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,9 +27,14 @@ class GpuInfo:
     def supports_bfloat16(self) -> bool:
         return self.compute_capability is not None and self.compute_capability >= (8, 0)
 
-    def to_dict(self) -> dict[str, Any]:
+    @property
+    def capability(self) -> str | None:
+        """The compute capability as NVIDIA writes it (``"7.5"``), None when unknown."""
         cc = self.compute_capability
-        return {"name": self.name, "compute_capability": f"{cc[0]}.{cc[1]}" if cc else None}
+        return f"{cc[0]}.{cc[1]}" if cc else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "compute_capability": self.capability}
 
 
 @functools.cache

@@ -29,7 +29,7 @@ import re
 
 import keras
 
-from mpcore.machine import GpuInfo
+from mpcore.probe.machine import GpuInfo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +140,7 @@ def skip_reason(
                 "(set TF_XLA_FLAGS=--tf_xla_cpu_global_jit to include it)"
             )
         return None
-    cc = gpu.compute_capability
-    shown = f"{cc[0]}.{cc[1]}" if cc else "unknown"
+    shown = gpu.capability or "unknown"
     if precision == "mixed_bfloat16" and not gpu.supports_bfloat16:
         return f"mixed_bfloat16 needs compute capability 8.0+ ({gpu.name} has {shown})"
     if precision == "amp_rewrite" and not gpu.has_tensor_cores:

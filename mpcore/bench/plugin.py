@@ -1,0 +1,317 @@
+"""pytest-benchmark plugin for mpbench: ``--mp-*`` options, capability skips, report tables.
+
+Every precision x XLA combination becomes one parametrized benchmark; combinations this machine
+cannot serve are skipped at collection time with the reason (see
+:func:`mpcore.probe.devices.skip_reason`). Without a GPU every training benchmark is skipped, unless
+``--mp-allow-cpu`` runs the CPU-possible ones on the small model at a tiny size.
+
+Capability data is detected from TensorFlow. Tests replace it with the environment variable
+``MPBENCH_FAKE_GPU`` (``none`` or ``NAME@MAJOR.MINOR``, e.g. ``Tesla T4@7.5``): skips and the
+peak table then follow the simulated GPU while the work itself runs wherever TensorFlow places
+it, and ``machine_info["gpu_simulated"]`` says so. It exists for the tests, not for measuring.
+
+``--mp-strategy mirrored`` times each step under ``MirroredStrategy`` (``--mp-batch`` per
+replica); it needs two replicas: two GPUs, or ``--mp-cpu-replicas 2`` to split the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+import tensorflow as tf
+
+from mpcore.bench.stepbench import PreparedStep, prepared_step
+from mpcore.bench.table import render_report
+from mpcore.models import model_spec
+from mpcore.modes import RunConfig
+from mpcore.names import PRECISIONS, XLA_MODES, cpu_replicas_problem, parse_names
+from mpcore.probe import telemetry
+from mpcore.probe.devices import benchmark_gpus, skip_reason, speedup_note
+from mpcore.probe.machine import GpuInfo, software_versions, visible_gpus
+from mpcore.replicas import configure_logical_cpus, make_strategy, mirrored_devices
+from mpcore.training import TrainSettings
+
+GPU_DEFAULTS = {"model": "resnet50", "batch": 80, "image_size": None, "steps": 10, "rounds": 10}
+CPU_DEFAULTS = {"model": "small", "batch": 8, "image_size": 32, "steps": 5, "rounds": 5}
+
+_OPTIONS = pytest.StashKey["BenchOptions"]()
+_ROWS = pytest.StashKey[list]()
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    """The resolved ``--mp-*`` options and the capability data skips are decided from."""
+
+    model: str
+    batch: int
+    image_size: int
+    classes: int
+    precisions: tuple[str, ...]
+    xla_modes: tuple[str, ...]
+    steps: int
+    rounds: int
+    warmup_rounds: int
+    allow_cpu: bool
+    pipeline_images: int
+    gpu: GpuInfo | None
+    gpu_count: int
+    gpu_simulated: bool
+    real_gpu: bool
+    strategy: str = "none"
+    replicas: int = 1
+
+    @property
+    def device(self) -> str:
+        return "/GPU:0" if self.real_gpu else "/CPU:0"
+
+    @property
+    def device_name(self) -> str | None:
+        return self.gpu.name if self.gpu else None
+
+    @property
+    def group(self) -> str:
+        """One model/batch/size on one device: the rows of one report table."""
+        where = self.device_name or "CPU"
+        group = f"{self.model} {self.image_size}px batch {self.batch} on {where}"
+        return group if self.strategy == "none" else f"{group}, {self.strategy} x{self.replicas}"
+
+    @property
+    def train_settings(self) -> TrainSettings:
+        return TrainSettings(model=self.model, image_size=self.image_size, batch_size=self.batch)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mpbench", "mpbench training-step benchmarks")
+    group.addoption("--mp-model", help="model to time: resnet50 (GPU default) or small (CPU)")
+    group.addoption("--mp-batch", type=int, help="batch size (GPU default 80, CPU 8)")
+    group.addoption("--mp-image-size", type=int, help="image side (GPU default: model's, CPU 32)")
+    group.addoption("--mp-classes", type=int, default=5, help="number of classes (default 5)")
+    group.addoption(
+        "--mp-precision",
+        default=",".join(PRECISIONS),
+        help=f"comma-separated precisions (default all: {','.join(PRECISIONS)})",
+    )
+    group.addoption(
+        "--mp-xla",
+        default=",".join(XLA_MODES),
+        help=f"comma-separated XLA modes (default all: {','.join(XLA_MODES)})",
+    )
+    group.addoption("--mp-steps", type=int, help="training steps per timed round (GPU 10, CPU 5)")
+    group.addoption("--mp-rounds", type=int, help="timed rounds (GPU default 10, CPU 5)")
+    group.addoption(
+        "--mp-warmup-rounds", type=int, default=2, help="untimed rounds after the first step"
+    )
+    group.addoption(
+        "--mp-allow-cpu",
+        action="store_true",
+        help="run the CPU-possible combinations when no GPU is visible (small model, tiny size)",
+    )
+    group.addoption(
+        "--mp-pipeline-images",
+        type=int,
+        default=200,
+        help="generated JPEGs the input-pipeline benchmark reads per round (default 200)",
+    )
+    group.addoption(
+        "--mp-strategy",
+        default="none",
+        choices=("none", "mirrored"),
+        help="none (default), or mirrored: MirroredStrategy over the GPUs (--mp-cpu-replicas "
+        "logical CPUs without one), --mp-batch per replica; skipped with fewer than 2 replicas",
+    )
+    group.addoption(
+        "--mp-cpu-replicas",
+        type=int,
+        help="split the CPU into N logical devices for --mp-strategy mirrored (no GPU only)",
+    )
+
+
+def _names(raw: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """Comma-separated names, parsed as ``mpbench run`` parses its own (one vocabulary)."""
+    try:
+        return tuple(parse_names([raw], valid, option))
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def _positive(option: str, value: int, minimum: int = 1) -> int:
+    if value < minimum:
+        raise pytest.UsageError(f"{option} must be at least {minimum}, got {value}")
+    return value
+
+
+def _replicas(config: pytest.Config, strategy: str, gpu_count: int) -> int:
+    """The replicas ``--mp-strategy`` trains on, after ``--mp-cpu-replicas`` split the CPU."""
+    cpu_replicas = config.getoption("mp_cpu_replicas")
+    if cpu_replicas is not None:
+        _positive("--mp-cpu-replicas", cpu_replicas)
+        problem = cpu_replicas_problem(cpu_replicas, strategy, gpu_count)
+        if problem:
+            raise pytest.UsageError(f"--mp-cpu-replicas {problem}")
+        try:
+            configure_logical_cpus(cpu_replicas)
+        except RuntimeError as error:
+            raise pytest.UsageError(f"--mp-cpu-replicas: {error}") from None
+    return len(mirrored_devices()) if strategy == "mirrored" else 1
+
+
+def resolve_options(config: pytest.Config) -> BenchOptions:
+    """Validate the ``--mp-*`` options and fill the defaults for the device they will run on."""
+    try:
+        gpus, simulated = benchmark_gpus(visible_gpus())
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    gpu = gpus[0] if gpus else None
+    allow_cpu = config.getoption("mp_allow_cpu")
+    defaults = CPU_DEFAULTS if gpu is None and allow_cpu else GPU_DEFAULTS
+    model = config.getoption("mp_model") or defaults["model"]
+    try:
+        spec = model_spec(model)
+    except ValueError as error:
+        raise pytest.UsageError(f"--mp-model: {error}") from None
+    image_size = config.getoption("mp_image_size")
+    if image_size is None:
+        image_size = defaults["image_size"] or spec.default_image_size
+    if image_size < spec.min_image_size:
+        raise pytest.UsageError(
+            f"--mp-image-size {image_size} is too small for {model} (minimum {spec.min_image_size})"
+        )
+
+    def number(option: str, fallback: int, minimum: int = 1) -> int:
+        value = config.getoption(option.lstrip("-").replace("-", "_"))
+        return _positive(option, fallback if value is None else value, minimum)
+
+    return BenchOptions(
+        model=model,
+        batch=number("--mp-batch", defaults["batch"]),
+        image_size=image_size,
+        classes=number("--mp-classes", 5, minimum=2),
+        precisions=_names(config.getoption("mp_precision"), PRECISIONS, "--mp-precision"),
+        xla_modes=_names(config.getoption("mp_xla"), XLA_MODES, "--mp-xla"),
+        steps=number("--mp-steps", defaults["steps"]),
+        rounds=number("--mp-rounds", defaults["rounds"]),
+        warmup_rounds=number("--mp-warmup-rounds", 2, minimum=0),
+        allow_cpu=allow_cpu,
+        pipeline_images=number("--mp-pipeline-images", 200, minimum=10),
+        gpu=gpu,
+        gpu_count=len(gpus),
+        gpu_simulated=simulated,
+        real_gpu=bool(visible_gpus()),
+        strategy=config.getoption("mp_strategy"),
+        replicas=_replicas(config, config.getoption("mp_strategy"), len(visible_gpus())),
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a GPU visible to TensorFlow")
+    config.stash[_OPTIONS] = resolve_options(config)
+    config.stash[_ROWS] = []
+
+
+@pytest.fixture(scope="session")
+def bench_options(pytestconfig: pytest.Config) -> BenchOptions:
+    """The resolved ``--mp-*`` options of this session."""
+    return pytestconfig.stash[_OPTIONS]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``combination`` over precision x XLA; unservable ones carry a skip mark."""
+    if "combination" not in metafunc.fixturenames:
+        return
+    options = metafunc.config.stash[_OPTIONS]
+    params = []
+    for precision in options.precisions:
+        for xla in options.xla_modes:
+            reason = skip_reason(precision, xla, options.gpu, options.allow_cpu)
+            if not reason and options.strategy == "mirrored" and options.replicas < 2:
+                split = "" if options.real_gpu else " (--mp-cpu-replicas 2 splits the CPU)"
+                reason = (
+                    "--mp-strategy mirrored needs 2 or more replicas; TensorFlow sees "
+                    f"{options.replicas} device to mirror over{split}"
+                )
+            marks = [pytest.mark.skip(reason=reason)] if reason else []
+            params.append(
+                pytest.param(RunConfig(precision, xla), id=f"{precision}-{xla}", marks=marks)
+            )
+    metafunc.parametrize("combination", params)
+
+
+@pytest.fixture
+def speedup_caveat(bench_options: BenchOptions, combination: RunConfig) -> str | None:
+    """A note for results that run but should not be read as a speedup (e.g. no tensor cores)."""
+    return speedup_note(combination.precision, bench_options.gpu)
+
+
+@pytest.fixture
+def prepared(bench_options: BenchOptions, combination: RunConfig) -> Iterator[PreparedStep]:
+    """The combination built in isolation, compiled, verified and run once; globals restored."""
+    with prepared_step(
+        combination,
+        bench_options.train_settings,
+        bench_options.steps,
+        bench_options.classes,
+        bench_options.device,
+        make_strategy(bench_options.strategy),  # one per process: made once, then reused
+        bench_options.strategy,
+    ) as step:
+        yield step
+
+
+def _first_line(excinfo: pytest.ExceptionInfo) -> str:
+    lines = str(excinfo.value).strip().splitlines()
+    return f"{excinfo.typename}: {lines[0]}" if lines else excinfo.typename
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """Keep each benchmark's ``extra_info``, or its error (setup or call), for the report."""
+    report = yield
+    funcargs = getattr(item, "funcargs", {})
+    callspec = getattr(item, "callspec", None)
+    combination = callspec.params.get("combination") if callspec else None
+    row: dict = {}
+    if isinstance(combination, RunConfig):
+        options = item.config.stash[_OPTIONS]
+        row = {"group": options.group, **combination.to_dict()}
+    if "benchmark" in funcargs:
+        row.update(funcargs["benchmark"].extra_info)
+    failed_here = report.failed and call.excinfo is not None and call.when in ("setup", "call")
+    if failed_here and isinstance(combination, RunConfig):
+        row["error"] = _first_line(call.excinfo)
+    if row and (failed_here or (call.when == "call" and report.passed)):
+        item.config.stash[_ROWS].append(row)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    rows = terminalreporter.config.stash.get(_ROWS, [])
+    if not rows:
+        return
+    terminalreporter.write_sep("=", "mpbench report")
+    terminalreporter.write_line(render_report(rows))
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """GPU, driver, CUDA/cuDNN build, TensorFlow/Keras versions and TF32 state."""
+    options = config.stash[_OPTIONS]
+    versions = software_versions()
+    gpu = options.gpu.to_dict() if options.gpu else {"name": None, "compute_capability": None}
+    machine_info.update(
+        {
+            "gpu_name": gpu["name"],
+            "gpu_compute_capability": gpu["compute_capability"],
+            "gpu_count": options.gpu_count,
+            "gpu_simulated": options.gpu_simulated,
+            "nvidia_driver": telemetry.driver_version(),
+            "cuda_build": versions["cuda_build"],
+            "cudnn_build": versions["cudnn_build"],
+            "tensorflow": versions["tensorflow"],
+            "keras": versions["keras"],
+            "tf32_enabled": tf.config.experimental.tensor_float_32_execution_enabled(),
+        }
+    )

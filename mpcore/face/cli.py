@@ -1,0 +1,154 @@
+"""mpbench: what mixed precision and XLA buy in training speed, and whether they are safe.
+
+Commands: ``run`` trains one model under each precision x XLA configuration (each in its own
+process) and prints a side-by-side table; ``report`` re-renders a saved run or a pytest-benchmark
+file; ``doctor`` says what to expect from this machine; ``numerics`` shows what a float16 cast
+does to a model's gradients with and without loss scaling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from mpcore.face.commands import cmd_doctor, cmd_numerics, cmd_report
+from mpcore.face.common import CACHE_ENV, EXIT_USAGE, OneLineParser, UsageError, positive_int
+from mpcore.face.run_cmd import PROFILES, cmd_run
+from mpcore.run.process import EXIT_INTERRUPTED
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog="mpbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    run = commands.add_parser(
+        "run",
+        help="train under each configuration, print the table, write results and plots",
+        description="Train one model under each precision x XLA configuration, each in its own "
+        "process, and compare them side by side.",
+    )
+    run.add_argument(
+        "--data",
+        metavar="DIR|synthetic",
+        help="ship data set in the seed layout (DIR/train/train.csv, DIR/train/images/); "
+        f"default: a generated synthetic set cached in ${CACHE_ENV} or ~/.cache/mpbench",
+    )
+    run.add_argument("--model", help="small or resnet50 (default: from the profile)")
+    run.add_argument(
+        "--precision",
+        nargs="+",
+        metavar="NAME",
+        help="float32, mixed_float16, mixed_bfloat16, amp_rewrite, or all (default: all)",
+    )
+    run.add_argument(
+        "--xla",
+        nargs="+",
+        metavar="MODE",
+        help="off, jit, auto, or all (default: seed profile all, quick profile off)",
+    )
+    run.add_argument("--epochs", type=positive_int)
+    run.add_argument("--batch-size", type=positive_int)
+    run.add_argument("--image-size", type=positive_int, help="square image side in pixels")
+    run.add_argument("--weights", metavar="FILE", help="initial weights file, or imagenet")
+    run.add_argument("--seed", type=int, default=0, help="random seed (data split, init, order)")
+    run.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>)")
+    run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out, skipping finished ones"
+    )
+    run.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out (and list) images that cannot be decoded instead of stopping",
+    )
+    run.add_argument(
+        "--strategy",
+        metavar="NAME",
+        help="tf.distribute strategy: none (default), mirrored (every GPU, or --cpu-replicas "
+        "logical CPUs), multiworker (TF_CONFIG on every host); each configuration also runs "
+        "without one, for the scaling efficiency",
+    )
+    run.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="train each configuration on N local worker processes (implies multiworker)",
+    )
+    run.add_argument(
+        "--cpu-replicas",
+        type=positive_int,
+        metavar="N",
+        help="without a GPU, split the CPU into N logical devices for --strategy mirrored "
+        "(shows the mechanics on a CPU; the devices share its cores, so no speedup)",
+    )
+    run.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="seed: ResNet50 224 px batch 80, 5 epochs; quick: small CNN 48 px batch 16, "
+        "4 epochs (default: seed with a GPU, quick without)",
+    )
+    run.add_argument(
+        "--synthetic-per-class",
+        type=positive_int,
+        metavar="N",
+        help="images per class of the generated data set (default: from the profile)",
+    )
+    run.set_defaults(handler=cmd_run)
+
+    report = commands.add_parser(
+        "report",
+        help="re-render the table and plots of a saved run or a pytest-benchmark file",
+    )
+    report.add_argument(
+        "path", help="run folder or results.json, pytest-benchmark JSON, or a .benchmarks folder"
+    )
+    report.add_argument("--out", metavar="DIR", help="where to write (default: beside the input)")
+    report.set_defaults(handler=cmd_report)
+
+    doctor = commands.add_parser(
+        "doctor", help="versions, devices, and whether mixed precision should speed up here"
+    )
+    doctor.add_argument("--model", help="also list its layers that are not multiples of 8")
+    doctor.add_argument("--batch-size", type=positive_int, help="check it is a multiple of 8")
+    doctor.add_argument("--image-size", type=positive_int)
+    doctor.set_defaults(handler=cmd_doctor)
+
+    numerics = commands.add_parser(
+        "numerics",
+        help="float16 underflow/overflow census of a model's gradients, with and without "
+        "loss scaling",
+    )
+    numerics.add_argument("--model", choices=("small", "resnet50"), default="small")
+    numerics.add_argument("--image-size", type=positive_int)
+    numerics.add_argument("--batch-size", type=positive_int, default=8)
+    numerics.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
+    numerics.add_argument("--seed", type=int, default=0)
+    numerics.add_argument("--out", metavar="DIR", help="default: runs/numerics-<model>")
+    numerics.set_defaults(handler=cmd_numerics)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mpbench`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        print(f"mpbench {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"mpbench {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Output piped into a reader that stopped early (``| head``): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

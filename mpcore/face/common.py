@@ -1,0 +1,89 @@
+"""What every ``mpbench`` command shares: the one-line usage error, option types, quiet loading.
+
+Bad options or input end a command with one ``mpbench CMD: error: ...`` line on stderr and exit
+status 2 (argparse's convention), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from mpcore import names
+
+#: Exit status for bad usage or bad input (argparse's convention).
+EXIT_USAGE = 2
+CACHE_ENV = "MPBENCH_CACHE"
+
+
+class UsageError(Exception):
+    """Bad options or input: printed as one ``mpbench: error: ...`` line, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def parse_names(values: Sequence[str] | None, valid: Sequence[str], option: str) -> list[str]:
+    """:func:`mpcore.names.parse_names` with its error as a :class:`UsageError`."""
+    try:
+        return names.parse_names(values, valid, option)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Hold back what TensorFlow's C++ side writes to stderr while it loads (CUDA probing
+    chatter that ignores ``TF_CPP_MIN_LOG_LEVEL``); replay it if loading fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def load_tensorflow() -> None:
+    """Import TensorFlow and probe the GPUs quietly, once, before any command uses them."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_native_stderr():
+        from mpcore.probe.machine import visible_gpus
+
+        visible_gpus()
+
+
+def cache_dir() -> Path:
+    """Where generated data is cached: ``$MPBENCH_CACHE``, else ``$XDG_CACHE_HOME/mpbench``,
+    else ``~/.cache/mpbench``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mpbench"

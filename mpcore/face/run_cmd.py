@@ -1,0 +1,371 @@
+"""``mpbench run``: validate the options into a plan, run it, print the table.
+
+Every option is checked here, in the parent, before any worker starts: a problem is one
+:class:`~mpcore.face.common.UsageError` line and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mpcore.face.common import UsageError, cache_dir, load_tensorflow, parse_names
+from mpcore.names import (
+    PRECISIONS,
+    VALIDATION_FRACTION,
+    XLA_MODES,
+    cpu_replicas_problem,
+)
+from mpcore.run.process import EXIT_INTERRUPTED
+
+if TYPE_CHECKING:  # imported lazily at run time: TensorFlow loads only when a command needs it
+    from mpcore.training import TrainSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Defaults of ``mpbench run`` for one kind of machine."""
+
+    model: str
+    image_size: int
+    batch_size: int
+    epochs: int
+    xla: tuple[str, ...]
+    synthetic_per_class: int
+
+
+PROFILES: dict[str, Profile] = {
+    # The seed article's experiment: ResNet50 at 224x224, batch 80, 5 epochs.
+    "seed": Profile("resnet50", 224, 80, 5, ("off", "jit", "auto"), 120),
+    # Small enough that all four precisions finish in well under 3 minutes on a 2-core CPU.
+    # XLA stays off: on a CPU its compilation costs more than it saves at this size.
+    "quick": Profile("small", 48, 16, 4, ("off",), 60),
+}
+
+
+def choose_profile(requested: str | None, gpu_count: int) -> tuple[str, str]:
+    """The profile name and the reason it was chosen."""
+    if requested:
+        return requested, "chosen with --profile"
+    if gpu_count:
+        return "seed", f"{gpu_count} GPU(s) visible to TensorFlow (use --profile quick to go small)"
+    return "quick", "no GPU visible to TensorFlow, so the small model at a small size on the CPU"
+
+
+def default_out() -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path("runs") / stamp
+    suffix = 1
+    while out.exists():
+        suffix += 1
+        out = Path("runs") / f"{stamp}-{suffix}"
+    return out
+
+
+def _synthetic_root(profile: Profile, per_class: int | None, image_size: int, seed: int) -> Path:
+    from mpcore.synthetic import MARKER, write_synthetic_ships
+
+    count = per_class or profile.synthetic_per_class
+    # Images are drawn at the training size (at least 32 px) so resizing does not blur them.
+    size = max(32, image_size)
+    root = cache_dir() / f"synthetic-ships-{count}x{size}px-seed{seed}"
+    if not (root / MARKER).is_file():
+        print(f"data: generating {5 * count} synthetic ship images ({size} px), once", flush=True)
+    try:
+        return write_synthetic_ships(root, per_class=count, image_size=size, seed=seed)
+    except OSError as error:
+        raise UsageError(
+            f"cannot write the synthetic data set to {root}: {error.strerror or error} "
+            f"(set $MPBENCH_CACHE to a writable folder)"
+        ) from None
+    except ValueError as error:
+        raise UsageError(f"--synthetic-per-class: {error}") from None
+
+
+def _check_weights(model: str, image_size: int, weights: str) -> str:
+    """Fail early, in the parent, on a weights file every worker would fail on."""
+    from mpcore.models import WeightsError, build_model
+    from mpcore.modes import RunConfig, applied
+
+    if weights != "imagenet":
+        path = Path(weights)
+        if not path.is_file():
+            raise UsageError(f"--weights: file not found: {weights}")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"--weights: file not readable: {weights}")
+        weights = str(path.resolve())
+    try:
+        with applied(RunConfig("float32", "off")):
+            build_model(model, image_size, weights=weights)
+    except WeightsError as error:
+        raise UsageError(f"--weights: {error}") from None
+    return weights
+
+
+def _out_folder(args: argparse.Namespace, distribution: Distribution) -> Path:
+    """The run folder, checked against ``--resume``; a non-chief host writes its copy of the
+    run into ``OUT/worker-INDEX``."""
+    from mpcore.run.store import RESULTS_FILE
+
+    out = Path(args.out) if args.out else default_out()
+    if not distribution.chief:
+        # Every host trains (the cluster needs all of them); the chief's results are the run's.
+        out = out / f"worker-{distribution.task_index}"
+        print(f"worker {distribution.task_index}: not the chief; its copy goes to {out}")
+    holds_run = (out / RESULTS_FILE).is_file()
+    if args.resume and not holds_run:
+        raise UsageError(f"--resume: {out} holds no {RESULTS_FILE} to resume")
+    if holds_run and not args.resume:
+        raise UsageError(
+            f"--out {out} already holds a run ({RESULTS_FILE}); "
+            "pass --resume to continue it or choose a new folder"
+        )
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    return out
+
+
+def _settings(args: argparse.Namespace, profile: Profile) -> TrainSettings:
+    """The run's ``TrainSettings``: the options given, the profile's values for the rest."""
+    from mpcore.models import model_spec
+    from mpcore.training import TrainSettings
+
+    model = args.model or profile.model
+    try:
+        spec = model_spec(model)
+    except ValueError as error:
+        raise UsageError(f"--model: {error}") from None
+    # A model chosen with --model gets its own default size, not the profile's model's.
+    image_size = args.image_size or (None if args.model else profile.image_size)
+    image_size = image_size or spec.default_image_size
+    if image_size < spec.min_image_size:
+        raise UsageError(
+            f"--image-size {image_size} is too small for model {model} "
+            f"(minimum {spec.min_image_size})"
+        )
+    try:
+        return TrainSettings(
+            model=model,
+            image_size=image_size,
+            batch_size=args.batch_size or profile.batch_size,
+            epochs=args.epochs or profile.epochs,
+            seed=args.seed,
+            weights=_check_weights(model, image_size, args.weights) if args.weights else None,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _data(
+    args: argparse.Namespace, profile: Profile, settings: TrainSettings
+) -> tuple[Path, dict[str, Any]]:
+    """The data set's root and its description for ``results.json``, validated and split as
+    every worker will split it."""
+    from mpcore.data import (
+        DataError,
+        describe_bad_images,
+        find_bad_images,
+        read_ship_index,
+        stratified_split,
+        without_images,
+    )
+
+    synthetic = args.data in (None, "synthetic")
+    root = (
+        _synthetic_root(profile, args.synthetic_per_class, settings.image_size, args.seed)
+        if synthetic
+        else Path(args.data)
+    )
+    try:
+        index = read_ship_index(root)
+        # Decode every image now: a corrupt one would otherwise fail a worker mid-epoch, and
+        # every configuration after it, with a TensorFlow error naming no file.
+        bad = find_bad_images(index)
+        if bad and not args.skip_bad_images:
+            raise UsageError(
+                f"{describe_bad_images(bad)}; fix or remove them, or pass --skip-bad-images"
+            )
+        if bad:
+            print(f"data: leaving out {describe_bad_images(bad)}", flush=True)
+            index = without_images(index, bad)
+        train_index, validation_index = stratified_split(index, VALIDATION_FRACTION, args.seed)
+    except DataError as error:
+        raise UsageError(str(error)) from None
+    if settings.batch_size > len(train_index):
+        raise UsageError(
+            f"--batch-size {settings.batch_size} is larger than the training split "
+            f"({len(train_index)} images of {len(index)})"
+        )
+    return root.resolve(), {
+        "root": str(root.resolve()),
+        "synthetic": synthetic,
+        "images": len(index),
+        "train_images": len(train_index),
+        "validation_images": len(validation_index),
+        "class_counts": index.class_counts(),
+        "skipped_images": [{"path": image.path, "reason": image.reason} for image in bad],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """How ``mpbench run`` distributes each configuration (``--strategy``, ``--workers``,
+    ``--cpu-replicas``) and how many replicas that is, when known before training."""
+
+    strategy: str
+    workers: int
+    cpu_replicas: int
+    replicas: int | None
+    #: False on the hosts of a multi-host cluster other than the chief (their results are
+    #: not the run's).
+    chief: bool = True
+    task_index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def describe(self, batch_size: int) -> str:
+        return (
+            f"strategy {self.strategy}: "
+            + (f"{self.workers} local worker(s), " if self.workers else "")
+            + (f"{self.replicas} replica(s), " if self.replicas else "")
+            + f"batch {batch_size} per replica; each configuration also runs without "
+            "a strategy (one replica) for the scaling efficiency"
+        )
+
+
+def _distribution(args: argparse.Namespace, gpu_count: int) -> Distribution:
+    """Validate the distribution options together; one usage error for a bad combination."""
+    from mpcore.replicas import StrategyError, is_chief, parse_strategy, read_tf_config
+
+    try:
+        strategy = parse_strategy(args.strategy or ("multiworker" if args.workers else "none"))
+    except StrategyError as error:
+        raise UsageError(f"--strategy: {error}") from None
+    if args.workers and strategy != "multiworker":
+        raise UsageError(
+            f"--workers {args.workers} runs local multiworker workers; it cannot be combined "
+            f"with --strategy {strategy}"
+        )
+    problem = cpu_replicas_problem(args.cpu_replicas, strategy, gpu_count)
+    if problem:
+        raise UsageError(f"--cpu-replicas {problem}")
+    if strategy == "mirrored":
+        replicas = args.cpu_replicas or gpu_count or 1
+        return Distribution(strategy, 0, args.cpu_replicas or 0, replicas)
+    if strategy != "multiworker":
+        return Distribution(strategy, 0, 0, 1)
+    if args.workers:
+        return Distribution(strategy, args.workers, 0, args.workers * max(gpu_count, 1))
+    try:
+        tf_config = read_tf_config()  # fail here, not in every worker
+    except StrategyError as error:
+        raise UsageError(str(error)) from None
+    index = int(tf_config["task"]["index"])
+    return Distribution(strategy, 0, 0, None, chief=is_chief(tf_config), task_index=index)
+
+
+def _check_batches(batch_size: int, data: dict[str, Any], distribution: Distribution) -> None:
+    """Refuse global batches the split cannot serve under the distribution."""
+    replicas = distribution.replicas or 1
+    global_batch = batch_size * replicas
+    if global_batch > data["train_images"]:
+        raise UsageError(
+            f"--batch-size {batch_size} x {replicas} replicas is a global batch larger "
+            f"than the training split ({data['train_images']} images)"
+        )
+    validation = data["validation_images"]
+    if validation < global_batch and validation % replicas:
+        # Keras builds the model from the first validation batch reduced across the replicas,
+        # which fails (AddN of unequal shapes) when that batch splits unevenly.
+        raise UsageError(
+            f"the validation split ({validation} images) is smaller than the global batch "
+            f"({global_batch}) and does not split evenly over {replicas} replicas, which Keras "
+            "cannot evaluate under tf.distribute; use a smaller --batch-size or more data"
+        )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    load_tensorflow()
+    from mpcore import report
+    from mpcore.probe.machine import machine_summary, visible_gpus
+    from mpcore.run import plan as planning
+    from mpcore.run import store
+
+    gpu_count = len(visible_gpus())
+    profile_name, reason = choose_profile(args.profile, gpu_count)
+    print(f"profile {profile_name}: {reason}", flush=True)
+    profile = PROFILES[profile_name]
+    distribution = _distribution(args, gpu_count)
+    precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(PRECISIONS)
+    xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or list(profile.xla)
+    settings = _settings(args, profile)
+    out = _out_folder(args, distribution)
+    root, data = _data(args, profile, settings)
+    _check_batches(settings.batch_size, data, distribution)
+    try:
+        store.check_writable_folder(out)
+    except store.RunSetupError as error:
+        raise UsageError(str(error)) from None
+    print(
+        f"data: {'synthetic ship set' if data['synthetic'] else 'ship set'} at {root} "
+        f"({data['train_images']} training, {data['validation_images']} validation images)",
+        flush=True,
+    )
+    modes = [{"precision": p, "xla": x} for p in precisions for x in xla_modes]
+    plan = planning.RunPlan(
+        out=out,
+        data_root=root,
+        settings=settings.to_dict(),
+        configs=planning.planned_configs(modes, distribution.strategy),
+        verbose=1 if sys.stdout.isatty() else 2,
+        cpu_replicas=distribution.cpu_replicas,
+        workers=distribution.workers,
+        skipped_images=[image["path"] for image in data["skipped_images"]],
+    )
+    try:
+        if args.resume:
+            document = plan.resumed_document()
+        else:
+            document = plan.new_document(
+                profile=profile_name,
+                profile_reason=reason,
+                data=data,
+                machine=machine_summary(),
+                command=["mpbench", *args.argv],
+            )
+    except store.RunSetupError as error:
+        raise UsageError(str(error)) from None
+    document["distribution"] = distribution.to_dict()
+    if distribution.strategy != "none":
+        print(distribution.describe(settings.batch_size), flush=True)
+    print(
+        f"{len(plan.configs)} configuration(s): {', '.join(plan.names)}; "
+        f"model {settings.model}, {settings.image_size} px, batch {settings.batch_size}, "
+        f"{settings.epochs} epoch(s); output in {out}",
+        flush=True,
+    )
+    completed = planning.run_all(plan, document, announce=lambda line: print(line, flush=True))
+
+    print()
+    print(report.run_table(document))
+    files = report.render_run(document, out)
+    print(f"\nwritten to {out}: {store.RESULTS_FILE}, " + ", ".join(f.name for f in files))
+    print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+    if not completed:
+        print(
+            f"interrupted: {len(document['configurations'])} of {len(plan.configs)} "
+            "configuration(s) "
+            f"finished; continue with: mpbench run --resume --out {out} (and the same options)"
+        )
+        return EXIT_INTERRUPTED
+    failed = [r["name"] for r in document["configurations"] if r["status"] != "ok"]
+    if failed:
+        print(f"failed: {', '.join(failed)} (reasons in the table and in {out / 'logs'})")
+        return 1
+    return 0

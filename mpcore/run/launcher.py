@@ -1,0 +1,289 @@
+"""Starting and stopping training workers: one worker process, or a local cluster of them.
+
+A lone worker (:func:`run_worker`) trains one configuration in a fresh process, because mixed
+precision, XLA and GPU memory are process-global in TensorFlow. A local cluster
+(:func:`launch_local_workers`, :func:`run_local_multiworker`) runs N workers on 127.0.0.1, each
+with its own generated ``TF_CONFIG`` (free ports) and process group, and stops every one of them
+on any failure, timeout or Ctrl-C. Both run the same worker, :mod:`mpcore.run.worker`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mpcore.names import TF_CONFIG_ENV
+from mpcore.run.process import signal_name
+from mpcore.run.spec import WorkerSpec
+
+WORKER_REPORT = "worker-{index}.json"
+WORKER_LOG = "worker-{index}.log"
+#: Seconds a lone worker gets to stop after the parent forwards SIGINT, before it is killed.
+STOP_GRACE_SECONDS = 20.0
+
+
+class WorkerLaunchError(RuntimeError):
+    """A local multi-worker run failed; every worker it started has been stopped.
+
+    ``pids`` are the process ids of all workers started, ``log_paths`` their log files and
+    ``stop_seconds`` how long stopping them took after the failure was seen.
+    """
+
+    def __init__(self, message: str, pids: Sequence[int], log_paths: Sequence[Path]) -> None:
+        super().__init__(message)
+        self.pids = list(pids)
+        self.log_paths = list(log_paths)
+        self.stop_seconds = 0.0
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports free on ``host`` now (held open together while chosen)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+    return ports
+
+
+def local_tf_configs(count: int, host: str = "127.0.0.1") -> list[dict[str, Any]]:
+    """One ``TF_CONFIG`` per worker of a ``count``-worker cluster on ``host`` (free ports)."""
+    if count < 1:
+        raise ValueError(f"worker count must be positive, got {count}")
+    workers = [f"{host}:{port}" for port in free_ports(count, host)]
+    return [
+        {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        for index in range(count)
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchOutcome:
+    """A finished local multi-worker run: the chief's result and what ran."""
+
+    result: dict[str, Any]
+    pids: list[int]
+    log_paths: list[Path]
+    seconds: float
+
+
+def _stop_all(
+    processes: Sequence[subprocess.Popen], grace_seconds: float, first: int = signal.SIGTERM
+) -> None:
+    """Send ``first`` (SIGTERM) to every worker, SIGKILL what is left after ``grace_seconds``,
+    and reap them all (so no zombie keeps a pid). A worker in its own session (a cluster
+    worker) is signalled as a process group; a lone worker shares our group (Ctrl-C reaches it
+    too), so it is signalled alone."""
+    for sig in (first, signal.SIGKILL):
+        for process in processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if os.getpgid(process.pid) == os.getpgrp():
+                        process.send_signal(sig)
+                    else:
+                        os.killpg(process.pid, sig)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and any(p.poll() is None for p in processes):
+            time.sleep(0.05)
+    for process in processes:
+        process.wait()
+
+
+def _last_line(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+        lines = [line for line in lines if line]
+        if lines:
+            return lines[-1][:300]
+    return ""
+
+
+def _failure_message(index: int, count: int, process: subprocess.Popen, log: Path) -> str:
+    code = process.returncode
+    how = f"was killed by {signal_name(code)}" if code < 0 else f"exited with status {code}"
+    report = log.with_name(WORKER_REPORT.format(index=index))
+    reason = ""
+    with contextlib.suppress(OSError, ValueError):
+        reason = json.loads(report.read_text()).get("reason") or ""
+    detail = (
+        f": {reason}" if reason else (f"; last log line: {_last_line(log)}" if code > 0 else "")
+    )
+    return (
+        f"worker {index} of {count} (pid {process.pid}) {how}{detail}; "
+        f"stopped the other worker(s) (log: {log})"
+    )
+
+
+def launch_local_workers(
+    count: int,
+    worker_argv: Sequence[str],
+    timeout: float,
+    *,
+    result_path: Path,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    stop_grace_seconds: float = 5.0,
+    poll_seconds: float = 0.2,
+    echo_chief: bool = False,
+) -> LaunchOutcome:
+    """Run ``worker_argv`` as ``count`` local workers of one cluster and return the chief's
+    result (the JSON the chief, worker 0, writes to ``result_path``).
+
+    Each worker gets its own ``TF_CONFIG`` (127.0.0.1, free ports) and process group, and logs
+    to ``log_dir/worker-N.log`` (``echo_chief`` sends worker 0's stdout to ours instead); a
+    failure reason a worker leaves in ``log_dir/worker-N.json`` is quoted in the error. When a
+    worker fails or dies, the run exceeds ``timeout`` seconds, or Ctrl-C arrives, every worker is
+    stopped (SIGTERM, then SIGKILL after ``stop_grace_seconds``) before
+    :class:`WorkerLaunchError` (or ``KeyboardInterrupt``) is raised.
+    """
+    result_path, log_dir = Path(result_path), Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        result_path.unlink()  # a stale result must not pass for this run's
+    base_env = {**os.environ, **(env or {})}
+    base_env.setdefault("PYTHONUNBUFFERED", "1")
+    processes: list[subprocess.Popen] = []
+    log_paths: list[Path] = []
+    started = time.monotonic()
+    try:
+        for index, tf_config in enumerate(local_tf_configs(count)):
+            log_path = log_dir / WORKER_LOG.format(index=index)
+            log_paths.append(log_path)
+            with open(log_path, "w") as log:
+                stdout = None if echo_chief and index == 0 else log
+                processes.append(
+                    subprocess.Popen(
+                        list(worker_argv),
+                        stdout=stdout,
+                        stderr=log,
+                        stdin=subprocess.DEVNULL,
+                        env={**base_env, TF_CONFIG_ENV: json.dumps(tf_config)},
+                        start_new_session=True,  # own process group; Ctrl-C reaches us only
+                    )
+                )
+        while True:
+            for index, process in enumerate(processes):
+                if process.poll() not in (None, 0):
+                    raise WorkerLaunchError(
+                        _failure_message(index, count, process, log_paths[index]),
+                        [p.pid for p in processes],
+                        log_paths,
+                    )
+            if all(process.returncode == 0 for process in processes):
+                break
+            if time.monotonic() - started > timeout:
+                raise WorkerLaunchError(
+                    f"{count}-worker run timed out after {timeout:g} s; stopped every worker "
+                    f"(logs in {log_dir})",
+                    [p.pid for p in processes],
+                    log_paths,
+                )
+            time.sleep(poll_seconds)
+    except BaseException as error:
+        stopping = time.monotonic()
+        _stop_all(processes, stop_grace_seconds)
+        if isinstance(error, WorkerLaunchError):
+            error.stop_seconds = time.monotonic() - stopping
+        raise
+    pids = [p.pid for p in processes]
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError) as error:
+        raise WorkerLaunchError(
+            f"every worker exited cleanly but the chief's result {result_path} is unreadable "
+            f"({type(error).__name__}); see {log_paths[0]}",
+            pids,
+            log_paths,
+        ) from None
+    return LaunchOutcome(result, pids, log_paths, time.monotonic() - started)
+
+
+def worker_command(spec_path: Path) -> list[str]:
+    """The command line of one training worker reading ``spec_path`` (see
+    :mod:`mpcore.run.worker`): the same for a lone worker and for each worker of a cluster."""
+    return [sys.executable, "-m", "mpcore.run.worker", str(spec_path)]
+
+
+def run_worker(spec: WorkerSpec, spec_path: Path, log_path: Path) -> int:
+    """Train ``spec`` in one worker subprocess and return its exit status.
+
+    The worker's stdout is ours (the progress bars); its stderr (TensorFlow's native logging,
+    tracebacks) goes to ``log_path``. On Ctrl-C the worker is asked to stop like Ctrl-C would,
+    killed if it does not within :data:`STOP_GRACE_SECONDS`, and ``KeyboardInterrupt`` re-raised.
+    """
+    spec.write(spec_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(worker_command(spec_path), stderr=log, env=env)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            _stop_all([process], STOP_GRACE_SECONDS, signal.SIGINT)
+            raise
+
+
+def run_local_multiworker(
+    spec: WorkerSpec,
+    workers: int,
+    timeout: float,
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    echo_chief: bool = False,
+) -> LaunchOutcome:
+    """Train ``spec``'s configuration with ``workers`` local workers under ``multiworker``.
+
+    ``spec.settings["batch_size"]`` is per replica. Logs, worker reports and the chief's
+    ``result.json`` go to ``workdir`` (``spec``'s result path and worker folder are replaced).
+    The outcome's result is the chief's record (as :func:`mpcore.run.store.finished_record`
+    makes it) plus ``weights_sha256`` and ``workers`` (every worker's report); raises
+    :class:`WorkerLaunchError` if a worker fails or the workers' weights differ.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = dataclasses.replace(
+        spec,
+        config={**spec.mode, "strategy": "multiworker"},
+        result_path=str(workdir / "result.json"),
+        worker_dir=str(workdir),
+        parent_pid=os.getpid(),
+    )
+    spec_path = spec.write(workdir / "spec.json")
+    for index in range(workers):
+        with contextlib.suppress(FileNotFoundError):
+            (workdir / WORKER_REPORT.format(index=index)).unlink()
+    outcome = launch_local_workers(
+        workers,
+        worker_command(spec_path),
+        timeout,
+        result_path=Path(spec.result_path),
+        log_dir=workdir,
+        env=env,
+        echo_chief=echo_chief,
+    )
+    reports = [
+        json.loads((workdir / WORKER_REPORT.format(index=index)).read_text())
+        for index in range(workers)
+    ]
+    checksums = {report["weights_sha256"] for report in reports}
+    if len(checksums) != 1:
+        raise WorkerLaunchError(
+            f"the {workers} workers ended with different weights (checksums "
+            f"{', '.join(sorted(c[:12] for c in checksums))}); the replicas did not stay in sync",
+            outcome.pids,
+            outcome.log_paths,
+        )
+    outcome.result["workers"] = reports
+    return outcome

@@ -1,0 +1,206 @@
+"""The run plan and its execution: every configuration in turn, ``results.json`` after each.
+
+Mixed precision, XLA and GPU memory are process-global in TensorFlow, so every configuration
+trains in a fresh worker process (:mod:`mpcore.run.worker`): nothing leaks from one
+configuration into the next, and a worker that runs out of memory, meets a NaN loss or crashes
+outright is recorded as failed with its reason while the others go on. The parent writes
+``results.json`` atomically after every configuration, so an interrupted or killed run always
+leaves the last complete state on disk. No TensorFlow is imported here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mpcore.names import VALIDATION_FRACTION, name_of
+from mpcore.run import launcher
+from mpcore.run.process import EXIT_INTERRUPTED, signal_name
+from mpcore.run.spec import WorkerSpec
+from mpcore.run.store import (
+    RESULTS_FILE,
+    failed_record,
+    new_document,
+    now_iso,
+    resumable_document,
+    store_record,
+    strategy_of,
+    write_json_atomic,
+)
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """What ``mpbench run`` will do: where, on which data, settings and configurations."""
+
+    out: Path
+    data_root: Path
+    settings: dict[str, Any]  # mpcore.training.TrainSettings.to_dict()
+    #: ``RunConfig.to_dict()`` of each configuration, in run order, plus ``strategy`` when not
+    #: ``none`` (see :func:`planned_configs`).
+    configs: list[dict[str, str]]
+    validation_fraction: float = VALIDATION_FRACTION
+    verbose: int = 2
+    #: Undecodable images left out (``--skip-bad-images``): every worker drops them too.
+    skipped_images: list[str] = dataclasses.field(default_factory=list)
+    #: Logical CPU devices a ``mirrored`` worker splits the CPU into (0: leave it whole).
+    cpu_replicas: int = 0
+    #: Local worker processes a ``multiworker`` configuration runs on (0: one per host,
+    #: clustered by the TF_CONFIG of each host).
+    workers: int = 0
+    #: Seconds a local multi-worker configuration may take before every worker is stopped.
+    worker_timeout: float = 6 * 3600.0
+
+    @property
+    def names(self) -> list[str]:
+        return [name_of(config) for config in self.configs]
+
+    @property
+    def results_path(self) -> Path:
+        return self.out / RESULTS_FILE
+
+    def resumed_document(self) -> dict[str, Any]:
+        """The saved run in ``out`` with what this plan may keep (see
+        :func:`mpcore.run.store.resumable_document`)."""
+        return resumable_document(
+            self.results_path, self.settings, self.data_root, self.skipped_images, self.names
+        )
+
+    def new_document(self, **fields: Any) -> dict[str, Any]:
+        """A fresh ``results.json`` document for this plan (``fields``: profile, profile_reason,
+        data, machine, command)."""
+        return new_document(
+            settings=self.settings,
+            planned=self.names,
+            validation_fraction=self.validation_fraction,
+            **fields,
+        )
+
+    def worker_spec(self, config: dict[str, str], result_path: Path) -> WorkerSpec:
+        """The spec a worker trains ``config`` from (each worker of a cluster gets it too)."""
+        return WorkerSpec(
+            config=config,
+            settings=self.settings,
+            data_root=str(self.data_root),
+            result_path=str(result_path),
+            validation_fraction=self.validation_fraction,
+            skipped_images=tuple(self.skipped_images),
+            tensorboard_dir=str(self.out / "tensorboard" / name_of(config)),
+            verbose=self.verbose,
+            parent_pid=os.getpid(),
+            cpu_replicas=self.cpu_replicas if strategy_of(config) == "mirrored" else 0,
+        )
+
+
+def planned_configs(modes: list[dict[str, str]], strategy: str) -> list[dict[str, str]]:
+    """Each mode as planned: under a strategy, first without one (the one-replica baseline its
+    scaling efficiency is measured against), then under the strategy."""
+    planned: list[dict[str, str]] = []
+    for mode in modes:
+        planned.append(dict(mode))
+        if strategy != "none":
+            planned.append({**mode, "strategy": strategy})
+    return planned
+
+
+def run_configuration(plan: RunPlan, config: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """Train ``config`` in a worker subprocess (or a local cluster of them) and return its
+    record (``ok`` or ``failed``) with ``wall_seconds``, ``log`` and ``exit_code``.
+
+    Raises ``KeyboardInterrupt`` (after stopping the workers) when the run is interrupted.
+    """
+    name = name_of(config)
+    spec = plan.worker_spec(config, workdir / f"{name}.result.json")
+    # A rerun (--resume after a failure) must not add a second set of events to TensorBoard.
+    shutil.rmtree(spec.tensorboard_dir, ignore_errors=True)
+    started = time.perf_counter()
+    if strategy_of(config) == "multiworker" and plan.workers:
+        cluster_dir = plan.out / "logs" / name  # worker-N.log and worker-N.json of each worker
+        log_name = str((cluster_dir / "worker-0.log").relative_to(plan.out))
+        try:
+            outcome = launcher.run_local_multiworker(
+                spec, plan.workers, plan.worker_timeout, cluster_dir, echo_chief=True
+            )
+            record, code = {**outcome.result, "name": name, "config": config}, 0
+        except launcher.WorkerLaunchError as error:
+            record, code = failed_record(name, config, str(error)), 1
+    else:
+        log_path = plan.out / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_name = str(log_path.relative_to(plan.out))
+        code = launcher.run_worker(spec, workdir / f"{name}.spec.json", log_path)
+        if Path(spec.result_path).is_file():
+            record = json.loads(Path(spec.result_path).read_text())
+        elif code == EXIT_INTERRUPTED:
+            raise KeyboardInterrupt
+        elif code < 0:
+            reason = f"worker killed by {signal_name(code)} (see {log_name})"
+            record = failed_record(name, config, reason)
+        else:
+            reason = f"worker exited with status {code} (see {log_name})"
+            record = failed_record(name, config, reason)
+    record.update(wall_seconds=time.perf_counter() - started, log=log_name, exit_code=code)
+    return record
+
+
+def run_all(
+    plan: RunPlan,
+    document: dict[str, Any],
+    announce: Callable[[str], None] = print,
+) -> bool:
+    """Run every planned configuration not already ``ok`` in ``document``, saving
+    ``results.json`` after each. Returns False if the run was interrupted (Ctrl-C)."""
+    results_path = plan.results_path
+    done = {r["name"] for r in document["configurations"] if r.get("status") == "ok"}
+    pending = [config for config in plan.configs if name_of(config) not in done]
+    if done:
+        announce(f"resuming: {len(done)} configuration(s) already finished: {', '.join(done)}")
+    write_json_atomic(results_path, document)
+    total = len(plan.configs)
+    running = ""  # the configuration an interrupt would cut short
+    try:
+        with tempfile.TemporaryDirectory(prefix="mpbench-") as workdir:
+            for position, config in enumerate(pending):
+                name = running = name_of(config)
+                number = total - len(pending) + position + 1
+                announce(f"[{number}/{total}] {name}: training")
+                record = run_configuration(plan, config, Path(workdir))
+                store_record(document, record)
+                running = ""
+                write_json_atomic(results_path, document)
+                following = pending[position + 1] if position + 1 < len(pending) else None
+                announce(
+                    f"[{number}/{total}] {name}: {_outcome(record)}; "
+                    + (f"next: {name_of(following)}" if following else "all done")
+                )
+    except KeyboardInterrupt:
+        # Whatever the interrupt cut short, every finished configuration is in ``document``.
+        document.update(status="interrupted", updated=now_iso())
+        write_json_atomic(results_path, document)
+        announce(
+            f"interrupted during {running}: it is not recorded"
+            if running
+            else "interrupted between configurations"
+        )
+        return False
+    document.update(status="complete", updated=now_iso())
+    write_json_atomic(results_path, document)
+    return True
+
+
+def _outcome(record: dict[str, Any]) -> str:
+    seconds = f"{record.get('wall_seconds', 0.0):.1f} s"
+    if record["status"] != "ok":
+        return f"FAILED after {seconds}: {record['reason']}"
+    result = record["result"]
+    return (
+        f"finished in {seconds} ({result['ms_per_step']:.1f} ms/step, "
+        f"val accuracy {result['val_accuracy'][-1]:.3f})"
+    )

@@ -1,0 +1,59 @@
+"""Process plumbing shared by the run launcher and its workers: exit codes, signals, faults.
+
+One place for what both sides of a process boundary must agree on: the exit status of an
+interrupted worker, how a signal is named in a failure reason, how a worker notices that the
+process that started it has died, and how the fault-injection variables used by the tests of
+the harness itself are parsed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+#: Exit status of a worker (and of ``mpbench run``) stopped by Ctrl-C, as a shell reports SIGINT.
+EXIT_INTERRUPTED = 130
+#: Exit status of ``mpbench run`` stopped by SIGTERM (128 + 15, as a shell reports it).
+EXIT_TERMINATED = 143
+
+#: ``MPBENCH_FAULT="NAME=KIND[,NAME=KIND]"`` makes the worker of configuration NAME fail: KIND
+#: ``error`` (an exception), ``oom`` (TensorFlow's ``ResourceExhaustedError``) or ``crash`` (the
+#: worker kills itself) just before training, or ``nan`` (every weight set to NaN before step 2).
+FAULT_ENV = "MPBENCH_FAULT"
+FAULT_KINDS: tuple[str, ...] = ("error", "oom", "crash", "nan")
+#: ``MPBENCH_WORKER_FAULT="INDEX=KIND"``: worker INDEX of a local multi-worker cluster kills
+#: itself (``crash``) or raises (``error``) after its first training step.
+WORKER_FAULT_ENV = "MPBENCH_WORKER_FAULT"
+
+
+def signal_name(code: int) -> str:
+    """``SIGKILL`` for a return code of -9: how a subprocess's death by a signal is reported."""
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def planted_fault(variable: str, target: str) -> str:
+    """The fault kind the environment ``variable`` plants on ``target`` ('' for none)."""
+    for item in filter(None, os.environ.get(variable, "").split(",")):
+        name, _, kind = item.partition("=")
+        if name.strip() == target:
+            return kind.strip()
+    return ""
+
+
+def exit_with_parent(parent_pid: int | None, poll_seconds: float = 1.0) -> None:
+    """Stop this process if ``parent_pid`` (the process that started it) dies, even by SIGKILL,
+    instead of training on as an orphan or waiting on peers forever."""
+    if not parent_pid:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(EXIT_INTERRUPTED)
+
+    threading.Thread(target=watch, name="mpbench-parent-watch", daemon=True).start()

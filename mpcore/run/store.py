@@ -1,0 +1,253 @@
+"""The results store: ``results.json`` documents, their records, atomic writes and resuming.
+
+Readers of a run folder see the old or the new ``results.json``, never a partial one: every write
+goes to a temporary file in the same folder, is fsynced, then renamed over. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mpcore.names import name_of
+
+SCHEMA = "mpbench-results/1"
+RESULTS_FILE = "results.json"
+
+
+class RunSetupError(Exception):
+    """The run cannot start as asked (bad ``--out``, unresumable folder); one line for the user."""
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a partial
+    one: write a temporary file in the same folder, fsync it, then rename over; on any error the
+    temporary file is removed and the old file is left as it was."""
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """:func:`write_text_atomic` of ``document`` as indented JSON (serialised before the file is
+    touched, so an unserialisable document leaves nothing behind)."""
+    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=True) + "\n")
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """Load a ``results.json``; raise :class:`RunSetupError` if it is not one."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise RunSetupError(f"cannot read {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise RunSetupError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        raise RunSetupError(f"{path} is not an mpbench results file (schema {SCHEMA})")
+    return document
+
+
+def check_writable_folder(out: Path) -> None:
+    """Create ``out`` if needed and prove a file can be written in it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".mpbench-write-test"):
+            pass
+    except OSError as error:
+        raise RunSetupError(
+            f"--out {out} is not a writable folder: {error.strerror or error}"
+        ) from None
+
+
+def strategy_of(config: Mapping[str, str]) -> str:
+    """The tf.distribute strategy a planned configuration trains under."""
+    return config.get("strategy", "none")
+
+
+def mode_of(config: Mapping[str, str]) -> dict[str, str]:
+    """The ``RunConfig`` fields of a planned configuration (without its strategy)."""
+    return {"precision": config["precision"], "xla": config["xla"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+
+
+def failed_record(name: str, config: Mapping[str, str], reason: str) -> dict[str, Any]:
+    """The record of a configuration that did not train to the end."""
+    return {
+        "name": name,
+        "config": dict(config),
+        "status": "failed",
+        "reason": reason,
+        "result": None,
+        "telemetry": None,
+    }
+
+
+def finished_record(
+    name: str, config: Mapping[str, Any], result: dict[str, Any], sampler: Any
+) -> dict[str, Any]:
+    """The record of a configuration that trained to the end, with this process's telemetry
+    (``sampler`` is the :class:`mpcore.probe.telemetry.Sampler` that ran during training)."""
+    from mpcore.probe import telemetry
+
+    return {
+        "name": name,
+        "config": dict(config),
+        "status": "ok",
+        "reason": None,
+        "result": result,
+        "telemetry": {
+            "peak_rss_bytes": telemetry.peak_rss_bytes(),
+            "tf_peak_memory_bytes": telemetry.tf_peak_memory_bytes(),
+            "gpu": sampler.summary(),
+            "gpu_series": sampler.series,
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Documents
+
+
+def new_document(
+    *,
+    settings: dict[str, Any],
+    planned: list[str],
+    validation_fraction: float,
+    profile: str,
+    profile_reason: str,
+    data: dict[str, Any],
+    machine: dict[str, Any],
+    command: list[str],
+) -> dict[str, Any]:
+    """The initial ``results.json`` content, before any configuration has run."""
+    return {
+        "schema": SCHEMA,
+        "status": "running",
+        "created": now_iso(),
+        "updated": now_iso(),
+        "command": command,
+        "profile": profile,
+        "profile_reason": profile_reason,
+        "settings": settings,
+        "validation_fraction": validation_fraction,
+        "data": data,
+        "planned": planned,
+        "machine": machine,
+        "configurations": [],
+    }
+
+
+def resumable_document(
+    path: Path,
+    settings: dict[str, Any],
+    data_root: Path,
+    skipped_images: list[str],
+    planned: list[str],
+) -> dict[str, Any]:
+    """The saved run at ``path``, keeping only configurations that finished ``ok`` and are still
+    planned; raise :class:`RunSetupError` if it was made with other settings or data."""
+    document = read_results(path)
+    differing = sorted(
+        key
+        for key in set(settings) | set(document.get("settings", {}))
+        if settings.get(key) != document.get("settings", {}).get(key)
+    )
+    saved_data = document.get("data", {})
+    saved_skipped = [image.get("path") for image in saved_data.get("skipped_images", [])]
+    if saved_data.get("root") != str(data_root) or saved_skipped != skipped_images:
+        differing.append("data")
+    if differing:
+        raise RunSetupError(
+            f"cannot resume {path}: it was run with different {', '.join(differing)}; "
+            "use the same options or a new --out folder"
+        )
+    document["configurations"] = [
+        record
+        for record in document.get("configurations", [])
+        if record.get("status") == "ok" and record.get("name") in planned
+    ]
+    document["planned"] = planned
+    document["status"] = "running"
+    return document
+
+
+def store_record(document: dict[str, Any], record: dict[str, Any]) -> None:
+    """Put ``record`` in ``document`` (replacing an earlier record of the same configuration)."""
+    kept = [r for r in document["configurations"] if r.get("name") != record["name"]]
+    document["configurations"] = [*kept, record]
+    document["updated"] = now_iso()
+    if any(strategy_of(r["config"]) != "none" for r in document["configurations"]):
+        add_scaling(document)
+
+
+# --------------------------------------------------------------------------------------------
+# Scaling figures
+
+
+def images_per_second_per_replica(result: Mapping[str, Any]) -> float:
+    """Training throughput of one replica, from a ``RunResult.to_dict()`` record."""
+    return float(result["images_per_second"]) / int(result.get("replicas", 1))
+
+
+def scaling_efficiency(
+    images_per_second: float, replicas: int, single_replica_images_per_second: float
+) -> float:
+    """Throughput per replica relative to one replica alone: 1.0 is perfect linear scaling."""
+    if replicas < 1 or single_replica_images_per_second <= 0:
+        raise ValueError("scaling efficiency needs replicas >= 1 and a positive baseline")
+    return images_per_second / (replicas * single_replica_images_per_second)
+
+
+def add_scaling(document: dict[str, Any]) -> None:
+    """Give every finished distributed configuration a ``scaling`` entry: replicas, global
+    batch, images/s per replica and the efficiency against the same mode without a strategy
+    (one replica) in this run; efficiency is None while that baseline is missing or failed."""
+    records = document["configurations"]
+    single = {
+        name_of(r["config"]): r["result"]
+        for r in records
+        if r.get("status") == "ok" and strategy_of(r["config"]) == "none"
+    }
+    for record in records:
+        if record.get("status") != "ok" or strategy_of(record["config"]) == "none":
+            continue
+        result = record["result"]
+        baseline_name = name_of(mode_of(record["config"]))
+        baseline = single.get(baseline_name)
+        record["scaling"] = {
+            "strategy": strategy_of(record["config"]),
+            "replicas": result["replicas"],
+            "global_batch": result["global_batch"],
+            "images_per_second_per_replica": images_per_second_per_replica(result),
+            "baseline": baseline_name,
+            "baseline_images_per_second": baseline["images_per_second"] if baseline else None,
+            "scaling_efficiency": scaling_efficiency(
+                result["images_per_second"], result["replicas"], baseline["images_per_second"]
+            )
+            if baseline
+            else None,
+        }

@@ -1,0 +1,263 @@
+"""The training worker: ``python -m mpcore.run.worker SPEC.json`` trains one configuration.
+
+The same function serves a lone worker (one process per configuration, the default) and every
+worker of a multi-worker cluster (``--workers N`` or ``TF_CONFIG``), so both have the same loss
+guard, the same skipped-image handling, the same telemetry and the same atomic writer. A lone
+worker, and the chief of a cluster, writes the configuration's record to the spec's result path;
+in a cluster every worker also writes ``worker-INDEX.json`` (pid, replicas, weights checksums or
+the failure reason) for the launcher to compare and quote.
+
+Fault injection for tests of the harness itself: see :mod:`mpcore.run.process`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import signal
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mpcore.run.launcher import WORKER_REPORT
+from mpcore.run.process import (
+    EXIT_INTERRUPTED,
+    FAULT_ENV,
+    WORKER_FAULT_ENV,
+    exit_with_parent,
+    planted_fault,
+)
+from mpcore.run.spec import WorkerSpec
+from mpcore.run.store import failed_record, finished_record, write_json_atomic
+
+
+class PrefixedStream(io.TextIOBase):
+    """A text stream that starts every line (after ``\\n`` or ``\\r``) with ``prefix``, so Keras
+    progress bars, including the redrawn ones on a terminal, name their configuration."""
+
+    def __init__(self, stream: Any, prefix: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._prefix = prefix
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        pieces = []
+        for piece in re.split(r"([\r\n])", text):
+            if piece in ("\r", "\n"):
+                self._at_line_start = True
+            elif piece and self._at_line_start:
+                pieces.append(self._prefix)
+                self._at_line_start = False
+            pieces.append(piece)
+        self._stream.write("".join(pieces))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", None) or "utf-8"
+
+
+@contextlib.contextmanager
+def prefixed_stdout(prefix: str) -> Iterator[None]:
+    original = sys.stdout
+    sys.stdout = PrefixedStream(original, prefix)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = original
+
+
+class NonFiniteLossError(ArithmeticError):
+    """Training produced a NaN or infinite loss."""
+
+
+def make_loss_guard(name: str) -> Any:
+    """A Keras callback that stops training at the first non-finite loss, naming the
+    configuration, epoch, step and (float16 modes) the loss scale at that moment."""
+    import keras
+
+    from mpcore.training import current_loss_scale
+
+    class NonFiniteLossGuard(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            loss = float(keras.ops.convert_to_numpy((logs or {}).get("loss", 0.0)))
+            if math.isfinite(loss):
+                return
+            message = f"{name}: loss is {loss} at epoch {self.epoch + 1}, step {batch + 1}"
+            scale = current_loss_scale(self.model.optimizer)
+            if scale is not None:
+                collapsed = " (collapsed)" if scale <= 1.0 else ""
+                message += f", loss scale {scale:g}{collapsed}"
+            raise NonFiniteLossError(message)
+
+    return NonFiniteLossGuard()
+
+
+def _fault_callbacks(name: str, index: int) -> list[Any]:
+    """Fail on purpose where the environment plants a fault (testing the harness): on this
+    configuration (``MPBENCH_FAULT``, before training, or ``nan`` at step 2) or on this worker of
+    a cluster (``MPBENCH_WORKER_FAULT``, after its first step)."""
+    import keras
+    import numpy as np
+
+    callbacks: list[Any] = []
+    kind = planted_fault(FAULT_ENV, name)
+    if kind == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "oom":
+        import tensorflow as tf
+
+        raise tf.errors.ResourceExhaustedError(None, None, f"injected fault ({FAULT_ENV})")
+    if kind == "nan":
+
+        class PoisonWeights(keras.callbacks.Callback):
+            """Every weight to NaN before the second step, so the loss really turns NaN inside
+            ``fit``. Every weight, not one: a float16 ReLU on a CPU turns NaN into 0, which
+            would hide a poisoned first layer."""
+
+            def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+                if batch == 1:
+                    for weight in self.model.trainable_weights:
+                        weight.assign(np.full(weight.shape, np.nan, dtype=weight.dtype))
+
+        callbacks.append(PoisonWeights())
+    elif kind:
+        raise RuntimeError(f"injected fault ({FAULT_ENV})")
+
+    worker_kind = planted_fault(WORKER_FAULT_ENV, str(index))
+    if worker_kind:
+
+        class WorkerFault(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+                if worker_kind == "crash":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise RuntimeError(f"injected fault ({WORKER_FAULT_ENV})")
+
+        callbacks.append(WorkerFault())
+    return callbacks
+
+
+def failure_reason(error: BaseException) -> str:
+    import tensorflow as tf
+
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return f"out of memory: {first_line}"
+    if isinstance(error, NonFiniteLossError):
+        return f"non-finite loss: {first_line}"
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+
+
+def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, Any]) -> dict:
+    """Train the spec's configuration under ``strategy`` (None: no strategy) as worker
+    ``index``; return the configuration's record and, in a cluster, fill ``report`` with the
+    final weights' checksums for the launcher to compare."""
+    import keras
+
+    from mpcore.data import BadImage, read_ship_index, stratified_split, without_images
+    from mpcore.modes import RunConfig
+    from mpcore.probe import telemetry
+    from mpcore.replicas import weight_checksums, weights_checksum
+    from mpcore.training import TrainSettings, train
+
+    class Checksums(keras.callbacks.Callback):
+        # After training, once the replicas' statistics have been averaged (that callback runs
+        # before the caller's), so every worker's checksum covers the same weights.
+        def on_train_end(self, logs: dict | None = None) -> None:
+            report.update(
+                weights_sha256=weights_checksum(self.model),
+                variable_sha256=weight_checksums(self.model),
+            )
+
+    config = RunConfig(**spec.mode)
+    settings = TrainSettings(**spec.settings)
+    skipped = [BadImage(path, "skipped") for path in spec.skipped_images]
+    train_index, validation_index = stratified_split(
+        without_images(read_ship_index(spec.data_root), skipped),
+        spec.validation_fraction,
+        seed=settings.seed,
+    )
+    callbacks = [*_fault_callbacks(config.name, index), make_loss_guard(spec.name)]
+    if spec.worker_dir is not None:
+        callbacks.append(Checksums())
+    if spec.tensorboard_dir and index == 0:
+        callbacks.append(
+            keras.callbacks.TensorBoard(spec.tensorboard_dir, write_graph=False, profile_batch=0)
+        )
+    telemetry.reset_tf_peak_memory()
+    with telemetry.Sampler() as sampler:
+        result = train(
+            config,
+            settings,
+            train_index,
+            validation_index,
+            callbacks=callbacks,
+            verbose=spec.verbose if index == 0 else 0,
+            strategy=strategy,
+        )
+    record = finished_record(spec.name, spec.config, result.to_dict(), sampler)
+    if spec.worker_dir is not None:
+        report["status"] = "ok"
+        record["weights_sha256"] = report["weights_sha256"]
+    return record
+
+
+def worker_main(spec_path: str) -> int:
+    """Entry point of a worker: train one configuration, write its record, exit 0/1/130."""
+    spec = WorkerSpec.read(spec_path)
+    exit_with_parent(spec.parent_pid)
+    index, chief = 0, True
+    report: dict[str, Any] = {"index": 0, "pid": os.getpid(), "status": "failed"}
+    try:
+        # TensorFlow fixes its devices, and a multi-worker cluster its collectives, at the first
+        # op: both must come before any other TensorFlow work in this process.
+        from mpcore.replicas import configure_logical_cpus, is_chief, make_strategy, read_tf_config
+
+        if spec.cpu_replicas:
+            configure_logical_cpus(spec.cpu_replicas)
+        if spec.strategy == "multiworker":
+            tf_config = read_tf_config()
+            index, chief = int(tf_config["task"]["index"]), is_chief(tf_config)
+            report["index"] = index
+        strategy = make_strategy(spec.strategy)
+        report["replicas"] = strategy.num_replicas_in_sync if strategy is not None else 1
+        with prefixed_stdout(f"[{spec.name}] "):
+            record = train_spec(spec, strategy, index, report)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        traceback.print_exc()  # into the worker's log file, for whoever debugs the failure
+        record = failed_record(spec.name, spec.config, failure_reason(error))
+        report["reason"] = record["reason"]
+    if spec.worker_dir is not None:
+        write_json_atomic(Path(spec.worker_dir) / WORKER_REPORT.format(index=index), report)
+    if chief:
+        write_json_atomic(Path(spec.result_path), record)
+    return 0 if record["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m mpcore.run.worker SPEC.json", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(worker_main(sys.argv[1]))
