@@ -268,3 +268,43 @@ def test_benchmark_mirrored_over_two_cpus_records_replicas(tmp_path: Path, cli_e
     assert info["images_per_second"] == pytest.approx(2 * info["images_per_second_per_replica"])
     assert info["final_loss_scale"] > 0  # the LossScaleOptimizer ran under the strategy
     assert "small 16px batch 4 on CPU, mirrored x2" in result.stdout
+
+
+@pytest.mark.slow
+def test_local_workers_skip_bad_images_and_stop_at_the_first_nan_like_one_process(
+    tmp_path: Path, mpbench_process
+) -> None:
+    """The multi-worker path runs the same worker as a lone configuration: it leaves out the
+    images --skip-bad-images found and its loss guard names configuration, epoch, step and
+    loss scale at the first NaN (planted: every weight NaN before step 2)."""
+    from mpcore.data import images_dir
+    from mpcore.synthetic import write_synthetic_ships
+
+    ships = write_synthetic_ships(tmp_path / "ships", per_class=8, image_size=32)
+    (images_dir(ships) / "000003.jpg").write_text("not a picture")
+    out = tmp_path / "run"
+    process = mpbench_process(
+        "run",
+        *("--data", str(ships), "--image-size", "32", "--batch-size", "2", "--epochs", "1"),
+        *("--precision", "mixed_float16", "--workers", "2", "--skip-bad-images"),
+        *("--out", str(out)),
+        cwd=tmp_path,
+        MPBENCH_FAULT="mixed_float16+xla_off=nan",
+    )
+    assert process.returncode == 1, process.stderr[-3000:]
+    assert "Traceback" not in process.stderr
+    document = json.loads((out / "results.json").read_text())
+    assert [Path(i["path"]).name for i in document["data"]["skipped_images"]] == ["000003.jpg"]
+    records = records_by_name(out)
+    alone, clustered = (
+        records["mixed_float16+xla_off"],
+        records["mixed_float16+xla_off@multiworker"],
+    )
+    assert alone["reason"] == (
+        "non-finite loss: mixed_float16+xla_off: loss is nan at epoch 1, step 2, loss scale 16384"
+    )
+    assert clustered["status"] == "failed"
+    assert (
+        "non-finite loss: mixed_float16+xla_off@multiworker: loss is nan at epoch 1, step 2, "
+        "loss scale 16384" in clustered["reason"]
+    )
