@@ -577,6 +577,17 @@ def cmd_numerics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    load_tensorflow()
+    from mpcore.check_cli import run
+    from mpcore.loader import LoadError
+
+    try:
+        return run(args)
+    except LoadError as error:
+        raise UsageError(str(error)) from None
+
+
 # --------------------------------------------------------------------------------------------
 # Parser and entry point
 
@@ -700,6 +711,10 @@ def build_parser() -> OneLineParser:
     numerics.add_argument("--seed", type=int, default=0)
     numerics.add_argument("--out", metavar="DIR", help="default: runs/numerics-<model>")
     numerics.set_defaults(handler=cmd_numerics)
+
+    from mpcore.check_cli import add_parser as add_check_parser  # issue 14: all logic there
+
+    add_check_parser(commands, positive_int).set_defaults(handler=cmd_check)
     return parser
 
 
