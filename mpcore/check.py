@@ -167,10 +167,11 @@ def _check_one(
     passes = shadow(float32, half, batch, loss_fn, dtype, shares)
     optimizer = getattr(half, "optimizer", None) if getattr(half, "compiled", False) else None
     census, window = gradients(float32, batch, loss_fn, dtype, optimizer)
+    # What broke comes before what the policy risks: the verdict names the first error.
     findings = [
-        *audit(half, precision, shares, size),
         *_shadow_findings(passes, dtype),
         *_gradient_findings(window, dtype, census, _fixed_scale(optimizer)),
+        *audit(half, precision, shares, size),
     ]
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     report = PrecisionReport(
