@@ -104,20 +104,17 @@ def audit(half: keras.Model, precision: str, shares: dict[str, float], size: int
     for layer, attribute, value in multiple_of_8_layers(half, attributes):
         share = shares.get(layer.name, 0.0)
         lower, upper = value - value % 8, value + 8 - value % 8
-        fix = (
-            f"make it {lower} or {upper}"
-            if attribute != "input_channels" and lower
-            else f"make it {upper}"
-            if attribute != "input_channels"
-            else f"make the layer before output {upper} channels (or pad the input)"
-        )
+        if attribute == "input_channels":
+            fix = f"give it {upper} input channels (pad the input or widen the layer feeding it)"
+        else:
+            fix = f"make it {lower} or {upper}" if lower else f"make it {upper}"
         findings.append(
             Finding(
                 "warning" if share >= SHARE_WORTH_WARNING else "info",
                 "not_multiple_of_8",
                 layer.name,
                 f"{attribute}={value} is not a multiple of 8 (no tensor cores) for "
-                f"{share:.1%} of the FLOPs",
+                f"{100 * share:.3g}% of the FLOPs",
                 fix,
             )
         )

@@ -54,7 +54,7 @@ def test_dense_100_is_not_a_multiple_of_8_with_its_flop_share():
     flops = {"fits": 64 * 96, "wide": 96 * 100, "head": 100 * 8}  # multiply-adds per sample
     share = flops["wide"] / sum(flops.values())
     (wide,) = [f for f in findings(report, "not_multiple_of_8") if f.layer == "wide"]
-    assert f"{share:.1%} of the FLOPs" in wide.message
+    assert f"{100 * share:.3g}% of the FLOPs" in wide.message
     assert wide.severity == "warning"
 
 
