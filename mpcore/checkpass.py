@@ -132,7 +132,12 @@ def _probe(model: keras.Model) -> tuple[list[tuple[Any, list[int]]], Any, list[i
             rows.append((layer, list(range(len(tensors), len(tensors) + len(outputs)))))
             tensors.extend(outputs)
         positions = [next(i for i, t in enumerate(tensors) if t is out) for out in model.outputs]
-        probe = keras.Model(model.input, tensors)
+        # A Sequential model has no structured .input; a Functional one wants its structure.
+        if isinstance(model, keras.Sequential):
+            inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        else:
+            inputs = model.input
+        probe = keras.Model(inputs, tensors)
         return rows, probe, positions
     except (AttributeError, ValueError, StopIteration):
         count = len(keras.tree.flatten(model.outputs)) if model.outputs else 1

@@ -247,20 +247,20 @@ def convert(model: keras.Model, precision: str, compile: bool = True) -> keras.M
     # applied() clears the Keras session (the original's variables live on) and sets the policy
     # every cloned layer without an explicit dtype would pick up; it restores the globals after.
     with applied(RunConfig(precision)):
-        # New inputs with the original's dtypes and names (clone_model would make float ones
-        # under the policy's variable dtype and rename them).
-        inputs = keras.tree.pack_sequence_as(
-            model.input,
-            [
-                keras.Input(
-                    batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name
-                )
-                for t in model.inputs
-            ],
-        )
         if isinstance(model, keras.Sequential):
             copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
         else:
+            # New inputs with the original's dtypes and names (clone_model would make float ones
+            # under the policy's variable dtype and rename them).
+            inputs = keras.tree.pack_sequence_as(
+                model.input,
+                [
+                    keras.Input(
+                        batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name
+                    )
+                    for t in model.inputs
+                ],
+            )
             copy = keras.models.clone_model(
                 model, input_tensors=inputs, clone_function=clone, recursive=True
             )

@@ -50,6 +50,20 @@ def test_convert_keeps_pinned_float32_and_makes_heads_float32():
     assert half.get_layer("probs").compute_dtype == "float16"
 
 
+def test_convert_and_check_a_sequential_model():
+    from mpcore.check import check
+
+    with applied(RunConfig("float32")):
+        model = keras.Sequential(
+            [keras.Input((12,)), keras.layers.Dense(16), keras.layers.Dense(3, name="out")]
+        )
+    clone = convert(model, "mixed_float16")
+    assert model_precision(clone) == "mixed_float16"
+    assert clone.get_layer("out").compute_dtype == "float32"
+    report = check(model)
+    assert [row.name for row in report.precisions[0].layers][-1] == "out"
+
+
 def test_convert_refuses_a_subclassed_model():
     model = check_models.Subclassed()
     model(np.zeros((1, 4), np.float32))
