@@ -155,12 +155,30 @@ def build_model(
     return model
 
 
-def multiple_of_8_report(model: keras.Model) -> list[str]:
-    """Layers whose units/filters are not multiples of 8 (they miss tensor-core kernels)."""
+def multiple_of_8_layers(
+    model: keras.Model, attributes: tuple[str, ...] = ("units", "filters")
+) -> list[tuple[keras.layers.Layer, str, int]]:
+    """``(layer, attribute, value)`` for every layer whose integer ``attribute`` is not a
+    multiple of 8; the attribute ``input_channels`` is the fan-in channels of a Dense or Conv
+    kernel (its second-last dimension)."""
     findings = []
     for layer in model.layers:
-        for attribute in ("units", "filters"):
-            value = getattr(layer, attribute, None)
+        for attribute in attributes:
+            if attribute == "input_channels":
+                kernel = getattr(layer, "kernel", None)
+                value = (
+                    int(kernel.shape[-2]) if kernel is not None and len(kernel.shape) > 1 else None
+                )
+            else:
+                value = getattr(layer, attribute, None)
             if isinstance(value, int) and value % 8:
-                findings.append(f"{layer.name}: {attribute}={value}")
+                findings.append((layer, attribute, value))
     return findings
+
+
+def multiple_of_8_report(model: keras.Model) -> list[str]:
+    """Layers whose units/filters are not multiples of 8 (they miss tensor-core kernels)."""
+    return [
+        f"{layer.name}: {attribute}={value}"
+        for layer, attribute, value in multiple_of_8_layers(model)
+    ]

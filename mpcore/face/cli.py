@@ -3,7 +3,8 @@
 Commands: ``run`` trains one model under each precision x XLA configuration (each in its own
 process) and prints a side-by-side table; ``report`` re-renders a saved run or a pytest-benchmark
 file; ``doctor`` says what to expect from this machine; ``numerics`` shows what a float16 cast
-does to a model's gradients with and without loss scaling.
+does to a model's gradients with and without loss scaling; ``check`` says whether mixed
+precision is safe for a user's own model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from mpcore.face import check_cmd
 from mpcore.face.commands import cmd_doctor, cmd_numerics, cmd_report
 from mpcore.face.common import CACHE_ENV, EXIT_USAGE, OneLineParser, UsageError, positive_int
 from mpcore.face.run_cmd import PROFILES, cmd_run
@@ -128,6 +130,8 @@ def build_parser() -> OneLineParser:
     numerics.add_argument("--seed", type=int, default=0)
     numerics.add_argument("--out", metavar="DIR", help="default: runs/numerics-<model>")
     numerics.set_defaults(handler=cmd_numerics)
+
+    check_cmd.add_parser(commands)
     return parser
 
 

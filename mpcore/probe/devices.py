@@ -163,23 +163,27 @@ def speedup_note(precision: str, gpu: GpuInfo | None) -> str | None:
 _CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 
 
+def layer_forward_flops(layer: keras.layers.Layer) -> int:
+    """FLOPs of one image's forward pass through ``layer`` as :func:`forward_flops` counts them
+    (a nested model counts its layers; layers other than Conv and Dense count 0)."""
+    if isinstance(layer, keras.Model):
+        return forward_flops(layer)
+    if isinstance(layer, (*_CONVOLUTIONS, keras.layers.Dense)):
+        # Each output element needs one multiply-add per kernel weight feeding it:
+        # kernel (..., fan_in, out) for Conv (fan_in already divided by groups) and Dense.
+        outputs = math.prod(int(d) for d in layer.output.shape[1:])
+        fan_in = math.prod(int(d) for d in layer.kernel.shape[:-1])
+        return 2 * outputs * fan_in
+    return 0
+
+
 def forward_flops(model: keras.Model) -> int:
     """FLOPs of one image's forward pass: 2 x the multiply-adds of Conv and Dense layers.
 
     These hold more than 99% of the arithmetic of CNNs such as ResNet50; normalisation,
     activations, pooling and bias adds are not counted. Nested models are counted through.
     """
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += forward_flops(layer)
-        elif isinstance(layer, (*_CONVOLUTIONS, keras.layers.Dense)):
-            # Each output element needs one multiply-add per kernel weight feeding it:
-            # kernel (..., fan_in, out) for Conv (fan_in already divided by groups) and Dense.
-            outputs = math.prod(int(d) for d in layer.output.shape[1:])
-            fan_in = math.prod(int(d) for d in layer.kernel.shape[:-1])
-            total += 2 * outputs * fan_in
-    return total
+    return sum(layer_forward_flops(layer) for layer in model.layers)
 
 
 def training_flops_per_step(model: keras.Model, batch_size: int) -> int:

@@ -1,0 +1,335 @@
+"""The passes behind :mod:`mpcore.check`: per-layer shadow comparison and the loss-scale window.
+
+:func:`shadow` runs a float32 model and its half-precision twin (same weights) on one batch and
+compares every layer's output; the half forward pass, and its backward pass at loss scale 1, are
+searched for the first inf/NaN in execution order. :func:`gradients` takes the float32 gradient
+census and derives, from its log2 histogram, which power-of-two loss scales keep the gradients
+finite in the half format with little flushed to zero: multiplying by 2**k shifts every bin by k
+exactly, so one census answers for every scale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mpcore.numerics import GradientCensus, cast_census, float_format, gradient_census
+from mpcore.training import current_loss_scale
+
+DEFAULT_LOSS_SCALE = 2.0**15
+#: Gradient underflow above this fraction needs loss scaling (the issue's 1%).
+UNDERFLOW_LIMIT = 0.01
+#: The loss scales considered: the float32 scale variable holds any power of two in this range.
+SCALE_EXPONENTS = range(-64, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRow:
+    """One layer of the shadow comparison (figures of its float32 output)."""
+
+    name: str
+    class_name: str
+    compute_dtype: str
+    variable_dtype: str
+    flop_share: float
+    amax: float
+    overflow: float
+    underflow: float
+    relative_error: float
+    finite: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class NonFinite:
+    """The first inf/NaN: the layer, the pass, the loss scale of the pass, and the range of the
+    finite values there (float32 outputs for the forward pass, the half gradient for backward)."""
+
+    layer: str
+    pass_name: str
+    loss_scale: float
+    low: float
+    high: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LossScaleWindow:
+    """Power-of-two exponents: ``low..high`` keeps every gradient finite with under
+    :data:`UNDERFLOW_LIMIT` flushed to zero (None: no such scale); ``settle`` is the highest scale
+    without overflow, where dynamic loss scaling ends up. ``curve`` holds (exponent, underflow,
+    overflow) fractions around the window, for plotting."""
+
+    low: int | None
+    high: int | None
+    settle: int | None
+    underflow_at_1: float
+    nonzero: bool
+    worst_variable: str | None
+    curve: list[tuple[int, float, float]]
+
+
+@dataclasses.dataclass
+class ShadowResult:
+    rows: list[LayerRow]
+    loss_float32: float
+    loss_half: float
+    output_error: float
+    first_nonfinite: NonFinite | None
+
+
+#: Layers whose training-mode output is random; switched off so both passes compute alike.
+_NOISE_ATTRIBUTES = {
+    keras.layers.Dropout: "rate",
+    keras.layers.GaussianDropout: "rate",
+    keras.layers.AlphaDropout: "rate",
+    keras.layers.GaussianNoise: "stddev",
+    keras.layers.SpatialDropout1D: "rate",
+    keras.layers.SpatialDropout2D: "rate",
+    keras.layers.SpatialDropout3D: "rate",
+}
+
+
+@contextlib.contextmanager
+def quiet_noise(*models: keras.Model) -> Iterator[None]:
+    """Zero the rate of dropout and noise layers, and keep non-trainable state (batch-norm
+    statistics, seed generators) as it was."""
+    saved: list[tuple[Any, str, Any]] = []
+    states = [(v, v.numpy()) for model in models for v in model.non_trainable_variables]
+    try:
+        for model in models:
+            for layer in model._flatten_layers(include_self=False):
+                for kind, attribute in _NOISE_ATTRIBUTES.items():
+                    if isinstance(layer, kind):
+                        saved.append((layer, attribute, getattr(layer, attribute)))
+                        setattr(layer, attribute, 0.0)
+        yield
+    finally:
+        for layer, attribute, value in saved:
+            setattr(layer, attribute, value)
+        for variable, value in states:
+            variable.assign(value)
+
+
+def _probe(model: keras.Model) -> tuple[list[tuple[Any, list[int]]], Any, list[int]]:
+    """(layers with their flat output positions, a callable returning all outputs, positions of
+    the model's outputs). Layers without a single output node (shared layers) are left out;
+    a model without a graph gives no layers and only its outputs."""
+    rows: list[tuple[Any, list[int]]] = []
+    tensors: list[Any] = []
+    try:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            try:
+                outputs = keras.tree.flatten(layer.output)
+            except (AttributeError, ValueError, RuntimeError):
+                continue
+            rows.append((layer, list(range(len(tensors), len(tensors) + len(outputs)))))
+            tensors.extend(outputs)
+        positions = [next(i for i, t in enumerate(tensors) if t is out) for out in model.outputs]
+        # A Sequential model has no structured .input; a Functional one wants its structure.
+        if isinstance(model, keras.Sequential):
+            inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        else:
+            inputs = model.input
+        probe = keras.Model(inputs, tensors)
+        return rows, probe, positions
+    except (AttributeError, ValueError, StopIteration):
+        count = len(keras.tree.flatten(model.outputs)) if model.outputs else 1
+        return (
+            [],
+            lambda x, training: keras.tree.flatten(model(x, training=training)),
+            list(range(count)),
+        )
+
+
+def _float64(values: Any) -> np.ndarray | None:
+    if not tf.as_dtype(values.dtype).is_floating:
+        return None
+    return np.asarray(values).astype(np.float64).ravel()
+
+
+def _joined(values: list[Any], positions: list[int]) -> np.ndarray | None:
+    parts = [_float64(values[i]) for i in positions]
+    parts = [p for p in parts if p is not None]
+    return np.concatenate(parts) if parts else None
+
+
+def relative_error(half: np.ndarray, reference: np.ndarray) -> float:
+    """``||half - reference|| / ||reference||`` (inf when ``half`` is not finite)."""
+    if not np.isfinite(half).all():
+        return float("inf")
+    norm = float(np.linalg.norm(reference))
+    difference = float(np.linalg.norm(half - reference))
+    return difference / norm if norm else (0.0 if difference == 0 else float("inf"))
+
+
+def _span(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+
+
+def _structured(outputs: list[Any]) -> Any:
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def shadow(
+    float32: keras.Model,
+    half: keras.Model,
+    batch: tuple[Any, Any],
+    loss_fn: Any,
+    dtype: str,
+    shares: dict[str, float],
+) -> ShadowResult:
+    """Per-layer comparison of ``half`` against ``float32`` on ``batch`` in training mode, and the
+    first inf/NaN of the half forward pass, else of its backward pass at loss scale 1."""
+    x, y = batch
+    rows32, probe32, outs32 = _probe(float32)
+    rows16, probe16, outs16 = _probe(half)
+    with quiet_noise(float32, half):
+        acts32 = [a.numpy() for a in probe32(x, training=True)]
+        with tf.GradientTape() as tape:
+            acts16 = list(probe16(x, training=True))
+            loss16 = loss_fn(y, _structured([acts16[i] for i in outs16]))
+        variables = list(half.trainable_variables)
+        grads = tape.gradient(loss16, acts16 + variables)
+    loss32 = float(loss_fn(y, _structured([acts32[i] for i in outs32])))
+    acts16_np = [a.numpy() for a in acts16]
+
+    half_rows = {layer.name: (layer, positions) for layer, positions in rows16}
+    rows: list[LayerRow] = []
+    first: NonFinite | None = None
+    paired: list[tuple[Any, list[int]]] = []
+    for layer, positions in rows32:
+        if layer.name not in half_rows:
+            continue
+        layer16, positions16 = half_rows[layer.name]
+        paired.append((layer16, positions16))
+        f, h = _joined(acts32, positions), _joined(acts16_np, positions16)
+        if f is None or h is None:
+            continue
+        census = cast_census(f, dtype)
+        finite = bool(np.isfinite(h).all())
+        if not finite and first is None and np.isfinite(f).all():
+            first = NonFinite(layer.name, "forward", 1.0, *_span(f))
+        rows.append(
+            LayerRow(
+                name=layer.name,
+                class_name=type(layer16).__name__,
+                compute_dtype=_compute_dtype(layer16),
+                variable_dtype=layer16.variable_dtype,
+                flop_share=shares.get(layer.name, 0.0),
+                amax=float(np.abs(f[np.isfinite(f)]).max()) if f.size else 0.0,
+                overflow=census["overflow"],
+                underflow=census["underflow"],
+                relative_error=relative_error(h, f),
+                finite=finite,
+            )
+        )
+    if first is None:
+        first = _first_backward(paired, grads, len(acts16), variables)
+    out32, out16 = _joined(acts32, outs32), _joined(acts16_np, outs16)
+    return ShadowResult(
+        rows=rows,
+        loss_float32=loss32,
+        loss_half=float(loss16),
+        output_error=relative_error(out16, out32) if out32 is not None else 0.0,
+        first_nonfinite=first,
+    )
+
+
+def _compute_dtype(layer: Any) -> str:
+    if isinstance(layer, keras.Model):
+        from mpcore.loader import compute_dtype_of
+
+        return compute_dtype_of(layer)
+    return layer.compute_dtype
+
+
+def _first_backward(
+    paired: list[tuple[Any, list[int]]], grads: list[Any], offset: int, variables: list[Any]
+) -> NonFinite | None:
+    """Walk the layers from the loss back to the input: the first whose output gradient, or
+    weight gradient, holds inf/NaN."""
+    index = {id(v): offset + i for i, v in enumerate(variables)}
+    for layer, positions in reversed(paired):
+        own = [grads[i] for i in positions]
+        own += [grads[index[id(v)]] for v in layer.trainable_variables if id(v) in index]
+        for gradient in own:
+            if gradient is None:
+                continue
+            values = np.asarray(gradient).astype(np.float64)
+            if not np.isfinite(values).all():
+                return NonFinite(layer.name, "backward", 1.0, *_span(values))
+    return None
+
+
+def loss_scale_of(optimizer: Any, dtype: str) -> float:
+    """The optimizer's current dynamic loss scale, or its static ``loss_scale_factor``, else
+    2**15 for float16 and 1 for bfloat16."""
+    scale = current_loss_scale(optimizer) if optimizer is not None else None
+    scale = scale or getattr(optimizer, "loss_scale_factor", None)
+    return scale or (DEFAULT_LOSS_SCALE if dtype == "float16" else 1.0)
+
+
+def gradients(
+    float32: keras.Model, batch: tuple[Any, Any], loss_fn: Any, dtype: str, optimizer: Any
+) -> tuple[dict[str, Any], LossScaleWindow]:
+    """The gradient census at the optimizer's loss scale (see :func:`loss_scale_of`) and the
+    loss-scale window derived from the census at scale 1."""
+    scale = loss_scale_of(optimizer, dtype)
+    with quiet_noise(float32):
+        at_scale = gradient_census(float32, batch, scale, dtype, loss_fn)
+    with quiet_noise(float32):
+        at_one = at_scale if scale == 1.0 else gradient_census(float32, batch, 1.0, dtype, loss_fn)
+    census = at_scale.to_dict()
+    census["overall_at_1"] = at_one.overall
+    return census, loss_scale_window(at_one)
+
+
+def scaled_fractions(census: GradientCensus, exponent: int) -> tuple[float, float]:
+    """(underflow, overflow) fractions of the non-zero gradients of ``census`` multiplied by
+    ``2**exponent``, from its log2 histogram. A bin that reaches the format's overflow threshold
+    counts as overflowing whole (the bins cannot tell 65504 from 65520 in float16), so overflow is
+    never missed; below the flush limit the bins are exact but for values exactly on it."""
+    fmt = float_format(census.dtype)
+    exponents = np.asarray(census.histogram.exponents, dtype=np.int64) + exponent
+    counts = np.asarray(census.histogram.counts, dtype=np.int64)
+    total = max(int(counts.sum()), 1)
+    zero_below = int(np.log2(fmt.underflow_limit))
+    overflow_from = int(np.floor(np.log2(fmt.overflow_threshold)))
+    under = int(counts[exponents < zero_below].sum())
+    over = int(counts[exponents >= overflow_from].sum())
+    return under / total, over / total
+
+
+def loss_scale_window(census: GradientCensus) -> LossScaleWindow:
+    """The :class:`LossScaleWindow` of the gradients in ``census`` (taken at loss scale 1)."""
+    if census.loss_scale != 1.0:
+        raise ValueError(
+            f"loss_scale_window needs a census at loss scale 1, got {census.loss_scale}"
+        )
+    worst = max(census.per_variable, key=lambda v: v.census["underflow"], default=None)
+    worst_name = worst.name.rsplit("/", 1)[0] if worst and worst.census["underflow"] else None
+    if not census.histogram.counts or not sum(census.histogram.counts):
+        return LossScaleWindow(None, None, None, 0.0, False, None, [])
+    fractions = {k: scaled_fractions(census, k) for k in SCALE_EXPONENTS}
+    good = [k for k, (under, over) in fractions.items() if over == 0 and under < UNDERFLOW_LIMIT]
+    finite = [k for k, (_, over) in fractions.items() if over == 0]
+    settle = max(finite) if finite else None
+    centre = settle if settle is not None else 0
+    curve = [(k, *fractions[k]) for k in SCALE_EXPONENTS if abs(k - centre) <= 40]
+    return LossScaleWindow(
+        low=min(good) if good else None,
+        high=max(good) if good else None,
+        settle=settle,
+        underflow_at_1=fractions[0][0],
+        nonzero=True,
+        worst_variable=worst_name,
+        curve=curve,
+    )
