@@ -45,6 +45,13 @@ def _unit_preprocess(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32) / 255.0
 
 
+def _signed_unit_preprocess(images: tf.Tensor) -> tf.Tensor:
+    """Scale 0..255 pixels to -1..1 in float32. Zero-centred pixels matter to vit_tiny: with
+    0..1 it sat at chance (20%) for two or three epochs on the generated set, with -1..1 it
+    passes 85% in the third."""
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
 def _softmax_head(x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
     return keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
@@ -132,7 +139,7 @@ def _build_vit_tiny(image_size: int, num_classes: int, float16_input: bool) -> k
 MODELS: dict[str, ModelSpec] = {
     "resnet50": ModelSpec("resnet50", 224, 32, _resnet50_preprocess, _build_resnet50),
     "small": ModelSpec("small", 64, 8, _unit_preprocess, _build_small),
-    "vit_tiny": ModelSpec("vit_tiny", 48, VIT_PATCH, _unit_preprocess, _build_vit_tiny),
+    "vit_tiny": ModelSpec("vit_tiny", 48, VIT_PATCH, _signed_unit_preprocess, _build_vit_tiny),
 }
 
 
