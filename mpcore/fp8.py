@@ -41,8 +41,7 @@ def float8_candidates(model: keras.Model) -> list[keras.layers.Layer]:
     return [
         layer
         for layer in _all_layers(model)
-        if type(layer) in (keras.layers.Dense, keras.layers.EinsumDense)
-        and layer.name != HEAD_NAME
+        if type(layer) in (keras.layers.Dense, keras.layers.EinsumDense) and layer.name != HEAD_NAME
     ]
 
 
