@@ -11,8 +11,11 @@ at or beyond half an ulp past the largest finite value rounds to infinity. E4M3F
 has no infinity: its top exponent holds normal numbers up to 448 and one NaN pattern, so a cast
 beyond 464 (448 plus half its ulp of 32) gives NaN, and 464 itself, a tie, rounds to the even
 448. Keras never casts out of range: ``keras.quantizers.quantize_and_dequantize`` divides by the
-scale and clips to +-``finfo(dtype).max`` before the cast, i.e. it saturates at 448 (or 57344). :func:`gradient_census` applies it to a model's float32
-gradients multiplied by a loss scale and adds the log2-magnitude histogram behind Figure 3 of
+scale and clips to +-``finfo(dtype).max`` before the cast, i.e. it saturates at 448 (or 57344);
+the census counts what a plain cast would do.
+
+:func:`gradient_census` applies the census to a model's float32 gradients multiplied by a loss
+scale and adds the log2-magnitude histogram behind Figure 3 of
 Micikevicius et al., "Mixed Precision Training" (ICLR 2018); :func:`plot_log2_histogram` draws
 that histogram with the format's representable range marked.
 """
