@@ -21,8 +21,9 @@ from mpcore.modes import RunConfig, applied, check_model
 from mpcore.synthetic import write_synthetic_ships
 from mpcore.training import compile_for, op_determinism
 
-#: 60 images per class at 48 px, a fifth held out (60 validation images, 1.7 points each).
-PER_CLASS, IMAGE_SIZE, BATCH, EPOCHS, LEARNING_RATE = 60, 48, 16, 6, 1e-3
+#: 100 images per class at 48 px, a fifth held out: 100 validation images, 1 point each (with
+#: 60, a single run's 3-image gap already hit the 5-point margin).
+PER_CLASS, IMAGE_SIZE, BATCH, EPOCHS, LEARNING_RATE = 100, 48, 16, 4, 1e-3
 PARITY_POINTS = 5.0
 #: patch embedding + 3 blocks x (4 attention projections + 2 MLP layers); not the head.
 QUANTIZED_LAYERS = 19
@@ -38,7 +39,12 @@ def fit(precision: str, train_data, validation_data) -> dict:
         compile_for(model, config, LEARNING_RATE)
         check_model(model, config)  # float8 keeps the base mode's dtypes and optimizer
         history = model.fit(
-            train_data, validation_data=validation_data, epochs=EPOCHS, shuffle=False, verbose=0
+            train_data,
+            validation_data=validation_data,
+            validation_freq=EPOCHS,  # only the final accuracy is compared; saves time
+            epochs=EPOCHS,
+            shuffle=False,
+            verbose=0,
         ).history
         histories = [
             layer.inputs_amax_history.numpy() for layer in float8_candidates(model) if quantized
@@ -58,6 +64,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         tmp_path_factory.mktemp("fp8-ships"), per_class=PER_CLASS, image_size=IMAGE_SIZE
     )
     train_index, validation_index = stratified_split(read_ship_index(root), 0.2, seed=0)
+    # The shuffle's op seed combines with the global seed, which earlier tests may have set.
+    keras.utils.set_random_seed(0)
     preprocess = model_spec("vit_tiny").preprocess
     train_data = make_dataset(train_index, IMAGE_SIZE, BATCH, preprocess, seed=0, cache=True)
     validation_data = make_dataset(
@@ -81,11 +89,14 @@ def test_float8_quantizes_every_dense_and_einsum_dense_but_the_head(results) -> 
 
 @pytest.mark.slow
 def test_float8_reaches_the_bfloat16_validation_accuracy_within_5_points(results) -> None:
-    """Measured (op determinism on, so every run gives these): mixed_bfloat16 0.950, float8
-    0.983 after 6 epochs; the reference learns the set (above 90%, chance is 20%) and the float8
-    losses stay finite."""
+    """Measured (op determinism on, global seed 0): mixed_bfloat16 0.98, float8 0.98 after 4
+    epochs; the reference learns the set (above 90%, chance
+    is 20%) and the float8 losses stay finite. Compared in whole images, so float32 rounding of
+    the accuracies cannot decide a tie at the margin."""
     bf16, float8 = results["mixed_bfloat16"], results["float8"]
     assert bf16["val_accuracy"][-1] >= 0.9
     assert all(math.isfinite(loss) for loss in float8["loss"])
-    gap = 100 * abs(bf16["val_accuracy"][-1] - float8["val_accuracy"][-1])
+    images = PER_CLASS * 5 // 5  # the held-out fifth
+    correct = [round(r["val_accuracy"][-1] * images) for r in (bf16, float8)]
+    gap = 100 * abs(correct[0] - correct[1]) / images
     assert gap <= PARITY_POINTS, f"float8 {float8['val_accuracy']} vs bf16 {bf16['val_accuracy']}"
