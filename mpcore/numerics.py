@@ -1,9 +1,21 @@
-"""What a cast to float16 or bfloat16 does to a set of values, and to a model's gradients.
+"""What a cast to a narrow float format does to a set of values, and to a model's gradients.
 
-:func:`cast_census` classifies values by the IEEE round-to-nearest-even result of a cast (zero,
-subnormal, infinite) from exact thresholds derived from the format, without casting, so tests
-can check it against real casts. :func:`gradient_census` applies it to a model's float32
-gradients multiplied by a loss scale and adds the log2-magnitude histogram behind Figure 3 of
+The formats are the half-precision ones of mixed precision (float16, bfloat16) and the two FP8
+formats of float8 training (``float8_e4m3fn`` for forward tensors, ``float8_e5m2`` for
+gradients). :func:`cast_census` classifies values by the round-to-nearest-even result of a cast
+(zero, subnormal, overflow) from exact thresholds derived from the format, without casting, so
+tests can check it against real casts.
+
+Overflow is not the same in every format. float16, bfloat16 and E5M2 are IEEE-like: a magnitude
+at or beyond half an ulp past the largest finite value rounds to infinity. E4M3FN ("finite, NaN")
+has no infinity: its top exponent holds normal numbers up to 448 and one NaN pattern, so a cast
+beyond 464 (448 plus half its ulp of 32) gives NaN, and 464 itself, a tie, rounds to the even
+448. Keras never casts out of range: ``keras.quantizers.quantize_and_dequantize`` divides by the
+scale and clips to +-``finfo(dtype).max`` before the cast, i.e. it saturates at 448 (or 57344);
+the census counts what a plain cast would do.
+
+:func:`gradient_census` applies the census to a model's float32 gradients multiplied by a loss
+scale and adds the log2-magnitude histogram behind Figure 3 of
 Micikevicius et al., "Mixed Precision Training" (ICLR 2018); :func:`plot_log2_histogram` draws
 that histogram with the format's representable range marked.
 """
@@ -21,20 +33,29 @@ import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
-#: The half-precision formats a census can target.
-CAST_DTYPES: tuple[str, ...] = ("float16", "bfloat16")
+#: The narrow formats a census can target.
+CAST_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 
-_NUMPY_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+_NUMPY_DTYPES = {
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+}
+#: Formats without an infinity: an out-of-range cast gives NaN (see the module docstring).
+_FINITE_ONLY = frozenset({"float8_e4m3fn"})
 
 
 @dataclasses.dataclass(frozen=True)
 class FloatFormat:
-    """The magnitudes that decide where an IEEE round-to-nearest-even cast lands.
+    """The magnitudes that decide where a round-to-nearest-even cast lands.
 
-    Ties round to the even neighbour. At every threshold below, the lower neighbour has an odd
-    significand (0 is even; the smallest subnormal, the largest subnormal and the largest finite
-    value are odd), so a tie at ``underflow_limit`` goes to zero, and ties at
-    ``normal_threshold`` and ``overflow_threshold`` go up.
+    Ties round to the even neighbour. A tie at ``underflow_limit`` goes to zero (0 is even) and a
+    tie at ``normal_threshold`` goes up (the largest subnormal is odd). At
+    ``overflow_threshold`` it depends on the format: the largest finite value of float16,
+    bfloat16 and E5M2 is odd, so the tie overflows to infinity (``overflow_tie_rounds_up``);
+    E4M3FN's largest value 448 is even (its odd neighbour 480 is the NaN pattern), so only
+    magnitudes strictly beyond 464 overflow, to NaN (``overflow_value``).
     """
 
     name: str
@@ -42,6 +63,8 @@ class FloatFormat:
     smallest_normal: float
     largest: float
     overflow_threshold: float
+    overflow_tie_rounds_up: bool = True
+    overflow_value: str = "inf"
 
     @property
     def underflow_limit(self) -> float:
@@ -56,27 +79,30 @@ class FloatFormat:
 
 @functools.cache
 def float_format(dtype: str) -> FloatFormat:
-    """The :class:`FloatFormat` of ``"float16"`` or ``"bfloat16"``; ``ValueError`` otherwise."""
+    """The :class:`FloatFormat` of a name in :data:`CAST_DTYPES`; ``ValueError`` otherwise."""
     if dtype not in _NUMPY_DTYPES:
         raise ValueError(f"unknown cast dtype {dtype!r}; valid: {', '.join(CAST_DTYPES)}")
     info = ml_dtypes.finfo(_NUMPY_DTYPES[dtype])
     # The spacing of the largest binade; half of it past the largest value rounds to infinity.
     # Every value here is a power of two or a short binary fraction, so float64 holds it exactly.
     largest_ulp = 2.0 ** (info.maxexp - 1 - info.nmant)
+    finite_only = dtype in _FINITE_ONLY
     return FloatFormat(
         name=dtype,
         smallest_subnormal=float(info.smallest_subnormal),
         smallest_normal=float(info.smallest_normal),
         largest=float(info.max),
         overflow_threshold=float(info.max) + largest_ulp / 2,
+        overflow_tie_rounds_up=not finite_only,
+        overflow_value="nan" if finite_only else "inf",
     )
 
 
 def _float_array(values: Any) -> np.ndarray:
     array = np.asarray(values)
-    if array.dtype.kind != "f" and array.dtype != _NUMPY_DTYPES["bfloat16"]:
+    if array.dtype.kind != "f" and array.dtype not in _NUMPY_DTYPES.values():
         raise TypeError(
-            f"cast_census needs floating-point values (float16/32/64 or bfloat16), "
+            f"cast_census needs floating-point values (float16/32/64, bfloat16 or float8), "
             f"got dtype {array.dtype}"
         )
     # Comparisons against the thresholds are exact in float64 for every narrower input; wider
@@ -86,9 +112,11 @@ def _float_array(values: Any) -> np.ndarray:
 
 def cast_census(values: Any, dtype: str) -> dict[str, float]:
     """Fractions of the finite non-zero ``values`` that a cast to ``dtype`` makes zero
-    (``underflow``), subnormal and non-zero (``subnormal``) or infinite (``overflow``), and their
-    number (``count``). NaN, infinities and zeros are left out; with nothing left every fraction
-    is 0.0. Raises ``TypeError`` for non-float input, ``ValueError`` for an unknown ``dtype``.
+    (``underflow``), subnormal and non-zero (``subnormal``) or not finite (``overflow``: infinite,
+    or NaN for E4M3FN), and their number (``count``). NaN, infinities and zeros are left out; with
+    nothing left every fraction is 0.0. Raises ``TypeError`` for non-float input, ``ValueError``
+    for an unknown ``dtype``. The census is of a plain cast: it does not apply the clipping with
+    which Keras's float8 layers saturate instead of overflowing.
     """
     fmt = float_format(dtype)
     magnitudes = np.abs(_float_array(values)).ravel()
@@ -98,7 +126,12 @@ def cast_census(values: Any, dtype: str) -> dict[str, float]:
     subnormal = int(
         np.count_nonzero((magnitudes > fmt.underflow_limit) & (magnitudes < fmt.normal_threshold))
     )
-    overflow = int(np.count_nonzero(magnitudes >= fmt.overflow_threshold))
+    beyond = (
+        magnitudes >= fmt.overflow_threshold
+        if fmt.overflow_tie_rounds_up
+        else magnitudes > fmt.overflow_threshold
+    )
+    overflow = int(np.count_nonzero(beyond))
     denominator = max(count, 1)
     return {
         "underflow": underflow / denominator,
@@ -307,7 +340,10 @@ def plot_log2_histogram(report: GradientCensus, path: str | Path, title: str | N
             ),
             Patch(color="#2c6fbb", label="representable"),
             Patch(color="#c0392b", label=f"flushed to zero\n{100 * overall['underflow']:.3g}%"),
-            Patch(color="#8e44ad", label=f"overflow to inf\n{100 * overall['overflow']:.3g}%"),
+            Patch(
+                color="#8e44ad",
+                label=f"overflow to {fmt.overflow_value}\n{100 * overall['overflow']:.3g}%",
+            ),
             Patch(color="#7f7f7f", label="exact zeros"),
         ],
         loc="upper left",

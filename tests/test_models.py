@@ -55,8 +55,32 @@ def test_multiple_of_8_report_flags_odd_layers(resnet50) -> None:
     assert multiple_of_8_report(odd) == ["predictions: units=7"]
 
 
+def test_vit_tiny_has_its_parameter_count_and_widths_multiple_of_16() -> None:
+    """At 48 px: 36 patches of 8x8x3 = 192 values. Patch embedding 192*64 + 64 = 12,352;
+    position embedding 36*64 = 2,304; per block two LayerNorms (2 * 128), attention
+    4 * (64*64 + 64) = 16,640, MLP 64*128 + 128 + 128*64 + 64 = 16,576, so 33,472 x 3 blocks;
+    final LayerNorm 128; head 64*5 + 5 = 325. Total 115,525."""
+    model = build_model("vit_tiny", 48, 5)
+    assert model.count_params() == 12_352 + 2_304 + 3 * 33_472 + 128 + 325 == 115_525
+    assert model.output_shape == (None, 5)
+    assert multiple_of_8_report(model) == ["predictions: units=5"]
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense) and layer.name != "predictions":
+            assert layer.units % 16 == 0, layer.name
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            assert layer.num_heads * layer.key_dim % 16 == 0 and layer.key_dim % 16 == 0
+
+
+def test_vit_tiny_crops_an_image_size_that_is_not_a_multiple_of_the_patch() -> None:
+    """50 px keeps the central 48 px: the same 36 patches and parameters as at 48 px."""
+    assert build_model("vit_tiny", 50).count_params() == 115_525
+    assert build_model("vit_tiny", 8).count_params() == 115_525 - 35 * 64  # one patch
+    with pytest.raises(ValueError, match="too small for model 'vit_tiny' \\(minimum 8\\)"):
+        build_model("vit_tiny", 7)
+
+
 def test_unknown_model_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="unknown model 'vgg'; valid: resnet50, small"):
+    with pytest.raises(ValueError, match="unknown model 'vgg'; valid: resnet50, small, vit_tiny"):
         build_model("vgg")
 
 
@@ -112,5 +136,5 @@ def test_weights_for_another_architecture_are_refused(tmp_path: Path) -> None:
 
 def test_model_specs_preprocess_in_float32() -> None:
     pixels = np.full((1, 4, 4, 3), 255, dtype=np.uint8)
-    for name in ("small", "resnet50"):
+    for name in ("small", "resnet50", "vit_tiny"):
         assert model_spec(name).preprocess(pixels).dtype == "float32"

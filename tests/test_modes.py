@@ -46,6 +46,21 @@ def test_every_mode_applies_and_verifies(config: RunConfig) -> None:
         assert model.jit_compile == (config.xla == "jit")
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_vit_tiny_passes_check_model_in_every_precision(precision: str) -> None:
+    """The transformer's nested layers change nothing: its LayerNorms, attention and position
+    embedding compute in the mode's dtype, its head in float32."""
+    from mpcore.models import build_model
+
+    config = RunConfig(precision, "off")
+    with applied(config):
+        model = compile_for(build_model("vit_tiny", 16), config, 1e-3)
+        check_model(model, config)
+        attention = model.get_layer("block0_attention")
+        assert attention.compute_dtype == model.get_layer("patch_embedding").compute_dtype
+        assert model.get_layer("predictions").compute_dtype == "float32"
+
+
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda c: c.name)
 def test_applied_restores_every_global(config: RunConfig) -> None:
     before = GlobalState.capture()

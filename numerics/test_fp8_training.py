@@ -1,0 +1,102 @@
+"""FP8 claim 4: float8 training of a Dense-heavy model costs little accuracy. ``vit_tiny``
+(every matmul a Dense or EinsumDense) trained on the generated ship set with the same seed,
+data and epochs under ``mixed_bfloat16``, and under ``mixed_bfloat16`` with Keras's float8
+quantization (:func:`mpcore.fp8.quantize_float8`), ends within 5 points of validation accuracy.
+On this CPU the FP8 GEMMs are emulated (quantize-dequantize in bfloat16), which is the same
+arithmetic a GPU's fused FP8 GEMM does up to accumulation order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from mpcore.data import make_dataset, read_ship_index, stratified_split
+from mpcore.fp8 import FLOAT8_BASE_POLICY, float8_candidates, float8_report, quantize_float8
+from mpcore.models import build_model, model_spec
+from mpcore.modes import RunConfig, applied, check_model
+from mpcore.synthetic import write_synthetic_ships
+from mpcore.training import compile_for, op_determinism
+
+#: 100 images per class at 48 px, a fifth held out: 100 validation images, 1 point each (with
+#: 60, a single run's 3-image gap already hit the 5-point margin).
+PER_CLASS, IMAGE_SIZE, BATCH, EPOCHS, LEARNING_RATE = 100, 48, 16, 4, 1e-3
+PARITY_POINTS = 5.0
+#: patch embedding + 3 blocks x (4 attention projections + 2 MLP layers); not the head.
+QUANTIZED_LAYERS = 19
+
+
+def fit(precision: str, train_data, validation_data) -> dict:
+    """Train vit_tiny under ``mixed_bfloat16`` or ``float8`` (float8 quantized on top of it)."""
+    config = RunConfig(FLOAT8_BASE_POLICY)
+    with applied(config), op_determinism(True):
+        keras.utils.set_random_seed(0)
+        model = build_model("vit_tiny", IMAGE_SIZE)
+        quantized = quantize_float8(model) if precision == "float8" else []
+        compile_for(model, config, LEARNING_RATE)
+        check_model(model, config)  # float8 keeps the base mode's dtypes and optimizer
+        history = model.fit(
+            train_data,
+            validation_data=validation_data,
+            validation_freq=EPOCHS,  # only the final accuracy is compared; saves time
+            epochs=EPOCHS,
+            shuffle=False,
+            verbose=0,
+        ).history
+        histories = [
+            layer.inputs_amax_history.numpy() for layer in float8_candidates(model) if quantized
+        ]
+        return {
+            "val_accuracy": history["val_accuracy"],
+            "loss": history["loss"],
+            "quantized": quantized,
+            "report": float8_report(model),
+            "amax_histories": histories,
+        }
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    root = write_synthetic_ships(
+        tmp_path_factory.mktemp("fp8-ships"), per_class=PER_CLASS, image_size=IMAGE_SIZE
+    )
+    train_index, validation_index = stratified_split(read_ship_index(root), 0.2, seed=0)
+    # The shuffle's op seed combines with the global seed, which earlier tests may have set.
+    keras.utils.set_random_seed(0)
+    preprocess = model_spec("vit_tiny").preprocess
+    train_data = make_dataset(train_index, IMAGE_SIZE, BATCH, preprocess, seed=0, cache=True)
+    validation_data = make_dataset(
+        validation_index, IMAGE_SIZE, BATCH, preprocess, shuffle=False, cache=True
+    )
+    return {p: fit(p, train_data, validation_data) for p in ("mixed_bfloat16", "float8")}
+
+
+@pytest.mark.slow
+def test_float8_quantizes_every_dense_and_einsum_dense_but_the_head(results) -> None:
+    """19 layers are quantized, the head is not and computes in float32, and every quantized
+    layer's input amax history recorded one positive amax per training step."""
+    float8 = results["float8"]
+    assert len(float8["quantized"]) == QUANTIZED_LAYERS
+    assert "predictions" not in float8["quantized"]
+    assert float8["report"] == []
+    steps = EPOCHS * math.ceil(PER_CLASS * 5 * 0.8 / BATCH)
+    for history in float8["amax_histories"]:
+        assert np.count_nonzero(history) == steps  # history length 1024 > steps
+
+
+@pytest.mark.slow
+def test_float8_reaches_the_bfloat16_validation_accuracy_within_5_points(results) -> None:
+    """Measured (op determinism on, global seed 0): mixed_bfloat16 0.98, float8 0.98 after 4
+    epochs; the reference learns the set (above 90%, chance
+    is 20%) and the float8 losses stay finite. Compared in whole images, so float32 rounding of
+    the accuracies cannot decide a tie at the margin."""
+    bf16, float8 = results["mixed_bfloat16"], results["float8"]
+    assert bf16["val_accuracy"][-1] >= 0.9
+    assert all(math.isfinite(loss) for loss in float8["loss"])
+    images = PER_CLASS * 5 // 5  # the held-out fifth
+    correct = [round(r["val_accuracy"][-1] * images) for r in (bf16, float8)]
+    gap = 100 * abs(correct[0] - correct[1]) / images
+    assert gap <= PARITY_POINTS, f"float8 {float8['val_accuracy']} vs bf16 {bf16['val_accuracy']}"

@@ -1,0 +1,49 @@
+"""mpcore.fp8: which layers float8 quantization touches, and the report a mode check uses."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import pytest
+
+from mpcore.fp8 import FLOAT8_BASE_POLICY, float8_report, quantize_float8
+from mpcore.models import build_model
+from mpcore.modes import RunConfig, applied
+
+
+def test_vit_tiny_quantizes_every_dense_and_einsum_dense_but_the_head() -> None:
+    with applied(RunConfig(FLOAT8_BASE_POLICY)):
+        model = build_model("vit_tiny", 16)
+        before = float8_report(model)
+        names = quantize_float8(model)
+        # patch embedding + 3 blocks x (query, key, value, attention_output, mlp1, mlp2)
+        assert len(names) == len(before) == 19
+        assert float8_report(model) == []
+        assert model.get_layer("patch_embedding").dtype_policy.name == (
+            "float8_from_mixed_bfloat16"
+        )
+        head = model.get_layer("predictions")
+        assert head.quantization_mode is None and head.compute_dtype == "float32"
+
+
+def test_a_model_with_only_its_head_is_refused_in_one_line() -> None:
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(2, activation="softmax", name="predictions")(inputs)
+    model = keras.Model(inputs, outputs, name="head_only")
+    with pytest.raises(ValueError, match=r"^model head_only has no Dense or EinsumDense layer"):
+        quantize_float8(model)
+    assert float8_report(model) == ["model head_only has no Dense or EinsumDense layer to quantize"]
+
+
+def test_a_quantized_head_is_reported() -> None:
+    with applied(RunConfig(FLOAT8_BASE_POLICY)):
+        model = build_model("small", 8)
+        with warnings.catch_warnings():
+            # Unfiltered, Keras warns once per layer type it cannot quantize (Conv2D, ReLU...);
+            # quantize_float8 passes a filter and warns about none.
+            warnings.simplefilter("ignore", UserWarning)
+            model.quantize("float8")
+        assert float8_report(model) == [
+            "head predictions is quantized to float8",
+        ]
