@@ -33,6 +33,9 @@ class ModelSpec:
     min_image_size: int
     preprocess: Callable[[tf.Tensor], tf.Tensor]
     build: Callable[[int, int, bool], keras.Model]
+    #: Whether it has Dense/EinsumDense layers besides its head, i.e. anything ``float8``
+    #: quantizes (pinned against the built model by tests/test_fp8.py).
+    float8_layers: bool = False
 
 
 def _resnet50_preprocess(images: tf.Tensor) -> tf.Tensor:
@@ -138,8 +141,10 @@ def _build_vit_tiny(image_size: int, num_classes: int, float16_input: bool) -> k
 
 MODELS: dict[str, ModelSpec] = {
     "resnet50": ModelSpec("resnet50", 224, 32, _resnet50_preprocess, _build_resnet50),
-    "small": ModelSpec("small", 64, 8, _unit_preprocess, _build_small),
-    "vit_tiny": ModelSpec("vit_tiny", 48, VIT_PATCH, _signed_unit_preprocess, _build_vit_tiny),
+    "small": ModelSpec("small", 64, 8, _unit_preprocess, _build_small, float8_layers=True),
+    "vit_tiny": ModelSpec(
+        "vit_tiny", 48, VIT_PATCH, _signed_unit_preprocess, _build_vit_tiny, float8_layers=True
+    ),
 }
 
 

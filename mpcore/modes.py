@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from mpcore.fp8 import float8_candidates, float8_report
 from mpcore.names import FLOAT16_PRECISIONS, config_name, parse_precision, parse_xla
 
 #: The Keras dtype policy each precision builds its layers under. ``amp_rewrite`` builds a float32
@@ -25,6 +26,8 @@ KERAS_POLICY: dict[str, str] = {
     "mixed_float16": "mixed_float16",
     "mixed_bfloat16": "mixed_bfloat16",
     "amp_rewrite": "float32",
+    # Built under mixed_bfloat16, then Dense/EinsumDense are quantized (mpcore.fp8).
+    "float8": "mixed_bfloat16",
 }
 
 _GRAPPLER_AMP = "auto_mixed_precision"
@@ -127,7 +130,9 @@ def autoclustering_enabled() -> bool:
 
 
 def _expected_dtypes(precision: str) -> tuple[str, str]:
-    compute = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}.get(precision, "float32")
+    compute = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16", "float8": "bfloat16"}.get(
+        precision, "float32"
+    )
     return compute, "float32"
 
 
@@ -138,7 +143,8 @@ def check_model(model: keras.Model, config: RunConfig) -> None:
     layer with weights is the mode's, except the classification head, which must compute in
     float32; the model output is float32; the optimizer is a ``LossScaleOptimizer`` exactly for
     float16 modes; the XLA setting (``jit_compile`` and auto-clustering) and the grappler rewrite
-    are the mode's.
+    are the mode's; ``float8``: every Dense/EinsumDense but the head quantized to float8 (see
+    :func:`mpcore.fp8.float8_report`), and no float8 layer in any other mode.
     """
     problems: list[str] = []
     compute, variable = _expected_dtypes(config.precision)
@@ -155,6 +161,14 @@ def check_model(model: keras.Model, config: RunConfig) -> None:
             problems.append(
                 f"layer {layer.name} keeps variables in {layer.variable_dtype}, expected {variable}"
             )
+    if config.precision == "float8":
+        problems.extend(float8_report(model))
+    else:
+        problems.extend(
+            f"layer {layer.name} is quantized to float8"
+            for layer in float8_candidates(model)
+            if layer.quantization_mode == "float8"
+        )
     for output in model.outputs:
         if output.dtype != "float32":
             problems.append(f"model output {output.name} is {output.dtype}, expected float32")

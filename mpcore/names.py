@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-PRECISIONS: tuple[str, ...] = ("float32", "mixed_float16", "mixed_bfloat16", "amp_rewrite")
+PRECISIONS: tuple[str, ...] = (
+    "float32",
+    "mixed_float16",
+    "mixed_bfloat16",
+    "amp_rewrite",
+    "float8",
+)
+#: What ``mpbench run`` trains when ``--precision`` is not given: the seed article's comparison.
+#: ``float8`` is asked for by name (or ``all``): it needs Dense layers and FP8 tensor cores.
+DEFAULT_PRECISIONS: tuple[str, ...] = PRECISIONS[:4]
 XLA_MODES: tuple[str, ...] = ("off", "jit", "auto")
 STRATEGIES: tuple[str, ...] = ("none", "mirrored", "multiworker")
 

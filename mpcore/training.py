@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from mpcore.data import ShipIndex, make_dataset, steps_per_epoch
+from mpcore.fp8 import float8_candidates, quantize_float8
 from mpcore.models import build_model, model_spec
 from mpcore.modes import RunConfig, applied, check_model
 from mpcore.probe.machine import machine_summary, visible_gpus
@@ -185,11 +186,19 @@ def compile_for(
 ) -> keras.Model:
     """Compile ``model`` for ``config``: Adam, sparse cross-entropy, explicit ``jit_compile``.
 
+    ``float8`` first quantizes the (mixed_bfloat16-built) model's Dense/EinsumDense layers but
+    the head (:func:`mpcore.fp8.quantize_float8`), unless that is done already.
+
     ``mixed_float16`` gets its ``LossScaleOptimizer`` from ``compile``; ``amp_rewrite`` builds a
     float32 model, so compile would not wrap it and the wrapper is added here. ``distributed``
     (compiling inside a ``tf.distribute`` scope) swaps in a loss-scale optimizer that skips a
     step when *any* replica overflowed; Keras's own only looks at the first replica's gradients.
     """
+    if config.precision == "float8" and not any(
+        layer.quantization_mode == "float8" for layer in float8_candidates(model)
+    ):
+        # Before compile: quantizing adds the scale and amax-history variables.
+        quantize_float8(model)
     optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(learning_rate)
     if distributed and config.uses_loss_scaling:
         optimizer = ReplicaConsistentLossScaleOptimizer(optimizer)

@@ -1,5 +1,5 @@
 """Purpose-built models and data for the ``mpbench check`` tests, importable as
-``check_models:NAME`` specs (pytest puts tests/ on sys.path). Each model provokes one finding."""
+``check_models:NAME`` specs (tests/conftest.py puts tests/ on sys.path). Each model provokes one finding."""
 
 from __future__ import annotations
 
@@ -81,3 +81,22 @@ class Subclassed(keras.Model):
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         return self.dense(inputs)
+
+
+def _numerics_helpers():
+    """``numerics/helpers.py``, loaded from its file: under ``--import-mode=importlib`` (tox)
+    the ``numerics`` package is not importable from ``tests/``, and the deep sigmoid stack must
+    be the very model the numerics suite proves its loss-scaling claims on."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "numerics" / "helpers.py"
+    spec = importlib.util.spec_from_file_location("mpbench_numerics_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stacked_sigmoid_model() -> keras.Model:
+    """The numerics suite's deep sigmoid stack (gradients ~2**-32 at the first kernel)."""
+    return _numerics_helpers().stacked_sigmoid_model()

@@ -12,6 +12,13 @@ import pytest
 
 from mpcore.face.cli import main
 
+#: The models and data factories the tests name as ``module:factory`` specs (``check_models``,
+#: ...) live in this folder, which is not a package: under ``--import-mode=importlib`` (tox) it is
+#: not on ``sys.path`` by itself, so it is put there once, here.
+TESTS_DIR = str(Path(__file__).resolve().parent)
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
+
 #: Variables of the test session's environment a child ``mpbench`` must not inherit: a cluster
 #: spec or a planted fault would change what the child does.
 SCRUBBED_ENV = ("TF_CONFIG", "MPBENCH_FAULT", "MPBENCH_WORKER_FAULT")

@@ -81,17 +81,29 @@ def test_without_gpu_every_combination_is_skipped_with_the_reason() -> None:
             assert skip_reason(precision, xla, None) == NO_GPU_REASON
 
 
-def test_t4_skips_only_bfloat16() -> None:
+def test_t4_skips_only_bfloat16_and_float8() -> None:
     for precision in PRECISIONS:
         reason = skip_reason(precision, "jit", T4)
         if precision == "mixed_bfloat16":
             assert reason == "mixed_bfloat16 needs compute capability 8.0+ (Tesla T4 has 7.5)"
+        elif precision == "float8":
+            assert reason == (
+                "no FP8 tensor cores: float8 needs compute capability 8.9+ (Tesla T4 has 7.5)"
+            )
         else:
             assert reason is None
 
 
-def test_a100_serves_every_combination() -> None:
-    assert all(skip_reason(p, x, A100) is None for p in PRECISIONS for x in XLA_MODES)
+def test_a100_serves_every_combination_but_float8() -> None:
+    for precision in PRECISIONS:
+        for xla in XLA_MODES:
+            reason = skip_reason(precision, xla, A100)
+            assert (reason is None) == (precision != "float8"), (precision, xla, reason)
+
+
+def test_hopper_serves_float8() -> None:
+    h100 = GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))
+    assert all(skip_reason(p, x, h100) is None for p in PRECISIONS for x in XLA_MODES)
 
 
 def test_pre_volta_skips_the_rewrite_and_flags_float16() -> None:

@@ -108,21 +108,30 @@ def collected_skips(pytester: pytest.Pytester, *args: str) -> dict[str, str | No
 
 def test_without_gpu_only_the_pipeline_runs(suite: pytest.Pytester) -> None:
     result = run(suite, *TINY)
-    result.assert_outcomes(passed=1, skipped=12)
-    result.stdout.fnmatch_lines([f"SKIPPED ?12? *test_train_step.py: {NO_GPU_REASON}"])
+    result.assert_outcomes(passed=1, skipped=15)
+    result.stdout.fnmatch_lines([f"SKIPPED ?15? *test_train_step.py: {NO_GPU_REASON}"])
     result.stdout.fnmatch_lines(["*input pipeline*raw decode+resize images/s*"])
 
 
 @pytest.mark.parametrize(
     ("fake_gpu", "expected"),
     [
-        ("Tesla T4@7.5", {"mixed_bfloat16": "needs compute capability 8.0+ (Tesla T4 has 7.5)"}),
-        ("NVIDIA A100-SXM4-80GB@8.0", {}),
+        (
+            "Tesla T4@7.5",
+            {
+                "mixed_bfloat16": "needs compute capability 8.0+ (Tesla T4 has 7.5)",
+                "float8": "no FP8 tensor cores: float8 needs compute capability 8.9+",
+            },
+        ),
+        ("NVIDIA A100-SXM4-80GB@8.0", {"float8": "no FP8 tensor cores"}),
+        # The GPU default model, resnet50, has no Dense layer but its head for float8.
+        ("NVIDIA H100 80GB HBM3@9.0", {"float8": "resnet50 has no Dense or EinsumDense layer"}),
         (
             "Tesla P100-PCIE-16GB@6.0",
             {
                 "amp_rewrite": "no-op below compute capability 7.0 (Tesla P100-PCIE-16GB has 6.0)",
                 "mixed_bfloat16": "needs compute capability 8.0+",
+                "float8": "no FP8 tensor cores",
             },
         ),
         ("none", {p: NO_GPU_REASON for p in ("float32", "mixed_float16", "amp_rewrite")}),
@@ -133,7 +142,7 @@ def test_skips_are_decided_at_collection_from_capabilities(
 ) -> None:
     monkeypatch.setenv(FAKE_GPU_ENV, fake_gpu)
     skips = collected_skips(suite)
-    assert len(skips) == 12
+    assert len(skips) == 15
     for combination, reason in skips.items():
         precision = combination.rsplit("-", 1)[0]
         if fake_gpu == "none":
@@ -148,7 +157,9 @@ def test_allow_cpu_runs_exactly_the_cpu_possible_combinations(suite: pytest.Pyte
     skips = collected_skips(suite, "--mp-allow-cpu")
     runnable = {combination for combination, reason in skips.items() if reason is None}
     assert runnable == {
-        f"{p}-{x}" for p in ("float32", "mixed_float16", "mixed_bfloat16") for x in ("off", "jit")
+        f"{p}-{x}"
+        for p in ("float32", "mixed_float16", "mixed_bfloat16", "float8")
+        for x in ("off", "jit")
     }
     assert skips["amp_rewrite-off"] == "grappler auto_mixed_precision is a no-op without a GPU"
     assert "auto-clustering does not cluster CPU ops" in skips["float32-auto"]
@@ -168,13 +179,13 @@ def test_cpu_run_records_every_field_prints_the_table_and_compares(
         "--benchmark-autosave",
         f"--benchmark-storage={storage}",
     )
-    first.assert_outcomes(passed=4, skipped=1)  # amp_rewrite-off is not CPU-possible
+    first.assert_outcomes(passed=5, skipped=1)  # amp_rewrite-off is not CPU-possible
 
     document = json.loads(out.read_text())
     assert set(MACHINE_FIELDS) <= set(document["machine_info"])
     assert document["machine_info"]["tensorflow"] == tf.__version__
     benches = saved_benchmarks(out)
-    for precision in ("float32", "mixed_float16", "mixed_bfloat16"):
+    for precision in ("float32", "mixed_float16", "mixed_bfloat16", "float8"):
         info = benches[f"test_train_step[{precision}-off]"]["extra_info"]
         assert set(TRAINING_FIELDS) <= set(info), precision
         for field in ("images_per_second", "ms_per_step", "compile_seconds", "achieved_tflops"):
@@ -194,6 +205,7 @@ def test_cpu_run_records_every_field_prints_the_table_and_compares(
             "float32*off*1.00x*",
             "mixed_float16*off*x*",
             "mixed_bfloat16*off*x*",
+            "float8*off*x*",
         ]
     )
 

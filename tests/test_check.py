@@ -20,7 +20,6 @@ from mpcore.loader import convert
 from mpcore.models import build_model
 from mpcore.modes import RunConfig, applied
 from mpcore.numerics import GradientCensus, Log2Histogram, cast_census
-from numerics.helpers import stacked_sigmoid_model
 
 
 def built(factory, precision: str = "float32") -> keras.Model:
@@ -108,7 +107,7 @@ def test_overflowing_activations_first_nonfinite_is_the_layer_after_the_scale_up
 
 
 def test_deep_sigmoid_gradients_underflow_without_loss_scaling():
-    model = built(stacked_sigmoid_model)
+    model = built(check_models.stacked_sigmoid_model)
     batch = (np.ones((8, 1), np.float32), np.zeros((8, 1), np.float32))
     with tf.device("/CPU:0"):
         report = check(model, batch, loss="mean_squared_error")

@@ -47,3 +47,35 @@ def test_a_quantized_head_is_reported() -> None:
         assert float8_report(model) == [
             "head predictions is quantized to float8",
         ]
+
+
+@pytest.mark.parametrize("name", ["small", "resnet50", "vit_tiny"])
+def test_registry_says_which_models_float8_can_quantize(name: str) -> None:
+    from mpcore.fp8 import float8_candidates
+    from mpcore.models import model_spec
+
+    with applied(RunConfig("float32")):
+        model = build_model(name, model_spec(name).min_image_size)
+        assert model_spec(name).float8_layers == bool(float8_candidates(model))
+
+
+def test_float8_mode_builds_a_quantized_model_that_check_model_accepts() -> None:
+    from mpcore.fp8 import float8_candidates
+    from mpcore.modes import ModeMismatchError, check_model
+    from mpcore.training import TrainSettings, build_compiled, compile_for
+
+    config = RunConfig("float8", "off")
+    with applied(config):
+        model = build_compiled(config, TrainSettings(model="small", image_size=8))
+        (body,) = float8_candidates(model)  # the Dense before the head
+        assert body.quantization_mode == "float8"
+        assert not config.uses_loss_scaling
+        # The same model claimed as mixed_bfloat16 is refused: it holds float8 layers.
+        with pytest.raises(ModeMismatchError, match=f"layer {body.name} is quantized to float8"):
+            check_model(model, RunConfig("mixed_bfloat16", "off"))
+    # A float8 claim on a model that was never quantized is refused too.
+    with applied(RunConfig("mixed_bfloat16")):
+        plain = compile_for(build_model("small", 8), RunConfig("mixed_bfloat16"), 1e-3)
+        (body,) = float8_candidates(plain)
+        with pytest.raises(ModeMismatchError, match=f"layer {body.name} is not quantized"):
+            check_model(plain, config)

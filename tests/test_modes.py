@@ -39,6 +39,7 @@ def test_every_mode_applies_and_verifies(config: RunConfig) -> None:
         assert hidden.compute_dtype == {
             "mixed_float16": "float16",
             "mixed_bfloat16": "bfloat16",
+            "float8": "bfloat16",
         }.get(config.precision, "float32")
         assert model.get_layer("predictions").compute_dtype == "float32"
         assert amp_rewrite_enabled() == (config.precision == "amp_rewrite")
@@ -132,7 +133,7 @@ def test_uncompiled_model_is_caught() -> None:
 
 @pytest.mark.parametrize(
     ("parse", "name", "valid"),
-    [(parse_precision, "float8", PRECISIONS), (parse_xla, "always", XLA_MODES)],
+    [(parse_precision, "float64", PRECISIONS), (parse_xla, "always", XLA_MODES)],
 )
 def test_unknown_names_list_the_valid_ones(parse, name: str, valid: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match=f"unknown .*'{name}'") as raised:

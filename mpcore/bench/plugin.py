@@ -228,6 +228,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for precision in options.precisions:
         for xla in options.xla_modes:
             reason = skip_reason(precision, xla, options.gpu, options.allow_cpu)
+            if not reason and precision == "float8" and not model_spec(options.model).float8_layers:
+                reason = f"{options.model} has no Dense or EinsumDense layer for float8 to quantize"
             if not reason and options.strategy == "mirrored" and options.replicas < 2:
                 split = "" if options.real_gpu else " (--mp-cpu-replicas 2 splits the CPU)"
                 reason = (

@@ -60,6 +60,12 @@ def precision_verdicts(gpus: tuple[GpuInfo, ...], flags: frozenset[str]) -> list
                 "CPU only: grappler's auto_mixed_precision rewrites GPU graphs only (a no-op "
                 "here; the loss-scale wrapper is pure overhead)",
             ),
+            Verdict(
+                "float8",
+                False,
+                "CPU only: float8 quantize-dequantize is emulated around bfloat16 matmuls "
+                "(slower; it shows the numerics, not a speedup)",
+            ),
         ]
     gpu = gpus[0]
     cc = f"compute capability {gpu.capability or 'unknown'}"
@@ -85,6 +91,17 @@ def precision_verdicts(gpus: tuple[GpuInfo, ...], flags: frozenset[str]) -> list
             "amp_rewrite",
             gpu.has_tensor_cores,
             "grappler rewrites the float32 graph to float16: " + float16_why,
+        ),
+        Verdict(
+            "float8",
+            gpu.supports_float8,
+            f"{gpu.name}, {cc}: "
+            + (
+                "FP8 tensor cores (8.9+) for Dense/EinsumDense layers; XLA (--xla jit) fuses "
+                "the quantize-dequantize pairs into FP8 GEMMs"
+                if gpu.supports_float8
+                else "no FP8 tensor cores (need 8.9+, Ada or Hopper); float8 is emulated here"
+            ),
         ),
     ]
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from mpcore.face.common import UsageError, cache_dir, load_tensorflow, parse_names
 from mpcore.names import (
+    DEFAULT_PRECISIONS,
     PRECISIONS,
     VALIDATION_FRACTION,
     XLA_MODES,
@@ -270,6 +271,17 @@ def _distribution(args: argparse.Namespace, gpu_count: int) -> Distribution:
     return Distribution(strategy, 0, 0, None, chief=is_chief(tf_config), task_index=index)
 
 
+def _check_float8_model(model: str) -> None:
+    """Refuse ``float8`` for a model with nothing for it to quantize, before any worker starts."""
+    from mpcore.models import model_spec
+
+    if not model_spec(model).float8_layers:
+        raise UsageError(
+            f"--precision float8: model {model} has no Dense or EinsumDense layer besides its "
+            "head, so float8 would change nothing (try --model small or vit_tiny)"
+        )
+
+
 def _check_batches(batch_size: int, data: dict[str, Any], distribution: Distribution) -> None:
     """Refuse global batches the split cannot serve under the distribution."""
     replicas = distribution.replicas or 1
@@ -302,9 +314,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"profile {profile_name}: {reason}", flush=True)
     profile = PROFILES[profile_name]
     distribution = _distribution(args, gpu_count)
-    precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(PRECISIONS)
+    precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(DEFAULT_PRECISIONS)
     xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or list(profile.xla)
     settings = _settings(args, profile)
+    if "float8" in precisions:
+        _check_float8_model(settings.model)
     out = _out_folder(args, distribution)
     root, data = _data(args, profile, settings)
     _check_batches(settings.batch_size, data, distribution)

@@ -11,13 +11,16 @@ figure is half of it and that is what is stored here. Sources (one per entry in
 * A10: "NVIDIA A10 Tensor Core GPU" datasheet (2021): FP32 31.2, TF32 62.5, BF16/FP16 125.
 * A100: "NVIDIA A100 Tensor Core GPU" datasheet (2021, 40 GB and 80 GB, SXM and PCIe):
   FP32 19.5, TF32 156, BF16/FP16 312.
-* L4: "NVIDIA L4 Tensor Core GPU" datasheet (2023): FP32 30.3, TF32 120*, BF16/FP16 242*
-  (* sparse; dense 60 and 121).
-* H100: "NVIDIA H100 Tensor Core GPU" datasheet (2023): SXM FP32 67, TF32 989*, BF16/FP16 1979*;
-  PCIe FP32 51, TF32 756*, BF16/FP16 1513*; NVL FP32 60, TF32 835*, BF16/FP16 1671*
-  (* sparse; dense is half).
+* L4: "NVIDIA L4 Tensor Core GPU" datasheet (2023): FP32 30.3, TF32 120*, BF16/FP16 242*,
+  FP8 485* (* sparse; dense 60, 121 and 242.5).
+* H100: "NVIDIA H100 Tensor Core GPU" datasheet (2023): SXM FP32 67, TF32 989*, BF16/FP16 1979*,
+  FP8 3958*; PCIe FP32 51, TF32 756*, BF16/FP16 1513*, FP8 3026*; NVL FP32 60, TF32 835*,
+  BF16/FP16 1671*, FP8 3341* (* sparse; dense is half).
 * H200: "NVIDIA H200 Tensor Core GPU" datasheet (2024): SXM FP32 67, TF32 989*,
-  BF16/FP16 1979*; NVL FP32 60, TF32 835*, BF16/FP16 1671* (* sparse; dense is half).
+  BF16/FP16 1979*, FP8 3958*; NVL FP32 60, TF32 835*, BF16/FP16 1671*, FP8 3341* (* sparse;
+  dense is half).
+
+GPUs before Ada (compute capability 8.9) have no FP8 tensor cores: their ``fp8`` is None.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class DevicePeak:
     tf32: float | None
     fp16: float
     bf16: float | None
+    fp8: float | None = None
 
 
 #: (pattern matched against the device name TensorFlow/NVML reports, peaks), most specific first.
@@ -50,12 +54,12 @@ DEVICE_PEAKS: tuple[tuple[str, DevicePeak], ...] = (
     (r"\bV100\b", DevicePeak("V100 SXM2", fp32=15.7, tf32=None, fp16=125.0, bf16=None)),
     (r"\bA10\b", DevicePeak("A10", fp32=31.2, tf32=62.5, fp16=125.0, bf16=125.0)),
     (r"\bA100\b", DevicePeak("A100", fp32=19.5, tf32=156.0, fp16=312.0, bf16=312.0)),
-    (r"\bL4\b", DevicePeak("L4", fp32=30.3, tf32=60.0, fp16=121.0, bf16=121.0)),
-    (r"\bH100\b.*\bPCIE\b", DevicePeak("H100 PCIe", fp32=51.0, tf32=378.0, fp16=756.5, bf16=756.5)),
-    (r"\bH100\b.*\bNVL\b", DevicePeak("H100 NVL", fp32=60.0, tf32=417.5, fp16=835.5, bf16=835.5)),
-    (r"\bH100\b", DevicePeak("H100 SXM", fp32=67.0, tf32=494.5, fp16=989.5, bf16=989.5)),
-    (r"\bH200\b.*\bNVL\b", DevicePeak("H200 NVL", fp32=60.0, tf32=417.5, fp16=835.5, bf16=835.5)),
-    (r"\bH200\b", DevicePeak("H200 SXM", fp32=67.0, tf32=494.5, fp16=989.5, bf16=989.5)),
+    (r"\bL4\b", DevicePeak("L4", fp32=30.3, tf32=60.0, fp16=121.0, bf16=121.0, fp8=242.5)),
+    (r"\bH100\b.*\bPCIE\b", DevicePeak("H100 PCIe", 51.0, 378.0, 756.5, 756.5, fp8=1513.0)),
+    (r"\bH100\b.*\bNVL\b", DevicePeak("H100 NVL", 60.0, 417.5, 835.5, 835.5, fp8=1670.5)),
+    (r"\bH100\b", DevicePeak("H100 SXM", 67.0, 494.5, 989.5, 989.5, fp8=1979.0)),
+    (r"\bH200\b.*\bNVL\b", DevicePeak("H200 NVL", 60.0, 417.5, 835.5, 835.5, fp8=1670.5)),
+    (r"\bH200\b", DevicePeak("H200 SXM", 67.0, 494.5, 989.5, 989.5, fp8=1979.0)),
 )
 
 #: Environment variable that replaces the detected GPUs, for tests only: ``none`` (no GPU) or
@@ -80,7 +84,8 @@ def peak_tflops(peak: DevicePeak | None, precision: str, tf32_enabled: bool) -> 
     """The dense peak TFLOP/s that bounds ``precision`` on a device, or None if unknown.
 
     ``float32`` runs on TF32 tensor cores where TensorFlow enables TF32 (its default on Ampere
-    and newer); both float16 precisions run on float16 tensor cores.
+    and newer); both float16 precisions run on float16 tensor cores; ``float8`` is bounded by the
+    FP8 tensor cores (None below compute capability 8.9).
     """
     if peak is None:
         return None
@@ -88,6 +93,8 @@ def peak_tflops(peak: DevicePeak | None, precision: str, tf32_enabled: bool) -> 
         return peak.tf32 if tf32_enabled and peak.tf32 is not None else peak.fp32
     if precision == "mixed_bfloat16":
         return peak.bf16
+    if precision == "float8":
+        return peak.fp8
     return peak.fp16
 
 
@@ -123,11 +130,12 @@ def skip_reason(
 ) -> str | None:
     """Why ``precision`` x ``xla`` cannot be benchmarked meaningfully here, or None if it can.
 
-    On a GPU: ``mixed_bfloat16`` needs compute capability 8.0; grappler's float16 rewrite does
-    nothing below 7.0 (TensorFlow's minimum for it). On the CPU (``allow_cpu``), a combination
-    runs when the mode actually takes effect there: float32, mixed_float16, mixed_bfloat16 with
-    XLA ``off`` or ``jit``; ``amp_rewrite`` never does, and ``auto`` only when TF_XLA_FLAGS
-    contains ``--tf_xla_cpu_global_jit``.
+    On a GPU: ``mixed_bfloat16`` needs compute capability 8.0 and ``float8`` 8.9 (FP8 tensor
+    cores); grappler's float16 rewrite does nothing below 7.0 (TensorFlow's minimum for it). On
+    the CPU (``allow_cpu``), a combination runs when the mode actually takes effect there:
+    float32, mixed_float16, mixed_bfloat16 and float8 (emulated) with XLA ``off`` or ``jit``;
+    ``amp_rewrite`` never does, and ``auto`` only when TF_XLA_FLAGS contains
+    ``--tf_xla_cpu_global_jit``.
     """
     if gpu is None:
         if not allow_cpu:
@@ -143,6 +151,8 @@ def skip_reason(
     shown = gpu.capability or "unknown"
     if precision == "mixed_bfloat16" and not gpu.supports_bfloat16:
         return f"mixed_bfloat16 needs compute capability 8.0+ ({gpu.name} has {shown})"
+    if precision == "float8" and not gpu.supports_float8:
+        return f"no FP8 tensor cores: float8 needs compute capability 8.9+ ({gpu.name} has {shown})"
     if precision == "amp_rewrite" and not gpu.has_tensor_cores:
         return (
             f"grappler auto_mixed_precision is a no-op below compute capability 7.0 "
@@ -155,7 +165,7 @@ def speedup_note(precision: str, gpu: GpuInfo | None) -> str | None:
     """A caveat to print beside a result that runs but should not be read as a speedup."""
     if gpu is not None and precision == "mixed_float16" and not gpu.has_tensor_cores:
         return "no tensor cores (compute capability < 7.0): float16 speedup not expected"
-    if gpu is None and precision in ("mixed_float16", "mixed_bfloat16"):
+    if gpu is None and precision in ("mixed_float16", "mixed_bfloat16", "float8"):
         return "CPU run: says nothing about a GPU's reduced-precision speedup"
     return None
 

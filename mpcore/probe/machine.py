@@ -28,6 +28,11 @@ class GpuInfo:
         return self.compute_capability is not None and self.compute_capability >= (8, 0)
 
     @property
+    def supports_float8(self) -> bool:
+        """FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards."""
+        return self.compute_capability is not None and self.compute_capability >= (8, 9)
+
+    @property
     def capability(self) -> str | None:
         """The compute capability as NVIDIA writes it (``"7.5"``), None when unknown."""
         cc = self.compute_capability
