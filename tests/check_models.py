@@ -1,5 +1,6 @@
 """Purpose-built models and data for the ``mpbench check`` tests, importable as
-``check_models:NAME`` specs (tests/conftest.py puts tests/ on sys.path). Each model provokes one finding."""
+``check_models:NAME`` specs (tests/conftest.py puts tests/ on sys.path). Each model provokes one
+finding."""
 
 from __future__ import annotations
 
