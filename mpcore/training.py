@@ -268,8 +268,19 @@ def train(
     shard_policy = tf.data.experimental.AutoShardPolicy.DATA if strategy is not None else None
     # Across workers, a short last batch can leave one worker an empty share; its NaN loss is
     # all-reduced into every worker's weights, so multi-worker training drops that batch.
-    drop_last = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    # Under any strategy, a last batch smaller than the replica count leaves a replica an empty
+    # shard, on which oneDNN's BatchNormalization (TensorFlow's CPU default) fails
+    # ("Incompatible shapes: [16] vs. [3]"): that batch (fewer images than replicas) is dropped.
+    remainder = len(train_index) % global_batch
+    drop_last = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or (
+        0 < remainder < replicas
+    )
     trained_images = steps_per_epoch(len(train_index), global_batch, drop_last) * global_batch
+    # Validation alike: the few images of such a last batch are not evaluated (and not counted).
+    drop_last_validation = 0 < len(validation_index) % global_batch < replicas
+    validated_images = len(validation_index) - (
+        len(validation_index) % global_batch if drop_last_validation else 0
+    )
     with applied(config), op_determinism(settings.resolved_deterministic):
         keras.utils.set_random_seed(settings.seed)
         model = build_compiled(config, settings, strategy)
@@ -290,6 +301,7 @@ def train(
             spec.preprocess,
             shuffle=False,
             cache=settings.cache,
+            drop_remainder=drop_last_validation,
             shard_policy=shard_policy,
         )
         timer, scales = EpochTimer(), LossScaleRecorder()
@@ -307,7 +319,7 @@ def train(
             config=config.to_dict(),
             settings=settings.to_dict(),
             train_images=min(len(train_index), trained_images),
-            validation_images=len(validation_index),
+            validation_images=validated_images,
             steps_per_epoch=steps_per_epoch(len(train_index), global_batch, drop_last),
             parameters=model.count_params(),
             epoch_seconds=timer.seconds,

@@ -308,3 +308,27 @@ def test_local_workers_skip_bad_images_and_stop_at_the_first_nan_like_one_proces
         "non-finite loss: mixed_float16+xla_off@multiworker: loss is nan at epoch 1, step 2, "
         "loss scale 16384" in clustered["reason"]
     )
+
+
+@pytest.mark.slow
+def test_mirrored_drops_a_last_batch_smaller_than_the_replicas_with_onednn_on(
+    tmp_path: Path, cache: Path, mpbench_process
+) -> None:
+    """25 training and 5 validation images in global batches of 4 over 2 replicas: each last
+    batch holds 1 image, which would leave replica 1 an empty shard. With oneDNN on (TensorFlow's
+    CPU default; the test session turns it off) BatchNormalization fails on an empty shard, so
+    those batches are dropped, and counted out."""
+    out = tmp_path / "run"
+    process = mpbench_process(
+        "run",
+        *TINY,
+        *("--precision", "float32", "--strategy", "mirrored", "--cpu-replicas", "2"),
+        *("--out", str(out)),
+        cache=cache,
+        cwd=tmp_path,
+        TF_ENABLE_ONEDNN_OPTS="1",
+    )
+    assert process.returncode == 0, process.stdout[-2000:]
+    result = records_by_name(out)["float32+xla_off@mirrored"]["result"]
+    assert (result["steps_per_epoch"], result["train_images"]) == (6, 24)
+    assert result["validation_images"] == 4
