@@ -232,9 +232,21 @@ def _image_problem(path: str) -> str | None:
         if image_format and image_format not in DECODABLE_FORMATS:
             return f"unsupported format {image_format}"
         reason = _tf_reason(error)
-        if reason.startswith("Unknown image file format") or reason == "Input is empty.":
+        if reason.startswith("Unknown image file format") or "empty" in reason or not image_format:
             return "not an image"
-        return reason
+        # PIL's words are clearer where it fails too ("image file is truncated").
+        return _pil_problem(path) or reason
+    return None
+
+
+def _pil_problem(path: str) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # only to word a failure TensorFlow has already found
+        return (str(error).strip().splitlines() or [""])[0] or type(error).__name__
     return None
 
 
