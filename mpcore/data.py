@@ -216,7 +216,7 @@ def _tf_reason(error: Exception) -> str:
     """TensorFlow's error message without its op and function decorations."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
-    return re.sub(r"\s*\[Op:\w+\]$", "", text) or type(error).__name__
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text) or type(error).__name__
 
 
 def _image_problem(path: str) -> str | None:
