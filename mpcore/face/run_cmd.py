@@ -23,7 +23,12 @@ from mpcore.face.common import (
     parse_names,
     quiet_native_stderr,
 )
-from mpcore.face.run_guard import check_resumed, locked_out, removed_on_failure
+from mpcore.face.run_guard import (
+    check_resumed,
+    locked_out,
+    refuse_if_locked,
+    removed_on_failure,
+)
 from mpcore.names import (
     PRECISIONS,
     VALIDATION_FRACTION,
@@ -127,6 +132,7 @@ def _out_folder(args: argparse.Namespace, distribution: Distribution) -> Path:
         # Every host trains (the cluster needs all of them); the chief's results are the run's.
         out = out / f"worker-{distribution.task_index}"
         print(f"worker {distribution.task_index}: not the chief; its copy goes to {out}")
+    refuse_if_locked(out)
     holds_run = (out / RESULTS_FILE).is_file()
     if args.resume and not holds_run:
         raise UsageError(f"--resume: {out} holds no {RESULTS_FILE} to resume")

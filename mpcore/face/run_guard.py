@@ -26,6 +26,16 @@ def removed_on_failure(folder: Path) -> Iterator[None]:
         raise
 
 
+def refuse_if_locked(out: Path) -> None:
+    """One line naming the live run that holds ``out``, before anything else is said of it."""
+    from mpcore.run.lock import LockedError, check_unlocked
+
+    try:
+        check_unlocked(out)
+    except LockedError as error:
+        raise UsageError(str(error)) from None
+
+
 @contextlib.contextmanager
 def locked_out(out: Path, resume: bool, created: bool) -> Iterator[None]:
     """Hold ``out``'s run lock (:mod:`mpcore.run.lock`) for the block; a second run on the

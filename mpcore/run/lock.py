@@ -45,6 +45,34 @@ def _holder(path: Path, wait: float = 1.0) -> str:
         time.sleep(0.05)
 
 
+def _flock_soon(descriptor: int, tries: int = 5, pause: float = 0.05) -> bool:
+    """Take the exclusive lock, allowing for :func:`check_unlocked`'s momentary shared one."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(pause)
+    return False
+
+
+def check_unlocked(folder: Path) -> None:
+    """Raise :class:`LockedError` if a live run holds ``folder``'s lock (checked before the
+    folder's other contents, so that a run in progress is named as such); creates nothing."""
+    probe = RunLock(folder)
+    try:
+        descriptor = os.open(probe.path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LockedError(probe.refusal()) from None
+    finally:
+        os.close(descriptor)
+
+
 class RunLock:
     """``with RunLock(out, announce):`` holds ``out``'s lock or raises :class:`LockedError`."""
 
@@ -56,15 +84,9 @@ class RunLock:
     def acquire(self) -> None:
         while True:
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _flock_soon(descriptor):
                 os.close(descriptor)
-                raise LockedError(
-                    f"--out {self.path.parent} is in use by another mpbench run "
-                    f"(pid {_holder(self.path)}, lock {self.path}); wait for it to finish "
-                    "or choose another folder"
-                ) from None
+                raise LockedError(self.refusal())
             # The holder before us may have removed the file between our open and our lock:
             # then we hold a lock on a file no one else can see, so try again.
             try:
@@ -84,6 +106,13 @@ class RunLock:
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         self.descriptor = descriptor
+
+    def refusal(self) -> str:
+        return (
+            f"--out {self.path.parent} is in use by another mpbench run "
+            f"(pid {_holder(self.path)}, lock {self.path}); wait for it to finish "
+            "or choose another folder"
+        )
 
     def release(self) -> None:
         if self.descriptor is None:
