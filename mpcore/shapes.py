@@ -60,7 +60,14 @@ def check_results(document: dict[str, Any]) -> None:
         "data.fingerprint",
         optional=True,
     )
-    _expect(document.get("planned", []), list, "planned")
+    for position, name in enumerate(_expect(document.get("planned", []), list, "planned")):
+        _expect(name, str, f"planned[{position}]")
+    skipped = _expect(
+        document.get("data", {}).get("skipped_images", []), list, "data.skipped_images"
+    )
+    for position, image in enumerate(skipped):
+        _expect(image, dict, f"data.skipped_images[{position}]")
+        _expect(image.get("path"), str, f"data.skipped_images[{position}].path")
     for position, record in enumerate(
         _expect(document.get("configurations", []), list, "configurations")
     ):

@@ -267,8 +267,8 @@ def _saved_run(tmp_path: Path, settings: dict) -> RunPlan:
             "settings": settings,
             "data": {"root": str(tmp_path / "data")},
             "configurations": [
-                _gpu_record("float32+xla_off", 100.0, 1.0),
-                {"name": "amp_rewrite+xla_off", "status": "failed"},
+                {**_gpu_record("float32+xla_off", 100.0, 1.0), "config": plan.configs[0]},
+                {"name": "amp_rewrite+xla_off", "status": "failed", "config": plan.configs[1]},
             ],
         },
     )

@@ -193,6 +193,9 @@ def resumable_document(
         )
     # Append-only: every record is kept, finished or not, planned now or not. The ones this
     # plan names and that did not finish ``ok`` are run again and replaced (store_record).
+    for position, record in enumerate(document.get("configurations", [])):
+        if not isinstance(record.get("config"), dict):  # store_record reads every one's
+            raise RunSetupError(f"{path}: key 'configurations[{position}].config' is missing")
     document["planned"] = list(dict.fromkeys([*document.get("planned", []), *planned]))
     document["status"] = "running"
     return document
