@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import math
+import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -69,6 +72,18 @@ def _parse_category(raw: str, where: str) -> int:
     return category - 1
 
 
+def _image_path(folder: Path, name: str, where: str) -> Path:
+    """``folder / name`` normalised; a name that is absolute or leads (by ``..`` or a link)
+    outside ``folder`` is a :class:`DataError` naming the line."""
+    if os.path.isabs(name) or name.startswith("~"):
+        raise DataError(f"{where}: image {name!r} is not a name relative to {folder}")
+    image = folder / os.path.normpath(name)
+    inside = folder.resolve()
+    if inside not in image.resolve().parents:
+        raise DataError(f"{where}: image {name!r} leads outside {folder}")
+    return image
+
+
 def read_ship_index(root: str | Path) -> ShipIndex:
     """Read and validate ``ROOT/train/train.csv``; every listed image must exist.
 
@@ -105,6 +120,7 @@ def read_ship_index(root: str | Path) -> ShipIndex:
     paths: list[str] = []
     labels: list[int] = []
     seen: dict[str, int] = {}
+    files: dict[str, tuple[int, str]] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -118,9 +134,18 @@ def read_ship_index(root: str | Path) -> ShipIndex:
             raise DataError(f"{where}: duplicate image {name!r} (first on line {seen[name]})")
         seen[name] = line
         label = _parse_category(row[category_at].strip(), where)
-        image = folder / name
+        image = _image_path(folder, name, where)
         if not image.is_file():
             raise DataError(f"{where}: image {name!r} not found in {folder}")
+        # Two names for one file (``./x.jpg`` beside ``x.jpg``, a link) would put one image in
+        # both splits; compare the files the names resolve to.
+        key = str(image.resolve())
+        if key in files:
+            first_line, first_name = files[key]
+            raise DataError(
+                f"{where}: image {name!r} is the same file as {first_name!r} on line {first_line}"
+            )
+        files[key] = (line, name)
         paths.append(str(image))
         labels.append(label)
     if not paths:
@@ -154,8 +179,11 @@ def stratified_split(
     return index.subset(sorted(train)), index.subset(sorted(validation))
 
 
-#: Formats both PIL (the checker) and ``tf.io.decode_image`` (the pipeline) decode.
-DECODABLE_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "GIF", "BMP"})
+#: Formats ``tf.io.decode_image`` (the pipeline, and so the check) decodes.
+DECODABLE_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "GIF", "BMP", "WEBP"})
+#: Images with more pixels than this are refused before decoding (PIL's own decompression-bomb
+#: limit: about 256 MiB as 8-bit RGB, 1 GiB as the pipeline's float32 before resizing).
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,18 +194,59 @@ class BadImage:
     reason: str
 
 
+def _header(path: str) -> tuple[str | None, int | None]:
+    """The format PIL names and the pixel count its header gives, without decoding pixels."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.format, image.size[0] * image.size[1]
+    except Image.DecompressionBombError as error:  # far over the limit: PIL refuses to open
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        return None, int(found.group(1)) if found else MAX_IMAGE_PIXELS + 1
+    except Exception:  # PIL raises many kinds for unknown or damaged headers
+        return None, None
+
+
+def _tf_reason(error: Exception) -> str:
+    """TensorFlow's error message without its op and function decorations."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text) or type(error).__name__
+
+
 def _image_problem(path: str) -> str | None:
-    from PIL import Image, UnidentifiedImageError
+    """Why the pipeline's own decoder (``tf.io.decode_image`` as :func:`decode_and_resize`
+    calls it) cannot decode ``path``, or None: a file this passes cannot fail in training."""
+    image_format, pixels = _header(path)
+    if pixels and pixels > MAX_IMAGE_PIXELS:
+        return f"{pixels:,} pixels, more than the limit of {MAX_IMAGE_PIXELS:,}"
+    try:
+        raw = tf.io.read_file(path)
+        tf.io.decode_image(raw, channels=3, expand_animations=False)
+    except (tf.errors.OpError, ValueError) as error:
+        if image_format and image_format not in DECODABLE_FORMATS:
+            return f"unsupported format {image_format}"
+        reason = _tf_reason(error)
+        if reason.startswith("Unknown image file format") or "empty" in reason or not image_format:
+            return "not an image"
+        # PIL's words are clearer where it fails too ("image file is truncated").
+        return _pil_problem(path) or reason
+    return None
+
+
+def _pil_problem(path: str) -> str | None:
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
-            if image.format not in DECODABLE_FORMATS:
-                return f"unsupported format {image.format}"
-            image.load()  # a full decode: truncated files fail here, not at open()
-    except UnidentifiedImageError:
-        return "not an image"
-    except (OSError, SyntaxError, ValueError) as error:
-        return str(error).splitlines()[0] or type(error).__name__
+            image.load()
+    except Exception as error:  # only to word a failure TensorFlow has already found
+        return (str(error).strip().splitlines() or [""])[0] or type(error).__name__
     return None
 
 
@@ -204,6 +273,21 @@ def describe_bad_images(bad: Sequence[BadImage]) -> str:
     """One line naming every bad image and its problem."""
     listed = "; ".join(f"{Path(image.path).name} ({image.reason})" for image in bad)
     return f"{len(bad)} unreadable image{'s' if len(bad) != 1 else ''}: {listed}"
+
+
+def fingerprint(index: ShipIndex) -> dict[str, object]:
+    """What identifies the data set's content: the SHA-256 of ``train.csv`` and of every listed
+    image's bytes (in listed order), and the row count. ``--resume`` compares it."""
+    images = hashlib.sha256()
+    for path in index.paths:
+        with open(path, "rb") as handle:
+            images.update(hashlib.file_digest(handle, "sha256").digest())
+    table = csv_path(index.root).read_bytes()
+    return {
+        "csv_sha256": hashlib.sha256(table).hexdigest(),
+        "images_sha256": images.hexdigest(),
+        "rows": len(index),
+    }
 
 
 def decode_and_resize(path: tf.Tensor, image_size: int) -> tf.Tensor:

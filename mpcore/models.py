@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -174,23 +176,59 @@ def _resolve_imagenet(name: str) -> Path:
     return cached
 
 
+#: The first bytes of the files weights can come from: HDF5 (``.h5``) and zip (``.keras``).
+WEIGHTS_MAGIC = (b"\x89HDF\r\n\x1a\n", b"PK\x03\x04")
+
+
+def _first_sentence(text: str) -> str:
+    line = (text.strip().splitlines() or [""])[0]
+    return re.split(r"(?<=[.:])\s+(?:Example|This usually|Existing)", line)[0].rstrip(".: ")
+
+
 def _load_weights(model: keras.Model, name: str, path: Path) -> None:
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    try:
-        if path.name.endswith(".weights.h5") or path.suffix == ".keras":
-            # A full mpbench model saved with model.save_weights / model.save.
-            if path.suffix == ".keras":
-                model.set_weights(keras.saving.load_model(path, compile=False).get_weights())
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if not head.startswith(WEIGHTS_MAGIC):
+        raise WeightsError(
+            f"{path} is not a Keras weights file (neither HDF5 *.h5 / *.weights.h5 nor *.keras)"
+        )
+    whole = path.name.endswith(".weights.h5") or path.suffix == ".keras"
+    layer_names = {layer.name for layer in model.layers}
+    if not whole and "avg_pool" not in layer_names:
+        raise WeightsError(
+            f"model {name} takes whole-model weights (*.weights.h5 or *.keras), "
+            f"not a backbone file such as {path.name}"
+        )
+    # Weights of another architecture make Keras warn once per layer it skips, then fail with
+    # a message cut at a colon: both are summed up in the one error line instead.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if whole:
+                # A full mpbench model saved with model.save_weights / model.save.
+                if path.suffix == ".keras":
+                    saved = keras.saving.load_model(path, compile=False)
+                    model.set_weights(saved.get_weights())
+                else:
+                    model.load_weights(path)
             else:
-                model.load_weights(path)
-        else:
-            # A Keras-applications style "notop" file for the backbone (by layer name).
-            backbone = keras.Model(model.inputs, model.get_layer("avg_pool").input)
-            backbone.load_weights(path)
-    except (OSError, ValueError, KeyError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsError(f"cannot load weights {path} into {name}: {first}") from None
+                # A Keras-applications style "notop" file for the backbone (by layer name).
+                backbone = keras.Model(model.inputs, model.get_layer("avg_pool").input)
+                backbone.load_weights(path)
+        except (OSError, ValueError, KeyError) as error:
+            problem = _first_sentence(str(error)) or type(error).__name__
+            told = [w for w in caught if w.category is UserWarning and "keras" in w.filename]
+            if told:
+                problem += (
+                    f"; Keras warned {len(told)} time(s), first: "
+                    f"{_first_sentence(str(told[0].message))}"
+                )
+            raise WeightsError(
+                f"cannot load weights {path} into {name} (saved from another architecture?): "
+                f"{problem}"
+            ) from None
 
 
 def build_model(

@@ -24,6 +24,7 @@ from mpcore.face.plots import (
     subtitle,
 )
 from mpcore.names import BASELINE
+from mpcore.shapes import ShapeError, check_benchmarks, check_results
 
 #: Columns of the run table and CSV: (key, table header, number format).
 RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -86,7 +87,9 @@ def locate(path: str | Path) -> Path:
         raise ReportError(f"not found: {path}")
     if (path / "results.json").is_file():
         return path / "results.json"
-    candidates = sorted(path.rglob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    # is_file() follows links: a dangling .json link (or a folder named x.json) is passed over.
+    files = [p for p in path.rglob("*.json") if p.is_file()]
+    candidates = sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
     if not candidates:
         raise ReportError(f"{path} holds no results.json and no pytest-benchmark JSON file")
     return candidates[0]
@@ -96,10 +99,15 @@ def load(path: str | Path) -> tuple[str, dict[str, Any], Path]:
     """Return ``(kind, document, file)`` with kind ``"run"`` or ``"benchmark"``."""
     file = locate(path)
     document = _load_json(file)
-    if is_results_json(document):
-        return "run", document, file
-    if is_benchmark_json(document):
-        return "benchmark", document, file
+    kind = (
+        "run" if is_results_json(document) else "benchmark" if is_benchmark_json(document) else ""
+    )
+    if kind:
+        try:
+            (check_results if kind == "run" else check_benchmarks)(document)
+        except ShapeError as error:
+            raise ReportError(f"{file}: {error}") from None
+        return kind, document, file
     raise ReportError(f"{file} is neither an mpbench results.json nor a pytest-benchmark file")
 
 

@@ -164,8 +164,8 @@ def test_report_of_a_malformed_results_file_is_one_line(invoke, tmp_path: Path) 
     code, _, err = invoke(["report", str(tmp_path)])
     assert code == 2
     assert err.strip() == (
-        f"mpbench report: error: {tmp_path / RESULTS_FILE}: a field is missing or malformed "
-        "(KeyError: 'result')"
+        f"mpbench report: error: {tmp_path / RESULTS_FILE}: key 'configurations[0].result' "
+        "should be an object, found null"
     )
 
 
@@ -267,18 +267,20 @@ def _saved_run(tmp_path: Path, settings: dict) -> RunPlan:
             "settings": settings,
             "data": {"root": str(tmp_path / "data")},
             "configurations": [
-                {"name": "float32+xla_off", "status": "ok"},
-                {"name": "amp_rewrite+xla_off", "status": "failed"},
+                {**_gpu_record("float32+xla_off", 100.0, 1.0), "config": plan.configs[0]},
+                {"name": "amp_rewrite+xla_off", "status": "failed", "config": plan.configs[1]},
             ],
         },
     )
     return plan
 
 
-def test_resume_keeps_finished_configurations_only(tmp_path: Path) -> None:
+def test_resume_keeps_every_record(tmp_path: Path) -> None:
+    """Append-only (issue 12): the failed record stays until its rerun replaces it."""
     plan = _saved_run(tmp_path, {"model": "small", "epochs": 2})
     document = plan.resumed_document()
-    assert [r["name"] for r in document["configurations"]] == ["float32+xla_off"]
+    names = ["float32+xla_off", "amp_rewrite+xla_off"]
+    assert [r["name"] for r in document["configurations"]] == names
     assert document["status"] == "running"
     changed = RunPlan(plan.out, plan.data_root, {"model": "small", "epochs": 3}, plan.configs)
     with pytest.raises(RunSetupError, match="different epochs"):

@@ -16,9 +16,21 @@ from collections.abc import Sequence
 
 from mpcore.face import check_cmd
 from mpcore.face.commands import cmd_doctor, cmd_numerics, cmd_report
-from mpcore.face.common import CACHE_ENV, EXIT_USAGE, OneLineParser, UsageError, positive_int
+from mpcore.face.common import (
+    CACHE_ENV,
+    EXIT_USAGE,
+    OneLineParser,
+    UsageError,
+    positive_int,
+    seed_int,
+)
 from mpcore.face.run_cmd import PROFILES, cmd_run
-from mpcore.run.process import EXIT_INTERRUPTED
+from mpcore.run.process import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    sigterm_as_interrupt,
+)
 
 
 def build_parser() -> OneLineParser:
@@ -56,7 +68,9 @@ def build_parser() -> OneLineParser:
     run.add_argument("--batch-size", type=positive_int)
     run.add_argument("--image-size", type=positive_int, help="square image side in pixels")
     run.add_argument("--weights", metavar="FILE", help="initial weights file, or imagenet")
-    run.add_argument("--seed", type=int, default=0, help="random seed (data split, init, order)")
+    run.add_argument(
+        "--seed", type=seed_int, default=0, help="random seed (data split, init, order)"
+    )
     run.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>)")
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out, skipping finished ones"
@@ -127,7 +141,7 @@ def build_parser() -> OneLineParser:
     numerics.add_argument("--image-size", type=positive_int)
     numerics.add_argument("--batch-size", type=positive_int, default=8)
     numerics.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
-    numerics.add_argument("--seed", type=int, default=0)
+    numerics.add_argument("--seed", type=seed_int, default=0)
     numerics.add_argument("--out", metavar="DIR", help="default: runs/numerics-<model>")
     numerics.set_defaults(handler=cmd_numerics)
 
@@ -141,10 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt():
+            return args.handler(args)
     except UsageError as error:
         print(f"mpbench {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        print(f"mpbench {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"mpbench {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

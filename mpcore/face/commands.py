@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mpcore.face.common import UsageError, load_tensorflow
+from mpcore.face.common import UsageError, check_batch_fits, load_tensorflow
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -62,6 +62,7 @@ def cmd_numerics(args: argparse.Namespace) -> int:
             f"--image-size {image_size} is too small for model {args.model} "
             f"(minimum {spec.min_image_size})"
         )
+    check_batch_fits(args.batch_size, image_size)
     out = Path(args.out) if args.out else Path("runs") / f"numerics-{args.model}"
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,47 @@ def positive_int(text: str) -> int:
     return value
 
 
+#: Seeds TensorFlow, NumPy and the data split accept alike.
+MAX_SEED = 2**32 - 1
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a seed in 0..2**32-1 (NumPy's limit), named by argparse's option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, got {value}")
+    return value
+
+
+#: A batch of input images as float32 may take at most this share of the machine's memory.
+INPUT_MEMORY_SHARE = 0.25
+
+
+def physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_batch_fits(batch_size: int, image_size: int, batch_option: str = "--batch-size") -> None:
+    """Refuse a batch whose float32 input tensor alone (batch x side x side x 3 x 4 bytes) is
+    over :data:`INPUT_MEMORY_SHARE` of physical memory: it could never train here, and trying
+    allocates until the machine swaps or the process is killed."""
+    limit = INPUT_MEMORY_SHARE * physical_memory_bytes()
+    needed = batch_size * image_size * image_size * 3 * 4
+    if needed <= limit:
+        return
+    largest = int((limit / (batch_size * 12)) ** 0.5)
+    gib = 2**30
+    raise UsageError(
+        f"{batch_option} {batch_size} with --image-size {image_size}: one batch is "
+        f"{needed / gib:,.1f} GiB as float32, more than {INPUT_MEMORY_SHARE:.0%} of this "
+        f"machine's {physical_memory_bytes() / gib:.1f} GiB memory"
+        + (f" (largest image size at this batch: {largest} px)" if largest >= 1 else "")
+    )
+
+
 def parse_names(values: Sequence[str] | None, valid: Sequence[str], option: str) -> list[str]:
     """:func:`mpcore.names.parse_names` with its error as a :class:`UsageError`."""
     try:

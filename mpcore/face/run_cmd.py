@@ -7,6 +7,7 @@ Every option is checked here, in the parent, before any worker starts: a problem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -14,7 +15,20 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mpcore.face.common import UsageError, cache_dir, load_tensorflow, parse_names
+from mpcore.face.common import (
+    UsageError,
+    cache_dir,
+    check_batch_fits,
+    load_tensorflow,
+    parse_names,
+    quiet_native_stderr,
+)
+from mpcore.face.run_guard import (
+    check_resumed,
+    locked_out,
+    refuse_if_locked,
+    removed_on_failure,
+)
 from mpcore.names import (
     DEFAULT_PRECISIONS,
     PRECISIONS,
@@ -22,7 +36,7 @@ from mpcore.names import (
     XLA_MODES,
     cpu_replicas_problem,
 )
-from mpcore.run.process import EXIT_INTERRUPTED
+from mpcore.run.process import EXIT_INTERRUPTED, EXIT_TERMINATED, terminated
 
 if TYPE_CHECKING:  # imported lazily at run time: TensorFlow loads only when a command needs it
     from mpcore.training import TrainSettings
@@ -78,7 +92,8 @@ def _synthetic_root(profile: Profile, per_class: int | None, image_size: int, se
     if not (root / MARKER).is_file():
         print(f"data: generating {5 * count} synthetic ship images ({size} px), once", flush=True)
     try:
-        return write_synthetic_ships(root, per_class=count, image_size=size, seed=seed)
+        with removed_on_failure(root):
+            return write_synthetic_ships(root, per_class=count, image_size=size, seed=seed)
     except OSError as error:
         raise UsageError(
             f"cannot write the synthetic data set to {root}: {error.strerror or error} "
@@ -118,6 +133,7 @@ def _out_folder(args: argparse.Namespace, distribution: Distribution) -> Path:
         # Every host trains (the cluster needs all of them); the chief's results are the run's.
         out = out / f"worker-{distribution.task_index}"
         print(f"worker {distribution.task_index}: not the chief; its copy goes to {out}")
+    refuse_if_locked(out)
     holds_run = (out / RESULTS_FILE).is_file()
     if args.resume and not holds_run:
         raise UsageError(f"--resume: {out} holds no {RESULTS_FILE} to resume")
@@ -149,6 +165,7 @@ def _settings(args: argparse.Namespace, profile: Profile) -> TrainSettings:
             f"--image-size {image_size} is too small for model {model} "
             f"(minimum {spec.min_image_size})"
         )
+    check_batch_fits(args.batch_size or profile.batch_size, image_size)
     try:
         return TrainSettings(
             model=model,
@@ -171,6 +188,7 @@ def _data(
         DataError,
         describe_bad_images,
         find_bad_images,
+        fingerprint,
         read_ship_index,
         stratified_split,
         without_images,
@@ -185,8 +203,11 @@ def _data(
     try:
         index = read_ship_index(root)
         # Decode every image now: a corrupt one would otherwise fail a worker mid-epoch, and
-        # every configuration after it, with a TensorFlow error naming no file.
-        bad = find_bad_images(index)
+        # every configuration after it, with a TensorFlow error naming no file. libjpeg writes
+        # its complaints straight to stderr: held back, as the bad images are named below.
+        with quiet_native_stderr():
+            bad = find_bad_images(index)
+        identity = fingerprint(index)
         if bad and not args.skip_bad_images:
             raise UsageError(
                 f"{describe_bad_images(bad)}; fix or remove them, or pass --skip-bad-images"
@@ -210,6 +231,7 @@ def _data(
         "validation_images": len(validation_index),
         "class_counts": index.class_counts(),
         "skipped_images": [{"path": image.path, "reason": image.reason} for image in bad],
+        "fingerprint": identity,
     }
 
 
@@ -303,6 +325,11 @@ def _check_batches(batch_size: int, data: dict[str, Any], distribution: Distribu
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as held:  # the run folder's lock, released however we leave
+        return _run(args, held)
+
+
+def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     load_tensorflow()
     from mpcore import report
     from mpcore.probe.machine import machine_summary, visible_gpus
@@ -322,10 +349,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _out_folder(args, distribution)
     root, data = _data(args, profile, settings)
     _check_batches(settings.batch_size, data, distribution)
+    created = not out.exists()
     try:
         store.check_writable_folder(out)
     except store.RunSetupError as error:
         raise UsageError(str(error)) from None
+    held.enter_context(locked_out(out, args.resume, created))
     print(
         f"data: {'synthetic ship set' if data['synthetic'] else 'ship set'} at {root} "
         f"({data['train_images']} training, {data['validation_images']} validation images)",
@@ -345,6 +374,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             document = plan.resumed_document()
+            check_resumed(document, data, plan.names, out)
         else:
             document = plan.new_document(
                 profile=profile_name,
@@ -364,7 +394,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{settings.epochs} epoch(s); output in {out}",
         flush=True,
     )
-    completed = planning.run_all(plan, document, announce=lambda line: print(line, flush=True))
+    try:
+        completed = planning.run_all(plan, document, announce=lambda line: print(line, flush=True))
+    except store.ResultsUnsavable as error:
+        print(f"mpbench run: error: {error}", file=sys.stderr)
+        return 1
 
     print()
     print(report.run_table(document))
@@ -373,11 +407,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     if not completed:
         print(
-            f"interrupted: {len(document['configurations'])} of {len(plan.configs)} "
+            f"{'terminated (SIGTERM)' if terminated() else 'interrupted'}: "
+            f"{len(document['configurations'])} of {len(plan.configs)} "
             "configuration(s) "
             f"finished; continue with: mpbench run --resume --out {out} (and the same options)"
         )
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     failed = [r["name"] for r in document["configurations"] if r["status"] != "ok"]
     if failed:
         print(f"failed: {', '.join(failed)} (reasons in the table and in {out / 'logs'})")

@@ -30,6 +30,7 @@ from mpcore.run.store import (
     new_document,
     now_iso,
     resumable_document,
+    save_results,
     store_record,
     strategy_of,
     write_json_atomic,
@@ -174,7 +175,7 @@ def run_all(
                 record = run_configuration(plan, config, Path(workdir))
                 store_record(document, record)
                 running = ""
-                write_json_atomic(results_path, document)
+                save_results(results_path, document, announce)
                 following = pending[position + 1] if position + 1 < len(pending) else None
                 announce(
                     f"[{number}/{total}] {name}: {_outcome(record)}; "
@@ -183,7 +184,7 @@ def run_all(
     except KeyboardInterrupt:
         # Whatever the interrupt cut short, every finished configuration is in ``document``.
         document.update(status="interrupted", updated=now_iso())
-        write_json_atomic(results_path, document)
+        save_results(results_path, document, announce)
         announce(
             f"interrupted during {running}: it is not recorded"
             if running
@@ -191,7 +192,7 @@ def run_all(
         )
         return False
     document.update(status="complete", updated=now_iso())
-    write_json_atomic(results_path, document)
+    save_results(results_path, document, announce)
     return True
 
 

@@ -8,10 +8,12 @@ the harness itself are parsed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 #: Exit status of a worker (and of ``mpbench run``) stopped by Ctrl-C, as a shell reports SIGINT.
 EXIT_INTERRUPTED = 130
@@ -57,3 +59,39 @@ def exit_with_parent(parent_pid: int | None, poll_seconds: float = 1.0) -> None:
         os._exit(EXIT_INTERRUPTED)
 
     threading.Thread(target=watch, name="mpbench-parent-watch", daemon=True).start()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's ``KeyboardInterrupt`` would be, so that a terminated run
+    stops its workers, keeps its finished configurations and removes its temporary folders the
+    same way; ``mpbench run`` then exits with :data:`EXIT_TERMINATED`."""
+
+
+_received: set[int] = set()
+
+
+def terminated() -> bool:
+    """Whether a SIGTERM arrived in the latest :func:`sigterm_as_interrupt` block (a run that
+    caught its :class:`Terminated` as an interrupt exits with 143, not 130)."""
+    return signal.SIGTERM in _received
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, the first SIGTERM raises :class:`Terminated` in the main thread (later
+    ones are ignored while it unwinds); the previous handler is restored after."""
+
+    def handler(signum: int, frame: object) -> None:
+        _received.add(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

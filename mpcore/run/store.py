@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mpcore.names import name_of
+from mpcore.shapes import ShapeError, check_results
 
 SCHEMA = "mpbench-results/1"
 RESULTS_FILE = "results.json"
@@ -65,6 +66,10 @@ def read_results(path: Path) -> dict[str, Any]:
         raise RunSetupError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise RunSetupError(f"{path} is not an mpbench results file (schema {SCHEMA})")
+    try:
+        check_results(document)
+    except ShapeError as error:
+        raise RunSetupError(f"{path}: {error}") from None
     return document
 
 
@@ -168,8 +173,9 @@ def resumable_document(
     skipped_images: list[str],
     planned: list[str],
 ) -> dict[str, Any]:
-    """The saved run at ``path``, keeping only configurations that finished ``ok`` and are still
-    planned; raise :class:`RunSetupError` if it was made with other settings or data."""
+    """The saved run at ``path`` with every record it holds (a resume never drops one; a
+    configuration outside ``planned`` is kept as it is); raise :class:`RunSetupError` if it was
+    made with other settings or data."""
     document = read_results(path)
     differing = sorted(
         key
@@ -185,12 +191,12 @@ def resumable_document(
             f"cannot resume {path}: it was run with different {', '.join(differing)}; "
             "use the same options or a new --out folder"
         )
-    document["configurations"] = [
-        record
-        for record in document.get("configurations", [])
-        if record.get("status") == "ok" and record.get("name") in planned
-    ]
-    document["planned"] = planned
+    # Append-only: every record is kept, finished or not, planned now or not. The ones this
+    # plan names and that did not finish ``ok`` are run again and replaced (store_record).
+    for position, record in enumerate(document.get("configurations", [])):
+        if not isinstance(record.get("config"), dict):  # store_record reads every one's
+            raise RunSetupError(f"{path}: key 'configurations[{position}].config' is missing")
+    document["planned"] = list(dict.fromkeys([*document.get("planned", []), *planned]))
     document["status"] = "running"
     return document
 
@@ -251,3 +257,70 @@ def add_scaling(document: dict[str, Any]) -> None:
             if baseline
             else None,
         }
+
+
+# --------------------------------------------------------------------------------------------
+# Data identity and saving through faults
+
+
+def data_change(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
+    """What differs between a run's recorded data fingerprint and the data set's now (see
+    :func:`mpcore.data.fingerprint`), or None; a run recorded without one is not checked."""
+    if not saved:
+        return None
+    changed = []
+    if saved.get("csv_sha256") != now.get("csv_sha256"):
+        rows = f" ({saved.get('rows')} rows, now {now.get('rows')})"
+        changed.append("train.csv changed" + (rows if saved.get("rows") != now.get("rows") else ""))
+    if saved.get("images_sha256") != now.get("images_sha256"):
+        changed.append("the content of the listed images changed")
+    return "; ".join(changed) or None
+
+
+#: Tries and the pause between them before a results.json that cannot be written is given up.
+SAVE_ATTEMPTS, SAVE_PAUSE_SECONDS = 3, 1.0
+
+
+class ResultsUnsavable(Exception):
+    """``results.json`` could not be written after every try; the document went to a fallback
+    file the message names."""
+
+
+def fallback_path(path: Path) -> Path:
+    """Where a run's results go when its folder refuses them: the temporary folder, named by
+    the run folder and this process."""
+    stem = "".join(c if c.isalnum() else "-" for c in str(Path(path).parent.resolve()))[-60:]
+    return Path(tempfile.gettempdir()) / f"mpbench-rescued{stem}-{os.getpid()}.json"
+
+
+def save_results(
+    path: Path,
+    document: dict[str, Any],
+    announce: Any = print,
+    attempts: int | None = None,
+    pause: float | None = None,
+) -> None:
+    """:func:`write_json_atomic` of ``document`` to ``path``, tried again on an ``OSError`` (a
+    full disk, a folder made read-only); on giving up the document is written to
+    :func:`fallback_path` and :class:`ResultsUnsavable` says where. ``document`` itself (the
+    records in memory) is never changed."""
+    import time
+
+    attempts = attempts or SAVE_ATTEMPTS
+    pause = SAVE_PAUSE_SECONDS if pause is None else pause
+    for attempt in range(1, attempts + 1):
+        try:
+            write_json_atomic(path, document)
+            return
+        except OSError as error:
+            problem = error.strerror or str(error)
+            if attempt < attempts:
+                announce(f"cannot write {path} ({problem}); trying again in {pause:g} s")
+                time.sleep(pause)
+    rescue = fallback_path(path)
+    try:
+        write_json_atomic(rescue, document)
+        where = f"the run so far is saved in {rescue}"
+    except OSError as error:
+        where = f"nor to {rescue} ({error.strerror or error})"
+    raise ResultsUnsavable(f"cannot write {path} ({problem}) after {attempts} tries; {where}")
