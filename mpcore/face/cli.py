@@ -35,11 +35,16 @@ def build_parser() -> OneLineParser:
     )
     run.add_argument(
         "--data",
-        metavar="DIR|synthetic",
-        help="ship data set in the seed layout (DIR/train/train.csv, DIR/train/images/); "
+        metavar="DIR|synthetic|FILE.npz|MOD:FN",
+        help="ship data set in the seed layout (DIR/train/train.csv, DIR/train/images/), or for "
+        "your own --model arrays: an .npz with x and y, or package.module:fn returning (x, y); "
         f"default: a generated synthetic set cached in ${CACHE_ENV} or ~/.cache/mpbench",
     )
-    run.add_argument("--model", help="small or resnet50 (default: from the profile)")
+    run.add_argument(
+        "--model",
+        help="small or resnet50 (default: from the profile), or your own model: a .keras file or "
+        "package.module:factory (docs/own-model.md)",
+    )
     run.add_argument(
         "--precision",
         nargs="+",
