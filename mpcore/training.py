@@ -273,7 +273,9 @@ def train(
         # refuse the model), so an XLA jit run trains without determinism, and records that.
         settings = dataclasses.replace(settings, deterministic=False)
     preprocess = (
-        preprocess_pixels if is_user_model(settings.model) else model_spec(settings.model).preprocess
+        preprocess_pixels
+        if is_user_model(settings.model)
+        else model_spec(settings.model).preprocess
     )
     size = settings.resolved_image_size
     shard_policy = tf.data.experimental.AutoShardPolicy.DATA if strategy is not None else None

@@ -29,8 +29,8 @@ from mpcore.bench.stepbench import PreparedStep, prepared_step
 from mpcore.bench.table import render_report
 from mpcore.models import model_spec
 from mpcore.modes import RunConfig
-from mpcore.ownmodel import is_user_model
 from mpcore.names import PRECISIONS, XLA_MODES, cpu_replicas_problem, parse_names
+from mpcore.ownmodel import is_user_model
 from mpcore.probe import telemetry
 from mpcore.probe.devices import benchmark_gpus, skip_reason, speedup_note
 from mpcore.probe.machine import GpuInfo, software_versions, visible_gpus

@@ -179,7 +179,9 @@ def prepared_step(
             batch = None
             if is_user_model(settings.model):
                 if strategy is not None:
-                    raise ValueError(f"{settings.model}: a user's model is timed without a strategy")
+                    raise ValueError(
+                        f"{settings.model}: a user's model is timed without a strategy"
+                    )
                 model, loss_fn, batch = user_model_step(config, settings, device)
                 step = make_train_step(model, model.optimizer, loss_fn, config.compile_jit)
             elif strategy is None:

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mpcore.face import check_cmd
+from mpcore.face import check_cmd, profile_cmd
 from mpcore.face.commands import cmd_doctor, cmd_numerics, cmd_report
 from mpcore.face.common import CACHE_ENV, EXIT_USAGE, OneLineParser, UsageError, positive_int
 from mpcore.face.run_cmd import PROFILES, cmd_run
@@ -137,6 +137,7 @@ def build_parser() -> OneLineParser:
     numerics.set_defaults(handler=cmd_numerics)
 
     check_cmd.add_parser(commands)
+    profile_cmd.add_parser(commands)
     return parser
 
 
