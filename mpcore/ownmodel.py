@@ -29,8 +29,13 @@ MAX_SAMPLES = 10_000
 
 
 def is_user_model(name: str) -> bool:
-    """Whether ``name`` is a user's model spec rather than a registry name."""
-    return name not in MODELS
+    """Whether ``name`` is a user's model spec (``package.module:factory``, a ``.keras``/``.h5``
+    file) rather than a registry name; any other name is a registry name, known or not."""
+    from mpcore.loader import is_python_spec
+
+    if name in MODELS:
+        return False
+    return is_python_spec(name) or os.path.splitext(name)[1] in (".keras", ".h5")
 
 
 def image_side(model: keras.Model) -> int | None:

@@ -61,12 +61,12 @@ def load(spec: str, image_size: int | None) -> Any:
     """The model to profile, loaded under float32: a registry model (built at ``image_size``)
     or a user's; a problem is a :class:`UsageError` naming the spec."""
     from mpcore.loader import LoadedModel, LoadError
-    from mpcore.models import MODELS, build_model
+    from mpcore.models import build_model
     from mpcore.modes import RunConfig, applied
-    from mpcore.ownmodel import load_float32
+    from mpcore.ownmodel import is_user_model, load_float32
 
     try:
-        if spec in MODELS:
+        if not is_user_model(spec):
             with applied(RunConfig("float32", "off")):
                 return LoadedModel(build_model(spec, image_size), spec, "registry")
         return load_float32(spec, image_size)
