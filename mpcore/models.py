@@ -155,7 +155,10 @@ def model_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}") from None
+        raise ValueError(
+            f"unknown model {name!r}; valid: {', '.join(MODELS)}, or your own model as a "
+            ".keras file or package.module:factory"
+        ) from None
 
 
 def keras_cache_dir() -> Path:

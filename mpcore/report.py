@@ -225,6 +225,10 @@ def run_table(document: dict[str, Any]) -> str:
     table = format_table(rows, run_columns(document))
     kinds = {peak_memory(r)[1] for r in document.get("configurations", []) if r.get("result")}
     notes = [f"speedup: steady ms/step of {BASELINE} divided by each configuration's"]
+    settings = document.get("settings") or {}
+    if settings.get("model"):  # a user's model is named by its spec
+        size = f", {settings['image_size']} px" if settings.get("image_size") else ""
+        notes.append(f"model: {settings['model']}{size}, batch {settings.get('batch_size')}")
     if kinds:
         notes.append(f"peak memory: {', '.join(sorted(kinds))}")
     if is_distributed(document):

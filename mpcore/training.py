@@ -20,6 +20,7 @@ from mpcore.data import ShipIndex, make_dataset, steps_per_epoch
 from mpcore.fp8 import float8_candidates, quantize_float8
 from mpcore.models import build_model, model_spec
 from mpcore.modes import RunConfig, applied, check_model
+from mpcore.ownmodel import build_user_model, is_user_model, preprocess_pixels, user_loss, verify
 from mpcore.probe.machine import machine_summary, visible_gpus
 from mpcore.replicas import (
     ReplicaConsistentLossScaleOptimizer,
@@ -32,7 +33,9 @@ from mpcore.replicas import (
 class TrainSettings:
     """Everything besides precision and XLA that determines a training run."""
 
+    #: A registry name, or a user's ``.keras`` file or ``package.module:factory``.
     model: str = "small"
+    #: None: the registry model's default; for a user's model, None means not an image model.
     image_size: int | None = None
     batch_size: int = 32
     epochs: int = 5
@@ -46,7 +49,8 @@ class TrainSettings:
     deterministic: bool | None = None
 
     def __post_init__(self) -> None:
-        model_spec(self.model)
+        if not is_user_model(self.model):
+            model_spec(self.model)
         for name in ("batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(
@@ -57,6 +61,8 @@ class TrainSettings:
 
     @property
     def resolved_image_size(self) -> int:
+        if is_user_model(self.model):
+            return self.image_size  # type: ignore[return-value]  # None: not an image model
         return self.image_size or model_spec(self.model).default_image_size
 
     @property
@@ -182,7 +188,12 @@ class LossScaleRecorder(keras.callbacks.Callback):
 
 
 def compile_for(
-    model: keras.Model, config: RunConfig, learning_rate: float, distributed: bool = False
+    model: keras.Model,
+    config: RunConfig,
+    learning_rate: float,
+    distributed: bool = False,
+    loss: Any = "sparse_categorical_crossentropy",
+    metrics: Sequence[str] = ("accuracy",),
 ) -> keras.Model:
     """Compile ``model`` for ``config``: Adam, sparse cross-entropy, explicit ``jit_compile``.
 
@@ -206,8 +217,8 @@ def compile_for(
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=list(metrics),
         jit_compile=config.compile_jit,
     )
     return model
@@ -221,6 +232,13 @@ def build_compiled(
     With a ``strategy`` the model and its optimizer are created in ``strategy.scope()``, so their
     variables are mirrored across the replicas (checked).
     """
+    if is_user_model(settings.model):
+        # A user's model, loaded fresh and converted under the mode (float32 head).
+        model = build_user_model(config, settings.model, settings.image_size)
+        loss, metrics = user_loss(model)
+        compile_for(model, config, settings.learning_rate, loss=loss, metrics=metrics)
+        verify(model, config)
+        return model
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(
             settings.model,
@@ -263,7 +281,11 @@ def train(
         # Keras silently turns jit_compile=True off under op determinism (check_model would then
         # refuse the model), so an XLA jit run trains without determinism, and records that.
         settings = dataclasses.replace(settings, deterministic=False)
-    spec = model_spec(settings.model)
+    preprocess = (
+        preprocess_pixels
+        if is_user_model(settings.model)
+        else model_spec(settings.model).preprocess
+    )
     size = settings.resolved_image_size
     shard_policy = tf.data.experimental.AutoShardPolicy.DATA if strategy is not None else None
     # Across workers, a short last batch can leave one worker an empty share; its NaN loss is
@@ -284,21 +306,21 @@ def train(
     with applied(config), op_determinism(settings.resolved_deterministic):
         keras.utils.set_random_seed(settings.seed)
         model = build_compiled(config, settings, strategy)
-        train_data = make_dataset(
+        train_data = _make_dataset(
             train_index,
             size,
             global_batch,
-            spec.preprocess,
+            preprocess,
             seed=settings.seed,
             cache=settings.cache,
             drop_remainder=drop_last,
             shard_policy=shard_policy,
         )
-        validation_data = make_dataset(
+        validation_data = _make_dataset(
             validation_index,
             size,
             global_batch,
-            spec.preprocess,
+            preprocess,
             shuffle=False,
             cache=settings.cache,
             drop_remainder=drop_last_validation,
@@ -324,14 +346,26 @@ def train(
             parameters=model.count_params(),
             epoch_seconds=timer.seconds,
             loss=[float(v) for v in logs["loss"]],
-            accuracy=[float(v) for v in logs["accuracy"]],
+            accuracy=[float(v) for v in logs.get("accuracy", [])],
             val_loss=[float(v) for v in logs["val_loss"]],
-            val_accuracy=[float(v) for v in logs["val_accuracy"]],
+            val_accuracy=[float(v) for v in logs.get("val_accuracy", [])],
             loss_scale=scales.values if config.uses_loss_scaling else None,
             machine=machine_summary(),
             replicas=replicas,
             global_batch=global_batch,
         )
+
+
+def _make_dataset(index: Any, size: int, batch: int, preprocess: Any, **options: Any) -> Any:
+    """The ship images' pipeline, or a user's arrays (:class:`mpcore.ownmodel.ArraySplit`)."""
+    if not isinstance(index, ShipIndex):
+        return index.dataset(
+            batch,
+            options.get("shuffle", True),
+            options.get("seed") or 0,
+            options.get("drop_remainder", False),
+        )
+    return make_dataset(index, size, batch, preprocess, **options)
 
 
 def make_train_step(

@@ -30,6 +30,7 @@ from mpcore.bench.table import render_report
 from mpcore.models import model_spec
 from mpcore.modes import RunConfig
 from mpcore.names import PRECISIONS, XLA_MODES, cpu_replicas_problem, parse_names
+from mpcore.ownmodel import is_user_model
 from mpcore.probe import telemetry
 from mpcore.probe.devices import benchmark_gpus, skip_reason, speedup_note
 from mpcore.probe.machine import GpuInfo, software_versions, visible_gpus
@@ -49,7 +50,7 @@ class BenchOptions:
 
     model: str
     batch: int
-    image_size: int
+    image_size: int | None  # None: a user's model whose input is not an image
     classes: int
     precisions: tuple[str, ...]
     xla_modes: tuple[str, ...]
@@ -77,7 +78,8 @@ class BenchOptions:
     def group(self) -> str:
         """One model/batch/size on one device: the rows of one report table."""
         where = self.device_name or "CPU"
-        group = f"{self.model} {self.image_size}px batch {self.batch} on {where}"
+        size = f" {self.image_size}px" if self.image_size else ""
+        group = f"{self.model}{size} batch {self.batch} on {where}"
         return group if self.strategy == "none" else f"{group}, {self.strategy} x{self.replicas}"
 
     @property
@@ -87,7 +89,11 @@ class BenchOptions:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mpbench", "mpbench training-step benchmarks")
-    group.addoption("--mp-model", help="model to time: resnet50 (GPU default) or small (CPU)")
+    group.addoption(
+        "--mp-model",
+        help="model to time: resnet50 (GPU default) or small (CPU), or your own: a .keras file "
+        "or package.module:factory (input shape and classes taken from the model)",
+    )
     group.addoption("--mp-batch", type=int, help="batch size (GPU default 80, CPU 8)")
     group.addoption("--mp-image-size", type=int, help="image side (GPU default: model's, CPU 32)")
     group.addoption("--mp-classes", type=int, default=5, help="number of classes (default 5)")
@@ -170,17 +176,13 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
     allow_cpu = config.getoption("mp_allow_cpu")
     defaults = CPU_DEFAULTS if gpu is None and allow_cpu else GPU_DEFAULTS
     model = config.getoption("mp_model") or defaults["model"]
-    try:
-        spec = model_spec(model)
-    except ValueError as error:
-        raise pytest.UsageError(f"--mp-model: {error}") from None
-    image_size = config.getoption("mp_image_size")
-    if image_size is None:
-        image_size = defaults["image_size"] or spec.default_image_size
-    if image_size < spec.min_image_size:
-        raise pytest.UsageError(
-            f"--mp-image-size {image_size} is too small for {model} (minimum {spec.min_image_size})"
-        )
+    if is_user_model(model):
+        image_size, classes = _user_model_shape(config, model)
+    else:
+        image_size, classes = _registry_size(config, model, defaults), None
+    strategy = config.getoption("mp_strategy")
+    if classes is not None and strategy != "none":
+        raise pytest.UsageError(f"--mp-model {model}: a user's model is timed without a strategy")
 
     def number(option: str, fallback: int, minimum: int = 1) -> int:
         value = config.getoption(option.lstrip("-").replace("-", "_"))
@@ -190,7 +192,7 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
         model=model,
         batch=number("--mp-batch", defaults["batch"]),
         image_size=image_size,
-        classes=number("--mp-classes", 5, minimum=2),
+        classes=classes or number("--mp-classes", 5, minimum=2),
         precisions=_names(config.getoption("mp_precision"), PRECISIONS, "--mp-precision"),
         xla_modes=_names(config.getoption("mp_xla"), XLA_MODES, "--mp-xla"),
         steps=number("--mp-steps", defaults["steps"]),
@@ -202,9 +204,37 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
         gpu_count=len(gpus),
         gpu_simulated=simulated,
         real_gpu=bool(visible_gpus()),
-        strategy=config.getoption("mp_strategy"),
-        replicas=_replicas(config, config.getoption("mp_strategy"), len(visible_gpus())),
+        strategy=strategy,
+        replicas=_replicas(config, strategy, len(visible_gpus())),
     )
+
+
+def _user_model_shape(config: pytest.Config, model: str) -> tuple[int | None, int]:
+    """A user's model's image side (None: not an image model) and output width, from the model
+    itself (a factory taking ``image_size`` is offered ``--mp-image-size``)."""
+    from mpcore.loader import LoadError
+    from mpcore.ownmodel import image_side, load_float32, output_classes
+
+    try:
+        loaded = load_float32(model, config.getoption("mp_image_size"))
+    except LoadError as error:
+        raise pytest.UsageError(f"--mp-model: {error}") from None
+    return image_side(loaded.model), output_classes(loaded.model) or 1
+
+
+def _registry_size(config: pytest.Config, model: str, defaults: dict) -> int:
+    try:
+        spec = model_spec(model)
+    except ValueError as error:
+        raise pytest.UsageError(f"--mp-model: {error}") from None
+    image_size = config.getoption("mp_image_size")
+    if image_size is None:
+        image_size = defaults["image_size"] or spec.default_image_size
+    if image_size < spec.min_image_size:
+        raise pytest.UsageError(
+            f"--mp-image-size {image_size} is too small for {model} (minimum {spec.min_image_size})"
+        )
+    return image_size
 
 
 def pytest_configure(config: pytest.Config) -> None:

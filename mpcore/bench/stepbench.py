@@ -24,8 +24,14 @@ import keras
 import tensorflow as tf
 
 from mpcore.modes import RunConfig, amp_rewrite_enabled, applied, autoclustering_enabled
+from mpcore.ownmodel import is_user_model
 from mpcore.probe import telemetry
-from mpcore.probe.devices import device_peak, peak_tflops, training_flops_per_step
+from mpcore.probe.devices import (
+    device_peak,
+    forward_flops,
+    peak_tflops,
+    training_flops_per_step,
+)
 from mpcore.training import TrainSettings, build_compiled, current_loss_scale, make_train_step
 
 
@@ -81,11 +87,22 @@ class PreparedStep:
             "global_batch": self.global_batch,
             "image_size": self.settings.resolved_image_size,
             "parameters": self.model.count_params(),
+            "model_source": model_source(self.settings.model),
+            "forward_flops_per_sample": forward_flops(self.model),
             "steps_per_round": self.steps_per_round,
             "compile_seconds": self.compile_seconds,
             "amp_rewrite_enabled": self.amp_rewrite_on,
             "autoclustering_enabled": self.autoclustering_on,
         }
+
+
+def model_source(model: str) -> str:
+    """Where a benchmark's model comes from: ``registry``, ``factory`` or ``file``."""
+    from mpcore.loader import is_python_spec
+
+    if not is_user_model(model):
+        return "registry"
+    return "factory" if is_python_spec(model) else "file"
 
 
 def resident_batch(
@@ -118,6 +135,25 @@ def distributed_train_step(
     return step
 
 
+def user_model_step(
+    config: RunConfig, settings: TrainSettings, device: str
+) -> tuple[keras.Model, Callable[[Any, Any], tf.Tensor], tuple[Any, Any]]:
+    """A user's model (``settings.model``, a spec) for ``config``: loaded under float32 and
+    converted (float32 head), compiled with the combination's ``jit_compile`` and checked by
+    :func:`mpcore.modes.check_model` where it applies (:func:`mpcore.training.build_compiled`);
+    with its loss (chosen from the head) and a seeded random batch shaped by it on ``device``.
+    Call inside :func:`mpcore.modes.applied`."""
+    from mpcore.userdata import loss_function, random_batch, resolve_loss
+
+    model = build_compiled(config, settings)
+    loss, _ = resolve_loss(model, None)  # the compiled one: chosen from the head
+    name = getattr(loss, "__name__", None) or getattr(loss, "name", "")  # labels to fit it
+    x, y = random_batch(model, settings.batch_size, name, settings.seed)
+    with tf.device(device):
+        batch = keras.tree.map_structure(lambda a: tf.identity(tf.constant(a)), (x, y))
+    return model, loss_function(loss), batch
+
+
 @contextlib.contextmanager
 def prepared_step(
     config: RunConfig,
@@ -140,7 +176,15 @@ def prepared_step(
         with applied(config):
             keras.utils.set_random_seed(settings.seed)
             replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-            if strategy is None:
+            batch = None
+            if is_user_model(settings.model):
+                if strategy is not None:
+                    raise ValueError(
+                        f"{settings.model}: a user's model is timed without a strategy"
+                    )
+                model, loss_fn, batch = user_model_step(config, settings, device)
+                step = make_train_step(model, model.optimizer, loss_fn, config.compile_jit)
+            elif strategy is None:
                 model = build_compiled(config, settings)  # raises unless the model is in its mode
                 step = make_train_step(
                     model,
@@ -151,7 +195,7 @@ def prepared_step(
             else:
                 model = build_compiled(config, settings, strategy)  # also checks the mirroring
                 step = distributed_train_step(model, strategy, config.compile_jit)
-            images, labels = resident_batch(
+            images, labels = batch or resident_batch(
                 settings.batch_size * replicas,
                 settings.resolved_image_size,
                 num_classes,

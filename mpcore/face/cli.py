@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mpcore.face import check_cmd
+from mpcore.face import check_cmd, profile_cmd
 from mpcore.face.commands import cmd_doctor, cmd_numerics, cmd_report
 from mpcore.face.common import (
     CACHE_ENV,
@@ -47,11 +47,16 @@ def build_parser() -> OneLineParser:
     )
     run.add_argument(
         "--data",
-        metavar="DIR|synthetic",
-        help="ship data set in the seed layout (DIR/train/train.csv, DIR/train/images/); "
+        metavar="DIR|synthetic|FILE.npz|MOD:FN",
+        help="ship data set in the seed layout (DIR/train/train.csv, DIR/train/images/), or for "
+        "your own --model arrays: an .npz with x and y, or package.module:fn returning (x, y); "
         f"default: a generated synthetic set cached in ${CACHE_ENV} or ~/.cache/mpbench",
     )
-    run.add_argument("--model", help="small or resnet50 (default: from the profile)")
+    run.add_argument(
+        "--model",
+        help="small or resnet50 (default: from the profile), or your own model: a .keras file or "
+        "package.module:factory (docs/own-model.md)",
+    )
     run.add_argument(
         "--precision",
         nargs="+",
@@ -146,6 +151,7 @@ def build_parser() -> OneLineParser:
     numerics.set_defaults(handler=cmd_numerics)
 
     check_cmd.add_parser(commands)
+    profile_cmd.add_parser(commands)
     return parser
 
 

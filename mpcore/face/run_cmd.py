@@ -149,9 +149,12 @@ def _out_folder(args: argparse.Namespace, distribution: Distribution) -> Path:
 
 def _settings(args: argparse.Namespace, profile: Profile) -> TrainSettings:
     """The run's ``TrainSettings``: the options given, the profile's values for the rest."""
+    from mpcore.face import own_run
     from mpcore.models import model_spec
     from mpcore.training import TrainSettings
 
+    if own_run.is_user_model(args.model):  # a .keras file or package.module:factory
+        return own_run.user_settings(args, profile)
     model = args.model or profile.model
     try:
         spec = model_spec(model)
@@ -193,7 +196,11 @@ def _data(
         stratified_split,
         without_images,
     )
+    from mpcore.face import own_run
+    from mpcore.ownmodel import is_array_data
 
+    if is_array_data(args.data):  # a user's model on its own arrays
+        return own_run.array_data(args, settings)
     synthetic = args.data in (None, "synthetic")
     root = (
         _synthetic_root(profile, args.synthetic_per_class, settings.image_size, args.seed)

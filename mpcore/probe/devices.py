@@ -178,6 +178,10 @@ def layer_forward_flops(layer: keras.layers.Layer) -> int:
     (a nested model counts its layers; layers other than Conv and Dense count 0)."""
     if isinstance(layer, keras.Model):
         return forward_flops(layer)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        # Kernel (h, w, channels, multiplier): each output element sees one h x w window.
+        outputs = math.prod(int(d) for d in layer.output.shape[1:])
+        return 2 * outputs * math.prod(int(d) for d in layer.kernel.shape[:-2])
     if isinstance(layer, (*_CONVOLUTIONS, keras.layers.Dense)):
         # Each output element needs one multiply-add per kernel weight feeding it:
         # kernel (..., fan_in, out) for Conv (fan_in already divided by groups) and Dense.

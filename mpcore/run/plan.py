@@ -201,7 +201,10 @@ def _outcome(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"FAILED after {seconds}: {record['reason']}"
     result = record["result"]
-    return (
-        f"finished in {seconds} ({result['ms_per_step']:.1f} ms/step, "
-        f"val accuracy {result['val_accuracy'][-1]:.3f})"
+    # A user's model with a loss other than cross-entropy has no accuracy: the last loss instead.
+    last = (
+        f"val accuracy {result['val_accuracy'][-1]:.3f}"
+        if result["val_accuracy"]
+        else f"val loss {result['val_loss'][-1]:.4g}"
     )
+    return f"finished in {seconds} ({result['ms_per_step']:.1f} ms/step, {last})"

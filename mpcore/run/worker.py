@@ -176,6 +176,7 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
 
     from mpcore.data import BadImage, read_ship_index, stratified_split, without_images
     from mpcore.modes import RunConfig
+    from mpcore.ownmodel import array_splits, is_array_data, load_float32
     from mpcore.probe import telemetry
     from mpcore.replicas import weight_checksums, weights_checksum
     from mpcore.training import TrainSettings, train
@@ -192,11 +193,17 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
     config = RunConfig(**spec.mode)
     settings = TrainSettings(**spec.settings)
     skipped = [BadImage(path, "skipped") for path in spec.skipped_images]
-    train_index, validation_index = stratified_split(
-        without_images(read_ship_index(spec.data_root), skipped),
-        spec.validation_fraction,
-        seed=settings.seed,
-    )
+    if is_array_data(spec.data_root):  # a user's model on its own arrays (.npz, module:fn)
+        model = load_float32(settings.model).model
+        train_index, validation_index = array_splits(
+            spec.data_root, model, spec.validation_fraction, settings.seed
+        )
+    else:
+        train_index, validation_index = stratified_split(
+            without_images(read_ship_index(spec.data_root), skipped),
+            spec.validation_fraction,
+            seed=settings.seed,
+        )
     callbacks = [*_fault_callbacks(config.name, index), make_loss_guard(spec.name)]
     if spec.worker_dir is not None:
         callbacks.append(Checksums())

@@ -1,0 +1,222 @@
+"""Per-layer speed profile: which layers get slower in half precision, and by how much.
+
+Each layer of the model (the outer model's layers; a nested model is one) is timed in isolation:
+its forward and backward pass (gradients for its input and its trainable weights, with an
+upstream gradient of ones) on a random batch of its own input shape and dtype, as one
+``tf.function`` (``jit_compile`` for XLA ``jit``), ``steps`` calls then a device sync, the
+fastest of ``rounds`` rounds, the configurations of one layer timed in turn. The whole
+training step (forward, loss, backward, optimizer, as :mod:`mpcore.bench.stepbench` times it)
+is timed alike, so the sum of the per-layer times can be set beside it: isolation leaves out
+the loss, the optimizer, casts between layers and anything XLA fuses across layers.
+
+A layer is *slower* in a half precision when its time there exceeds its float32 time under the
+same XLA mode; the list is sorted by the time it adds, with the layer's share of the (half
+precision) whole step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mpcore.bench.stepbench import sync_device
+from mpcore.loader import LoadedModel
+from mpcore.modes import RunConfig, applied
+from mpcore.names import config_name
+from mpcore.ownmodel import under_precision
+from mpcore.probe.devices import layer_forward_flops
+from mpcore.training import compile_for, make_train_step
+
+HALF_PRECISIONS: tuple[str, ...] = ("mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass
+class LayerProfile:
+    """The per-layer profile of one model; ``to_dict()`` is what ``--json`` prints."""
+
+    model: str
+    source: str
+    batch_size: int
+    steps: int
+    rounds: int
+    precisions: list[str]
+    xla_modes: list[str]
+    #: One per layer: name, class, input shape, forward FLOPs per sample, ``ms`` per config.
+    layers: list[dict[str, Any]]
+    #: Milliseconds of the whole training step per config.
+    step_ms: dict[str, float]
+    device: str
+
+    @property
+    def configs(self) -> list[str]:
+        return [config_name(p, x) for p in self.precisions for x in self.xla_modes]
+
+    def layer_sum_ms(self, config: str) -> float:
+        return sum(layer["ms"][config] for layer in self.layers if config in layer["ms"])
+
+    def slower(self) -> list[dict[str, Any]]:
+        """Layers slower in a half precision than in float32 (same XLA mode), by added time."""
+        entries = []
+        for precision in self.precisions:
+            if precision not in HALF_PRECISIONS or "float32" not in self.precisions:
+                continue
+            for xla in self.xla_modes:
+                half, base = config_name(precision, xla), config_name("float32", xla)
+                for layer in self.layers:
+                    half_ms, float32_ms = layer["ms"].get(half), layer["ms"].get(base)
+                    if half_ms is None or float32_ms is None or half_ms <= float32_ms:
+                        continue
+                    entries.append(
+                        {
+                            "layer": layer["name"],
+                            "class": layer["class"],
+                            "precision": precision,
+                            "xla": xla,
+                            "float32_ms": float32_ms,
+                            "half_ms": half_ms,
+                            "added_ms": half_ms - float32_ms,
+                            "ratio": half_ms / float32_ms if float32_ms > 0 else float("inf"),
+                            "share_of_step": half_ms / self.step_ms[half],
+                        }
+                    )
+        return sorted(entries, key=lambda entry: entry["added_ms"], reverse=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "layer_sum_ms": {c: self.layer_sum_ms(c) for c in self.configs},
+            "slower": self.slower(),
+        }
+
+
+def _random(shape: Sequence[int | None], dtype: str, batch_size: int, seed: int) -> tf.Tensor:
+    full = (batch_size, *(d if d is not None else 8 for d in shape[1:]))
+    rng = np.random.default_rng(seed)
+    if "int" in str(dtype):
+        return tf.constant(np.zeros(full, dtype=str(dtype)))
+    return tf.cast(tf.constant(rng.standard_normal(full).astype(np.float32)), dtype)
+
+
+def interleaved_ms(steps_by_config: dict[str, Callable[[], Any]], steps: int, rounds: int):
+    """Milliseconds per call of each step: one untimed call each (tracing, compilation), then
+    ``rounds`` rounds in which every step runs ``steps`` calls ending in a device sync, in turn,
+    so that a change of the machine's load hits every configuration alike; the fastest round
+    counts (the least disturbed by other work on a shared machine)."""
+    for step in steps_by_config.values():
+        step()
+    sync_device()
+    best = {name: float("inf") for name in steps_by_config}
+    for _ in range(rounds):
+        for name, step in steps_by_config.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync_device()
+            best[name] = min(best[name], (time.perf_counter() - start) / steps)
+    return {name: 1000.0 * seconds for name, seconds in best.items()}
+
+
+def layer_step(layer: keras.layers.Layer, batch_size: int, jit: bool, seed: int = 0) -> Callable:
+    """The layer's forward and backward pass on a random batch of its own input, compiled."""
+    structure = layer.input
+    tensors = keras.tree.flatten(structure)
+    inputs = [_random(t.shape, t.dtype, batch_size, seed + i) for i, t in enumerate(tensors)]
+
+    @tf.function(jit_compile=jit)
+    def step(*xs: tf.Tensor) -> list[tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch([x for x in xs if x.dtype.is_floating])
+            outputs = layer(keras.tree.pack_sequence_as(structure, list(xs)), training=True)
+        outputs = keras.tree.flatten(outputs)
+        sources = [x for x in xs if x.dtype.is_floating] + list(layer.trainable_variables)
+        gradients = tape.gradient(
+            outputs, sources, output_gradients=[tf.ones_like(o) for o in outputs]
+        )
+        # Returned so that nothing is pruned from the graph.
+        return outputs + [g for g in gradients if g is not None]
+
+    return lambda: step(*inputs)
+
+
+def whole_step(model: keras.Model, config: RunConfig, batch_size: int, seed: int = 0) -> Callable:
+    """The whole training step as the benchmark times it: Adam (loss-scaled for float16)."""
+    from mpcore.ownmodel import user_loss
+    from mpcore.userdata import loss_function, random_batch
+
+    loss, metrics = user_loss(model)
+    compile_for(model, config, 1e-3, loss=loss, metrics=metrics)
+    name = getattr(loss, "__name__", None) or getattr(loss, "name", "")
+    x, y = random_batch(model, batch_size, name, seed)
+    x, y = keras.tree.map_structure(tf.constant, (x, y))
+    step = make_train_step(model, model.optimizer, loss_function(loss), config.compile_jit)
+    return lambda: step(x, y)
+
+
+def profile_layers(
+    loaded: LoadedModel,
+    batch_size: int,
+    precisions: Sequence[str] = ("float32", *HALF_PRECISIONS),
+    xla_modes: Sequence[str] = ("off", "jit"),
+    steps: int = 5,
+    rounds: int = 3,
+    device: str = "/CPU:0",
+    announce: Callable[[str], None] = lambda line: None,
+) -> LayerProfile:
+    """Time every layer of ``loaded`` and its whole training step under each precision x XLA
+    mode (``off`` or ``jit``); the model is converted under each precision (float32 head, layers
+    with explicit dtype policies, so they keep them outside :func:`applied`). Each layer's
+    configurations are timed interleaved (:func:`interleaved_ms`)."""
+    configs = [RunConfig(p, x) for p in precisions for x in xla_modes]
+    models: dict[str, keras.Model] = {}
+    for precision in precisions:
+        with applied(RunConfig(precision, "off")):
+            models[precision] = under_precision(loaded, precision)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with tf.device(device):
+        for index, layer in enumerate(loaded.model.layers):
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            try:
+                timed = {
+                    c.name: layer_step(
+                        models[c.precision].get_layer(layer.name), batch_size, c.compile_jit, index
+                    )
+                    for c in configs
+                }
+            except (AttributeError, ValueError):  # a shared layer has no one input
+                continue
+            rows.append(
+                {
+                    "name": layer.name,
+                    "class": type(layer).__name__,
+                    "input_shape": [list(t.shape) for t in keras.tree.flatten(layer.input)],
+                    "forward_flops": layer_forward_flops(layer),
+                    "ms": interleaved_ms(timed, steps, rounds),
+                }
+            )
+        announce(f"{len(rows)} layers in {time.perf_counter() - started:.1f} s")
+        whole = {}
+        for config in configs:
+            with applied(config):
+                whole[config.name] = whole_step(models[config.precision], config, batch_size)
+        step_ms = interleaved_ms(whole, steps, rounds)
+    announce(f"whole steps, {time.perf_counter() - started:.1f} s in all")
+    return LayerProfile(
+        model=loaded.model.name,
+        source=loaded.source,
+        batch_size=batch_size,
+        steps=steps,
+        rounds=rounds,
+        precisions=list(precisions),
+        xla_modes=list(xla_modes),
+        layers=rows,
+        step_ms=step_ms,
+        device=device,
+    )
