@@ -190,7 +190,9 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for record in records:
         row: dict[str, Any] = dict.fromkeys(
-            key for columns in (RUN_COLUMNS, SCALING_COLUMNS, REPEAT_COLUMNS) for key, _, _ in columns
+            key
+            for columns in (RUN_COLUMNS, SCALING_COLUMNS, REPEAT_COLUMNS)
+            for key, _, _ in columns
         )
         row["configuration"] = record.get("name")
         ok = record.get("status") == "ok"

@@ -274,6 +274,7 @@ def repeat_entry(record: Mapping[str, Any], repeat: int, position: int) -> dict[
         "reason": record.get("reason"),
         "ms_per_step": result.get("ms_per_step"),
         "epoch_seconds": result.get("epoch_seconds"),
+        "epoch_cpu_seconds": result.get("epoch_cpu_seconds"),
         "final_loss": (result.get("loss") or [None])[-1],
         "wall_seconds": record.get("wall_seconds"),
         "finished": now_iso(),
@@ -301,9 +302,7 @@ def store_repeat(
     """Store repeat ``repeat`` of a configuration (the ``position``-th run of the schedule):
     the record is the latest repeat's, with every repeat's timings in ``repeats``; one failed
     repeat fails the configuration."""
-    earlier = next(
-        (r for r in document["configurations"] if r.get("name") == record["name"]), None
-    )
+    earlier = next((r for r in document["configurations"] if r.get("name") == record["name"]), None)
     runs = list((earlier or {}).get("repeats", []))
     runs.append(repeat_entry(record, repeat, position))
     place = document["configurations"].index(earlier) if earlier is not None else None
