@@ -30,6 +30,16 @@ def test_schedule_rotates_each_round() -> None:
         (C, 2), (A, 2), (B, 2),
     ]  # fmt: skip
     assert planning.interleaved_schedule([A, B], 1) == [(A, 0), (B, 0)]
+    # Two configurations alternate: a rotation would run B twice in a row (A B B A).
+    assert planning.interleaved_schedule([A, B], 3) == [
+        (A, 0),
+        (B, 0),
+        (A, 1),
+        (B, 1),
+        (A, 2),
+        (B, 2),
+    ]
+    assert planning.interleaved_schedule([A], 2) == [(A, 0), (A, 1)]
     with pytest.raises(ValueError, match="repeats must be positive"):
         planning.interleaved_schedule([A], 0)
 
@@ -150,18 +160,18 @@ def test_run_all_warms_up_then_interleaves_and_keeps_every_repeat(
     plan = _plan(tmp_path, repeats=2)
     lines: list[str] = []
     assert planning.run_all(plan, _document(plan), announce=lines.append)
-    assert calls == [(A, 1, True), (A, 3, False), (B, 3, False), (B, 3, False), (A, 3, False)]
+    assert calls == [(A, 1, True), (A, 3, False), (B, 3, False), (A, 3, False), (B, 3, False)]
     saved = json.loads((tmp_path / RESULTS_FILE).read_text())
     assert saved["warmup"]["name"] == A and saved["warmup"]["log"] == f"warmup/logs/{A}.log"
     assert [r["name"] for r in saved["configurations"]] == [A, B]  # planned order kept
     first = saved["configurations"][0]
     assert [(r["repeat"], r["position"], r["ms_per_step"]) for r in first["repeats"]] == [
         (0, 0, 12.0),
-        (1, 3, 15.0),
+        (1, 2, 14.0),
     ]
-    assert first["result"]["ms_per_step"] == 15.0  # the record is the latest repeat's
+    assert first["result"]["ms_per_step"] == 14.0  # the record is the latest repeat's
     assert finished_repeats(saved) == {A: 2, B: 2}
-    assert "[4/4] float32+xla_off (repeat 2/2): training" in lines
+    assert "[3/4] float32+xla_off (repeat 2/2): training" in lines
 
 
 def test_a_failed_configuration_is_not_repeated(tmp_path: Path, fake_worker) -> None:
@@ -169,7 +179,7 @@ def test_a_failed_configuration_is_not_repeated(tmp_path: Path, fake_worker) -> 
     fail.add(B)
     plan = _plan(tmp_path, repeats=3)
     planning.run_all(plan, _document(plan), announce=lambda line: None)
-    assert [name for name, _, warm in calls if not warm] == [A, B, A, A]
+    assert [name for name, _, warm in calls if not warm] == [A, B, A, A]  # B's 2nd, 3rd skipped
     saved = json.loads((tmp_path / RESULTS_FILE).read_text())
     failed = saved["configurations"][1]
     assert failed["status"] == "failed" and len(failed["repeats"]) == 1

@@ -117,17 +117,21 @@ def planned_configs(modes: list[dict[str, str]], strategy: str) -> list[dict[str
 
 def interleaved_schedule(names: list[str], repeats: int) -> list[tuple[str, int]]:
     """``(name, repeat)`` in run order: round ``r`` runs every configuration once, the planned
-    order rotated by ``r`` (A B C, B C A, C A B, ...). Each configuration thus runs in every
-    position of a round equally often (when ``repeats`` is a multiple of their count), and under
-    a steady drift of the machine no configuration's repeats all come before another's."""
+    order rotated by ``r`` (A B C, B C A, C A B, ...), so each configuration runs in every
+    position of a round equally often and a steady drift of the machine lands on all of them.
+    A rotation that would run a configuration twice in a row (always, with two of them) keeps
+    the previous round's order instead (A B A B): the load of a shared machine comes in bursts
+    longer than one run, and two runs in a row of one configuration could both fall in one."""
     if repeats < 1:
         raise ValueError(f"repeats must be positive, got {repeats}")
-    count = len(names)
-    return [
-        (names[(start + offset) % count], start)
-        for start in range(repeats)
-        for offset in range(count)
-    ]
+    schedule: list[tuple[str, int]] = []
+    order = list(names)
+    for start in range(repeats):
+        rotated = names[start % len(names) :] + names[: start % len(names)]
+        if not schedule or rotated[0] != schedule[-1][0]:
+            order = rotated
+        schedule += [(name, start) for name in order]
+    return schedule
 
 
 def pending_runs(plan: RunPlan, document: dict[str, Any]) -> list[tuple[dict[str, str], int]]:
