@@ -47,7 +47,8 @@ PROFILES: dict[str, Profile] = {
     "seed": Profile("resnet50", 224, 80, 5, ("off", "jit", "auto"), 120),
     # Small enough that all four precisions finish in well under 3 minutes on a 2-core CPU.
     # XLA stays off: on a CPU its compilation costs more than it saves at this size.
-    # Four repeats of four configurations fit 3 minutes there too (docs/cli.md).
+    # Four repeats: 16 workers of about 5.5 s plus the warm-up, about 100 s at a load average
+    # near 2; fewer would let identical configurations look different (docs/cli.md).
     "quick": Profile("small", 48, 16, 4, ("off",), 60, repeats=4),
 }
 

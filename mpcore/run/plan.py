@@ -204,8 +204,9 @@ def run_all(
     document: dict[str, Any],
     announce: Callable[[str], None] = print,
 ) -> bool:
-    """Run every planned configuration not already ``ok`` in ``document``, saving
-    ``results.json`` after each. Returns False if the run was interrupted (Ctrl-C)."""
+    """Run every planned repeat not already ``ok`` in ``document`` in the interleaved order
+    (after a warm-up when repeats > 1), saving ``results.json`` after each. A configuration
+    that fails is not repeated. Returns False if the run was interrupted (Ctrl-C)."""
     results_path = plan.results_path
     pending = pending_runs(plan, document)
     counts = finished_repeats(document)
