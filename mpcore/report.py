@@ -24,6 +24,7 @@ from mpcore.face.plots import (
     subtitle,
 )
 from mpcore.names import BASELINE
+from mpcore.run.stats import chance_of_no_overlap, speedup, spread
 from mpcore.shapes import ShapeError, check_benchmarks, check_results
 
 #: Columns of the run table and CSV: (key, table header, number format).
@@ -48,6 +49,25 @@ SCALING_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("images_per_s_per_replica", "images/s\nper replica", ".1f"),
     ("scaling_efficiency", "scaling\neffic.", ".0%"),
 )
+
+#: Extra CSV columns of a run with repeats (``mpbench run --repeats N``), full precision.
+REPEAT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("repeats", "repeats", "d"),
+    ("ms_per_step_min", "min\nms/step", ".1f"),
+    ("ms_per_step_max", "max\nms/step", ".1f"),
+    ("speedup_low", "speedup\nlow", "x"),
+    ("speedup_high", "speedup\nhigh", "x"),
+    ("significance", "significance", ""),
+)
+#: The run table's ms/step and speedup columns when configurations were repeated: the median
+#: with its min-max, the speedup with its interval, and whether the interval excludes 1.0.
+REPEATED_TABLE: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "ms_per_step": (("ms_per_step_range", "ms/step median\n(min-max)", ""),),
+    "speedup": (
+        ("speedup_range", "speedup\n(interval)", ""),
+        ("significance", "significance", ""),
+    ),
+}
 
 
 class ReportError(Exception):
@@ -138,8 +158,33 @@ def is_distributed(document: dict[str, Any]) -> bool:
 
 
 def run_columns(document: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
-    """The run table's columns: the scaling ones too when the run was distributed."""
-    return RUN_COLUMNS + SCALING_COLUMNS if is_distributed(document) else RUN_COLUMNS
+    """The run table's columns: the scaling ones too when the run was distributed; with
+    repeats, the ms/step and speedup with their spread (:data:`REPEATED_TABLE`)."""
+    columns = RUN_COLUMNS + SCALING_COLUMNS if is_distributed(document) else RUN_COLUMNS
+    if max_repeats(document) > 1:
+        columns = tuple(c for column in columns for c in REPEATED_TABLE.get(column[0], (column,)))
+    return columns
+
+
+def csv_columns(document: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """The CSV's columns: the table's numbers, plus every repeat figure when repeated."""
+    columns = RUN_COLUMNS + SCALING_COLUMNS if is_distributed(document) else RUN_COLUMNS
+    return columns + REPEAT_COLUMNS if max_repeats(document) > 1 else columns
+
+
+def repeat_times(record: dict[str, Any]) -> list[float]:
+    """The steady ms/step of every finished repeat of a configuration (its one result when
+    the record has no ``repeats``)."""
+    if record.get("status") != "ok":
+        return []
+    runs = record.get("repeats")
+    if runs is None:
+        return [record["result"]["ms_per_step"]]
+    return [run["ms_per_step"] for run in runs if run.get("status") == "ok"]
+
+
+def max_repeats(document: dict[str, Any]) -> int:
+    return max((len(repeat_times(r)) for r in document.get("configurations", [])), default=0)
 
 
 def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -148,10 +193,15 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     baseline = next(
         (r for r in records if r.get("name") == BASELINE and r.get("status") == "ok"), None
     )
-    base_ms = baseline["result"]["ms_per_step"] if baseline else None
+    base_times = repeat_times(baseline) if baseline else []
+    base_ms = spread(base_times).median if base_times else None
     rows = []
     for record in records:
-        row: dict[str, Any] = {key: None for key, _, _ in RUN_COLUMNS + SCALING_COLUMNS}
+        row: dict[str, Any] = dict.fromkeys(
+            key
+            for columns in (RUN_COLUMNS, SCALING_COLUMNS, REPEAT_COLUMNS)
+            for key, _, _ in columns
+        )
         row["configuration"] = record.get("name")
         ok = record.get("status") == "ok"
         row["status"] = "ok" if ok else f"failed: {record.get('reason')}"
@@ -175,8 +225,41 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
                 images_per_s_per_replica=result["images_per_second"] / result.get("replicas", 1),
                 scaling_efficiency=(record.get("scaling") or {}).get("scaling_efficiency"),
             )
+            _add_repeats(row, repeat_times(record), base_times, record is baseline)
         rows.append(row)
     return rows
+
+
+def _add_repeats(
+    row: dict[str, Any], times: list[float], base_times: list[float], is_baseline: bool
+) -> None:
+    """Put the median over repeats (and what follows from it) and the spread in ``row``."""
+    if len(times) < 2:
+        return
+    middle = spread(times)
+    scale = middle.median / row["ms_per_step"]  # the latest repeat's steady epoch to the median
+    row.update(
+        ms_per_step=middle.median,
+        steady_epoch_s=row["steady_epoch_s"] * scale,
+        images_per_s=row["images_per_s"] / scale,
+        images_per_s_per_replica=row["images_per_s_per_replica"] / scale,
+        repeats=middle.count,
+        ms_per_step_min=middle.low,
+        ms_per_step_max=middle.high,
+        ms_per_step_range=f"{middle.median:.1f} ({middle.low:.1f}-{middle.high:.1f})",
+    )
+    if is_baseline:
+        row.update(speedup_range="1.00x", significance="baseline")
+    elif base_times:
+        ratio = speedup(base_times, times)
+        verdict = {True: "significant", False: "not significant", None: "-"}
+        row.update(
+            speedup=ratio.ratio,
+            speedup_low=ratio.low,
+            speedup_high=ratio.high,
+            speedup_range=f"{ratio.ratio:.2f}x ({ratio.low:.2f}-{ratio.high:.2f})",
+            significance=verdict[ratio.significant],
+        )
 
 
 def benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -229,6 +312,22 @@ def run_table(document: dict[str, Any]) -> str:
     if settings.get("model"):  # a user's model is named by its spec
         size = f", {settings['image_size']} px" if settings.get("image_size") else ""
         notes.append(f"model: {settings['model']}{size}, batch {settings.get('batch_size')}")
+
+    repeats = max_repeats(document)
+    if repeats > 1:
+        notes[0] = (
+            f"ms/step: each configuration's steady ms/step (median of its epochs after the first) "
+            f"over up to {repeats} repeats, run interleaved after an untimed warm-up: the median "
+            "(min-max)\n" + notes[0] + " (medians); interval: min/max to max/min over every pair "
+            'of repeats; "not significant": the interval includes 1.00x (with '
+            f"{repeats} repeats each, two identical configurations look significant by chance "
+            f"{chance_of_no_overlap(repeats):.1%} of the time)"
+        )
+    elif repeats == 1 and len(document.get("configurations", [])) > 1:
+        notes.append(
+            "each configuration ran once: a speedup has no interval and on a busy machine may be "
+            "noise (mpbench run --repeats N)"
+        )
     if kinds:
         notes.append(f"peak memory: {', '.join(sorted(kinds))}")
     if is_distributed(document):
@@ -274,7 +373,7 @@ def render_run(document: dict[str, Any], out: Path) -> list[Path]:
     """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files."""
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        write_csv(run_rows(document), out / "results.csv", run_columns(document)),
+        write_csv(run_rows(document), out / "results.csv", csv_columns(document)),
         plot_time_vs_loss(document, out / "time_vs_loss.png"),
         plot_curves(document, out / "curves.png"),
         plot_step_time(document, out / "step_time.png"),

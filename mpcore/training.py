@@ -113,6 +113,8 @@ class RunResult:
     replicas: int = 1
     #: Images per step over all replicas; None means the settings' (per-replica) batch size.
     global_batch: int | None = None
+    #: CPU seconds the process used in each epoch's training span (see :class:`EpochTimer`).
+    epoch_cpu_seconds: list[float] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.global_batch is None:
@@ -147,24 +149,30 @@ class RunResult:
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall-clock seconds of each training epoch (validation excluded)."""
+    """Wall-clock seconds of each training epoch (validation excluded), and the CPU seconds
+    this process used in the same span (every thread: TensorFlow's pools, tf.data, Python).
+    On a shared machine the wall time swings with the other processes while the CPU time
+    stays put, so the two together tell contention from extra work."""
 
     def __init__(self) -> None:
         super().__init__()
         self.seconds: list[float] = []
-        self._start = 0.0
-        self._train_end = 0.0
+        self.cpu_seconds: list[float] = []
+        self._start = self._cpu_start = 0.0
+        self._train_end: tuple[float, float] | None = None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._start = time.perf_counter()
-        self._train_end = 0.0
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
+        self._train_end = None
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         # fit() runs validation inside the epoch; stop the clock where training ends.
-        self._train_end = time.perf_counter()
+        self._train_end = (time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.seconds.append((self._train_end or time.perf_counter()) - self._start)
+        wall, cpu = self._train_end or (time.perf_counter(), time.process_time())
+        self.seconds.append(wall - self._start)
+        self.cpu_seconds.append(cpu - self._cpu_start)
 
 
 def current_loss_scale(optimizer: keras.optimizers.Optimizer) -> float | None:
@@ -345,6 +353,7 @@ def train(
             steps_per_epoch=steps_per_epoch(len(train_index), global_batch, drop_last),
             parameters=model.count_params(),
             epoch_seconds=timer.seconds,
+            epoch_cpu_seconds=timer.cpu_seconds,
             loss=[float(v) for v in logs["loss"]],
             accuracy=[float(v) for v in logs.get("accuracy", [])],
             val_loss=[float(v) for v in logs["val_loss"]],

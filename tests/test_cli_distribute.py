@@ -33,6 +33,8 @@ TINY = (
     "2",
     "--epochs",
     "1",
+    "--repeats",
+    "1",
 )
 
 
@@ -286,7 +288,7 @@ def test_local_workers_skip_bad_images_and_stop_at_the_first_nan_like_one_proces
     process = mpbench_process(
         "run",
         *("--data", str(ships), "--image-size", "32", "--batch-size", "2", "--epochs", "1"),
-        *("--precision", "mixed_float16", "--workers", "2", "--skip-bad-images"),
+        *("--precision", "mixed_float16", "--workers", "2", "--skip-bad-images", "--repeats", "1"),
         *("--out", str(out)),
         cwd=tmp_path,
         MPBENCH_FAULT="mixed_float16+xla_off=nan",

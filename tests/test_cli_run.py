@@ -34,6 +34,8 @@ TINY = (
     "8",
     "--epochs",
     "2",
+    "--repeats",  # one run each: repeats have their own tests (test_run_repeats.py)
+    "1",
 )
 RUN_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "amp_rewrite")
 FAILING = "mixed_bfloat16+xla_off"

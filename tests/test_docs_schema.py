@@ -1,9 +1,10 @@
 """docs/results-schema.md against the results.json that a real small ``mpbench run`` writes.
 
 One tiny run covers nearly every key: ``--strategy mirrored`` adds the distributed record (and
-its one-replica baseline), and a data set with one undecodable image, run with
-``--skip-bad-images``, fills ``data.skipped_images``. Every key path the run writes must be in
-the document's table, and every key the table marks as present in such a run must be in it.
+its one-replica baseline), ``--repeats 2`` the warm-up and a second repeat of each, and a data
+set with one undecodable image, run with ``--skip-bad-images``, fills ``data.skipped_images``.
+Every key path the run writes must be in the document's table, and every key the table marks
+as present in such a run must be in it.
 Keys that only a GPU or ``--workers`` writes are checked against the run when it has them, and
 otherwise against mpcore's source: the key's name must still appear there.
 """
@@ -27,7 +28,7 @@ SCHEMA_DOC = REPO / "docs" / "results-schema.md"
 SOURCE = REPO / "mpcore"
 
 #: The "present" values of the table that the tiny run below must show.
-IN_THE_RUN = {"always", "--strategy", "--skip-bad-images"}
+IN_THE_RUN = {"always", "--strategy", "--skip-bad-images", "--repeats"}
 #: The ones it cannot show on a CPU in a few seconds (checked against the source instead).
 ELSEWHERE = {"GPU", "--workers"}
 
@@ -61,7 +62,8 @@ def key_paths(value: Any, prefix: str = "") -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """results.json of ``mpbench run --strategy mirrored --skip-bad-images`` with tiny settings."""
+    """results.json of ``mpbench run --strategy mirrored --skip-bad-images --repeats 2`` with
+    tiny settings."""
     from mpcore.data import images_dir
     from mpcore.synthetic import write_synthetic_ships
 
@@ -76,6 +78,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     argv = ["run", "--data", str(root), "--skip-bad-images", "--precision", "float32"]
     argv += ["--epochs", "1", "--image-size", "32", "--batch-size", "2"]
     argv += ["--strategy", "mirrored", *split_cpu, "--out", str(work / "run")]
+    argv += ["--repeats", "2"]  # the repeats and the warm-up write keys of their own
     with pytest.MonkeyPatch.context() as patch:
         for name in ("TF_CONFIG", "MPBENCH_FAULT", "MPBENCH_WORKER_FAULT"):
             patch.delenv(name, raising=False)

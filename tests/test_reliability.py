@@ -36,7 +36,7 @@ from mpcore.run.process import FAULT_ENV
 from mpcore.run.store import RESULTS_FILE, SCHEMA, write_json_atomic
 
 PER_CLASS = 8  # 40 images: 30 training, 10 validation
-TINY = ("--image-size", "32", "--batch-size", "8", "--epochs", "1")
+TINY = ("--image-size", "32", "--batch-size", "8", "--epochs", "1", "--repeats", "1")
 
 
 @pytest.fixture(scope="module")

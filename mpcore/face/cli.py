@@ -78,6 +78,14 @@ def build_parser() -> OneLineParser:
     )
     run.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>)")
     run.add_argument(
+        "--repeats",
+        type=positive_int,
+        metavar="N",
+        help="train each configuration N times, interleaved, after an untimed warm-up; the "
+        "table gives the median ms/step (min-max) and marks speedups that are not significant "
+        "(default: from the profile, 4 for quick, 3 for seed)",
+    )
+    run.add_argument(
         "--resume", action="store_true", help="continue the run in --out, skipping finished ones"
     )
     run.add_argument(

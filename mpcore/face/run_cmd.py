@@ -52,6 +52,9 @@ class Profile:
     epochs: int
     xla: tuple[str, ...]
     synthetic_per_class: int
+    #: Interleaved runs of each configuration (``--repeats``): enough to tell a real speedup
+    #: from the noise of a shared machine (see :mod:`mpcore.run.stats`).
+    repeats: int = 3
 
 
 PROFILES: dict[str, Profile] = {
@@ -59,7 +62,9 @@ PROFILES: dict[str, Profile] = {
     "seed": Profile("resnet50", 224, 80, 5, ("off", "jit", "auto"), 120),
     # Small enough that all four precisions finish in well under 3 minutes on a 2-core CPU.
     # XLA stays off: on a CPU its compilation costs more than it saves at this size.
-    "quick": Profile("small", 48, 16, 4, ("off",), 60),
+    # Four repeats: 16 workers of about 5.5 s plus the warm-up, about 100 s at a load average
+    # near 2; fewer would let identical configurations look different (docs/cli.md).
+    "quick": Profile("small", 48, 16, 4, ("off",), 60, repeats=4),
 }
 
 
@@ -377,6 +382,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         cpu_replicas=distribution.cpu_replicas,
         workers=distribution.workers,
         skipped_images=[image["path"] for image in data["skipped_images"]],
+        repeats=args.repeats or profile.repeats,
     )
     try:
         if args.resume:
@@ -398,7 +404,9 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     print(
         f"{len(plan.configs)} configuration(s): {', '.join(plan.names)}; "
         f"model {settings.model}, {settings.image_size} px, batch {settings.batch_size}, "
-        f"{settings.epochs} epoch(s); output in {out}",
+        f"{settings.epochs} epoch(s)"
+        + (f", {plan.repeats} repeats each, interleaved" if plan.repeats > 1 else "")
+        + f"; output in {out}",
         flush=True,
     )
     try:

@@ -27,12 +27,14 @@ from mpcore.run.spec import WorkerSpec
 from mpcore.run.store import (
     RESULTS_FILE,
     failed_record,
+    finished_repeats,
     new_document,
     now_iso,
     resumable_document,
     save_results,
-    store_record,
+    store_repeat,
     strategy_of,
+    warmup_entry,
     write_json_atomic,
 )
 
@@ -58,6 +60,9 @@ class RunPlan:
     workers: int = 0
     #: Seconds a local multi-worker configuration may take before every worker is stopped.
     worker_timeout: float = 6 * 3600.0
+    #: Times each configuration trains, interleaved (:func:`interleaved_schedule`); above one,
+    #: an untimed warm-up run comes first (:func:`run_warmup`).
+    repeats: int = 1
 
     @property
     def names(self) -> list[str]:
@@ -111,6 +116,50 @@ def planned_configs(modes: list[dict[str, str]], strategy: str) -> list[dict[str
     return planned
 
 
+def interleaved_schedule(names: list[str], repeats: int) -> list[tuple[str, int]]:
+    """``(name, repeat)`` in run order: round ``r`` runs every configuration once, the planned
+    order rotated by ``r`` (A B C, B C A, C A B, ...), so each configuration runs in every
+    position of a round equally often and a steady drift of the machine lands on all of them.
+    A rotation that would run a configuration twice in a row (always, with two of them) keeps
+    the previous round's order instead (A B A B): the load of a shared machine comes in bursts
+    longer than one run, and two runs in a row of one configuration could both fall in one."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be positive, got {repeats}")
+    schedule: list[tuple[str, int]] = []
+    order = list(names)
+    for start in range(repeats):
+        rotated = names[start % len(names) :] + names[: start % len(names)]
+        if not schedule or rotated[0] != schedule[-1][0]:
+            order = rotated
+        schedule += [(name, start) for name in order]
+    return schedule
+
+
+def pending_runs(plan: RunPlan, document: dict[str, Any]) -> list[tuple[dict[str, str], int]]:
+    """The ``(config, repeat)`` runs of the schedule still to do: a configuration whose record
+    holds ``k`` finished repeats runs repeats ``k..N-1`` (``--resume``)."""
+    done = finished_repeats(document)
+    configs = {name_of(config): config for config in plan.configs}
+    return [
+        (configs[name], repeat)
+        for name, repeat in interleaved_schedule(plan.names, plan.repeats)
+        if repeat >= done.get(name, 0)
+    ]
+
+
+def run_warmup(plan: RunPlan, document: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """One untimed epoch of the first configuration before the timed runs, in ``OUT/warmup``:
+    the first worker of a run pays for cold files (TensorFlow's libraries, the images) that the
+    others find in the page cache. Recorded as ``warmup``, never in the table."""
+    warm = dataclasses.replace(
+        plan, out=plan.out / "warmup", settings={**plan.settings, "epochs": 1}
+    )
+    record = run_configuration(warm, plan.configs[0], workdir)
+    shutil.rmtree(warm.out / "tensorboard", ignore_errors=True)
+    document["warmup"] = warmup_entry(record, plan.out)
+    return record
+
+
 def run_configuration(plan: RunPlan, config: dict[str, str], workdir: Path) -> dict[str, Any]:
     """Train ``config`` in a worker subprocess (or a local cluster of them) and return its
     record (``ok`` or ``failed``) with ``wall_seconds``, ``log`` and ``exit_code``.
@@ -156,30 +205,50 @@ def run_all(
     document: dict[str, Any],
     announce: Callable[[str], None] = print,
 ) -> bool:
-    """Run every planned configuration not already ``ok`` in ``document``, saving
-    ``results.json`` after each. Returns False if the run was interrupted (Ctrl-C)."""
+    """Run every planned repeat not already ``ok`` in ``document`` in the interleaved order
+    (after a warm-up when repeats > 1), saving ``results.json`` after each. A configuration
+    that fails is not repeated. Returns False if the run was interrupted (Ctrl-C)."""
     results_path = plan.results_path
-    done = {r["name"] for r in document["configurations"] if r.get("status") == "ok"}
-    pending = [config for config in plan.configs if name_of(config) not in done]
+    pending = pending_runs(plan, document)
+    counts = finished_repeats(document)
+    done = [name for name in plan.names if counts.get(name, 0) >= plan.repeats]
     if done:
         announce(f"resuming: {len(done)} configuration(s) already finished: {', '.join(done)}")
     write_json_atomic(results_path, document)
-    total = len(plan.configs)
+    total = len(plan.configs) * plan.repeats
     running = ""  # the configuration an interrupt would cut short
+    failed: set[str] = set()  # a configuration that failed is not repeated
     try:
         with tempfile.TemporaryDirectory(prefix="mpbench-") as workdir:
-            for position, config in enumerate(pending):
+            if pending and plan.repeats > 1:
+                running = f"the warm-up ({name_of(plan.configs[0])})"
+                announce(f"warm-up: {name_of(plan.configs[0])}, 1 epoch, untimed")
+                warmup = run_warmup(plan, document, Path(workdir))
+                announce(
+                    f"warm-up: done in {warmup['wall_seconds']:.1f} s"
+                    if warmup["status"] == "ok"
+                    else f"warm-up: {_outcome(warmup)}"
+                )
+            for position, (config, repeat) in enumerate(pending):
                 name = running = name_of(config)
+                if name in failed:
+                    continue
                 number = total - len(pending) + position + 1
-                announce(f"[{number}/{total}] {name}: training")
+                label = f"{name} (repeat {repeat + 1}/{plan.repeats})" if plan.repeats > 1 else name
+                announce(f"[{number}/{total}] {label}: training")
                 record = run_configuration(plan, config, Path(workdir))
-                store_record(document, record)
+                store_repeat(document, record, repeat, number - 1)
+                if record["status"] != "ok":
+                    failed.add(name)
                 running = ""
                 save_results(results_path, document, announce)
-                following = pending[position + 1] if position + 1 < len(pending) else None
+                following = next(
+                    (name_of(c) for c, _ in pending[position + 1 :] if name_of(c) not in failed),
+                    None,
+                )
                 announce(
-                    f"[{number}/{total}] {name}: {_outcome(record)}; "
-                    + (f"next: {name_of(following)}" if following else "all done")
+                    f"[{number}/{total}] {label}: {_outcome(record)}; "
+                    + (f"next: {following}" if following else "all done")
                 )
     except KeyboardInterrupt:
         # Whatever the interrupt cut short, every finished configuration is in ``document``.

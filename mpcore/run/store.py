@@ -324,3 +324,76 @@ def save_results(
     except OSError as error:
         where = f"nor to {rescue} ({error.strerror or error})"
     raise ResultsUnsavable(f"cannot write {path} ({problem}) after {attempts} tries; {where}")
+
+
+# Repeats (``mpbench run --repeats N``)
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def repeat_entry(record: Mapping[str, Any], repeat: int, position: int) -> dict[str, Any]:
+    """What one repeat of a configuration measured, for the record's ``repeats`` list."""
+    result = record.get("result") or {}
+    return {
+        "repeat": repeat,
+        "position": position,
+        "status": record["status"],
+        "reason": record.get("reason"),
+        "ms_per_step": result.get("ms_per_step"),
+        "epoch_seconds": result.get("epoch_seconds"),
+        "epoch_cpu_seconds": result.get("epoch_cpu_seconds"),
+        "final_loss": (result.get("loss") or [None])[-1],
+        "wall_seconds": record.get("wall_seconds"),
+        "finished": now_iso(),
+        "load_average": _load_average(),
+    }
+
+
+def finished_repeats(document: Mapping[str, Any]) -> dict[str, int]:
+    """How many repeats of each configuration finished ``ok`` (a record without ``repeats``,
+    from before they existed, counts as one)."""
+    counts: dict[str, int] = {}
+    for record in document.get("configurations", []):
+        if record.get("status") != "ok":
+            continue
+        runs = record.get("repeats")
+        counts[record["name"]] = (
+            sum(run.get("status") == "ok" for run in runs) if runs is not None else 1
+        )
+    return counts
+
+
+def store_repeat(
+    document: dict[str, Any], record: dict[str, Any], repeat: int, position: int
+) -> None:
+    """Store repeat ``repeat`` of a configuration (the ``position``-th run of the schedule):
+    the record is the latest repeat's, with every repeat's timings in ``repeats``; one failed
+    repeat fails the configuration. A resumed configuration whose record failed starts its
+    repeats afresh (its record is kept until then, as a resume keeps every record)."""
+    earlier = next((r for r in document["configurations"] if r.get("name") == record["name"]), None)
+    kept = earlier is not None and earlier.get("status") == "ok"
+    runs = list(earlier.get("repeats", [])) if kept else []
+    runs.append(repeat_entry(record, repeat, position))
+    place = document["configurations"].index(earlier) if earlier is not None else None
+    store_record(document, {**record, "repeats": runs})
+    if place is not None:  # the configuration keeps its place (the table's row order)
+        records = document["configurations"]
+        records.insert(place, records.pop())
+
+
+def warmup_entry(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """The untimed warm-up run as ``results.json`` keeps it (``log`` relative to ``out``)."""
+    log = (out / "warmup" / record["log"]).relative_to(out) if record.get("log") else None
+    return {
+        "name": record["name"],
+        "status": record["status"],
+        "reason": record.get("reason"),
+        "epoch_seconds": (record.get("result") or {}).get("epoch_seconds"),
+        "wall_seconds": record.get("wall_seconds"),
+        "log": str(log) if log else None,
+    }

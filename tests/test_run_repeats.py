@@ -1,0 +1,206 @@
+"""``mpbench run --repeats N``: the interleaved order, the warm-up, every repeat kept, resuming
+with repeats, the spread and significance figures and how the table marks them.
+
+No TensorFlow and no worker process: the runs go through ``run_all`` with the worker replaced by
+a function that returns a record, so these tests take milliseconds. A real run with repeats is
+``tests/test_docs_schema.py``'s.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mpcore import report
+from mpcore.names import name_of
+from mpcore.run import plan as planning
+from mpcore.run.stats import chance_of_no_overlap, speedup, spread
+from mpcore.run.store import RESULTS_FILE, finished_repeats
+
+A, B, C = "float32+xla_off", "amp_rewrite+xla_off", "mixed_float16+xla_off"
+
+
+def test_schedule_rotates_each_round() -> None:
+    assert planning.interleaved_schedule([A, B, C], 3) == [
+        (A, 0), (B, 0), (C, 0),
+        (B, 1), (C, 1), (A, 1),
+        (C, 2), (A, 2), (B, 2),
+    ]  # fmt: skip
+    assert planning.interleaved_schedule([A, B], 1) == [(A, 0), (B, 0)]
+    # Two configurations alternate: a rotation would run B twice in a row (A B B A).
+    assert planning.interleaved_schedule([A, B], 3) == [
+        (A, 0),
+        (B, 0),
+        (A, 1),
+        (B, 1),
+        (A, 2),
+        (B, 2),
+    ]
+    assert planning.interleaved_schedule([A], 2) == [(A, 0), (A, 1)]
+    with pytest.raises(ValueError, match="repeats must be positive"):
+        planning.interleaved_schedule([A], 0)
+
+
+def test_spread_and_speedup_small_exact_cases() -> None:
+    assert spread([3.0, 1.0, 2.0]).median == 2.0
+    middle = spread([12.0, 10.0, 11.0, 30.0])
+    assert (middle.median, middle.low, middle.high, middle.count) == (11.5, 10.0, 30.0, 4)
+    # Every repeat of the second is faster than every repeat of the baseline: significant.
+    faster = speedup([10.0, 11.0, 12.0], [5.0, 6.0, 7.0])
+    assert faster.ratio == pytest.approx(11 / 6)
+    assert (faster.low, faster.high) == pytest.approx((10 / 7, 12 / 5))
+    assert faster.significant is True
+    # Overlapping repeats: the interval [10/13, 12/11] holds 1.0.
+    overlap = speedup([10.0, 12.0], [11.0, 13.0])
+    assert (overlap.low, overlap.high, overlap.significant) == pytest.approx((10 / 13, 12 / 11, 0))
+    assert overlap.significant is False
+    # Slower without overlap is significant too; one repeat a side cannot be judged.
+    assert speedup([5.0, 6.0], [7.0, 8.0]).significant is True
+    assert speedup([5.0], [7.0, 8.0]).significant is None
+    assert chance_of_no_overlap(3) == pytest.approx(0.1)
+    assert chance_of_no_overlap(4) == pytest.approx(2 / 70)
+    with pytest.raises(ValueError):
+        spread([])
+
+
+def _record(name: str, times: list[float], status: str = "ok") -> dict[str, Any]:
+    runs = [
+        {"repeat": i, "position": i, "status": status, "ms_per_step": t}
+        for i, t in enumerate(times)
+    ]
+    result = {
+        "first_epoch_seconds": 1.0,
+        "steady_epoch_seconds": times[-1] * 15 / 1000,
+        "ms_per_step": times[-1],
+        "images_per_second": 240 / (times[-1] * 15 / 1000),
+        "loss": [0.5],
+        "accuracy": [0.9],
+        "val_accuracy": [0.8],
+        "replicas": 1,
+        "global_batch": 16,
+    }
+    return {"name": name, "config": {}, "status": status, "result": result, "repeats": runs}
+
+
+def test_table_marks_speedups_whose_interval_holds_one() -> None:
+    document = {
+        "configurations": [
+            _record(A, [10.0, 12.0, 11.0]),
+            _record(B, [11.5, 10.5, 11.0]),  # the same work: overlapping repeats
+            _record(C, [22.0, 20.0, 21.0]),  # twice as slow in every repeat
+        ]
+    }
+    rows = {row["configuration"]: row for row in report.run_rows(document)}
+    assert rows[A]["significance"] == "baseline"
+    assert rows[B]["significance"] == "not significant"
+    assert rows[B]["speedup"] == pytest.approx(1.0)
+    assert rows[C]["significance"] == "significant"
+    assert rows[C]["speedup_range"] == "0.52x (0.45-0.60)"
+    assert rows[C]["ms_per_step_range"] == "21.0 (20.0-22.0)"
+    # images/s follow the median, not the last repeat's figure.
+    assert rows[C]["images_per_s"] == pytest.approx(240 / (21.0 * 15 / 1000))
+    table = report.run_table(document)
+    assert "not significant" in table and "21.0 (20.0-22.0)" in table
+    assert "10.0%" in table  # the chance of a false "significant" at 3 repeats
+
+
+def test_table_of_single_runs_warns_that_speedups_have_no_interval() -> None:
+    document = {"configurations": [_record(A, [10.0]), _record(C, [20.0])]}
+    table = report.run_table(document)
+    assert "significan" not in table.split("\n")[0]
+    assert "each configuration ran once" in table
+
+
+# --------------------------------------------------------------------------------------------
+# run_all with a stand-in worker
+
+
+@pytest.fixture
+def fake_worker(monkeypatch: pytest.MonkeyPatch):
+    """Replace the worker: record each call as (name, epochs, warm-up?) and return an ``ok``
+    record, or a failed one for the names in ``fail``."""
+    calls: list[tuple[str, int, bool]] = []
+    fail: set[str] = set()
+
+    def run_configuration(plan, config, workdir) -> dict[str, Any]:
+        name = name_of(config)
+        calls.append((name, plan.settings["epochs"], plan.out.name == "warmup"))
+        if name in fail:
+            record = {"name": name, "config": config, "status": "failed", "reason": "boom"}
+            record.update(result=None, telemetry=None)
+        else:
+            record = _record(name, [10.0 + len(calls)])
+            del record["repeats"]
+        return {**record, "wall_seconds": 1.0, "log": f"logs/{name}.log", "exit_code": 0}
+
+    monkeypatch.setattr(planning, "run_configuration", run_configuration)
+    return calls, fail
+
+
+def _plan(tmp_path: Path, repeats: int) -> planning.RunPlan:
+    configs = [{"precision": p, "xla": "off"} for p in ("float32", "amp_rewrite")]
+    settings = {"model": "small", "epochs": 3}
+    return planning.RunPlan(tmp_path, tmp_path / "data", settings, configs, repeats=repeats)
+
+
+def _document(plan: planning.RunPlan) -> dict[str, Any]:
+    data = {"root": str(plan.data_root), "skipped_images": []}
+    return plan.new_document(
+        profile="quick", profile_reason="test", data=data, machine={}, command=["mpbench"]
+    )
+
+
+def test_run_all_warms_up_then_interleaves_and_keeps_every_repeat(
+    tmp_path: Path, fake_worker
+) -> None:
+    calls, _ = fake_worker
+    plan = _plan(tmp_path, repeats=2)
+    lines: list[str] = []
+    assert planning.run_all(plan, _document(plan), announce=lines.append)
+    assert calls == [(A, 1, True), (A, 3, False), (B, 3, False), (A, 3, False), (B, 3, False)]
+    saved = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert saved["warmup"]["name"] == A and saved["warmup"]["log"] == f"warmup/logs/{A}.log"
+    assert [r["name"] for r in saved["configurations"]] == [A, B]  # planned order kept
+    first = saved["configurations"][0]
+    assert [(r["repeat"], r["position"], r["ms_per_step"]) for r in first["repeats"]] == [
+        (0, 0, 12.0),
+        (1, 2, 14.0),
+    ]
+    assert first["result"]["ms_per_step"] == 14.0  # the record is the latest repeat's
+    assert finished_repeats(saved) == {A: 2, B: 2}
+    assert "[3/4] float32+xla_off (repeat 2/2): training" in lines
+
+
+def test_a_failed_configuration_is_not_repeated(tmp_path: Path, fake_worker) -> None:
+    calls, fail = fake_worker
+    fail.add(B)
+    plan = _plan(tmp_path, repeats=3)
+    planning.run_all(plan, _document(plan), announce=lambda line: None)
+    assert [name for name, _, warm in calls if not warm] == [A, B, A, A]  # B's 2nd, 3rd skipped
+    saved = json.loads((tmp_path / RESULTS_FILE).read_text())
+    failed = saved["configurations"][1]
+    assert failed["status"] == "failed" and len(failed["repeats"]) == 1
+    assert finished_repeats(saved) == {A: 3}
+
+
+def test_resume_runs_only_the_missing_repeats(tmp_path: Path, fake_worker) -> None:
+    calls, _ = fake_worker
+    plan = _plan(tmp_path, repeats=3)
+    document = _document(plan)
+    document["configurations"] = [_record(A, [10.0, 11.0, 12.0]), _record(B, [10.0])]
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(document))
+    resumed = plan.resumed_document()
+    lines: list[str] = []
+    planning.run_all(plan, resumed, announce=lines.append)
+    assert lines[0] == f"resuming: 1 configuration(s) already finished: {A}"
+    assert [(name, warm) for name, _, warm in calls] == [(A, True), (B, False), (B, False)]
+    saved = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert finished_repeats(saved) == {A: 3, B: 3}
+    assert [r["repeat"] for r in saved["configurations"][1]["repeats"]] == [0, 1, 2]
+    # Nothing left to run: no warm-up either.
+    calls.clear()
+    planning.run_all(plan, plan.resumed_document(), announce=lambda line: None)
+    assert calls == []
