@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 PRECISIONS: tuple[str, ...] = ("float32", "mixed_float16", "mixed_bfloat16", "amp_rewrite")
 XLA_MODES: tuple[str, ...] = ("off", "jit", "auto")
 STRATEGIES: tuple[str, ...] = ("none", "mirrored", "multiworker")
+#: Training steps the benchmarks time: Keras's compiled train function (what ``fit`` runs per
+#: step; the default) and mpcore's own ``tf.function`` step (``make_train_step``).
+STEP_KINDS: tuple[str, ...] = ("fit", "custom")
 
 #: Precisions whose compute dtype is float16 and which therefore need dynamic loss scaling.
 FLOAT16_PRECISIONS: frozenset[str] = frozenset({"mixed_float16", "amp_rewrite"})

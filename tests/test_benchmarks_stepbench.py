@@ -35,7 +35,7 @@ def test_a_round_runs_its_steps_and_the_step_is_timed_apart() -> None:
 
 
 def test_globals_are_restored_when_building_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    def out_of_memory(config, settings):
+    def out_of_memory(*args):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
 
     monkeypatch.setattr(mpcore.bench.stepbench, "build_compiled", out_of_memory)
