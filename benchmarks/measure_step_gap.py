@@ -12,6 +12,8 @@ between :func:`mpcore.training.make_train_step` and Keras's train function:
   (what ``fit`` runs per step, and ``--mp-step fit``);
 - ``fit-nometrics``: the same, compiled without metrics;
 - ``fit-spe10``: the same as ``fit`` with ``steps_per_execution=10``;
+- ``model.fit``: ``fit`` itself for one epoch of that many steps on the dataset, timed by
+  :class:`mpcore.training.EpochTimer` (its callbacks and per-epoch iterator included);
 - with ``--determinism``, every variant again under TensorFlow op determinism (which
   ``mpbench run`` turns on where no GPU is visible).
 
@@ -33,7 +35,13 @@ import tensorflow as tf
 
 from mpcore.bench.stepbench import resident_batch, sync_device
 from mpcore.modes import RunConfig, applied
-from mpcore.training import TrainSettings, build_compiled, make_train_step, op_determinism
+from mpcore.training import (
+    EpochTimer,
+    TrainSettings,
+    build_compiled,
+    make_train_step,
+    op_determinism,
+)
 
 
 def _load() -> str:
@@ -42,7 +50,8 @@ def _load() -> str:
 
 
 def variants(config: RunConfig, settings: TrainSettings, steps: int) -> dict[str, Callable]:
-    """name -> a round of ``steps`` steps ending in one loss read and a device sync."""
+    """name -> a round of ``steps`` steps ending in one loss read and a device sync; a round
+    returns its seconds."""
     images, labels = resident_batch(settings.batch_size, settings.resolved_image_size, 5, "/CPU:0")
     made: dict[str, Callable] = {}
 
@@ -71,37 +80,47 @@ def variants(config: RunConfig, settings: TrainSettings, steps: int) -> dict[str
             return step(x, y)
 
         def round_() -> float:
+            start = time.perf_counter()
             for _ in range(steps):
                 loss = step_on_iterator(iterator) if from_iterator else run(images, labels)
-            value = float(loss)
+            float(loss)
             sync_device()
-            return value
+            return time.perf_counter() - start
 
         return round_
 
     def fit(metrics: bool = True, steps_per_execution: int = 1) -> Callable:
+        spe = max(steps_per_execution, 1)  # 0: model.fit itself, one step per execution
         keras.utils.set_random_seed(settings.seed)
         model = build_compiled(config, settings)
-        if not metrics or steps_per_execution != 1:
+        if not metrics or spe != 1:
             model.compile(
                 optimizer=model.optimizer,
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"] if metrics else None,
                 jit_compile=False,
-                steps_per_execution=steps_per_execution,
+                steps_per_execution=spe,
             )
         data = tf.data.Dataset.from_tensors((images, labels)).repeat()
         iterator = iter(model.distribute_strategy.experimental_distribute_dataset(data))
         model.make_train_function()
 
         def round_() -> float:
-            for _ in range(steps // steps_per_execution):
+            start = time.perf_counter()
+            for _ in range(steps // spe):
                 logs = model.train_function(iterator)
-            value = float(logs["loss"])
+            float(logs["loss"])
             sync_device()
-            return value
+            return time.perf_counter() - start
 
-        return round_
+        def fit_epoch() -> float:
+            timer = EpochTimer()
+            model.fit(
+                data, epochs=1, steps_per_epoch=steps, callbacks=[timer], shuffle=False, verbose=0
+            )
+            return timer.seconds[0]
+
+        return fit_epoch if steps_per_execution == 0 else round_
 
     made["custom"] = custom()
     made["custom+metrics"] = custom(with_metrics=True)
@@ -109,6 +128,7 @@ def variants(config: RunConfig, settings: TrainSettings, steps: int) -> dict[str
     made["fit"] = fit()
     made["fit-nometrics"] = fit(metrics=False)
     made["fit-spe10"] = fit(steps_per_execution=10)
+    made["model.fit"] = fit(steps_per_execution=0)
     return made
 
 
@@ -122,9 +142,7 @@ def measure(precision: str, settings: TrainSettings, steps: int, rounds: int, de
         times: dict[str, list[float]] = {name: [] for name in rounds_of}
         for _ in range(rounds):
             for name, run in rounds_of.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(1000 * (time.perf_counter() - start) / steps)
+                times[name].append(1000 * run() / steps)
     base = statistics.median(times["custom"])
     print(f"\n{precision}, op determinism {'on' if det else 'off'} (load {_load()})")
     for name, values in times.items():
