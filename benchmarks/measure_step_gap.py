@@ -17,7 +17,9 @@ between :func:`mpcore.training.make_train_step` and Keras's train function:
 - with ``--determinism``, every variant again under TensorFlow op determinism (which
   ``mpbench run`` turns on where no GPU is visible).
 
-Prints the median ms/step of each variant, its ratio to ``custom`` and the load average.
+Prints the median ms/step of each variant, its range, the median over rounds of its ratio to
+``custom`` in the same round (paired, so load that changes between rounds cancels) and the load
+average. ``--variants`` picks some (``custom`` is always timed).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def _load() -> str:
         return " ".join(handle.read().split()[:3])
 
 
-def variants(config: RunConfig, settings: TrainSettings, steps: int) -> dict[str, Callable]:
+def variants(
+    config: RunConfig, settings: TrainSettings, steps: int, chosen: set[str]
+) -> dict[str, Callable]:
     """name -> a round of ``steps`` steps ending in one loss read and a device sync; a round
     returns its seconds."""
     images, labels = resident_batch(settings.batch_size, settings.resolved_image_size, 5, "/CPU:0")
@@ -122,20 +126,27 @@ def variants(config: RunConfig, settings: TrainSettings, steps: int) -> dict[str
 
         return fit_epoch if steps_per_execution == 0 else round_
 
-    made["custom"] = custom()
-    made["custom+metrics"] = custom(with_metrics=True)
-    made["custom+iterator"] = custom(from_iterator=True)
-    made["fit"] = fit()
-    made["fit-nometrics"] = fit(metrics=False)
-    made["fit-spe10"] = fit(steps_per_execution=10)
-    made["model.fit"] = fit(steps_per_execution=0)
+    makers = {
+        "custom": custom,
+        "custom+metrics": lambda: custom(with_metrics=True),
+        "custom+iterator": lambda: custom(from_iterator=True),
+        "fit": fit,
+        "fit-nometrics": lambda: fit(metrics=False),
+        "fit-spe10": lambda: fit(steps_per_execution=10),
+        "model.fit": lambda: fit(steps_per_execution=0),
+    }
+    for name, make in makers.items():
+        if name == "custom" or not chosen or name in chosen:
+            made[name] = make()
     return made
 
 
-def measure(precision: str, settings: TrainSettings, steps: int, rounds: int, det: bool) -> None:
+def measure(
+    precision: str, settings: TrainSettings, steps: int, rounds: int, det: bool, chosen: set[str]
+) -> None:
     config = RunConfig(precision, "off")
     with applied(config), op_determinism(det):
-        rounds_of = variants(config, settings, steps)
+        rounds_of = variants(config, settings, steps, chosen)
         for run in rounds_of.values():  # trace and warm up
             run()
             run()
@@ -148,7 +159,11 @@ def measure(precision: str, settings: TrainSettings, steps: int, rounds: int, de
     for name, values in times.items():
         median = statistics.median(values)
         spread = f"{min(values):.1f}-{max(values):.1f}"
-        print(f"  {name:16s} {median:7.2f} ms/step  ({spread})  x{median / base:.2f} of custom")
+        paired = statistics.median(v / c for v, c in zip(values, times["custom"], strict=True))
+        print(
+            f"  {name:16s} {median:7.2f} ms/step  ({spread})  x{median / base:.2f} of custom, "
+            f"paired x{paired:.2f}"
+        )
 
 
 def main() -> None:
@@ -159,12 +174,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--determinism", action="store_true", help="also under op determinism")
+    parser.add_argument("--variants", default="", help="comma-separated variants (default all)")
     args = parser.parse_args()
     settings = TrainSettings(model="small", image_size=args.image_size, batch_size=args.batch)
     print(f"load before: {_load()}")
     for precision in args.precision.split(","):
         for det in (False, True) if args.determinism else (False,):
-            measure(precision, settings, args.steps, args.rounds, det)
+            chosen = set(filter(None, args.variants.split(",")))
+            measure(precision, settings, args.steps, args.rounds, det, chosen)
 
 
 if __name__ == "__main__":

@@ -333,6 +333,7 @@ def test_gpu_runs_get_a_telemetry_plot_and_gpu_peak_memory(tmp_path: Path) -> No
     assert [row["speedup"] for row in rows] == [1.0, 2.0]
     assert [row["peak_memory_mib"] for row in rows] == [6 * 1024, 3.5 * 1024]
     assert "peak memory: TensorFlow peak GPU memory" in run_table(document)
+    assert "ms/step: steady model.fit epochs" in run_table(document)  # what was timed
 
 
 def test_doctor_says_bfloat16_helps_on_a_cpu_with_native_bfloat16() -> None:
