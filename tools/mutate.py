@@ -85,6 +85,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "        os.fsync(handle.fileno())",
         ("tests/test_cli_commands.py", "-k", "write_json_atomic"),
     ),
+    Mutant(
+        "custom-step-skips-model-losses",
+        "mpcore/training.py",
+        "            if model.losses:",
+        "            if False and model.losses:",
+        ("tests/test_training.py", "-k", "own_losses"),
+    ),
     _guarded("check-variable-dtype", "layer.variable_dtype != variable"),
     _guarded("check-output-dtype", 'output.dtype != "float32"'),
     _guarded("check-autoclustering", 'autoclustering_enabled() != (config.xla == "auto")'),
