@@ -155,7 +155,7 @@ def test_the_fit_steps_time_agrees_with_model_fits_own() -> None:
 
         def fit_epoch(callbacks: list) -> None:
             prepared.model.fit(
-                data, epochs=1, steps_per_epoch=steps, callbacks=callbacks, verbose=0
+                data, epochs=1, steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0
             )
 
         def harness_round() -> None:

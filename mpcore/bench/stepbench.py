@@ -137,11 +137,16 @@ def fit_train_step(
     """What ``model.fit`` runs per step: the model's compiled train function on an iterator of
     the resident batch repeated, distributed by the model's strategy (as ``fit`` does, the
     default strategy included). One call runs ``steps_per_execution`` steps and returns the
-    loss (the loss tracker's mean, as ``fit``'s logs report it)."""
+    loss (the loss tracker's mean, as ``fit``'s logs report it).
+
+    The first execution goes through ``model.fit`` itself: fit builds the optimizer and the
+    metrics before tracing (under a strategy a variable created while tracing fails) and makes
+    the train function, which the later calls reuse.
+    """
     model.steps_per_execution = steps_per_execution
     data = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    model.fit(data, epochs=1, steps_per_epoch=steps_per_execution, shuffle=False, verbose=0)
     iterator = iter(model.distribute_strategy.experimental_distribute_dataset(data))
-    model.make_train_function(force=True)
     train_function = model.train_function
 
     def step() -> tf.Tensor:
@@ -214,13 +219,13 @@ def prepared_step(
                 device,
                 settings.seed,
             )
+            start = time.perf_counter()  # the first step: tracing, XLA compilation
             if kind == "fit":
                 step = fit_train_step(model, images, labels, steps_per_execution)
             else:
                 step, images, labels = custom_train_step(
                     model, images, labels, config.compile_jit, strategy
                 )
-            start = time.perf_counter()
             float(step())
             sync_device()
             prepared = PreparedStep(
