@@ -22,6 +22,9 @@ PRECISIONS: tuple[str, ...] = (
 DEFAULT_PRECISIONS: tuple[str, ...] = PRECISIONS[:4]
 XLA_MODES: tuple[str, ...] = ("off", "jit", "auto")
 STRATEGIES: tuple[str, ...] = ("none", "mirrored", "multiworker")
+#: Training steps the benchmarks time: Keras's compiled train function (what ``fit`` runs per
+#: step; the default) and mpcore's own ``tf.function`` step (``make_train_step``).
+STEP_KINDS: tuple[str, ...] = ("fit", "custom")
 
 #: Precisions whose compute dtype is float16 and which therefore need dynamic loss scaling.
 FLOAT16_PRECISIONS: frozenset[str] = frozenset({"mixed_float16", "amp_rewrite"})

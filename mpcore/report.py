@@ -307,19 +307,24 @@ def run_table(document: dict[str, Any]) -> str:
     rows = run_rows(document)
     table = format_table(rows, run_columns(document))
     kinds = {peak_memory(r)[1] for r in document.get("configurations", []) if r.get("result")}
-    notes = [f"speedup: steady ms/step of {BASELINE} divided by each configuration's"]
+    notes = [
+        "ms/step: steady model.fit epochs (after the first) / steps per epoch, the whole fit "
+        "step (metrics, callbacks, input pipeline) included",
+        f"speedup: steady ms/step of {BASELINE} divided by each configuration's",
+    ]
     settings = document.get("settings") or {}
     if settings.get("model"):  # a user's model is named by its spec
         size = f", {settings['image_size']} px" if settings.get("image_size") else ""
         notes.append(f"model: {settings['model']}{size}, batch {settings.get('batch_size')}")
-
     repeats = max_repeats(document)
     if repeats > 1:
-        notes[0] = (
-            f"ms/step: each configuration's steady ms/step (median of its epochs after the first) "
-            f"over up to {repeats} repeats, run interleaved after an untimed warm-up: the median "
-            "(min-max)\n" + notes[0] + " (medians); interval: min/max to max/min over every pair "
-            'of repeats; "not significant": the interval includes 1.00x (with '
+        notes[0] += (
+            f"; the median (min-max) over up to {repeats} repeats of each configuration, run "
+            "interleaved after an untimed warm-up"
+        )
+        notes[1] += (
+            ' (medians); interval: min/max to max/min over every pair of repeats; "not '
+            'significant": the interval includes 1.00x (with '
             f"{repeats} repeats each, two identical configurations look significant by chance "
             f"{chance_of_no_overlap(repeats):.1%} of the time)"
         )

@@ -389,6 +389,9 @@ def make_train_step(
     identity for optimizers without loss scaling); ``optimizer.apply`` then unscales the
     gradients, skips the update if any is non-finite and adjusts the scale. Returns the unscaled
     loss, so reading it also synchronises the device.
+
+    The loss includes the model's own losses (``model.losses``: weight regularizers, losses
+    added by layers), as ``fit``'s ``compute_loss`` does; the registry models have none.
     """
     optimizer.build(model.trainable_variables)
 
@@ -397,6 +400,11 @@ def make_train_step(
         with tf.GradientTape() as tape:
             predictions = model(images, training=True)
             loss = loss_fn(labels, predictions)
+            if model.losses:
+                # A Keras loss in a replica context is already divided by the replicas (the
+                # gradients are summed); the model's own losses are divided the same way.
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                loss += tf.cast(tf.add_n(model.losses), loss.dtype) / replicas
             scaled = optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)

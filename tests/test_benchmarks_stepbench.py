@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import keras
 import pytest
@@ -12,7 +14,7 @@ import mpcore.bench.stepbench
 from mpcore.bench.stepbench import MemoryProbe, prepared_step, throughput_fields
 from mpcore.modes import RunConfig, amp_rewrite_enabled, autoclustering_enabled
 from mpcore.probe.machine import visible_gpus
-from mpcore.training import TrainSettings
+from mpcore.training import EpochTimer, TrainSettings
 
 TINY = TrainSettings(model="small", image_size=16, batch_size=4)
 
@@ -35,7 +37,7 @@ def test_a_round_runs_its_steps_and_the_step_is_timed_apart() -> None:
 
 
 def test_globals_are_restored_when_building_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    def out_of_memory(config, settings):
+    def out_of_memory(*args):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
 
     monkeypatch.setattr(mpcore.bench.stepbench, "build_compiled", out_of_memory)
@@ -62,3 +64,114 @@ def test_gpu_memory_probe_degrades_to_unknown_without_a_gpu() -> None:
     assert probe.fields["peak_memory_bytes"] is None
     assert probe.fields["nvml_peak_used_bytes"] is None
     assert probe.fields["peak_rss_bytes"] > 0
+
+
+class _SpyLoss:
+    """A loss tensor stand-in that records when the round reads its value."""
+
+    def __init__(self, calls: list[str], value: float) -> None:
+        self.calls, self.value = calls, value
+
+    def __float__(self) -> float:
+        self.calls.append("read")
+        return self.value
+
+
+@pytest.mark.parametrize("kind", ["fit", "custom"])
+def test_a_round_syncs_once_after_its_last_step_and_returns_a_float(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Without the device sync or the loss read, a timer around a round would time the host's
+    dispatch on a GPU, not the device: the calls are spied on, in order."""
+    calls: list[str] = []
+    monkeypatch.setattr(mpcore.bench.stepbench, "sync_device", lambda: calls.append("sync"))
+    with prepared_step(RunConfig(), TINY, steps_per_round=3, kind=kind) as prepared:
+
+        def step() -> _SpyLoss:
+            calls.append("step")
+            return _SpyLoss(calls, 0.25 * calls.count("step"))
+
+        prepared.step = step
+        calls.clear()
+        value = prepared.run_round()
+        assert type(value) is float and value == 0.75  # the last step's loss, read
+        steps = calls.count("step")
+        assert calls[:steps] == ["step"] * 3
+        assert sorted(calls[steps:]) == ["read", "sync"]  # exactly once each, after the last step
+        calls.clear()
+        prepared.run_round()
+        assert calls.count("sync") == 1  # once per round
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_the_fit_step_is_kerass_train_function(steps_per_execution: int) -> None:
+    with prepared_step(
+        RunConfig(), TINY, steps_per_round=6, kind="fit", steps_per_execution=steps_per_execution
+    ) as prepared:
+        model = prepared.model
+        assert prepared.describe()["step"] == "fit"
+        assert model.steps_per_execution == steps_per_execution
+        before = int(model.optimizer.iterations.numpy())
+        assert math.isfinite(prepared.run_round())
+        assert int(model.optimizer.iterations.numpy()) - before == 6
+        # model.fit reuses the very train function the harness times.
+        train_function = model.train_function
+        model.fit(
+            tf.data.Dataset.from_tensors((prepared.images, prepared.labels)).repeat(),
+            epochs=1,
+            steps_per_epoch=steps_per_execution,
+            shuffle=False,
+            verbose=0,
+        )
+        assert model.train_function is train_function
+
+
+def test_steps_per_execution_must_divide_the_round() -> None:
+    with (
+        pytest.raises(ValueError, match="must be positive and divide"),
+        prepared_step(RunConfig(), TINY, 5, kind="fit", steps_per_execution=2),
+    ):
+        pass
+
+
+@pytest.mark.slow
+def test_the_fit_steps_time_agrees_with_model_fits_own() -> None:
+    """The harness's ``fit`` step times what ``model.fit`` takes per step, within 15%.
+
+    States a CPU fact (pinned to the CPU): the small model at 48 px, batch 16, float32, XLA off.
+    Rounds of the harness and epochs of ``model.fit`` (the same model, batch and compiled train
+    function; timed by its own epoch callback, the epoch's closing sync included) alternate, the
+    order flipping every round, so drift and other processes' load hit both alike; medians.
+    """
+    settings = TrainSettings(model="small", image_size=48, batch_size=16)
+    steps, rounds = 20, 11
+    harness: list[float] = []
+    timer = EpochTimer()
+    with (
+        tf.device("/CPU:0"),
+        prepared_step(RunConfig(), settings, steps_per_round=steps, kind="fit") as prepared,
+    ):
+        data = tf.data.Dataset.from_tensors((prepared.images, prepared.labels)).repeat()
+
+        def fit_epoch(callbacks: list) -> None:
+            prepared.model.fit(
+                data, epochs=1, steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0
+            )
+
+        def harness_round() -> None:
+            start = time.perf_counter()
+            prepared.run_round()
+            harness.append((time.perf_counter() - start) / steps)
+
+        prepared.run_round()  # warm both paths up, untimed
+        fit_epoch([])
+        for index in range(rounds):
+            first, second = (harness_round, lambda: fit_epoch([timer]))[:: 1 - 2 * (index % 2)]
+            first()
+            second()
+    fitted = [seconds / steps for seconds in timer.seconds]
+    ms_harness, ms_fit = 1000 * statistics.median(harness), 1000 * statistics.median(fitted)
+    with open("/proc/loadavg") as handle:
+        load = handle.read().split()[0]
+    print(f"harness fit step {ms_harness:.2f} ms/step, model.fit {ms_fit:.2f} ms/step, load {load}")
+    assert abs(ms_harness - ms_fit) <= 0.15 * ms_fit, (ms_harness, ms_fit, load)

@@ -144,7 +144,7 @@ def test_skips_are_decided_at_collection_from_capabilities(
     skips = collected_skips(suite)
     assert len(skips) == 15
     for combination, reason in skips.items():
-        precision = combination.rsplit("-", 1)[0]
+        precision = combination.split("-")[0]
         if fake_gpu == "none":
             assert reason == NO_GPU_REASON
         elif precision in expected:
@@ -157,12 +157,12 @@ def test_allow_cpu_runs_exactly_the_cpu_possible_combinations(suite: pytest.Pyte
     skips = collected_skips(suite, "--mp-allow-cpu")
     runnable = {combination for combination, reason in skips.items() if reason is None}
     assert runnable == {
-        f"{p}-{x}"
+        f"{p}-{x}-fit"
         for p in ("float32", "mixed_float16", "mixed_bfloat16", "float8")
         for x in ("off", "jit")
     }
-    assert skips["amp_rewrite-off"] == "grappler auto_mixed_precision is a no-op without a GPU"
-    assert "auto-clustering does not cluster CPU ops" in skips["float32-auto"]
+    assert skips["amp_rewrite-off-fit"] == "grappler auto_mixed_precision is a no-op without a GPU"
+    assert "auto-clustering does not cluster CPU ops" in skips["float32-auto-fit"]
 
 
 def test_cpu_run_records_every_field_prints_the_table_and_compares(
@@ -186,7 +186,8 @@ def test_cpu_run_records_every_field_prints_the_table_and_compares(
     assert document["machine_info"]["tensorflow"] == tf.__version__
     benches = saved_benchmarks(out)
     for precision in ("float32", "mixed_float16", "mixed_bfloat16", "float8"):
-        info = benches[f"test_train_step[{precision}-off]"]["extra_info"]
+        info = benches[f"test_train_step[{precision}-off-fit]"]["extra_info"]
+        assert info["step"] == "fit"  # the default: what model.fit runs
         assert set(TRAINING_FIELDS) <= set(info), precision
         for field in ("images_per_second", "ms_per_step", "compile_seconds", "achieved_tflops"):
             assert info[field] > 0, field
@@ -200,9 +201,9 @@ def test_cpu_run_records_every_field_prints_the_table_and_compares(
     first.stdout.fnmatch_lines(
         [
             "*mpbench report*",
-            "small 16px batch 4 on CPU",
-            "precision*xla*ms/step*images/s*speedup*peak memory MiB*TFLOP/s*% of peak*",
-            "float32*off*1.00x*",
+            "small 16px batch 4 on CPU, fit step",
+            "precision*xla*step*ms/step*images/s*speedup*peak memory MiB*TFLOP/s*% of peak*",
+            "float32*off*fit*1.00x*",
             "mixed_float16*off*x*",
             "mixed_bfloat16*off*x*",
             "float8*off*x*",
@@ -222,8 +223,50 @@ def test_cpu_run_records_every_field_prints_the_table_and_compares(
     second.assert_outcomes(passed=1)
     # One row per source; pytest-benchmark sorts them by time, so match each on its own.
     second.stderr.fnmatch_lines(["*Comparing against benchmarks from*0001_*"])
-    second.stdout.fnmatch_lines(["*test_train_step?float32-off? (NOW)*"])
-    second.stdout.fnmatch_lines(["*test_train_step?float32-off? (0001*"])
+    second.stdout.fnmatch_lines(["*test_train_step?float32-off-fit? (NOW)*"])
+    second.stdout.fnmatch_lines(["*test_train_step?float32-off-fit? (0001*"])
+
+
+def test_both_steps_run_in_one_session_each_in_its_own_table(suite: pytest.Pytester) -> None:
+    out = suite.path / "out.json"
+    result = run(
+        suite,
+        *TINY,
+        *ONLY_TRAINING,
+        "--mp-allow-cpu",
+        "--mp-xla=off",
+        "--mp-precision=float32,mixed_float16",
+        "--mp-step=fit,custom",
+        "--mp-steps=2",
+        "--mp-steps-per-execution=2",
+        f"--benchmark-json={out}",
+    )
+    result.assert_outcomes(passed=4)
+    benches = saved_benchmarks(out)
+    for precision in ("float32", "mixed_float16"):
+        for step in ("fit", "custom"):
+            bench = benches[f"test_train_step[{precision}-off-{step}]"]
+            assert bench["extra_info"]["step"] == step
+            assert bench["extra_info"]["steps_per_execution"] == (2 if step == "fit" else 1)
+            assert bench["group"].endswith(
+                f"{step} step" + (" (2 steps per execution)" * (step == "fit"))
+            )
+    result.stdout.fnmatch_lines(
+        [
+            "small 16px batch 4 on CPU, custom step",
+            "precision*xla*step*ms/step*",
+            "*",
+            "float32*off*custom*1.00x*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "small 16px batch 4 on CPU, fit step (2 steps per execution)",
+            "*",
+            "*",
+            "float32*off*fit*1.00x*",
+        ]
+    )
 
 
 def test_combinations_do_not_leak_rewrite_or_autoclustering(
@@ -245,7 +288,10 @@ def test_combinations_do_not_leak_rewrite_or_autoclustering(
     )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
-        ["*test_train_step?amp_rewrite-auto? PASSED*", "*test_train_step?float32-off? PASSED*"]
+        [
+            "*test_train_step?amp_rewrite-auto-fit? PASSED*",
+            "*test_train_step?float32-off-fit? PASSED*",
+        ]
     )
     document = json.loads(out.read_text())
     assert document["machine_info"]["gpu_simulated"] is True
@@ -262,10 +308,10 @@ def test_a_failing_combination_does_not_stop_the_others(
 ) -> None:
     real_build = mpcore.bench.stepbench.build_compiled
 
-    def out_of_memory_for_float16(config, settings):
+    def out_of_memory_for_float16(config, settings, strategy=None):
         if config.precision == "mixed_float16":
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
-        return real_build(config, settings)
+        return real_build(config, settings, strategy)
 
     monkeypatch.setattr(mpcore.bench.stepbench, "build_compiled", out_of_memory_for_float16)
     out = suite.path / "out.json"
@@ -280,8 +326,8 @@ def test_a_failing_combination_does_not_stop_the_others(
     )
     result.assert_outcomes(passed=2, errors=1)
     assert set(saved_benchmarks(out)) == {
-        "test_train_step[float32-off]",
-        "test_train_step[mixed_bfloat16-off]",
+        "test_train_step[float32-off-fit]",
+        "test_train_step[mixed_bfloat16-off-fit]",
     }
     result.stdout.fnmatch_lines(
         ["*mixed_float16*off*ResourceExhaustedError: OOM when allocating tensor*"]
@@ -295,6 +341,11 @@ def test_a_failing_combination_does_not_stop_the_others(
         (("--mp-model=vgg",), "ERROR: --mp-model: unknown model 'vgg'*"),
         (("--mp-batch=0",), "ERROR: --mp-batch must be at least 1, got 0"),
         (("--mp-image-size=4", "--mp-model=small"), "ERROR: --mp-image-size 4 is too small*"),
+        (("--mp-step=keras",), "ERROR: unknown --mp-step value 'keras'; valid: fit, custom, all"),
+        (
+            ("--mp-steps=5", "--mp-steps-per-execution=2"),
+            "ERROR: --mp-steps-per-execution 2 does not divide --mp-steps 5",
+        ),
     ],
 )
 def test_bad_options_fail_in_one_line(

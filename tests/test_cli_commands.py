@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -334,6 +335,7 @@ def test_gpu_runs_get_a_telemetry_plot_and_gpu_peak_memory(tmp_path: Path) -> No
     assert [row["speedup"] for row in rows] == [1.0, 2.0]
     assert [row["peak_memory_mib"] for row in rows] == [6 * 1024, 3.5 * 1024]
     assert "peak memory: TensorFlow peak GPU memory" in run_table(document)
+    assert "ms/step: steady model.fit epochs" in run_table(document)  # what was timed
 
 
 def test_doctor_says_bfloat16_helps_on_a_cpu_with_native_bfloat16() -> None:
@@ -341,3 +343,48 @@ def test_doctor_says_bfloat16_helps_on_a_cpu_with_native_bfloat16() -> None:
     assert verdicts["mixed_bfloat16"].speeds_up is True
     assert "avx512_bf16" in verdicts["mixed_bfloat16"].why
     assert verdicts["mixed_float16"].speeds_up is False
+
+
+class _FullDisk:
+    """A real file handle whose writes fail as on a full disk (opening still truncates)."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._handle.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync"])
+def test_write_json_atomic_keeps_the_old_file_when_writing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """A write or fsync that fails after serialising (disk full, I/O error) leaves the old file
+    whole and no temporary file: a writer that wrote in place would have truncated it."""
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"n": 1, "runs": list(range(50))})
+    old = path.read_text()
+    if failing == "fsync":
+
+        def broken_fsync(descriptor: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", broken_fsync)
+    else:
+        real_open, real_fdopen = open, os.fdopen
+        monkeypatch.setattr("builtins.open", lambda *a, **k: _FullDisk(real_open(*a, **k)))
+        monkeypatch.setattr(os, "fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k)))
+    with pytest.raises(OSError, match="No space left"):
+        write_json_atomic(path, {"n": 2})
+    monkeypatch.undo()
+    assert path.read_text() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

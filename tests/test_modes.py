@@ -153,3 +153,64 @@ def test_loss_scaling_exactly_for_float16_modes() -> None:
         "mixed_float16",
         "amp_rewrite",
     }
+
+
+# One negative test per check of check_model: each model or process state breaks exactly one
+# check, and the test asserts that check's whole message (so disabling the check fails it).
+
+
+def _only_problem(model: keras.Model, config: RunConfig) -> str:
+    """The one problem check_model reports for ``model`` under ``config``."""
+    with pytest.raises(ModeMismatchError) as caught:
+        check_model(model, config)
+    message = str(caught.value)
+    assert message.startswith(f"{config.name}: ") and ";" not in message, message
+    return message.removeprefix(f"{config.name}: ")
+
+
+def _two_layer(hidden_dtype: str | None, tail: keras.layers.Layer | None = None) -> keras.Model:
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(4, dtype=hidden_dtype, name="hidden")(inputs)
+    x = keras.layers.Dense(2, activation="softmax", dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, tail(x) if tail is not None else x)
+
+
+def test_float16_variables_are_caught() -> None:
+    config = RunConfig("mixed_float16", "off")
+    with applied(config):
+        model = compile_for(_two_layer("float16"), config, 1e-3)  # a pure float16 layer
+        assert _only_problem(model, config) == (
+            "layer hidden keeps variables in float16, expected float32"
+        )
+
+
+def test_float16_output_is_caught() -> None:
+    config = RunConfig("float32", "off")
+    with applied(config):
+        to_half = keras.layers.Activation("linear", dtype="float16", name="to_half")
+        model = compile_for(_two_layer(None, to_half), config, 1e-3)
+        assert model.outputs[0].dtype == "float16"
+        problem = _only_problem(model, config)
+        assert problem.startswith("model output ") and problem.endswith(
+            " is float16, expected float32"
+        ), problem
+
+
+def test_autoclustering_left_on_under_xla_off_is_caught() -> None:
+    config = RunConfig("float32", "off")
+    with applied(config):
+        model = compile_for(_two_layer(None), config, 1e-3)
+        check_model(model, config)  # clean until the global is switched on
+        tf.config.optimizer.set_jit("autoclustering")  # applied() restores it on exit
+        assert _only_problem(model, config) == "auto-clustering is on"
+    assert not autoclustering_enabled()
+
+
+def test_grappler_rewrite_left_on_under_float32_is_caught() -> None:
+    config = RunConfig("float32", "off")
+    with applied(config):
+        model = compile_for(_two_layer(None), config, 1e-3)
+        check_model(model, config)
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision": True})
+        assert _only_problem(model, config) == "grappler auto_mixed_precision is on"
+    assert not amp_rewrite_enabled()

@@ -159,3 +159,19 @@ def test_xla_jit_runs_with_xla_and_records_no_determinism(splits) -> None:
     result = train(RunConfig("float32", "jit"), settings, train_index, validation_index)
     assert result.settings["deterministic"] is False
     assert math.isfinite(result.loss[0])
+
+
+def test_custom_step_trains_on_the_models_own_losses_as_fit_does() -> None:
+    """A weight regularizer is part of the loss fit trains on; the custom step must not skip it."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((4,))
+    regularized = keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(10.0))
+    model = keras.Model(inputs, keras.layers.Softmax()(regularized(inputs)))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    images = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    labels = np.arange(8, dtype=np.int32) % 3
+    data_loss = float(loss_fn(labels, model(images, training=True)))
+    penalty = float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
+    assert penalty > 0.1 * data_loss  # large enough to tell apart
+    step = make_train_step(model, keras.optimizers.SGD(0.0), loss_fn)
+    assert float(step(images, labels)) == pytest.approx(data_loss + penalty, rel=1e-5)

@@ -10,6 +10,10 @@ Capability data is detected from TensorFlow. Tests replace it with the environme
 peak table then follow the simulated GPU while the work itself runs wherever TensorFlow places
 it, and ``machine_info["gpu_simulated"]`` says so. It exists for the tests, not for measuring.
 
+``--mp-step`` chooses the step timed: ``fit`` (default), Keras's compiled train function (what
+``model.fit`` runs per step), and/or ``custom``, mpcore's own ``tf.function`` step; each is
+its own benchmark (id ``PRECISION-XLA-STEP``) and its own report table.
+
 ``--mp-strategy mirrored`` times each step under ``MirroredStrategy`` (``--mp-batch`` per
 replica); it needs two replicas: two GPUs, or ``--mp-cpu-replicas 2`` to split the CPU.
 """
@@ -29,7 +33,7 @@ from mpcore.bench.stepbench import PreparedStep, prepared_step
 from mpcore.bench.table import render_report
 from mpcore.models import model_spec
 from mpcore.modes import RunConfig
-from mpcore.names import PRECISIONS, XLA_MODES, cpu_replicas_problem, parse_names
+from mpcore.names import PRECISIONS, STEP_KINDS, XLA_MODES, cpu_replicas_problem, parse_names
 from mpcore.ownmodel import is_user_model
 from mpcore.probe import telemetry
 from mpcore.probe.devices import benchmark_gpus, skip_reason, speedup_note
@@ -65,6 +69,8 @@ class BenchOptions:
     real_gpu: bool
     strategy: str = "none"
     replicas: int = 1
+    step_kinds: tuple[str, ...] = ("fit",)
+    steps_per_execution: int = 1
 
     @property
     def device(self) -> str:
@@ -81,6 +87,12 @@ class BenchOptions:
         size = f" {self.image_size}px" if self.image_size else ""
         group = f"{self.model}{size} batch {self.batch} on {where}"
         return group if self.strategy == "none" else f"{group}, {self.strategy} x{self.replicas}"
+
+    def group_of(self, step_kind: str) -> str:
+        """:attr:`group` of one step kind: speedups compare rows of the same step only."""
+        many = step_kind == "fit" and self.steps_per_execution > 1
+        spe = f" ({self.steps_per_execution} steps per execution)" if many else ""
+        return f"{self.group}, {step_kind} step{spe}"
 
     @property
     def train_settings(self) -> TrainSettings:
@@ -106,6 +118,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--mp-xla",
         default=",".join(XLA_MODES),
         help=f"comma-separated XLA modes (default all: {','.join(XLA_MODES)})",
+    )
+    group.addoption(
+        "--mp-step",
+        default="fit",
+        help="comma-separated steps to time: fit (default; Keras's compiled train function, what "
+        "model.fit runs per step) and/or custom (mpcore's own tf.function step)",
+    )
+    group.addoption(
+        "--mp-steps-per-execution",
+        type=int,
+        help="steps per call of the fit step (Keras's steps_per_execution; default 1); must "
+        "divide --mp-steps",
     )
     group.addoption("--mp-steps", type=int, help="training steps per timed round (GPU 10, CPU 5)")
     group.addoption("--mp-rounds", type=int, help="timed rounds (GPU default 10, CPU 5)")
@@ -188,6 +212,12 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
         value = config.getoption(option.lstrip("-").replace("-", "_"))
         return _positive(option, fallback if value is None else value, minimum)
 
+    steps = number("--mp-steps", defaults["steps"])
+    steps_per_execution = number("--mp-steps-per-execution", 1)
+    if steps % steps_per_execution:
+        raise pytest.UsageError(
+            f"--mp-steps-per-execution {steps_per_execution} does not divide --mp-steps {steps}"
+        )
     return BenchOptions(
         model=model,
         batch=number("--mp-batch", defaults["batch"]),
@@ -195,7 +225,7 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
         classes=classes or number("--mp-classes", 5, minimum=2),
         precisions=_names(config.getoption("mp_precision"), PRECISIONS, "--mp-precision"),
         xla_modes=_names(config.getoption("mp_xla"), XLA_MODES, "--mp-xla"),
-        steps=number("--mp-steps", defaults["steps"]),
+        steps=steps,
         rounds=number("--mp-rounds", defaults["rounds"]),
         warmup_rounds=number("--mp-warmup-rounds", 2, minimum=0),
         allow_cpu=allow_cpu,
@@ -206,6 +236,8 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
         real_gpu=bool(visible_gpus()),
         strategy=strategy,
         replicas=_replicas(config, strategy, len(visible_gpus())),
+        step_kinds=_names(config.getoption("mp_step"), STEP_KINDS, "--mp-step"),
+        steps_per_execution=steps_per_execution,
     )
 
 
@@ -271,6 +303,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 pytest.param(RunConfig(precision, xla), id=f"{precision}-{xla}", marks=marks)
             )
     metafunc.parametrize("combination", params)
+    if "step_kind" in metafunc.fixturenames:
+        metafunc.parametrize("step_kind", options.step_kinds)
 
 
 @pytest.fixture
@@ -280,7 +314,9 @@ def speedup_caveat(bench_options: BenchOptions, combination: RunConfig) -> str |
 
 
 @pytest.fixture
-def prepared(bench_options: BenchOptions, combination: RunConfig) -> Iterator[PreparedStep]:
+def prepared(
+    bench_options: BenchOptions, combination: RunConfig, step_kind: str
+) -> Iterator[PreparedStep]:
     """The combination built in isolation, compiled, verified and run once; globals restored."""
     with prepared_step(
         combination,
@@ -290,6 +326,8 @@ def prepared(bench_options: BenchOptions, combination: RunConfig) -> Iterator[Pr
         bench_options.device,
         make_strategy(bench_options.strategy),  # one per process: made once, then reused
         bench_options.strategy,
+        step_kind,
+        bench_options.steps_per_execution,
     ) as step:
         yield step
 
@@ -309,7 +347,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
     row: dict = {}
     if isinstance(combination, RunConfig):
         options = item.config.stash[_OPTIONS]
-        row = {"group": options.group, **combination.to_dict()}
+        step_kind = callspec.params.get("step_kind", "fit")
+        row = {"group": options.group_of(step_kind), "step": step_kind, **combination.to_dict()}
     if "benchmark" in funcargs:
         row.update(funcargs["benchmark"].extra_info)
     failed_here = report.failed and call.excinfo is not None and call.when in ("setup", "call")

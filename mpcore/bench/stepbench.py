@@ -6,6 +6,13 @@ one batch on the device and runs the first step (tracing and XLA compilation) on
 A round (:meth:`PreparedStep.run_round`) is then K compiled steps on that resident batch, ending
 in a device synchronisation, so a timer around it measures the device, not the host's dispatch.
 
+Two steps can be timed (``kind``). ``fit`` (the default) is Keras's own compiled train function,
+``model.train_function``, called on an iterator of ``from_tensors(batch).repeat()`` distributed
+by the model's strategy: exactly what ``model.fit`` runs per step (loss tracker, compiled
+metrics, ``get_next``), ``steps_per_execution`` steps per call. ``custom`` is
+:func:`mpcore.training.make_train_step` on the resident tensors: forward, loss, gradients and
+the optimizer update, nothing else.
+
 Under a ``tf.distribute`` strategy the model and optimizer are built in its scope, the batch is
 ``batch_size`` per replica (a global batch of ``batch_size x replicas``) split across the
 replicas once, and each step runs on every replica (``strategy.run``) with summed gradients.
@@ -24,6 +31,7 @@ import keras
 import tensorflow as tf
 
 from mpcore.modes import RunConfig, amp_rewrite_enabled, applied, autoclustering_enabled
+from mpcore.names import STEP_KINDS
 from mpcore.ownmodel import is_user_model
 from mpcore.probe import telemetry
 from mpcore.probe.devices import (
@@ -47,7 +55,8 @@ class PreparedStep:
     config: RunConfig
     settings: TrainSettings
     model: keras.Model | None
-    step: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None
+    #: One call runs ``steps_per_execution`` training steps and returns the loss tensor.
+    step: Callable[[], tf.Tensor] | None
     images: tf.Tensor | None
     labels: tf.Tensor | None
     steps_per_round: int
@@ -56,6 +65,8 @@ class PreparedStep:
     autoclustering_on: bool
     strategy: str = "none"
     replicas: int = 1
+    kind: str = "fit"
+    steps_per_execution: int = 1
 
     @property
     def global_batch(self) -> int:
@@ -65,8 +76,8 @@ class PreparedStep:
     def run_round(self) -> float:
         """Run ``steps_per_round`` steps and wait for the device; return the last loss."""
         loss = None
-        for _ in range(self.steps_per_round):
-            loss = self.step(self.images, self.labels)
+        for _ in range(self.steps_per_round // self.steps_per_execution):
+            loss = self.step()
         value = float(loss)  # waits for the last forward pass...
         sync_device()  # ...and for its optimizer update, which the loss does not depend on
         return value
@@ -80,6 +91,8 @@ class PreparedStep:
         return {
             "precision": self.config.precision,
             "xla": self.config.xla,
+            "step": self.kind,
+            "steps_per_execution": self.steps_per_execution,
             "model": self.settings.model,
             "batch": self.settings.batch_size,
             "strategy": self.strategy,
@@ -154,6 +167,52 @@ def user_model_step(
     return model, loss_function(loss), batch
 
 
+def fit_train_step(
+    model: keras.Model, images: tf.Tensor, labels: tf.Tensor, steps_per_execution: int = 1
+) -> Callable[[], tf.Tensor]:
+    """What ``model.fit`` runs per step: the model's compiled train function on an iterator of
+    the resident batch repeated, distributed by the model's strategy (as ``fit`` does, the
+    default strategy included). One call runs ``steps_per_execution`` steps and returns the
+    loss (the loss tracker's mean, as ``fit``'s logs report it).
+
+    The first execution goes through ``model.fit`` itself: fit builds the optimizer and the
+    metrics before tracing (under a strategy a variable created while tracing fails) and makes
+    the train function, which the later calls reuse.
+    """
+    model.steps_per_execution = steps_per_execution
+    data = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    model.fit(data, epochs=1, steps_per_epoch=steps_per_execution, shuffle=False, verbose=0)
+    iterator = iter(model.distribute_strategy.experimental_distribute_dataset(data))
+    train_function = model.train_function
+
+    def step() -> tf.Tensor:
+        return train_function(iterator)["loss"]
+
+    return step
+
+
+def custom_train_step(
+    model: keras.Model,
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    jit_compile: bool,
+    strategy: tf.distribute.Strategy | None = None,
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+) -> tuple[Callable[[], tf.Tensor], Any, Any]:
+    """:func:`make_train_step` (every replica's under a ``strategy``) bound to the resident
+    batch; returns the step and the batch (under a strategy, split across the replicas once).
+    ``loss_fn`` defaults to the registry models' sparse cross-entropy."""
+    if strategy is None:
+        loss_fn = loss_fn or keras.losses.SparseCategoricalCrossentropy()
+        train_step = make_train_step(model, model.optimizer, loss_fn, jit_compile=jit_compile)
+    else:
+        train_step = distributed_train_step(model, strategy, jit_compile)
+        # Split the global batch across the replicas once: each keeps its slice resident.
+        whole = tf.data.Dataset.from_tensors((images, labels))
+        images, labels = next(iter(strategy.experimental_distribute_dataset(whole)))
+    return (lambda: train_step(images, labels)), images, labels
+
+
 @contextlib.contextmanager
 def prepared_step(
     config: RunConfig,
@@ -163,51 +222,57 @@ def prepared_step(
     device: str = "/CPU:0",
     strategy: tf.distribute.Strategy | None = None,
     strategy_name: str = "mirrored",
+    kind: str = "fit",
+    steps_per_execution: int = 1,
 ) -> Iterator[PreparedStep]:
     """Build ``config`` in isolation and yield its compiled step; restore every global on exit.
 
-    With a ``strategy`` (called ``strategy_name`` in :meth:`PreparedStep.describe`),
+    ``kind`` is ``fit`` (Keras's train function, ``steps_per_execution`` steps per call, which
+    must divide ``steps_per_round``) or ``custom`` (:func:`make_train_step`). With a
+    ``strategy`` (called ``strategy_name`` in :meth:`PreparedStep.describe`),
     ``settings.batch_size`` is the batch of each replica.
     """
     if steps_per_round < 1:
         raise ValueError(f"steps per round must be positive, got {steps_per_round}")
+    if kind not in STEP_KINDS:
+        raise ValueError(f"unknown step {kind!r}; valid: {', '.join(STEP_KINDS)}")
+    if kind == "custom":
+        steps_per_execution = 1
+    if steps_per_execution < 1 or steps_per_round % steps_per_execution:
+        raise ValueError(
+            f"steps per execution ({steps_per_execution}) must be positive and divide the steps "
+            f"per round ({steps_per_round})"
+        )
     prepared = None
     try:
         with applied(config):
             keras.utils.set_random_seed(settings.seed)
             replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-            batch = None
             if is_user_model(settings.model):
                 if strategy is not None:
                     raise ValueError(
                         f"{settings.model}: a user's model is timed without a strategy"
                     )
-                model, loss_fn, batch = user_model_step(config, settings, device)
-                step = make_train_step(model, model.optimizer, loss_fn, config.compile_jit)
-            elif strategy is None:
-                model = build_compiled(config, settings)  # raises unless the model is in its mode
-                step = make_train_step(
-                    model,
-                    model.optimizer,
-                    keras.losses.SparseCategoricalCrossentropy(),
-                    jit_compile=config.compile_jit,
-                )
+                model, loss_fn, (images, labels) = user_model_step(config, settings, device)
             else:
-                model = build_compiled(config, settings, strategy)  # also checks the mirroring
-                step = distributed_train_step(model, strategy, config.compile_jit)
-            images, labels = batch or resident_batch(
-                settings.batch_size * replicas,
-                settings.resolved_image_size,
-                num_classes,
-                device,
-                settings.seed,
-            )
-            if strategy is not None:
-                # Split the global batch across the replicas once: each keeps its slice resident.
-                whole = tf.data.Dataset.from_tensors((images, labels))
-                images, labels = next(iter(strategy.experimental_distribute_dataset(whole)))
-            start = time.perf_counter()
-            float(step(images, labels))
+                # Raises unless the model is in its mode (and, under a strategy, mirrored).
+                model = build_compiled(config, settings, strategy)
+                loss_fn = None
+                images, labels = resident_batch(
+                    settings.batch_size * replicas,
+                    settings.resolved_image_size,
+                    num_classes,
+                    device,
+                    settings.seed,
+                )
+            start = time.perf_counter()  # the first step: tracing, XLA compilation
+            if kind == "fit":
+                step = fit_train_step(model, images, labels, steps_per_execution)
+            else:
+                step, images, labels = custom_train_step(
+                    model, images, labels, config.compile_jit, strategy, loss_fn
+                )
+            float(step())
             sync_device()
             prepared = PreparedStep(
                 config=config,
@@ -222,6 +287,8 @@ def prepared_step(
                 autoclustering_on=autoclustering_enabled(),
                 strategy=strategy_name if strategy is not None else "none",
                 replicas=replicas,
+                kind=kind,
+                steps_per_execution=steps_per_execution,
             )
             del model, step, images, labels
             yield prepared

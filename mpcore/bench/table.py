@@ -1,7 +1,8 @@
-"""The benchmark report: one table per model/batch/size/device, rows precision x XLA.
+"""The benchmark report: one table per model/batch/size/device/step, rows precision x XLA.
 
 Rows are the ``extra_info`` records the ``benchmarks/`` suite stores (plus ``group`` and, for a
-failed combination, ``error``). Speedups are over ``float32``/``off`` of the same group in the
+failed combination, ``error``); ``step`` names the step timed (``fit``: Keras's train function,
+``custom``: mpcore's own). Speedups are over ``float32``/``off`` of the same group in the
 same run, never across runs (``pytest --benchmark-compare`` does that). ``mpbench report
 SAVED.json`` reprints the report of a saved pytest-benchmark file. No TensorFlow here.
 """
@@ -18,6 +19,7 @@ from mpcore.names import BASELINE_PRECISION, BASELINE_XLA, PRECISIONS, XLA_MODES
 TRAINING_HEADERS = (
     "precision",
     "xla",
+    "step",
     "ms/step",
     "images/s",
     "speedup",
@@ -74,6 +76,7 @@ def training_table(rows: Sequence[dict[str, Any]]) -> str:
             (
                 row.get("precision", "?"),
                 row.get("xla", "?"),
+                row.get("step", ""),
                 "" if "error" in row else _number(ms),
                 "" if "error" in row else _number(row.get("images_per_second"), digits=1),
                 "" if speedup is None else f"{speedup:.2f}x",
@@ -88,7 +91,7 @@ def training_table(rows: Sequence[dict[str, Any]]) -> str:
         lines,
         headers=TRAINING_HEADERS,
         disable_numparse=True,
-        colalign=("left", "left", *["right"] * 7, "left"),
+        colalign=("left", "left", "left", *["right"] * 7, "left"),
     )
 
 

@@ -1,0 +1,212 @@
+"""Plant known bugs in a copy of the repository and report which ones the tests catch.
+
+``python tools/mutate.py`` copies the working tree to a temporary folder once, then for each
+planted bug (a mutant: one exact source text replacement, listed in :data:`MUTANTS`) applies it,
+runs the fast tests meant to catch it (``pytest -x``, with a timeout) and restores the file. A
+mutant is *killed* when those tests fail, *survived* when they pass: a survivor is a bug the
+suite would let through. Not part of CI (minutes); run it before resolving an issue that touches
+mpcore's core (the harness, the results store, the mode checks, the device table), and add a
+mutant here for every bug a test was written to catch. Exit status 1 if any mutant survived.
+
+    python tools/mutate.py                 # every mutant
+    python tools/mutate.py --list          # their names
+    python tools/mutate.py run_round-no-sync check-grappler   # some of them
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPBENCH = "mpcore/bench/stepbench.py"
+DEVICES = "mpcore/probe/devices.py"
+RUN_ROUND_TESTS = ("tests/test_benchmarks_stepbench.py", "-k", "syncs_once")
+CHECK_TESTS = ("tests/test_modes.py", "-k", "caught")
+DEVICE_TESTS = ("tests/test_benchmarks_devices.py", "-k", "datasheet")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    """A planted bug: ``old`` (which must occur exactly once in ``path``) becomes ``new``."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+def _guarded(name: str, condition: str) -> Mutant:
+    """A check of check_model switched off (``if X:`` becomes ``if False and X:``)."""
+    return Mutant(
+        name, "mpcore/modes.py", f"if {condition}:", f"if False and {condition}:", CHECK_TESTS
+    )
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant(
+        "run_round-no-sync",
+        STEPBENCH,
+        "        sync_device()  # ...and for its optimizer update",
+        "        pass  # ...and for its optimizer update",
+        RUN_ROUND_TESTS,
+    ),
+    Mutant(
+        "run_round-no-loss-read",
+        STEPBENCH,
+        "        value = float(loss)  # waits",
+        "        value = loss  # waits",
+        RUN_ROUND_TESTS,
+    ),
+    Mutant(  # issue 18's survivor: neither, so a round returns before the device finishes
+        "run_round-no-sync-no-read",
+        STEPBENCH,
+        "        value = float(loss)  # waits for the last forward pass...\n        sync_device()",
+        "        value = loss  # waits for the last forward pass...\n        pass",
+        RUN_ROUND_TESTS,
+    ),
+    Mutant(
+        "write_json_atomic-in-place",
+        "mpcore/run/store.py",
+        '    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=True) + "\\n")',
+        '    text = json.dumps(document, indent=2, allow_nan=True) + "\\n"\n'
+        '    with open(path, "w") as handle:\n'
+        "        handle.write(text)\n"
+        "        handle.flush()\n"
+        "        os.fsync(handle.fileno())",
+        ("tests/test_cli_commands.py", "-k", "write_json_atomic"),
+    ),
+    Mutant(
+        "custom-step-skips-model-losses",
+        "mpcore/training.py",
+        "            if model.losses:",
+        "            if False and model.losses:",
+        ("tests/test_training.py", "-k", "own_losses"),
+    ),
+    _guarded("check-variable-dtype", "layer.variable_dtype != variable"),
+    _guarded("check-output-dtype", 'output.dtype != "float32"'),
+    _guarded("check-autoclustering", 'autoclustering_enabled() != (config.xla == "auto")'),
+    _guarded("check-grappler", 'amp_rewrite_enabled() != (config.precision == "amp_rewrite")'),
+    Mutant(  # the sparse figure taken for the dense one
+        "datasheet-H100_SXM-fp16-sparse",
+        DEVICES,
+        'DevicePeak("H100 SXM", fp32=67.0, tf32=494.5, fp16=989.5,',
+        'DevicePeak("H100 SXM", fp32=67.0, tf32=494.5, fp16=1979.0,',
+        DEVICE_TESTS,
+    ),
+)
+
+_PEAK_LINE = re.compile(r'DevicePeak\("(?P<name>[^"]+)", (?P<fields>[^)]*)\)')
+
+
+def device_table_mutants(source: str) -> list[Mutant]:
+    """One mutant per GPU of the device table: one of its figures (fp32, tf32, fp16, bf16 in
+    turn; fp32 where that one is None) doubled, as a sparse figure taken for dense would be."""
+    mutants = []
+    for index, match in enumerate(_PEAK_LINE.finditer(source)):
+        fields = dict(part.split("=") for part in match["fields"].split(", "))
+        key = ("fp32", "tf32", "fp16", "bf16")[index % 4]
+        key = key if fields[key] != "None" else "fp32"
+        wrong = {**fields, key: repr(2 * float(fields[key]))}
+        new = f'DevicePeak("{match["name"]}", ' + ", ".join(f"{k}={v}" for k, v in wrong.items())
+        mutants.append(
+            Mutant(
+                f"datasheet-{match['name'].replace(' ', '_')}-{key}",
+                DEVICES,
+                match[0],
+                new + ")",
+                DEVICE_TESTS,
+            )
+        )
+    return mutants
+
+
+def all_mutants() -> list[Mutant]:
+    return [*MUTANTS, *device_table_mutants((ROOT / DEVICES).read_text())]
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int | None, str]:
+    """Run ``pytest -x TESTS`` in ``copy``: (exit status or None on timeout, last line)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly", *tests],
+            cwd=copy,
+            env={**os.environ, "PYTHONPATH": str(copy), "TF_CPP_MIN_LOG_LEVEL": "3"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"no verdict within {timeout:.0f} s"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return done.returncode, lines[-1] if lines else ""
+
+
+def run_mutant(copy: Path, mutant: Mutant, timeout: float) -> tuple[str, float, str]:
+    """Apply ``mutant`` in ``copy``, run its tests, restore; (verdict, seconds, last line)."""
+    target = copy / mutant.path
+    original = target.read_text()
+    if original.count(mutant.old) != 1:
+        return "stale", 0.0, f"the text to replace occurs {original.count(mutant.old)} times"
+    target.write_text(original.replace(mutant.old, mutant.new))
+    start = time.perf_counter()
+    try:
+        status, line = run_tests(copy, mutant.tests, timeout)
+    finally:
+        target.write_text(original)
+    verdict = {0: "survived", 1: "killed", None: "timeout"}.get(status, f"error {status}")
+    return verdict, time.perf_counter() - start, line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the mutants' names and exit")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per mutant (300)")
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip checking first that each test selection passes on the unmutated copy",
+    )
+    args = parser.parse_args(argv)
+    mutants = all_mutants()
+    if args.list:
+        print("\n".join(f"{m.name}  ({m.path})" for m in mutants))
+        return 0
+    unknown = set(args.names) - {m.name for m in mutants}
+    if unknown:
+        parser.error(f"unknown mutant(s): {', '.join(sorted(unknown))}; see --list")
+    chosen = [m for m in mutants if not args.names or m.name in args.names]
+    survived = 0
+    with tempfile.TemporaryDirectory(prefix="mpbench-mutate-") as folder:
+        copy = Path(folder) / "repo"
+        ignored = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".tox", "results*")
+        shutil.copytree(ROOT, copy, ignore=ignored)
+        if not args.no_baseline:
+            # A selection that fails unmutated would "kill" every mutant: check each once.
+            for tests in dict.fromkeys(m.tests for m in chosen):
+                status, line = run_tests(copy, tests, args.timeout)
+                if status != 0:
+                    print(f"baseline fails: pytest {' '.join(tests)}: {line}")
+                    return 2
+            print("baseline: every test selection passes on the unmutated copy")
+        print(f"{'mutant':40s} {'verdict':9s} {'seconds':>7s}  last line of the tests")
+        for mutant in chosen:
+            verdict, seconds, line = run_mutant(copy, mutant, args.timeout)
+            survived += verdict != "killed"
+            print(f"{mutant.name:40s} {verdict:9s} {seconds:7.1f}  {line[:70]}", flush=True)
+    print(f"{len(chosen) - survived} of {len(chosen)} killed")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
