@@ -57,8 +57,16 @@ def quantize_float8(model: keras.Model) -> list[str]:
             f"model {model.name} has no Dense or EinsumDense layer besides its head: "
             "float8 would change nothing"
         )
-    chosen = {id(layer) for layer in candidates}
-    model.quantize("float8", filters=lambda layer: id(layer) in chosen)
+    # Layer by layer, as Model.quantize does inside: its ``filters`` argument (which would
+    # spare the head) only exists from Keras 3.11, and mpbench supports Keras 3.10.
+    for layer in candidates:
+        layer.quantize("float8")
+    # What Model.quantize does after changing layers: the compiled functions called the old
+    # layers, and the torch backend must track the new variables.
+    model.train_function = model.test_function = model.predict_function = None
+    if keras.backend.backend() == "torch":
+        for layer in _all_layers(model):
+            layer._track_variables()
     return [layer.name for layer in candidates]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mpcore.data import make_dataset, read_ship_index, stratified_split
-from mpcore.fp8 import FLOAT8_BASE_POLICY, float8_candidates, float8_report, quantize_float8
+from mpcore.fp8 import float8_candidates, float8_report
 from mpcore.models import build_model, model_spec
 from mpcore.modes import RunConfig, applied, check_model
 from mpcore.synthetic import write_synthetic_ships
@@ -30,14 +30,16 @@ QUANTIZED_LAYERS = 19
 
 
 def fit(precision: str, train_data, validation_data) -> dict:
-    """Train vit_tiny under ``mixed_bfloat16`` or ``float8`` (float8 quantized on top of it)."""
-    config = RunConfig(FLOAT8_BASE_POLICY)
+    """Train vit_tiny under ``mixed_bfloat16`` or ``float8`` (the float8 mode: built under
+    mixed_bfloat16, then quantized by ``compile_for``), checked by ``check_model``."""
+    config = RunConfig(precision)
     with applied(config), op_determinism(True):
         keras.utils.set_random_seed(0)
-        model = build_model("vit_tiny", IMAGE_SIZE)
-        quantized = quantize_float8(model) if precision == "float8" else []
-        compile_for(model, config, LEARNING_RATE)
-        check_model(model, config)  # float8 keeps the base mode's dtypes and optimizer
+        model = compile_for(build_model("vit_tiny", IMAGE_SIZE), config, LEARNING_RATE)
+        check_model(model, config)  # float8: every candidate quantized, the head float32
+        quantized = [
+            layer.name for layer in float8_candidates(model) if layer.quantization_mode == "float8"
+        ]
         history = model.fit(
             train_data,
             validation_data=validation_data,

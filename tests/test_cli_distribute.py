@@ -237,7 +237,7 @@ def test_benchmark_mirrored_is_skipped_with_one_replica(
     reasons = {item.callspec.id: item.get_closest_marker("skip").kwargs["reason"] for item in items}
     # amp_rewrite keeps its own reason (a no-op without a GPU); the CPU-possible ones get ours.
     assert reasons.pop("amp_rewrite-off") != reasons["float32-off"]
-    assert set(reasons) == {"float32-off", "mixed_float16-off", "mixed_bfloat16-off"}
+    assert set(reasons) == {"float32-off", "mixed_float16-off", "mixed_bfloat16-off", "float8-off"}
     for reason in reasons.values():
         assert reason.startswith(
             "--mp-strategy mirrored needs 2 or more replicas; TensorFlow sees 1"

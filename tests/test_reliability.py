@@ -218,7 +218,7 @@ OPTION_CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         lambda _: ["--precision", "float64"],
         [
             "unknown --precision value 'float64'; "
-            "valid: float32, mixed_float16, mixed_bfloat16, amp_rewrite, all"
+            "valid: float32, mixed_float16, mixed_bfloat16, amp_rewrite, float8, all"
         ],
     ),
     "unknown xla": (
