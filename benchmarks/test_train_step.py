@@ -3,17 +3,17 @@
 The ``prepared`` fixture (conftest.py) builds the combination in isolation and times its first
 step (tracing, XLA compilation) on its own clock. A timed round is ``--mp-steps`` compiled steps
 on a device-resident batch ending in a device synchronisation; ``--mp-warmup-rounds`` untimed
-rounds come first.
+rounds come first. On JAX and torch (``KERAS_BACKEND``) the step is Keras's own compiled train
+function (:mod:`mpcore.bench.backendstep`).
 """
 
 from __future__ import annotations
 
 import math
 
-import tensorflow as tf
-
 from mpcore.bench.stepbench import MemoryProbe, PreparedStep, throughput_fields
 from mpcore.modes import RunConfig, check_model
+from mpcore.probe import backend
 
 
 def test_train_step(
@@ -23,6 +23,7 @@ def test_train_step(
     benchmark.group = options.group
     benchmark.extra_info["note"] = speedup_caveat
     benchmark.extra_info.update(prepared.describe())
+    benchmark.extra_info.update(backend.identity())  # backend and backend_version
     check_model(prepared.model, combination)  # the mode still holds right before timing
     with MemoryProbe(on_gpu=options.real_gpu) as memory:
         last_loss = benchmark.pedantic(
@@ -38,7 +39,7 @@ def test_train_step(
                 prepared,
                 benchmark.stats.stats.median,
                 options.device_name,
-                tf.config.experimental.tensor_float_32_execution_enabled(),
+                backend.tf32_enabled(),
             )
         )
     assert math.isfinite(last_loss), f"{combination.name}: training loss is {last_loss}"

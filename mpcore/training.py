@@ -14,17 +14,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from mpcore.data import ShipIndex, make_dataset, steps_per_epoch
 from mpcore.models import build_model, model_spec
 from mpcore.modes import RunConfig, applied, check_model
+from mpcore.probe.backend import tf
 from mpcore.probe.machine import machine_summary, visible_gpus
-from mpcore.replicas import (
-    ReplicaConsistentLossScaleOptimizer,
-    ReplicaStatisticsAverager,
-    check_replicated,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +187,9 @@ def compile_for(
     """
     optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(learning_rate)
     if distributed and config.uses_loss_scaling:
+        # tf.distribute only: replicas is imported here so the JAX/torch path needs no TensorFlow.
+        from mpcore.replicas import ReplicaConsistentLossScaleOptimizer
+
         optimizer = ReplicaConsistentLossScaleOptimizer(optimizer)
     elif config.precision == "amp_rewrite":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -222,6 +220,8 @@ def build_compiled(
         compile_for(model, config, settings.learning_rate, distributed=strategy is not None)
     check_model(model, config)
     if strategy is not None:
+        from mpcore.replicas import check_replicated
+
         check_replicated(model, strategy)
     return model
 
@@ -284,6 +284,8 @@ def train(
             shard_policy=shard_policy,
         )
         timer, scales = EpochTimer(), LossScaleRecorder()
+        from mpcore.replicas import ReplicaStatisticsAverager
+
         replica_sync = [ReplicaStatisticsAverager(strategy)] if strategy is not None else []
         history = model.fit(
             train_data,
