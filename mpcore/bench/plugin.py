@@ -151,6 +151,8 @@ def _replicas(config: pytest.Config, strategy: str, gpu_count: int) -> int:
             f"--mp-strategy {strategy} is TensorFlow-only (tf.distribute); the backend is "
             f"{backend.name()}"
         )
+    if strategy == "none" and config.getoption("mp_cpu_replicas") is None:
+        return 1
     # tf.distribute: imported here so the JAX/torch path needs no TensorFlow.
     from mpcore.replicas import configure_logical_cpus, mirrored_devices
 
