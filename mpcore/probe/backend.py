@@ -120,7 +120,7 @@ def accelerators() -> tuple[tuple[str, tuple[int, int] | None], ...]:
                 continue
             capability = getattr(device, "compute_capability", None)
             cc = tuple(int(part) for part in str(capability).split(".")[:2]) if capability else None
-            found.append((device.device_kind, cc))
+            found.append((device.device_kind, cc or _nvml_capability(len(found))))
         return tuple(found)
     if backend == "torch":
         import torch
@@ -132,6 +132,19 @@ def accelerators() -> tuple[tuple[str, tuple[int, int] | None], ...]:
             for i in range(torch.cuda.device_count())
         )
     return ()
+
+
+def _nvml_capability(index: int) -> tuple[int, int] | None:
+    """GPU ``index``'s compute capability from NVML, for a jaxlib whose devices do not say it."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+    except Exception:  # no NVML, no driver, no such GPU: unknown
+        return None
+    return int(major), int(minor)
 
 
 def reset_peak_memory(index: int = 0) -> None:
@@ -172,11 +185,8 @@ def tf32_enabled() -> bool:
     if backend == "jax":
         import jax
 
-        return bool(accelerators()) and str(jax.config.jax_default_matmul_precision or "default").lower() in (
-            "default",
-            "tensorfloat32",
-            "bfloat16",
-        )
+        precision = str(jax.config.jax_default_matmul_precision or "default").lower()
+        return bool(accelerators()) and precision in ("default", "tensorfloat32", "bfloat16")
     if backend == "torch":
         import torch
 
