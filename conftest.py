@@ -1,4 +1,5 @@
-"""Root pytest configuration: quiet TensorFlow, GPU detection once, global-state hygiene."""
+"""Root pytest configuration: quiet TensorFlow, GPU detection once, global-state hygiene, and
+the ``tensorflow_only`` skips on the JAX and torch Keras backends."""
 
 from __future__ import annotations
 
@@ -11,13 +12,23 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import pytest
 
 from mpcore.modes import GlobalState
+from mpcore.probe import backend
 from mpcore.probe.machine import visible_gpus
 
 NO_GPU_REASON = "no GPU visible to TensorFlow"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked ``gpu`` when TensorFlow sees no GPU (decided once, before any runs)."""
+    """Skip tests marked ``gpu`` when TensorFlow sees no GPU, and tests marked
+    ``tensorflow_only`` when the Keras backend is not TensorFlow (decided once, before any
+    runs, from what this process can do)."""
+    if not backend.is_tensorflow():
+        only = pytest.mark.skip(
+            reason=f"{backend.TENSORFLOW_ONLY} (the Keras backend is {backend.name()})"
+        )
+        for item in items:
+            if "tensorflow_only" in item.keywords:
+                item.add_marker(only)
     if visible_gpus():
         return
     skip = pytest.mark.skip(reason=NO_GPU_REASON)

@@ -20,14 +20,16 @@ import warnings
 from pathlib import Path
 
 import pytest
-import tensorflow as tf
 
 from mpcore.bench.table import PIPELINE_KIND
 from mpcore.data import decode_and_resize, make_dataset, read_ship_index
 from mpcore.models import model_spec
 from mpcore.ownmodel import is_user_model, preprocess_pixels
+from mpcore.probe.backend import tf
 from mpcore.synthetic import write_synthetic_ships
 
+#: The pipeline is tf.data: TensorFlow-only (skipped on the JAX and torch Keras backends).
+pytestmark = pytest.mark.tensorflow_only
 #: Side of the generated JPEGs: about the size of the real ship photos, so the resize is real work.
 SOURCE_IMAGE_SIZE = 160
 #: The pipeline should reach this fraction of the raw decode+resize rate.

@@ -4,18 +4,19 @@ The ``prepared`` fixture (conftest.py) builds the combination and its step (``--
 ``fit``, Keras's compiled train function, by default; ``custom``, mpcore's own) in isolation
 and times its first step (tracing, XLA compilation) on its own clock. A timed round is
 ``--mp-steps`` compiled steps on a device-resident batch ending in a device synchronisation;
-``--mp-warmup-rounds`` untimed rounds come first.
+``--mp-warmup-rounds`` untimed rounds come first. On JAX and torch
+(``KERAS_BACKEND``) the step is Keras's own compiled train function
+(:mod:`mpcore.bench.backendstep`).
 """
 
 from __future__ import annotations
 
 import math
 
-import tensorflow as tf
-
 from mpcore.bench.stepbench import MemoryProbe, PreparedStep, throughput_fields
 from mpcore.modes import RunConfig
 from mpcore.ownmodel import is_user_model, verify
+from mpcore.probe import backend
 
 
 def test_train_step(
@@ -25,6 +26,7 @@ def test_train_step(
     benchmark.group = options.group_of(prepared.kind)
     benchmark.extra_info["note"] = speedup_caveat
     benchmark.extra_info.update(prepared.describe())
+    benchmark.extra_info.update(backend.identity())  # backend and backend_version
     # The mode still holds right before timing (a user's model where the check applies to it).
     checked = verify(prepared.model, combination)
     assert checked or is_user_model(options.model), f"{options.model}: mode not checked"
@@ -43,7 +45,7 @@ def test_train_step(
                 prepared,
                 benchmark.stats.stats.median,
                 options.device_name,
-                tf.config.experimental.tensor_float_32_execution_enabled(),
+                backend.tf32_enabled(),
             )
         )
     assert math.isfinite(last_loss), f"{combination.name}: training loss is {last_loss}"

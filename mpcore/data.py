@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
+
+from mpcore.probe.backend import tf
 
 CLASS_NAMES: tuple[str, ...] = ("Cargo", "Military", "Carrier", "Cruise", "Tankers")
 NUM_CLASSES = len(CLASS_NAMES)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
-import tensorflow as tf
+
+from mpcore.probe.backend import tf
 
 #: The file name Keras caches the ImageNet ResNet50 "notop" weights under.
 RESNET50_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"

@@ -4,6 +4,11 @@ Mixed precision in TensorFlow/Keras 3 is controlled by process-global state (the
 policy, grappler's ``auto_mixed_precision`` option, the auto-clustering JIT flag), so applying a
 mode is a context manager that restores every global it touched, and a model built under a mode
 is verified against it with :func:`check_model` before any number is reported.
+
+On the JAX and PyTorch backends (``KERAS_BACKEND``) the dtype policy is the only such global:
+``float32``, ``mixed_float16`` and ``mixed_bfloat16`` with XLA ``off`` or ``jit`` (``jit_compile``;
+``torch.compile`` on torch) apply there, ``amp_rewrite`` and ``auto`` are refused as
+TensorFlow-only (:func:`mpcore.probe.backend.unsupported_reason`).
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from mpcore.fp8 import float8_candidates, float8_report
 from mpcore.names import FLOAT16_PRECISIONS, config_name, parse_precision, parse_xla
+from mpcore.probe import backend
+from mpcore.probe.backend import tf
 
 #: The Keras dtype policy each precision builds its layers under. ``amp_rewrite`` builds a float32
 #: model; grappler rewrites the graph to float16 on a GPU with tensor cores.
@@ -35,6 +41,11 @@ _GRAPPLER_AMP = "auto_mixed_precision"
 
 class ModeMismatchError(AssertionError):
     """A built model does not run in the mode its configuration names."""
+
+
+class UnsupportedModeError(ValueError):
+    """The Keras backend in use cannot serve the mode (``amp_rewrite`` and XLA ``auto`` are
+    TensorFlow-only)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +88,8 @@ class GlobalState:
 
     @classmethod
     def capture(cls) -> GlobalState:
+        if not backend.is_tensorflow():  # the policy is the only global Keras has elsewhere
+            return cls(keras.mixed_precision.dtype_policy().name, {}, False)
         return cls(
             policy=keras.mixed_precision.dtype_policy().name,
             grappler_options=dict(tf.config.optimizer.get_experimental_options()),
@@ -86,6 +99,8 @@ class GlobalState:
     def restore(self) -> None:
         """Put every captured global back, including grappler options added since capture."""
         keras.mixed_precision.set_dtype_policy(self.policy)
+        if not backend.is_tensorflow():
+            return
         current = tf.config.optimizer.get_experimental_options()
         reset = {key: False for key in current if key not in self.grappler_options}
         # Grappler options are booleans we may have switched on; an option absent at capture time
@@ -101,6 +116,9 @@ def applied(config: RunConfig) -> Iterator[RunConfig]:
     Order matters: ``keras.backend.clear_session()`` resets the dtype policy to float32, so the
     session is cleared *first* and the policy set afterwards, then asserted.
     """
+    refused = backend.unsupported_reason(config.precision, config.xla)
+    if refused:
+        raise UnsupportedModeError(f"{config.name}: {refused}")
     saved = GlobalState.capture()
     try:
         keras.backend.clear_session()
@@ -110,10 +128,11 @@ def applied(config: RunConfig) -> Iterator[RunConfig]:
             raise ModeMismatchError(
                 f"{config.name}: global dtype policy is {active!r} after setting it"
             )
-        tf.config.optimizer.set_experimental_options(
-            {_GRAPPLER_AMP: config.precision == "amp_rewrite"}
-        )
-        tf.config.optimizer.set_jit("autoclustering" if config.xla == "auto" else False)
+        if backend.is_tensorflow():
+            tf.config.optimizer.set_experimental_options(
+                {_GRAPPLER_AMP: config.precision == "amp_rewrite"}
+            )
+            tf.config.optimizer.set_jit("autoclustering" if config.xla == "auto" else False)
         yield config
     finally:
         saved.restore()
@@ -121,11 +140,15 @@ def applied(config: RunConfig) -> Iterator[RunConfig]:
 
 def amp_rewrite_enabled() -> bool:
     """Whether grappler's ``auto_mixed_precision`` rewrite is switched on in this process."""
+    if not backend.is_tensorflow():
+        return False
     return bool(tf.config.optimizer.get_experimental_options().get(_GRAPPLER_AMP, False))
 
 
 def autoclustering_enabled() -> bool:
     """Whether ``tf.config.optimizer.set_jit`` auto-clustering is on in this process."""
+    if not backend.is_tensorflow():
+        return False
     return bool(tf.config.optimizer.get_jit())
 
 

@@ -31,7 +31,9 @@ from typing import Any
 import keras
 import ml_dtypes
 import numpy as np
-import tensorflow as tf
+
+from mpcore.probe import backend
+from mpcore.probe.backend import tf
 
 #: The narrow formats a census can target.
 CAST_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
@@ -215,6 +217,37 @@ def _model_loss(model: keras.Model) -> Callable[..., tf.Tensor]:
     return compiled_loss
 
 
+def _loss_and_gradients(
+    model: keras.Model, loss_of: Callable[..., Any], inputs: Any, labels: Any
+) -> tuple[Any, list[Any]]:
+    """The training-mode loss and its gradients for ``model.trainable_variables``, by the
+    backend's own differentiation (a tape, ``jax.grad``, torch autograd)."""
+    variables = model.trainable_variables
+    name = backend.name()
+    if name == "jax":
+        import jax
+
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def loss_from(trainable: list[Any]) -> Any:
+            predictions, _ = model.stateless_call(trainable, non_trainable, inputs, training=True)
+            with keras.StatelessScope():  # a compiled loss may update its trackers: discarded
+                return loss_of(labels, predictions)
+
+        loss, gradients = jax.value_and_grad(loss_from)([v.value for v in variables])
+        return loss, list(gradients)
+    if name == "torch":
+        import torch
+
+        loss = loss_of(labels, model(inputs, training=True))
+        values = [v.value for v in variables]
+        gradients = torch.autograd.grad(loss, values, allow_unused=True)
+        return loss.detach(), [None if g is None else g.detach().cpu() for g in gradients]
+    with tf.GradientTape() as tape:
+        loss = loss_of(labels, model(inputs, training=True))
+    return loss, tape.gradient(loss, variables)
+
+
 def gradient_census(
     model: keras.Model,
     batch: Sequence[Any],
@@ -248,9 +281,7 @@ def gradient_census(
     variables = model.trainable_variables
     saved_state = [variable.numpy() for variable in model.non_trainable_variables]
     try:
-        with tf.GradientTape() as tape:
-            loss = loss_of(labels, model(inputs, training=True))
-        gradients = tape.gradient(loss, variables)
+        loss, gradients = _loss_and_gradients(model, loss_of, inputs, labels)
     finally:
         for variable, value in zip(model.non_trainable_variables, saved_state, strict=True):
             variable.assign(value)

@@ -14,19 +14,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from mpcore.data import ShipIndex, make_dataset, steps_per_epoch
 from mpcore.fp8 import float8_candidates, quantize_float8
 from mpcore.models import build_model, model_spec
 from mpcore.modes import RunConfig, applied, check_model
 from mpcore.ownmodel import build_user_model, is_user_model, preprocess_pixels, user_loss, verify
+from mpcore.probe.backend import tf
 from mpcore.probe.machine import machine_summary, visible_gpus
-from mpcore.replicas import (
-    ReplicaConsistentLossScaleOptimizer,
-    ReplicaStatisticsAverager,
-    check_replicated,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +215,9 @@ def compile_for(
         quantize_float8(model)
     optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(learning_rate)
     if distributed and config.uses_loss_scaling:
+        # tf.distribute only: replicas is imported here so the JAX/torch path needs no TensorFlow.
+        from mpcore.replicas import ReplicaConsistentLossScaleOptimizer
+
         optimizer = ReplicaConsistentLossScaleOptimizer(optimizer)
     elif config.precision == "amp_rewrite":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -257,6 +255,8 @@ def build_compiled(
         compile_for(model, config, settings.learning_rate, distributed=strategy is not None)
     check_model(model, config)
     if strategy is not None:
+        from mpcore.replicas import check_replicated
+
         check_replicated(model, strategy)
     return model
 
@@ -335,6 +335,8 @@ def train(
             shard_policy=shard_policy,
         )
         timer, scales = EpochTimer(), LossScaleRecorder()
+        from mpcore.replicas import ReplicaStatisticsAverager
+
         replica_sync = [ReplicaStatisticsAverager(strategy)] if strategy is not None else []
         history = model.fit(
             train_data,

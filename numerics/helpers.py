@@ -6,9 +6,10 @@ from typing import NamedTuple
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from mpcore.modes import RunConfig, applied
+from mpcore.probe import backend
+from mpcore.probe.backend import tf
 from mpcore.training import make_train_step
 
 #: Depth of the stacked-sigmoid model. With kernels of ones and input 1, each layer multiplies the
@@ -33,6 +34,24 @@ def squared_error(targets: tf.Tensor, predictions: tf.Tensor) -> tf.Tensor:
     return keras.ops.mean(keras.ops.square(keras.ops.cast(predictions, "float32") - targets))
 
 
+def apply_gradients(
+    optimizer: keras.optimizers.Optimizer, gradients: list, variables: list[keras.Variable]
+) -> None:
+    """``optimizer.apply(gradients, variables)``, on JAX through Keras's ``stateless_apply`` (as
+    Keras's own JAX trainer does): an eager ``LossScaleOptimizer.apply`` on JAX leaks a tracer
+    from its ``cond`` (Keras 3.15), while the stateless form is what ``fit`` runs there."""
+    if backend.name() != "jax":
+        optimizer.apply(gradients, variables)
+        return
+    trainable, state = optimizer.stateless_apply(
+        [v.value for v in optimizer.variables], gradients, [v.value for v in variables]
+    )
+    for variable, value in zip(
+        [*variables, *optimizer.variables], [*trainable, *state], strict=True
+    ):
+        variable.assign(value)
+
+
 class StepOutcome(NamedTuple):
     """What one training step did to the first kernel, and whether the loss was scaled."""
 
@@ -46,8 +65,8 @@ def first_kernel_step(precision: str, route: str, loss_scaling: bool) -> StepOut
     that ran was a ``LossScaleOptimizer``.
 
     ``route`` is ``"custom_step"`` (mpcore's ``make_train_step``, with a ``LossScaleOptimizer``
-    when ``loss_scaling``) or ``"compile"`` (``compile(auto_scale_loss=loss_scaling)`` and
-    ``train_on_batch``).
+    when ``loss_scaling``; a ``tf.function``, so TensorFlow-only) or ``"compile"``
+    (``compile(auto_scale_loss=loss_scaling)`` and ``train_on_batch``, on every backend).
     """
     inputs = np.ones((1, 1), np.float32)
     targets = np.zeros((1, 1), np.float32)

@@ -85,5 +85,5 @@ def test_mixed_bfloat16_trains_through_tiny_gradients_without_loss_scaling() -> 
     assert bfloat16.applied_gradient != 0.0
     bfloat16_error = abs(bfloat16.applied_gradient / float32 - 1)
     assert bfloat16_error <= BFLOAT16_RELATIVE_TOLERANCE
-    float16 = first_kernel_step("mixed_float16", "custom_step", loss_scaling=True)
+    float16 = first_kernel_step("mixed_float16", "compile", loss_scaling=True)
     assert abs(float16.applied_gradient / float32 - 1) < bfloat16_error

@@ -21,6 +21,8 @@ SETTINGS = TrainSettings(
 )
 PARITY_POINTS = 3.0
 MIXED = ("mixed_float16", "mixed_bfloat16")
+#: ``train`` reads the images through the tf.data pipeline, which needs TensorFlow.
+pytestmark = pytest.mark.tensorflow_only
 
 
 def settling_schedule(epoch: int, learning_rate: float) -> float:

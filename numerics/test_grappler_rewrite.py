@@ -6,13 +6,15 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from mpcore.models import build_model
 from mpcore.modes import RunConfig, amp_rewrite_enabled, applied
+from mpcore.probe.backend import tf
 from mpcore.probe.machine import visible_gpus
 
 HAS_TENSOR_CORES = any(gpu.has_tensor_cores for gpu in visible_gpus())
+#: Grappler and tf.function are TensorFlow's: the whole claim is about TensorFlow itself.
+pytestmark = pytest.mark.tensorflow_only
 
 
 def graph_outputs_and_gradients(

@@ -2,7 +2,8 @@
 
 The model is 15 stacked one-unit sigmoid layers with kernels of ones (``helpers``): the first
 kernel's float32 gradient is about 2**-32, below float16's smallest subnormal 2**-24. The same
-A/B runs through mpcore's custom training step and through ``compile(auto_scale_loss=...)``.
+A/B runs through mpcore's custom training step (a ``tf.function``: TensorFlow-only) and through
+``compile(auto_scale_loss=...)`` (every Keras backend).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 from numerics.helpers import SIGMOID_DEPTH, first_kernel_step
 
-ROUTES = ("custom_step", "compile")
+ROUTES = (pytest.param("custom_step", marks=pytest.mark.tensorflow_only), "compile")
 FLOAT16_UNIT_ROUNDOFF = 2.0**-11
 #: First-order error bound of the float16 step relative to float32: per layer the activation, its
 #: sigmoid derivative y(1 - y) (where 1 - y ~ y / 2, so its rounding error doubles) and the
@@ -24,7 +25,7 @@ FLOAT16_RELATIVE_TOLERANCE = SIGMOID_DEPTH * 4 * FLOAT16_UNIT_ROUNDOFF  # ~2.9%
 @pytest.fixture(scope="module")
 def float32_gradient() -> float:
     """The float32 reference (no loss scaling needed): the gradient the first kernel gets."""
-    outcome = first_kernel_step("float32", "custom_step", loss_scaling=False)
+    outcome = first_kernel_step("float32", "compile", loss_scaling=False)
     assert not outcome.loss_scale_optimizer
     return outcome.applied_gradient
 

@@ -7,11 +7,9 @@ import keras
 import ml_dtypes
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from mpcore.models import build_model
 from mpcore.modes import RunConfig, applied
-from mpcore.training import make_train_step
 
 UPDATE = 2.0**-12
 
@@ -23,12 +21,18 @@ def test_variables_stay_float32_under_mixed_policies_after_training(precision: s
     rng = np.random.default_rng(0)
     with applied(RunConfig(precision)):
         model = build_model("small", 16)
-        optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(1e-3)
-        if precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        step = make_train_step(model, optimizer, keras.losses.SparseCategoricalCrossentropy())
-        loss = step(tf.constant(rng.uniform(size=(4, 16, 16, 3)), tf.float32), tf.range(4))
-    assert np.isfinite(loss.numpy()) and int(optimizer.iterations.numpy()) == 1
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            jit_compile=False,
+        )
+        images = rng.uniform(size=(4, 16, 16, 3)).astype(np.float32)
+        loss = model.train_on_batch(images, np.arange(4, dtype=np.int32))
+        optimizer = model.optimizer  # compile wraps it in a LossScaleOptimizer for float16
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == (
+        precision == "mixed_float16"
+    )
+    assert np.isfinite(loss) and int(optimizer.iterations.numpy()) == 1
     assert model.layers[1].compute_dtype == precision.removeprefix("mixed_")
     assert model.variables and all(v.dtype == "float32" for v in model.variables)
     floating = [v for v in optimizer.variables if "float" in v.dtype]
@@ -41,11 +45,12 @@ def test_adding_2_pow_minus_12_to_one_is_lost_in_half_precision_arithmetic(
     half: str, numpy_type: type | None
 ) -> None:
     """1 + 2**-12 rounds back to 1 in float16 (spacing 2**-10 at 1) and bfloat16 (2**-7), in
-    numpy/ml_dtypes arithmetic and in a TensorFlow variable update alike; float32 keeps it."""
+    numpy/ml_dtypes arithmetic and in a Keras variable update on the backend alike; float32
+    keeps it."""
     numpy_type = numpy_type or ml_dtypes.bfloat16
     assert numpy_type(1.0) + numpy_type(UPDATE) == numpy_type(1.0)
-    variable = tf.Variable(1.0, dtype=half)
-    variable.assign_add(tf.constant(UPDATE, dtype=half))
+    variable = keras.Variable(np.asarray(1.0, numpy_type), dtype=half)
+    variable.assign_add(keras.ops.convert_to_tensor(np.asarray(UPDATE, numpy_type)))
     assert variable.numpy() == 1.0
     assert np.float32(1.0) + np.float32(UPDATE) == 1.0 + UPDATE
 
@@ -58,13 +63,13 @@ def one_step_on_a_unit_weight(layer_dtype: str | None, precision: str) -> tuple[
         inputs = keras.Input(shape=(1,), dtype=layer_dtype or "float32")
         layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", dtype=layer_dtype)
         model = keras.Model(inputs, layer(inputs))
-        optimizer: keras.optimizers.Optimizer = keras.optimizers.SGD(1.0)
-        if layer.dtype_policy.name == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        step = make_train_step(
-            model, optimizer, lambda _, outputs: -keras.ops.sum(keras.ops.cast(outputs, "float32"))
+        # compile wraps SGD in a LossScaleOptimizer exactly when the policy is mixed_float16.
+        model.compile(
+            optimizer=keras.optimizers.SGD(1.0),
+            loss=lambda _, outputs: -keras.ops.sum(keras.ops.cast(outputs, "float32")),
+            jit_compile=False,
         )
-        step(tf.fill((1, 1), tf.constant(UPDATE, inputs.dtype)), tf.zeros((1, 1)))
+        model.train_on_batch(np.full((1, 1), UPDATE, inputs.dtype), np.zeros((1, 1), np.float32))
         return layer.kernel.numpy().item(), layer.kernel.dtype
 
 

@@ -1,14 +1,15 @@
 """Claim 1: where float16 and bfloat16 overflow, go subnormal and underflow, exactly, and that
-``cast_census`` agrees with real round-to-nearest-even casts (numpy, ml_dtypes, TensorFlow)."""
+``cast_census`` agrees with real round-to-nearest-even casts (numpy, ml_dtypes, and the Keras
+backend's own: TensorFlow, JAX or torch)."""
 
 from __future__ import annotations
 
 import math
 
+import keras
 import ml_dtypes
 import numpy as np
 import pytest
-import tensorflow as tf
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -40,8 +41,15 @@ def oracle_census(values: np.ndarray, dtype: str) -> dict[str, float]:
     }
 
 
+def backend_cast(values: object, dtype: str, source: str = "float32") -> np.ndarray:
+    """``values`` as ``source`` tensors of the Keras backend, cast to ``dtype`` by the backend."""
+    tensor = keras.ops.convert_to_tensor(np.asarray(values, source))
+    return keras.ops.convert_to_numpy(keras.ops.cast(tensor, dtype))
+
+
 def float16_via_tensorflow(values: list[float]) -> np.ndarray:
-    return tf.cast(tf.constant(values, tf.float32), tf.float16).numpy()
+    """The backend's float32 -> float16 cast (``tf.cast`` on TensorFlow)."""
+    return backend_cast(values, "float16")
 
 
 def test_float16_largest_finite_is_65504_and_65520_is_the_overflow_boundary() -> None:
@@ -77,12 +85,15 @@ def test_float16_smallest_subnormal_is_2_pow_minus_24_and_2_pow_minus_25_underfl
 def test_tensorflow_guide_examples_overflow_and_underflow_in_float16() -> None:
     """The TensorFlow mixed-precision guide's examples: 256**2 overflows and 1e-5**2 underflows
     in float16, while both are fine in float32."""
-    big = tf.constant(256, dtype="float16")
-    small = tf.constant(1e-5, dtype="float16")
-    assert np.isposinf((big**2).numpy())
-    assert (small**2).numpy() == 0
-    assert (tf.constant(256, dtype="float32") ** 2).numpy() == 65536
-    assert (tf.constant(1e-5, dtype="float32") ** 2).numpy() == pytest.approx(1e-10, rel=1e-6)
+
+    def squared(value: float, dtype: str) -> float:
+        tensor = keras.ops.convert_to_tensor(np.asarray(value, dtype))
+        return float(keras.ops.convert_to_numpy(keras.ops.multiply(tensor, tensor)))
+
+    assert np.isposinf(squared(256, "float16"))
+    assert squared(1e-5, "float16") == 0
+    assert squared(256, "float32") == 65536
+    assert squared(1e-5, "float32") == pytest.approx(1e-10, rel=1e-6)
     assert cast_census(np.float32([256.0**2]), "float16")["overflow"] == 1.0
     assert cast_census(np.float32([1e-5**2]), "float16")["underflow"] == 1.0
 
@@ -90,13 +101,19 @@ def test_tensorflow_guide_examples_overflow_and_underflow_in_float16() -> None:
 def test_bfloat16_keeps_1e_minus_30_but_rounds_1_plus_2_pow_minus_8_to_1() -> None:
     """bfloat16 has float32's range (1e-30 stays non-zero, where float16 gives 0) but 8 bits of
     precision: 1 + 2**-8 is a tie that rounds to 1, while 1 + 2**-7 is representable."""
-    tiny = tf.constant(1e-30, tf.float32)
-    assert tf.cast(tiny, tf.bfloat16).numpy() != 0
+    assert backend_cast([1e-30], "bfloat16")[0] != 0
     assert float(np.float32(1e-30).astype(ml_dtypes.bfloat16)) == pytest.approx(1e-30, rel=2**-8)
-    assert tf.cast(tiny, tf.float16).numpy() == 0
-    one = tf.constant(1.0, tf.bfloat16)
-    assert (one + tf.constant(2**-8, tf.bfloat16)).numpy() == 1
-    assert (one + tf.constant(2**-7, tf.bfloat16)).numpy() == 1 + 2**-7
+    assert backend_cast([1e-30], "float16")[0] == 0
+
+    def one_plus(value: float) -> float:
+        one, step = (
+            keras.ops.convert_to_tensor(np.asarray(v, ml_dtypes.bfloat16)) for v in (1, value)
+        )
+        total = keras.ops.add(one, step)  # in bfloat16; float32 holds it exactly, for reading
+        return float(keras.ops.convert_to_numpy(keras.ops.cast(total, "float32")))
+
+    assert one_plus(2**-8) == 1
+    assert one_plus(2**-7) == 1 + 2**-7
     assert cast_census(np.float32([1e-30]), "bfloat16") == {
         "underflow": 0.0,
         "subnormal": 0.0,
@@ -133,16 +150,16 @@ def test_cast_census_agrees_with_real_casts_on_log_uniform_data(
 
 @pytest.mark.parametrize("dtype", CAST_DTYPES)
 def test_tensorflow_casts_round_exactly_like_numpy_and_ml_dtypes(dtype: str) -> None:
-    """``tf.cast`` from float32 gives bit-for-bit the values of the numpy (float16) and ml_dtypes
-    (bfloat16, float8) casts, over float32's whole range, so the census describes what TensorFlow
-    does."""
+    """The backend's cast from float32 (``tf.cast`` on TensorFlow) gives bit-for-bit the values of
+    the numpy (float16) and ml_dtypes (bfloat16, float8) casts, over float32's whole range, so the
+    census describes what the backend does."""
     rng = np.random.default_rng(7)
     values = (rng.choice([-1.0, 1.0], 100_000) * np.exp2(rng.uniform(-149, 128, 100_000))).astype(
         np.float32
     )
     with np.errstate(over="ignore"):
         expected = values.astype(NUMPY_TYPE[dtype]).astype(np.float32)
-    got = tf.cast(tf.constant(values), dtype).numpy().astype(np.float32)
+    got = backend_cast(values, dtype).astype(np.float32)
     np.testing.assert_array_equal(got, expected)
 
 

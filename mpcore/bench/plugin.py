@@ -27,18 +27,17 @@ from collections.abc import Iterator
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
-import tensorflow as tf
 
+from mpcore.bench.backendstep import prepared_keras_step
 from mpcore.bench.stepbench import PreparedStep, prepared_step
 from mpcore.bench.table import render_report
 from mpcore.models import model_spec
 from mpcore.modes import RunConfig
 from mpcore.names import PRECISIONS, STEP_KINDS, XLA_MODES, cpu_replicas_problem, parse_names
 from mpcore.ownmodel import is_user_model
-from mpcore.probe import telemetry
+from mpcore.probe import backend, telemetry
 from mpcore.probe.devices import benchmark_gpus, skip_reason, speedup_note
 from mpcore.probe.machine import GpuInfo, software_versions, visible_gpus
-from mpcore.replicas import configure_logical_cpus, make_strategy, mirrored_devices
 from mpcore.training import TrainSettings
 
 GPU_DEFAULTS = {"model": "resnet50", "batch": 80, "image_size": None, "steps": 10, "rounds": 10}
@@ -177,6 +176,16 @@ def _positive(option: str, value: int, minimum: int = 1) -> int:
 
 def _replicas(config: pytest.Config, strategy: str, gpu_count: int) -> int:
     """The replicas ``--mp-strategy`` trains on, after ``--mp-cpu-replicas`` split the CPU."""
+    if strategy != "none" and not backend.is_tensorflow():
+        raise pytest.UsageError(
+            f"--mp-strategy {strategy} is TensorFlow-only (tf.distribute); the backend is "
+            f"{backend.name()}"
+        )
+    if strategy == "none" and config.getoption("mp_cpu_replicas") is None:
+        return 1
+    # tf.distribute: imported here so the JAX/torch path needs no TensorFlow.
+    from mpcore.replicas import configure_logical_cpus, mirrored_devices
+
     cpu_replicas = config.getoption("mp_cpu_replicas")
     if cpu_replicas is not None:
         _positive("--mp-cpu-replicas", cpu_replicas)
@@ -289,7 +298,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for precision in options.precisions:
         for xla in options.xla_modes:
-            reason = skip_reason(precision, xla, options.gpu, options.allow_cpu)
+            reason = backend.unsupported_reason(precision, xla) or skip_reason(
+                precision, xla, options.gpu, options.allow_cpu
+            )
             if not reason and precision == "float8" and not model_spec(options.model).float8_layers:
                 reason = f"{options.model} has no Dense or EinsumDense layer for float8 to quantize"
             if not reason and options.strategy == "mirrored" and options.replicas < 2:
@@ -304,7 +315,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             )
     metafunc.parametrize("combination", params)
     if "step_kind" in metafunc.fixturenames:
-        metafunc.parametrize("step_kind", options.step_kinds)
+        # The custom step is a tf.function: TensorFlow only (JAX and torch time fit's).
+        tf_only = "custom step: TensorFlow-only (the Keras backend is not tensorflow)"
+        metafunc.parametrize(
+            "step_kind",
+            [
+                pytest.param(
+                    kind,
+                    marks=[pytest.mark.skip(reason=tf_only)]
+                    if kind == "custom" and not backend.is_tensorflow()
+                    else [],
+                )
+                for kind in options.step_kinds
+            ],
+        )
 
 
 @pytest.fixture
@@ -318,6 +342,14 @@ def prepared(
     bench_options: BenchOptions, combination: RunConfig, step_kind: str
 ) -> Iterator[PreparedStep]:
     """The combination built in isolation, compiled, verified and run once; globals restored."""
+    if not backend.is_tensorflow():  # JAX, torch: Keras's own compiled train function
+        with prepared_keras_step(
+            combination, bench_options.train_settings, bench_options.steps, bench_options.classes
+        ) as step:
+            yield step
+        return
+    from mpcore.replicas import make_strategy
+
     with prepared_step(
         combination,
         bench_options.train_settings,
@@ -368,7 +400,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    """GPU, driver, CUDA/cuDNN build, TensorFlow/Keras versions and TF32 state."""
+    """GPU, driver, CUDA/cuDNN build, the Keras backend and its version, TensorFlow/Keras
+    versions and TF32 state."""
     options = config.stash[_OPTIONS]
     versions = software_versions()
     gpu = options.gpu.to_dict() if options.gpu else {"name": None, "compute_capability": None}
@@ -381,8 +414,10 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
             "nvidia_driver": telemetry.driver_version(),
             "cuda_build": versions["cuda_build"],
             "cudnn_build": versions["cudnn_build"],
+            "backend": versions["backend"],
+            "backend_version": versions["backend_version"],
             "tensorflow": versions["tensorflow"],
             "keras": versions["keras"],
-            "tf32_enabled": tf.config.experimental.tensor_float_32_execution_enabled(),
+            "tf32_enabled": backend.tf32_enabled(),
         }
     )

@@ -28,12 +28,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from mpcore.modes import RunConfig, amp_rewrite_enabled, applied, autoclustering_enabled
 from mpcore.names import STEP_KINDS
 from mpcore.ownmodel import is_user_model
-from mpcore.probe import telemetry
+from mpcore.probe import backend, telemetry
+from mpcore.probe.backend import tf
 from mpcore.probe.devices import (
     device_peak,
     forward_flops,
@@ -44,8 +44,8 @@ from mpcore.training import TrainSettings, build_compiled, current_loss_scale, m
 
 
 def sync_device() -> None:
-    """Wait until every op queued on every device has finished."""
-    tf.test.experimental.sync_devices()
+    """Wait until every op queued on every device has finished (on any Keras backend)."""
+    backend.sync()
 
 
 @dataclasses.dataclass
@@ -300,9 +300,10 @@ def prepared_step(
 
 
 class MemoryProbe:
-    """Peak memory over a block: TensorFlow's and NVML's on a GPU, the process RSS peak always.
+    """Peak memory over a block: the backend's and NVML's on a GPU, the process RSS peak always.
 
-    ``peak_memory_bytes`` is TensorFlow's peak on a GPU and the process's peak RSS otherwise
+    ``peak_memory_bytes`` is the Keras backend's peak (TensorFlow's, JAX's or torch's) on a GPU
+    and the process's peak RSS otherwise
     (``ru_maxrss`` only grows, so on the CPU it is the session's peak up to this run).
     """
 
@@ -314,20 +315,28 @@ class MemoryProbe:
 
     def __enter__(self) -> MemoryProbe:
         if self.on_gpu:
-            telemetry.reset_tf_peak_memory(self.device)
+            if backend.is_tensorflow():
+                telemetry.reset_tf_peak_memory(self.device)
+            else:
+                backend.reset_peak_memory()
             self.sampler.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        tf_peak = None
+        tf_peak = framework_peak = None
         if self.on_gpu:
             self.sampler.__exit__(None, None, None)
-            tf_peak = telemetry.tf_peak_memory_bytes(self.device)
+            if backend.is_tensorflow():
+                tf_peak = telemetry.tf_peak_memory_bytes(self.device)
+            else:
+                framework_peak = backend.peak_memory_bytes()
         nvml_peak = self.sampler.peak("memory_used_bytes")
         rss = telemetry.peak_rss_bytes()
+        if framework_peak is None:
+            framework_peak = tf_peak
         self.fields = {
-            "peak_memory_bytes": tf_peak if self.on_gpu else rss,
-            "peak_memory_source": "tensorflow" if self.on_gpu else "process_rss",
+            "peak_memory_bytes": framework_peak if self.on_gpu else rss,
+            "peak_memory_source": backend.name() if self.on_gpu else "process_rss",
             "tf_peak_memory_bytes": tf_peak,
             "nvml_peak_used_bytes": None if nvml_peak is None else int(nvml_peak),
             "peak_rss_bytes": rss,

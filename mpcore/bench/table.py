@@ -20,6 +20,7 @@ TRAINING_HEADERS = (
     "precision",
     "xla",
     "step",
+    "backend",
     "ms/step",
     "images/s",
     "speedup",
@@ -33,11 +34,12 @@ PIPELINE_HEADERS = ("input pipeline", "images/s", "raw decode+resize images/s", 
 PIPELINE_KIND = "input_pipeline"
 
 
-def _order(row: dict[str, Any]) -> tuple[int, int]:
+def _order(row: dict[str, Any]) -> tuple[int, int, str]:
     precision, xla = row.get("precision"), row.get("xla")
     return (
         PRECISIONS.index(precision) if precision in PRECISIONS else len(PRECISIONS),
         XLA_MODES.index(xla) if xla in XLA_MODES else len(XLA_MODES),
+        row.get("backend") or "",
     )
 
 
@@ -47,9 +49,10 @@ def _number(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 def with_speedups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copies of ``rows`` with ``speedup``: the ms/step of the group's float32/off row (same
-    group, same run) over the row's; None where either is missing or the row failed."""
+    group, same Keras backend, same run) over the row's; None where either is missing or the row
+    failed."""
     baselines = {
-        row.get("group"): row["ms_per_step"]
+        (row.get("group"), row.get("backend")): row["ms_per_step"]
         for row in rows
         if row.get("precision") == BASELINE_PRECISION
         and row.get("xla") == BASELINE_XLA
@@ -58,7 +61,7 @@ def with_speedups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     }
     speeded = []
     for row in rows:
-        base, ms = baselines.get(row.get("group")), row.get("ms_per_step")
+        base, ms = baselines.get((row.get("group"), row.get("backend"))), row.get("ms_per_step")
         ok = base and ms and "error" not in row
         speeded.append({**row, "speedup": base / ms if ok else None})
     return speeded
@@ -77,6 +80,7 @@ def training_table(rows: Sequence[dict[str, Any]]) -> str:
                 row.get("precision", "?"),
                 row.get("xla", "?"),
                 row.get("step", ""),
+                row.get("backend") or "",
                 "" if "error" in row else _number(ms),
                 "" if "error" in row else _number(row.get("images_per_second"), digits=1),
                 "" if speedup is None else f"{speedup:.2f}x",
@@ -91,7 +95,7 @@ def training_table(rows: Sequence[dict[str, Any]]) -> str:
         lines,
         headers=TRAINING_HEADERS,
         disable_numparse=True,
-        colalign=("left", "left", "left", *["right"] * 7, "left"),
+        colalign=("left", "left", "left", "left", *["right"] * 7, "left"),
     )
 
 

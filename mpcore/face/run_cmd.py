@@ -337,6 +337,12 @@ def _check_batches(batch_size: int, data: dict[str, Any], distribution: Distribu
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    keras_backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if keras_backend != "tensorflow":  # docs/backends.md: the data path is tf.data
+        raise UsageError(
+            f"mpbench run trains through tf.data on TensorFlow, but KERAS_BACKEND is "
+            f"{keras_backend!r}: unset it (pytest benchmarks/ and numerics/ run on JAX and torch)"
+        )
     with contextlib.ExitStack() as held:  # the run folder's lock, released however we leave
         return _run(args, held)
 

@@ -9,7 +9,8 @@ import platform
 from importlib import metadata
 from typing import Any
 
-import tensorflow as tf
+from mpcore.probe import backend
+from mpcore.probe.backend import tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,10 @@ class GpuInfo:
 
 @functools.cache
 def visible_gpus() -> tuple[GpuInfo, ...]:
-    """GPUs visible to TensorFlow, with name and compute capability (detected once)."""
+    """GPUs visible to the Keras backend (TensorFlow's detection on TensorFlow), with name and
+    compute capability (detected once)."""
+    if not backend.is_tensorflow():
+        return tuple(GpuInfo(name, cc) for name, cc in backend.accelerators())
     gpus = []
     for device in tf.config.list_physical_devices("GPU"):
         try:
@@ -64,11 +68,13 @@ def _version(distribution: str) -> str | None:
 
 
 def software_versions() -> dict[str, Any]:
-    """Versions of Python, TensorFlow (with its CUDA/cuDNN build), Keras, NumPy and mpbench."""
-    build = tf.sysconfig.get_build_info()
+    """Versions of Python, the Keras backend, TensorFlow (with its CUDA/cuDNN build, None where
+    the backend is not TensorFlow), Keras, NumPy and mpbench."""
+    build = tf.sysconfig.get_build_info() if backend.is_tensorflow() else {}
     return {
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        **backend.identity(),
+        "tensorflow": tf.__version__ if backend.is_tensorflow() else _version("tensorflow"),
         "keras": _version("keras"),
         "numpy": _version("numpy"),
         "mpbench": _version("mpbench"),
@@ -85,6 +91,6 @@ def machine_summary() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "gpus": [gpu.to_dict() for gpu in visible_gpus()],
-        "tf32_enabled": tf.config.experimental.tensor_float_32_execution_enabled(),
+        "tf32_enabled": backend.tf32_enabled(),
         "versions": software_versions(),
     }

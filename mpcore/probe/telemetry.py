@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import ModuleType, TracebackType
 from typing import Any
 
-import tensorflow as tf
+from mpcore.probe.backend import tf
 
 SAMPLE_FIELDS: tuple[str, ...] = (
     "memory_used_bytes",
