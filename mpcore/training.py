@@ -19,7 +19,7 @@ import tensorflow as tf
 from mpcore.data import ShipIndex, make_dataset, steps_per_epoch
 from mpcore.models import build_model, model_spec
 from mpcore.modes import RunConfig, applied, check_model
-from mpcore.probe.machine import machine_summary, visible_gpus
+from mpcore.probe.capability import capability, machine_record
 from mpcore.replicas import (
     ReplicaConsistentLossScaleOptimizer,
     ReplicaStatisticsAverager,
@@ -41,7 +41,7 @@ class TrainSettings:
     float16_input: bool = False
     cache: bool = True
     #: TensorFlow op determinism; None means on where no GPU is visible (free on a CPU, while on
-    #: a GPU it costs speed and some ops have no deterministic kernel).
+    #: a GPU it costs speed and some ops have no deterministic kernel); a simulated GPU counts.
     deterministic: bool | None = None
 
     def __post_init__(self) -> None:
@@ -60,7 +60,9 @@ class TrainSettings:
 
     @property
     def resolved_deterministic(self) -> bool:
-        return not visible_gpus() if self.deterministic is None else self.deterministic
+        if self.deterministic is None:
+            return capability().deterministic_default
+        return self.deterministic
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -307,7 +309,7 @@ def train(
             val_loss=[float(v) for v in logs["val_loss"]],
             val_accuracy=[float(v) for v in logs["val_accuracy"]],
             loss_scale=scales.values if config.uses_loss_scaling else None,
-            machine=machine_summary(),
+            machine=machine_record(),
             replicas=replicas,
             global_batch=global_batch,
         )

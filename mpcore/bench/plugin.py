@@ -31,7 +31,8 @@ from mpcore.models import model_spec
 from mpcore.modes import RunConfig
 from mpcore.names import PRECISIONS, XLA_MODES, cpu_replicas_problem, parse_names
 from mpcore.probe import telemetry
-from mpcore.probe.devices import benchmark_gpus, skip_reason, speedup_note
+from mpcore.probe.capability import capability
+from mpcore.probe.devices import skip_reason
 from mpcore.probe.machine import GpuInfo, software_versions, visible_gpus
 from mpcore.replicas import configure_logical_cpus, make_strategy, mirrored_devices
 from mpcore.training import TrainSettings
@@ -163,12 +164,14 @@ def _replicas(config: pytest.Config, strategy: str, gpu_count: int) -> int:
 def resolve_options(config: pytest.Config) -> BenchOptions:
     """Validate the ``--mp-*`` options and fill the defaults for the device they will run on."""
     try:
-        gpus, simulated = benchmark_gpus(visible_gpus())
+        decided = capability()
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
-    gpu = gpus[0] if gpus else None
+    gpus, simulated, gpu = decided.gpus, decided.simulated, decided.gpu
     allow_cpu = config.getoption("mp_allow_cpu")
-    defaults = CPU_DEFAULTS if gpu is None and allow_cpu else GPU_DEFAULTS
+    # The sizes follow where the arithmetic runs: a GPU simulated on the CPU gets the CPU's.
+    on_cpu = (gpu is None and allow_cpu) or (gpu is not None and not decided.real_gpus)
+    defaults = CPU_DEFAULTS if on_cpu else GPU_DEFAULTS
     model = config.getoption("mp_model") or defaults["model"]
     try:
         spec = model_spec(model)
@@ -244,7 +247,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def speedup_caveat(bench_options: BenchOptions, combination: RunConfig) -> str | None:
     """A note for results that run but should not be read as a speedup (e.g. no tensor cores)."""
-    return speedup_note(combination.precision, bench_options.gpu)
+    return capability().speedup_note(combination.precision)
 
 
 @pytest.fixture
