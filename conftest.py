@@ -1,4 +1,6 @@
-"""Root pytest configuration: quiet TensorFlow, GPU detection once, global-state hygiene."""
+"""Root pytest configuration: quiet TensorFlow, GPU detection once, global-state hygiene, and
+the device-agnostic suite's two fixtures: ``@pytest.mark.cpu(reason=...)`` pins a test that
+states a CPU fact to the CPU, and ``no_tf32`` computes float32 references in true float32."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import pytest
+import tensorflow as tf
 
 from mpcore.modes import GlobalState
 from mpcore.probe.machine import visible_gpus
@@ -40,3 +43,27 @@ def ship_root(tmp_path_factory: pytest.TempPathFactory):
     from mpcore.synthetic import write_synthetic_ships
 
     return write_synthetic_ships(tmp_path_factory.mktemp("ships"), per_class=24, image_size=64)
+
+
+@pytest.fixture(autouse=True)
+def pin_cpu_when_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test marked ``cpu`` states a CPU fact: every decision is made for no GPU
+    (``MPBENCH_FAKE_GPU=none``), child processes see no GPU (``CUDA_VISIBLE_DEVICES=""``) and
+    in-process work is placed on ``/CPU:0``. Unmarked tests run wherever TensorFlow places them."""
+    if request.node.get_closest_marker("cpu") is None:
+        yield
+        return
+    monkeypatch.setenv("MPBENCH_FAKE_GPU", "none")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with tf.device("/CPU:0"):
+        yield
+
+
+@pytest.fixture
+def no_tf32():
+    """TF32 off for the test (float32 matmuls and convolutions in full float32 on Ampere and
+    newer GPUs, where TensorFlow enables TF32 by default), restored afterwards."""
+    saved = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    yield
+    tf.config.experimental.enable_tensor_float_32_execution(saved)

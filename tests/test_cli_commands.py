@@ -13,7 +13,7 @@ from PIL import Image
 from mpcore.face.doctor import precision_verdicts
 from mpcore.face.run_cmd import choose_profile
 from mpcore.names import PRECISIONS, parse_names
-from mpcore.probe.machine import GpuInfo, visible_gpus
+from mpcore.probe.machine import GpuInfo
 from mpcore.run.plan import RunPlan
 from mpcore.run.store import RESULTS_FILE, SCHEMA, RunSetupError, write_json_atomic
 from mpcore.run.worker import NonFiniteLossError, PrefixedStream, make_loss_guard
@@ -22,7 +22,7 @@ from mpcore.run.worker import NonFiniteLossError, PrefixedStream, make_loss_guar
 # doctor
 
 
-@pytest.mark.skipif(bool(visible_gpus()), reason="states the CPU-only verdicts; a GPU is visible")
+@pytest.mark.cpu(reason="states the doctor's verdicts for a machine without a GPU")
 def test_doctor_on_a_cpu_says_mixed_precision_will_not_speed_up(invoke, monkeypatch) -> None:
     # A CPU without AVX512-BF16/AMX (the verdict for one with them is tested on its own below):
     # the host's real flags must not decide what this test states.
