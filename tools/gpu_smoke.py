@@ -11,8 +11,9 @@ Runs, one after the other, each writing into one folder (default ``gpu-smoke-<UT
    twelve configurations would not fit the 10-minute budget; the benchmarks cover XLA).
 
 Each step's output goes to ``<step>.log`` (the doctor's JSON to ``doctor.json``);
-``summary.json`` lists the commands, exit statuses and seconds. The exit status is 0 only when every step succeeded. Without a GPU it refuses to start
-(exit 2) unless ``--allow-cpu`` (for trying it out: the GPU tests are then all skipped).
+``summary.json`` lists the commands, exit statuses and seconds. The exit status is 0 only when
+every step succeeded. Without a GPU it refuses to start (exit 2) unless ``--allow-cpu`` (for
+trying it out: the GPU tests are then all skipped).
 ``--dry-run`` prints the commands and runs nothing.
 """
 

@@ -59,8 +59,9 @@ def _finish(result: tf.Tensor) -> None:
     tf.reshape(result, [-1])[0].numpy()
 
 
-def _time(call, budget: float = BUDGET_SECONDS) -> float:
+def _time(call, budget: float | None = None) -> float:
     """Median seconds of one call: one untimed warm-up, then calls until ``budget`` is spent."""
+    budget = BUDGET_SECONDS if budget is None else budget
     _finish(call())
     times: list[float] = []
     while len(times) < 2 or (sum(times) < budget and len(times) < 20):
@@ -71,8 +72,9 @@ def _time(call, budget: float = BUDGET_SECONDS) -> float:
     return times[len(times) // 2]
 
 
-def matmul_side(device: str, target: float = TARGET_SECONDS, limit: int = MAX_SIDE) -> int:
+def matmul_side(device: str, target: float | None = None, limit: int = MAX_SIDE) -> int:
     """The float32 matmul side (a multiple of 128) whose one call takes about ``target``."""
+    target = TARGET_SECONDS if target is None else target
     side = 256
     with tf.device(device):
         while side < limit:
