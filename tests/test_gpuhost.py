@@ -216,3 +216,36 @@ def test_smoke_pytest_steps_collect(smoke, tmp_path) -> None:
     assert any("on_a_tensor_core_gpu" in test for test in collected["gpu-tests"])
     assert sum("test_train_step" in test for test in collected["benchmarks"]) == 12
     assert sys.executable in plan["doctor"]
+
+
+# --------------------------------------------------------------------------------------------
+# NVML follows TensorFlow's numbering
+
+
+@pytest.mark.parametrize(
+    ("visible", "index", "expected"),
+    [(None, 0, 0), ("2,3", 0, 2), ("2,3", 1, 3), ("GPU-5f1c", 0, 0), ("", 1, 1)],
+)
+def test_nvml_index_follows_cuda_visible_devices(monkeypatch, visible, index, expected) -> None:
+    from mpcore.probe import telemetry
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert telemetry.nvml_index(index) == expected
+
+
+def test_nvml_queries_ask_for_the_gpu_tensorflow_uses(monkeypatch) -> None:
+    from mpcore.probe import telemetry
+
+    class FakeNvml:
+        def nvmlDeviceGetHandleByIndex(self, index):
+            return index
+
+        def nvmlDeviceGetName(self, handle):
+            return f"GPU at NVML index {handle}".encode()
+
+    monkeypatch.setattr(telemetry, "nvml", FakeNvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert telemetry.device_name(0) == "GPU at NVML index 3"
