@@ -249,3 +249,37 @@ def test_nvml_queries_ask_for_the_gpu_tensorflow_uses(monkeypatch) -> None:
     monkeypatch.setattr(telemetry, "nvml", FakeNvml)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert telemetry.device_name(0) == "GPU at NVML index 3"
+
+
+def test_run_report_notes_a_simulated_gpu_and_tf32() -> None:
+    from mpcore.report import run_table
+    from mpcore.run.store import SCHEMA
+
+    record = {
+        "name": "float32+xla_off",
+        "status": "ok",
+        "result": {
+            "epoch_seconds": [5.0, 2.0],
+            "first_epoch_seconds": 5.0,
+            "steady_epoch_seconds": 2.0,
+            "ms_per_step": 100.0,
+            "images_per_second": 800.0,
+            "loss": [1.5, 1.0],
+            "accuracy": [0.4, 0.6],
+            "val_loss": [1.6, 1.1],
+            "val_accuracy": [0.3, 0.5],
+            "loss_scale": None,
+        },
+    }
+    h100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    document = {
+        "schema": SCHEMA,
+        "settings": {"model": "small", "image_size": 32, "batch_size": 8, "epochs": 2},
+        "configurations": [record],
+        "machine": {"gpus": [h100], "gpu_simulated": True, "tf32_enabled": True},
+    }
+    table = run_table(document)
+    assert "gpu simulated (MPBENCH_FAKE_GPU)" in table
+    assert "float32: ran as TF32" in table
+    document["machine"] = {"gpus": [], "gpu_simulated": False, "tf32_enabled": True}
+    assert "TF32" not in run_table(document) and "simulated" not in run_table(document)

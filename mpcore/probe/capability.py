@@ -72,7 +72,7 @@ class Capability:
     def speedup_note(self, precision: str) -> str | None:
         """The caveat beside a result: the TF32 note for float32, else the device's caveat."""
         if precision == "float32" and self.tf32_active:
-            return tf32_note(self.gpu)
+            return "runs as TF32 on tensor cores (TensorFlow's default on 8.0+)"
         return speedup_note(precision, self.gpu)
 
     def tf32_note(self) -> str:
