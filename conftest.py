@@ -5,6 +5,7 @@ states a CPU fact to the CPU, and ``no_tf32`` computes float32 references in tru
 from __future__ import annotations
 
 import os
+import sys
 
 # Must be set before TensorFlow is imported anywhere: keep C++/absl log noise out of test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -55,6 +56,10 @@ def pin_cpu_when_marked(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
         return
     monkeypatch.setenv("MPBENCH_FAKE_GPU", "none")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    # Placement decisions (how many GPUs a strategy may use) read visible_gpus() directly.
+    for module in [m for name, m in sys.modules.items() if name.startswith("mpcore")]:
+        if getattr(module, "visible_gpus", None) is visible_gpus:
+            monkeypatch.setattr(module, "visible_gpus", lambda: ())
     with tf.device("/CPU:0"):
         yield
 

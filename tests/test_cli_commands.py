@@ -137,7 +137,10 @@ def test_report_renders_a_pytest_benchmark_file(invoke, tmp_path: Path) -> None:
         (["run", "--profile", "huge"], "invalid choice: 'huge'"),
         (["run", "--epochs", "0"], "must be a positive integer, got 0"),
         (["run", "--batch-size", "-3"], "must be a positive integer, got -3"),
-        (["run", "--image-size", "4"], "--image-size 4 is too small for model small (minimum 8)"),
+        (
+            ["run", "--profile", "quick", "--image-size", "4"],
+            "--image-size 4 is too small for model small (minimum 8)",
+        ),
         (["run", "--data", "no-such-folder"], "data folder not found: no-such-folder"),
         (["run", "--weights", "missing.weights.h5"], "--weights: file not found"),
         (["run", "--resume", "--out", "fresh"], "--resume: fresh holds no results.json"),
@@ -171,7 +174,8 @@ def test_report_of_a_malformed_results_file_is_one_line(invoke, tmp_path: Path) 
 
 def test_batch_larger_than_the_training_split_is_refused(invoke, ship_root, tmp_path) -> None:
     out = tmp_path / "out"
-    argv = ["run", "--data", str(ship_root), "--batch-size", "1000", "--out", str(out)]
+    argv = ["run", "--profile", "quick", "--data", str(ship_root), "--batch-size", "1000"]
+    argv += ["--out", str(out)]
     code, _, err = invoke(argv)
     assert code == 2
     assert err.strip() == (

@@ -36,7 +36,8 @@ from mpcore.run.process import FAULT_ENV
 from mpcore.run.store import RESULTS_FILE, SCHEMA, write_json_atomic
 
 PER_CLASS = 8  # 40 images: 30 training, 10 validation
-TINY = ("--image-size", "32", "--batch-size", "8", "--epochs", "1")
+# --profile explicit: the default profile depends on the machine.
+TINY = ("--profile", "quick", "--image-size", "32", "--batch-size", "8", "--epochs", "1")
 
 
 @pytest.fixture(scope="module")
