@@ -304,7 +304,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     profile_name, reason = choose_profile(args.profile, decided.gpu_count)
-    reason += decided.simulated_tag()
+    if not args.profile:
+        reason += decided.simulated_tag()
     print(f"profile {profile_name}: {reason}", flush=True)
     profile = PROFILES[profile_name]
     distribution = _distribution(args, gpu_count)
