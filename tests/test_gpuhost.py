@@ -144,7 +144,7 @@ def test_doctor_measure_json_on_this_machine(invoke) -> None:
         assert set(entry["ratios"]["matmul"]) == {"float16", "bfloat16"}
     precisions = [v["precision"] for v in document["measured_verdicts"]]
     assert precisions == ["mixed_float16", "mixed_bfloat16"]
-    assert all("x float32 (matmul, measured)" in v["why"] for v in document["measured_verdicts"])
+    assert all("x float32 (measured: matmul " in v["why"] for v in document["measured_verdicts"])
 
 
 @pytest.mark.cpu(reason="times the CPU against a T4's datasheet peaks: far below them")
@@ -163,6 +163,7 @@ def test_measured_verdict_rests_on_the_ratio(ratio, speeds_up, words) -> None:
     from mpcore.face.doctor import measured_verdicts
 
     entry = {"device": "/GPU:0", "ratios": {"matmul": {"float16": ratio, "bfloat16": 0.5}}}
+    entry["ratios"]["conv3x3"] = {"float16": ratio, "bfloat16": None}  # bfloat16: no kernel
     float16, bfloat16 = measured_verdicts(entry, frozenset())
     assert float16.speeds_up is speeds_up
     assert f"{words}: float16 runs 6.8x float32" in float16.why

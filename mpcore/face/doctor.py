@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -136,19 +137,26 @@ def _bytes(value: int | None) -> str:
 
 
 def measured_verdicts(entry: dict[str, Any], flags: frozenset[str]) -> list[Verdict]:
-    """Verdicts resting on measured figures: each reduced dtype's matmul rate over float32's."""
+    """Verdicts resting on measured figures: each reduced dtype's rate over float32's, the
+    geometric mean over the ops timed (matmul and the 3x3 convolution: a CNN needs both)."""
     on_cpu = not entry["device"].upper().startswith("/GPU")
     native = sorted(flag for flag in CPU_BFLOAT16_FLAGS if flag in flags)
     verdicts = []
     for dtype, precision in (("float16", "mixed_float16"), ("bfloat16", "mixed_bfloat16")):
-        ratio = entry["ratios"]["matmul"].get(dtype)
-        if ratio is None:
-            verdicts.append(Verdict(precision, False, f"{dtype} matmul did not run here"))
+        by_op = {op: r[dtype] for op, r in entry["ratios"].items() if r.get(dtype) is not None}
+        if not by_op:
+            verdicts.append(Verdict(precision, False, f"{dtype} did not run here"))
             continue
-        figure = f"{dtype} runs {ratio:.2g}x float32 (matmul, measured)"
+        ratio = math.prod(by_op.values()) ** (1 / len(by_op))
+        each = ", ".join(f"{op} {value:.2g}x" for op, value in by_op.items())
+        figure = f"{dtype} runs {ratio:.2g}x float32 (measured: {each})"
         if ratio >= SPEEDUP_RATIO:
-            engaged = "native bfloat16 instructions" if on_cpu else "tensor cores"
-            why = f"{engaged} engaged: {figure}"
+            if not on_cpu:
+                why = f"tensor cores engaged: {figure}"
+            elif dtype == "bfloat16":
+                why = f"native bfloat16 instructions engaged: {figure}"
+            else:
+                why = f"faster here: {figure}"
         elif ratio >= 1 / SPEEDUP_RATIO:
             why = f"no measurable gain: {figure}"
         else:

@@ -4,7 +4,8 @@ A square matmul and one 3x3 convolution are timed in float32, float16 and bfloat
 device TensorFlow can place work on (every GPU, else the CPU). The problem is sized adaptively:
 the float32 matmul grows until one call takes :data:`TARGET_SECONDS`, so a fast GPU gets a large
 problem and a loaded CPU a small one; every dtype then times the same shapes, so the ratios
-compare like with like. Ops are dispatched eagerly (distinct calls, so grappler cannot merge
+compare like with like, and the dtypes are sampled in turn, so a shared machine's changing load
+falls on each alike. Ops are dispatched eagerly (distinct calls, so grappler cannot merge
 them) and the clock stops when a scalar reduced from the last result has been copied to the
 host, which waits for the device's queue.
 """
@@ -25,8 +26,10 @@ DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 TARGET_SECONDS = 0.05
 #: Largest matmul side tried; float32 at 8192 is 1.1 TFLOP per call.
 MAX_SIDE = 8192
-#: Each dtype's timing stops after this many seconds (at least two calls are timed).
+#: Each dtype's timing stops after this many seconds (at least two samples are timed).
 BUDGET_SECONDS = 0.4
+#: A timed sample repeats a short call until it lasts about this long (one wait per sample).
+SAMPLE_SECONDS = 0.02
 
 _PEAK_FIELD = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -59,17 +62,43 @@ def _finish(result: tf.Tensor) -> None:
     tf.reshape(result, [-1])[0].numpy()
 
 
-def _time(call, budget: float | None = None) -> float:
-    """Median seconds of one call: one untimed warm-up, then calls until ``budget`` is spent."""
-    budget = BUDGET_SECONDS if budget is None else budget
+def _sample(call, repeat: int) -> float:
+    """Seconds per call of ``repeat`` calls back to back and one wait at the end."""
+    start = time.perf_counter()
+    for _ in range(repeat - 1):
+        call()
     _finish(call())
-    times: list[float] = []
-    while len(times) < 2 or (sum(times) < budget and len(times) < 20):
-        start = time.perf_counter()
-        _finish(call())
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+    return (time.perf_counter() - start) / repeat
+
+
+def _repeat(call) -> int:
+    """Calls per sample: one untimed warm-up says how many last :data:`SAMPLE_SECONDS`, so the
+    wait's own latency does not inflate a fast GPU's short calls."""
+    seconds = _sample(call, 1)
+    return max(1, min(50, int(SAMPLE_SECONDS / max(seconds, 1e-6))))
+
+
+def time_interleaved(calls: dict[str, Any], budget: float | None = None) -> dict[str, float]:
+    """Best seconds per call of each of ``calls``, sampled in turn (one sample of each per
+    round) so that a shared machine's changing load falls on every dtype alike; rounds go on
+    until ``budget`` seconds per call are spent (at least two rounds, at most twenty)."""
+    budget = BUDGET_SECONDS if budget is None else budget
+    repeats = {name: _repeat(call) for name, call in calls.items()}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    spent = 0.0
+    rounds = 0
+    while rounds < 2 or (spent < budget * len(calls) and rounds < 20):
+        for name, call in calls.items():
+            seconds = _sample(call, repeats[name])
+            times[name].append(seconds)
+            spent += seconds * repeats[name]
+        rounds += 1
+    # The fastest sample, as timeit advises: the slower ones measure the neighbours.
+    return {name: min(samples) for name, samples in times.items()}
+
+
+def _time(call, budget: float | None = None) -> float:
+    return time_interleaved({"call": call}, budget)["call"]
 
 
 def matmul_side(device: str, target: float | None = None, limit: int = MAX_SIDE) -> int:
@@ -97,15 +126,33 @@ def _peak(device_name: str | None, dtype: str, tf32: bool) -> float | None:
     return getattr(peak, _PEAK_FIELD[dtype])
 
 
-def _measure_op(op: str, shape: str, flops: int, make, dtype: str, peak: float | None) -> Timing:
-    try:
-        call = make(tf.as_dtype(dtype))
-        seconds = _time(call)
-    except (tf.errors.OpError, TypeError, ValueError) as error:
-        # e.g. no kernel for the dtype on this device: say so instead of failing the report.
-        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-        return Timing(op, dtype, shape, flops, None, None, peak, f"{type(error).__name__}: {first}")
-    return Timing(op, dtype, shape, flops, seconds, flops / seconds / 1e12, peak)
+def _error(error: Exception) -> str:
+    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}"
+
+
+def _measure_op(
+    op: str, shape: str, flops: int, make, device_name: str | None, tf32: bool
+) -> list[Timing]:
+    """One op in every dtype, timed interleaved; a dtype without a kernel here gets its error."""
+    calls, errors = {}, {}
+    for dtype in DTYPES:
+        try:
+            calls[dtype] = make(tf.as_dtype(dtype))
+            _finish(calls[dtype]())  # fails here when the device has no kernel for the dtype
+        except (tf.errors.OpError, TypeError, ValueError) as error:
+            calls.pop(dtype, None)
+            errors[dtype] = _error(error)
+    seconds = time_interleaved(calls) if calls else {}
+    timings = []
+    for dtype in DTYPES:
+        peak = _peak(device_name, dtype, tf32)
+        if dtype in errors:
+            timings.append(Timing(op, dtype, shape, flops, None, None, peak, errors[dtype]))
+        else:
+            took = seconds[dtype]
+            timings.append(Timing(op, dtype, shape, flops, took, flops / took / 1e12, peak))
+    return timings
 
 
 def measure_device(
@@ -117,28 +164,24 @@ def measure_device(
     channels, hw = 128, 56
     batch = max(1, round(side**3 / (hw * hw * channels * channels * 9)))
     conv_flops = 2 * batch * hw * hw * channels * channels * 9
-    timings = []
     with tf.device(device):
         a32 = tf.random.normal([side, side])
         x32 = tf.random.normal([batch, hw, hw, channels])
         k32 = tf.random.normal([3, 3, channels, channels], stddev=0.05)
-        for dtype in DTYPES:
-            peak = _peak(device_name, dtype, tf32)
 
-            def matmul(dt, a32=a32):
-                a = tf.cast(a32, dt)
-                return lambda: tf.linalg.matmul(a, a)
+        def matmul(dt):
+            a = tf.cast(a32, dt)
+            return lambda: tf.linalg.matmul(a, a)
 
-            def conv(dt, x32=x32, k32=k32):
-                x, k = tf.cast(x32, dt), tf.cast(k32, dt)
-                return lambda: tf.nn.conv2d(x, k, strides=1, padding="SAME")
+        def conv(dt):
+            x, k = tf.cast(x32, dt), tf.cast(k32, dt)
+            return lambda: tf.nn.conv2d(x, k, strides=1, padding="SAME")
 
-            timings.append(
-                _measure_op("matmul", f"{side}x{side}x{side}", 2 * side**3, matmul, dtype, peak)
-            )
-            shape = f"{batch}x{hw}x{hw}x{channels} * 3x3x{channels}x{channels}"
-            timings.append(_measure_op("conv3x3", shape, conv_flops, conv, dtype, peak))
-    return timings
+        shape = f"{batch}x{hw}x{hw}x{channels} * 3x3x{channels}x{channels}"
+        return [
+            *_measure_op("matmul", f"{side}x{side}x{side}", 2 * side**3, matmul, device_name, tf32),
+            *_measure_op("conv3x3", shape, conv_flops, conv, device_name, tf32),
+        ]
 
 
 def ratios(timings: list[Timing], op: str) -> dict[str, float | None]:
