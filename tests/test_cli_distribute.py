@@ -229,7 +229,7 @@ def bench(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
     )
 
 
-@pytest.mark.cpu(reason="--cpu-replicas splits the CPU into logical devices")
+@pytest.mark.cpu(reason="one unsplit CPU is one device to mirror over")
 def test_benchmark_mirrored_is_skipped_with_one_replica(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
