@@ -10,6 +10,11 @@ import sys
 # Must be set before TensorFlow is imported anywhere: keep C++/absl log noise out of test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# On a GPU host the test process and the mpbench processes it starts share the GPU: by default
+# each TensorFlow process reserves nearly all its memory at the first op, starving the others.
+# TensorFlow's own multi-process tests set this too (tensorflow/python/distribute/
+# multi_process_lib.py); children inherit it.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 import pytest
 import tensorflow as tf
