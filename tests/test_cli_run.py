@@ -152,7 +152,7 @@ def test_every_plot_is_a_readable_image(finished_run) -> None:
     names = sorted(path.name for path in out.glob("*.png"))
     # The GPU telemetry plot exactly when NVML sampled something (never on a CPU-only machine).
     document = json.loads((out / "results.json").read_text())
-    sampled = any(r.get("telemetry", {}).get("gpu_series") for r in document["configurations"])
+    sampled = any((r.get("telemetry") or {}).get("gpu_series") for r in document["configurations"])
     expected = ["curves.png", *(["gpu_telemetry.png"] if sampled else []), "step_time.png"]
     assert names == [*expected, "time_vs_loss.png"]
     for name in names:
