@@ -1,14 +1,23 @@
-"""Root pytest configuration: quiet TensorFlow, GPU detection once, global-state hygiene, and
-the ``tensorflow_only`` skips on the JAX and torch Keras backends."""
+"""Root pytest configuration: quiet TensorFlow, GPU detection once, global-state hygiene, the
+``tensorflow_only`` skips on the JAX and torch Keras backends, and the device-agnostic suite's two
+fixtures: ``@pytest.mark.cpu(reason=...)`` pins a test that states a CPU fact to the CPU, and
+``no_tf32`` computes float32 references in true float32."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 # Must be set before TensorFlow is imported anywhere: keep C++/absl log noise out of test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# On a GPU host the test process and the mpbench processes it starts share the GPU: by default
+# each TensorFlow process reserves nearly all its memory at the first op, starving the others.
+# TensorFlow's own multi-process tests set this too (tensorflow/python/distribute/
+# multi_process_lib.py); children inherit it.
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
+import keras
 import pytest
 
 from mpcore.modes import GlobalState
@@ -51,3 +60,29 @@ def ship_root(tmp_path_factory: pytest.TempPathFactory):
     from mpcore.synthetic import write_synthetic_ships
 
     return write_synthetic_ships(tmp_path_factory.mktemp("ships"), per_class=24, image_size=64)
+
+
+@pytest.fixture(autouse=True)
+def pin_cpu_when_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test marked ``cpu`` states a CPU fact: every decision is made for no GPU
+    (``MPBENCH_FAKE_GPU=none``), child processes see no GPU (``CUDA_VISIBLE_DEVICES=""``) and
+    in-process work is placed on the CPU. Unmarked tests run wherever the backend places them."""
+    if request.node.get_closest_marker("cpu") is None:
+        yield
+        return
+    monkeypatch.setenv("MPBENCH_FAKE_GPU", "none")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    # Placement decisions (how many GPUs a strategy may use) read visible_gpus() directly.
+    for module in [m for name, m in sys.modules.items() if name.startswith("mpcore")]:
+        if getattr(module, "visible_gpus", None) is visible_gpus:
+            monkeypatch.setattr(module, "visible_gpus", lambda: ())
+    with keras.device("cpu:0"):  # tf.device on TensorFlow; the same on JAX and torch
+        yield
+
+
+@pytest.fixture
+def no_tf32():
+    """TF32 off for the test (float32 matmuls and convolutions in full float32 on Ampere and
+    newer GPUs, where TensorFlow and JAX use TF32 by default), restored afterwards."""
+    with backend.full_float32():
+        yield

@@ -340,7 +340,25 @@ def run_table(document: dict[str, Any]) -> str:
             "scaling efficiency: images/s / (replicas x images/s of the same configuration "
             "without a strategy, one replica, in this run); 100% is linear scaling"
         )
+    notes.extend(machine_notes(document.get("machine") or {}))
     return table + "\n" + "\n".join(notes)
+
+
+def machine_notes(machine: dict[str, Any]) -> list[str]:
+    """What the recorded machine means for the figures: a simulated GPU, float32 as TF32."""
+    notes = []
+    if machine.get("gpu_simulated"):
+        notes.append(
+            "gpu simulated (MPBENCH_FAKE_GPU): the decisions followed the simulated GPU; the "
+            "timings are the real devices'"
+        )
+    capabilities = [float(g.get("compute_capability") or 0) for g in machine.get("gpus", [])]
+    if machine.get("tf32_enabled") and any(cc >= 8.0 for cc in capabilities):
+        notes.append(
+            "float32: ran as TF32 on tensor cores (TensorFlow's default on compute capability "
+            "8.0+); its speedup baseline is TF32, not full float32"
+        )
+    return notes
 
 
 def write_csv(

@@ -21,7 +21,7 @@ from mpcore.models import build_model, model_spec
 from mpcore.modes import RunConfig, applied, check_model
 from mpcore.ownmodel import build_user_model, is_user_model, preprocess_pixels, user_loss, verify
 from mpcore.probe.backend import tf
-from mpcore.probe.machine import machine_summary, visible_gpus
+from mpcore.probe.capability import capability, machine_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,7 @@ class TrainSettings:
     float16_input: bool = False
     cache: bool = True
     #: TensorFlow op determinism; None means on where no GPU is visible (free on a CPU, while on
-    #: a GPU it costs speed and some ops have no deterministic kernel).
+    #: a GPU it costs speed and some ops have no deterministic kernel); a simulated GPU counts.
     deterministic: bool | None = None
 
     def __post_init__(self) -> None:
@@ -62,7 +62,9 @@ class TrainSettings:
 
     @property
     def resolved_deterministic(self) -> bool:
-        return not visible_gpus() if self.deterministic is None else self.deterministic
+        if self.deterministic is None:
+            return capability().deterministic_default
+        return self.deterministic
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -361,7 +363,7 @@ def train(
             val_loss=[float(v) for v in logs["val_loss"]],
             val_accuracy=[float(v) for v in logs.get("val_accuracy", [])],
             loss_scale=scales.values if config.uses_loss_scaling else None,
-            machine=machine_summary(),
+            machine=machine_record(),
             replicas=replicas,
             global_batch=global_batch,
         )

@@ -22,6 +22,9 @@ pytest_plugins = ("pytester",)
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: The suite's test modules, run where they are: the plugin is loaded with ``-p`` and conftest
 #: files are not read (``--noconftest``), so nothing is copied.
+# The suite runs in this process with the arithmetic on the CPU, whatever GPU a test simulates.
+pytestmark = pytest.mark.cpu(reason="the benchmark harness run in-process on the CPU, fake GPUs")
+
 SUITE = tuple(str(BENCHMARKS / name) for name in ("test_train_step.py", "test_input_pipeline.py"))
 PLUGIN = ("-p", "mpcore.bench.plugin", "--noconftest")
 TINY = (

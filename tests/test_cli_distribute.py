@@ -23,6 +23,8 @@ pytest_plugins = ("pytester",)
 
 #: 30 generated images: 25 training, 5 validation; batch 2 per replica.
 TINY = (
+    "--profile",  # explicit: the default profile depends on the machine
+    "quick",
     "--data",
     "synthetic",
     "--synthetic-per-class",
@@ -84,10 +86,12 @@ def mirrored_run(tmp_path_factory: pytest.TempPathFactory, cache: Path, mpbench_
         str(out),
         cache=cache,
         cwd=work,
+        CUDA_VISIBLE_DEVICES="",  # --cpu-replicas splits the CPU: no GPU in the child
     )
     return process, out
 
 
+@pytest.mark.cpu(reason="--cpu-replicas splits the CPU into logical devices")
 def test_mirrored_run_schedules_its_one_replica_baseline(mirrored_run) -> None:
     process, out = mirrored_run
     assert process.returncode == 0, process.stderr[-3000:]
@@ -100,6 +104,7 @@ def test_mirrored_run_schedules_its_one_replica_baseline(mirrored_run) -> None:
     assert "strategy" not in records["mixed_float16+xla_off"]["config"]
 
 
+@pytest.mark.cpu(reason="--cpu-replicas splits the CPU into logical devices")
 def test_mirrored_results_hold_replicas_global_batch_and_efficiency(mirrored_run) -> None:
     _, out = mirrored_run
     records = records_by_name(out)
@@ -109,6 +114,7 @@ def test_mirrored_results_hold_replicas_global_batch_and_efficiency(mirrored_run
     assert len(distributed["result"]["loss_scale"]) == 1
 
 
+@pytest.mark.cpu(reason="--cpu-replicas splits the CPU into logical devices")
 def test_mirrored_table_and_csv_have_the_scaling_columns(mirrored_run) -> None:
     process, out = mirrored_run
     header = process.stdout.split("configuration  ", 1)[1].split("---", 1)[0]
@@ -126,6 +132,7 @@ def test_mirrored_table_and_csv_have_the_scaling_columns(mirrored_run) -> None:
     assert rows["mixed_float16+xla_off"]["scaling_efficiency"] == ""
 
 
+@pytest.mark.cpu(reason="the messages of --cpu-replicas, refused where a GPU is visible")
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -216,7 +223,7 @@ def bench(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
             *TINY_BENCH,
             *args,
         ],
-        env={**env, "MPBENCH_FAKE_GPU": "none"},
+        env={**env, "MPBENCH_FAKE_GPU": "none", "CUDA_VISIBLE_DEVICES": ""},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -224,6 +231,7 @@ def bench(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.cpu(reason="one unsplit CPU is one device to mirror over")
 def test_benchmark_mirrored_is_skipped_with_one_replica(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,6 +253,7 @@ def test_benchmark_mirrored_is_skipped_with_one_replica(
 
 
 @pytest.mark.slow
+@pytest.mark.cpu(reason="--mp-cpu-replicas splits the CPU into logical devices")
 def test_benchmark_mirrored_over_two_cpus_records_replicas(tmp_path: Path, cli_env) -> None:
     out = tmp_path / "bench.json"
     result = bench(
@@ -287,8 +296,9 @@ def test_local_workers_skip_bad_images_and_stop_at_the_first_nan_like_one_proces
     out = tmp_path / "run"
     process = mpbench_process(
         "run",
-        *("--data", str(ships), "--image-size", "32", "--batch-size", "2", "--epochs", "1"),
-        *("--precision", "mixed_float16", "--workers", "2", "--skip-bad-images", "--repeats", "1"),
+        *("--profile", "quick", "--data", str(ships), "--image-size", "32", "--batch-size", "2"),
+        *("--epochs", "1", "--repeats", "1"),
+        *("--precision", "mixed_float16", "--workers", "2", "--skip-bad-images"),
         *("--out", str(out)),
         cwd=tmp_path,
         MPBENCH_FAULT="mixed_float16+xla_off=nan",

@@ -264,7 +264,8 @@ def mirrored(small_ships: Path) -> dict:
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        # The probe splits the CPU into two logical devices: no GPU in the child.
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -275,6 +276,7 @@ def _relative(a: float, b: float) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.cpu(reason="MirroredStrategy over two logical CPUs (tests/mirrored_probe.py)")
 def test_mirrored_trains_two_replicas_on_the_same_global_batch(mirrored: dict) -> None:
     assert mirrored["replicas"] == 2
     assert [d.rsplit("/", 1)[-1] for d in mirrored["devices"]] == ["device:CPU:0", "device:CPU:1"]
@@ -292,6 +294,7 @@ def test_mirrored_trains_two_replicas_on_the_same_global_batch(mirrored: dict) -
 
 
 @pytest.mark.slow
+@pytest.mark.cpu(reason="MirroredStrategy over two logical CPUs (tests/mirrored_probe.py)")
 def test_one_mirrored_epoch_matches_one_device(mirrored: dict) -> None:
     """One epoch on 2 replicas x 8 against one device x 16, same batches in the same order.
 
@@ -315,6 +318,7 @@ def test_one_mirrored_epoch_matches_one_device(mirrored: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.cpu(reason="MirroredStrategy over two logical CPUs (tests/mirrored_probe.py)")
 def test_default_batch_norm_is_per_replica_and_stays_close(mirrored: dict) -> None:
     """Keras's BatchNormalization normalises each replica's 8 images by their own statistics
     (synchronized=False), so the default mirrored run is near, not equal to, one device: epoch
@@ -326,6 +330,7 @@ def test_default_batch_norm_is_per_replica_and_stays_close(mirrored: dict) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.cpu(reason="MirroredStrategy over two logical CPUs (tests/mirrored_probe.py)")
 def test_loss_scale_is_one_value_shared_by_the_replicas(mirrored: dict) -> None:
     """Only replica 1's gradients overflow: every replica skips the step and the one mirrored
     loss scale halves once (Keras's own LossScaleOptimizer checks only replica 0 here and
@@ -338,6 +343,7 @@ def test_loss_scale_is_one_value_shared_by_the_replicas(mirrored: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.cpu(reason="MirroredStrategy over two logical CPUs (tests/mirrored_probe.py)")
 def test_xla_mode_is_verified_under_a_strategy(mirrored: dict) -> None:
     assert mirrored["xla"]["jit_compile"] == {"off": False, "jit": True}
     # jit_compile="auto" resolves to off under tf.distribute (and on a CPU): check_model says so.

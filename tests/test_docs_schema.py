@@ -75,7 +75,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (images_dir(root) / "000001.jpg").write_bytes(b"not an image")
     # With a GPU visible, mirrored replicates over the GPUs (--cpu-replicas is refused there).
     split_cpu = [] if tf.config.list_physical_devices("GPU") else ["--cpu-replicas", "2"]
-    argv = ["run", "--data", str(root), "--skip-bad-images", "--precision", "float32"]
+    argv = ["run", "--profile", "quick", "--data", str(root), "--skip-bad-images"]
+    argv += ["--precision", "float32"]
     argv += ["--epochs", "1", "--image-size", "32", "--batch-size", "2"]
     argv += ["--strategy", "mirrored", *split_cpu, "--out", str(work / "run")]
     argv += ["--repeats", "2"]  # the repeats and the warm-up write keys of their own

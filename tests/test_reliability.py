@@ -36,7 +36,19 @@ from mpcore.run.process import FAULT_ENV
 from mpcore.run.store import RESULTS_FILE, SCHEMA, write_json_atomic
 
 PER_CLASS = 8  # 40 images: 30 training, 10 validation
-TINY = ("--image-size", "32", "--batch-size", "8", "--epochs", "1", "--repeats", "1")
+# --profile explicit: the default profile depends on the machine.
+TINY = (
+    "--profile",
+    "quick",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "1",
+    "--repeats",
+    "1",
+)
 
 
 @pytest.fixture(scope="module")
@@ -573,7 +585,12 @@ def test_killed_run_keeps_its_state_and_resume_continues_it(
     result = records["float32+xla_off"]["result"]
     assert result["config"] == {"precision": "float32", "xla": "off"}
     assert result["settings"] == document["settings"]
-    assert result["settings"]["seed"] == 3 and result["settings"]["deterministic"] is True
+    assert result["settings"]["seed"] == 3
+    # The determinism default the machine's capability implies (on: a CPU; off: a GPU, real or
+    # simulated): the child sees the same devices and MPBENCH_FAKE_GPU as this process.
+    from mpcore.probe.capability import capability
+
+    assert result["settings"]["deterministic"] is capability().deterministic_default
     for versions in (result["machine"]["versions"], document["machine"]["versions"]):
         assert versions["tensorflow"] and versions["keras"]
     assert result["machine"]["cpu_count"] == os.cpu_count()

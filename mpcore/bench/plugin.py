@@ -36,7 +36,8 @@ from mpcore.modes import RunConfig
 from mpcore.names import PRECISIONS, STEP_KINDS, XLA_MODES, cpu_replicas_problem, parse_names
 from mpcore.ownmodel import is_user_model
 from mpcore.probe import backend, telemetry
-from mpcore.probe.devices import benchmark_gpus, skip_reason, speedup_note
+from mpcore.probe.capability import capability
+from mpcore.probe.devices import skip_reason
 from mpcore.probe.machine import GpuInfo, software_versions, visible_gpus
 from mpcore.training import TrainSettings
 
@@ -202,12 +203,14 @@ def _replicas(config: pytest.Config, strategy: str, gpu_count: int) -> int:
 def resolve_options(config: pytest.Config) -> BenchOptions:
     """Validate the ``--mp-*`` options and fill the defaults for the device they will run on."""
     try:
-        gpus, simulated = benchmark_gpus(visible_gpus())
+        decided = capability()
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
-    gpu = gpus[0] if gpus else None
+    gpus, simulated, gpu = decided.gpus, decided.simulated, decided.gpu
     allow_cpu = config.getoption("mp_allow_cpu")
-    defaults = CPU_DEFAULTS if gpu is None and allow_cpu else GPU_DEFAULTS
+    # The sizes follow where the arithmetic runs: a GPU simulated on the CPU gets the CPU's.
+    on_cpu = (gpu is None and allow_cpu) or (gpu is not None and not decided.real_gpus)
+    defaults = CPU_DEFAULTS if on_cpu else GPU_DEFAULTS
     model = config.getoption("mp_model") or defaults["model"]
     if is_user_model(model):
         image_size, classes = _user_model_shape(config, model)
@@ -334,7 +337,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def speedup_caveat(bench_options: BenchOptions, combination: RunConfig) -> str | None:
     """A note for results that run but should not be read as a speedup (e.g. no tensor cores)."""
-    return speedup_note(combination.precision, bench_options.gpu)
+    return capability().speedup_note(combination.precision)
 
 
 @pytest.fixture

@@ -41,7 +41,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     if args.model is not None and args.model not in MODELS:
         raise UsageError(f"unknown --model {args.model!r}; valid: {', '.join(MODELS)}")
-    return run_doctor(args.model, args.batch_size, args.image_size)
+    try:
+        return run_doctor(
+            args.model, args.batch_size, args.image_size, measured=args.measure, as_json=args.json
+        )
+    except ValueError as error:  # a malformed MPBENCH_FAKE_GPU
+        raise UsageError(str(error)) from None
 
 
 def _percent(fraction: float) -> str:

@@ -1,17 +1,31 @@
 """``mpbench doctor``: the software stack, the devices, and what each precision can be expected
-to buy on this machine, and why; optionally the seed's "multiples of 8" tip for a model."""
+to buy on this machine, and why; optionally the seed's "multiples of 8" tip for a model, and with
+``--measure`` verdicts resting on timed matmuls and convolutions (:mod:`mpcore.probe.measure`).
+
+The devices come from :func:`mpcore.probe.capability.capability`, so ``MPBENCH_FAKE_GPU`` makes
+the rule-based verdicts those of the simulated GPU, each marked as simulated; measurements always
+run on the real devices."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mpcore.probe import telemetry
-from mpcore.probe.machine import GpuInfo, software_versions, visible_gpus
+from mpcore.probe.capability import Capability, capability
+from mpcore.probe.devices import FAKE_GPU_ENV
+from mpcore.probe.machine import GpuInfo, software_versions
 
 #: CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic that oneDNN uses.
 CPU_BFLOAT16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
+
+#: A measured rate ratio this far above 1 counts as a speedup (below its inverse: a slowdown);
+#: in between the timings of a shared machine cannot tell the two dtypes apart.
+SPEEDUP_RATIO = 1.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,13 +153,108 @@ def _bytes(value: int | None) -> str:
     return f"{value / 2**30:.1f} GiB" if value is not None else "unknown (NVML unavailable)"
 
 
+def measured_verdicts(entry: dict[str, Any], flags: frozenset[str]) -> list[Verdict]:
+    """Verdicts resting on measured figures: each reduced dtype's rate over float32's, the
+    geometric mean over the ops timed (matmul and the 3x3 convolution: a CNN needs both)."""
+    on_cpu = not entry["device"].upper().startswith("/GPU")
+    native = sorted(flag for flag in CPU_BFLOAT16_FLAGS if flag in flags)
+    verdicts = []
+    for dtype, precision in (("float16", "mixed_float16"), ("bfloat16", "mixed_bfloat16")):
+        by_op = {op: r[dtype] for op, r in entry["ratios"].items() if r.get(dtype) is not None}
+        if not by_op:
+            verdicts.append(Verdict(precision, False, f"{dtype} did not run here"))
+            continue
+        ratio = math.prod(by_op.values()) ** (1 / len(by_op))
+        each = ", ".join(f"{op} {value:.2g}x" for op, value in by_op.items())
+        figure = f"{dtype} runs {ratio:.2g}x float32 (measured: {each})"
+        if ratio >= SPEEDUP_RATIO:
+            if not on_cpu:
+                why = f"tensor cores engaged: {figure}"
+            elif dtype == "bfloat16":
+                why = f"native bfloat16 instructions engaged: {figure}"
+            else:
+                why = f"faster here: {figure}"
+        elif ratio >= 1 / SPEEDUP_RATIO:
+            why = f"no measurable gain: {figure}"
+        else:
+            why = f"slower: {figure}; {dtype} is emulated or has no fast kernel here"
+        if on_cpu:
+            why += (
+                f"; this CPU has {', '.join(native)}"
+                if native
+                else "; this CPU has no AVX512-BF16 or AMX-BF16"
+            )
+        verdicts.append(Verdict(precision, ratio >= SPEEDUP_RATIO, why))
+    return verdicts
+
+
+def measure(cap: Capability) -> list[dict[str, Any]]:
+    """Time the math on every real GPU, else on the CPU (a simulated GPU cannot be timed)."""
+    from mpcore.probe.measure import measure_all
+
+    devices = [(f"/GPU:{i}", gpu) for i, gpu in enumerate(cap.real_gpus)] or [("/CPU:0", None)]
+    return measure_all(devices, cap.tf32_flag)
+
+
+def _tflops(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def emit_measurements(entries: list[dict[str, Any]], flags: frozenset[str], emit) -> None:
+    for entry in entries:
+        tf32 = ", float32 as TF32" if entry["tf32"] else ""
+        emit(f"measured on {entry['device']} ({entry['name']}{tf32}): TFLOP/s (% of peak)")
+        for t in entry["timings"]:
+            share = t["fraction_of_peak"]
+            peak = f" ({100 * share:.0f}% of {t['peak_tflops']:g})" if share is not None else ""
+            what = t["error"] or f"{_tflops(t['tflops'])}{peak}"
+            emit(f"  {t['op']:<8} {t['dtype']:<9} {t['shape']:<34} {what}")
+        for op, ratio in entry["ratios"].items():
+            shown = ", ".join(f"{d}/float32 {_tflops(r)}" for d, r in ratio.items())
+            emit(f"  ratios {op}: {shown}")
+        for verdict in measured_verdicts(entry, flags):
+            emit(f"  {verdict.line()}")
+
+
 def run_doctor(
     model: str | None = None,
     batch_size: int | None = None,
     image_size: int | None = None,
     emit: Callable[[str], None] = print,
+    measured: bool = False,
+    as_json: bool = False,
 ) -> int:
-    """Print the report; returns the exit status (0)."""
+    """Print the report (or one JSON document); returns the exit status (0)."""
+    cap = capability()
+    flags = cpu_flags()
+    if as_json:
+        entries = measure(cap) if measured else None
+        document = {
+            "versions": software_versions(),
+            **cap.to_dict(),
+            "tf32_active": cap.tf32_active,
+            "cpu_bfloat16_flags": sorted(f for f in CPU_BFLOAT16_FLAGS if f in flags),
+            "verdicts": [dataclasses.asdict(v) for v in precision_verdicts(cap.gpus, flags)],
+            "measurements": entries,
+            "measured_verdicts": None
+            if entries is None
+            else [dataclasses.asdict(v) for v in measured_verdicts(entries[0], flags)],
+        }
+        emit(json.dumps(document, indent=2))
+        return 0
+    describe(cap, flags, emit)
+    if measured:
+        emit("")
+        if cap.simulated:
+            emit(f"measured on the real devices: {FAKE_GPU_ENV} cannot be timed")
+        emit_measurements(measure(cap), flags, emit)
+    if model is not None or batch_size is not None:
+        emit_multiples_of_8(model, batch_size, image_size, emit)
+    return 0
+
+
+def describe(cap: Capability, flags: frozenset[str], emit: Callable[[str], None]) -> None:
+    """The stack, the devices, and the rule-based verdicts (marked when the GPU is simulated)."""
     import tensorflow as tf
 
     versions = software_versions()
@@ -165,22 +274,23 @@ def run_doctor(
         if lib is not None
         else "NVML: unavailable (no NVIDIA driver or library); GPU telemetry will be empty"
     )
-    tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
-    emit(f"TF32: {'enabled' if tf32 else 'disabled'} (float32 matmuls on compute capability 8.0+)")
-    gpus = visible_gpus()
+    tag = cap.simulated_tag()
+    emit(cap.tf32_note() + tag)
+    gpus = cap.gpus
     if not gpus:
-        emit("GPUs: none visible to TensorFlow")
+        emit("GPUs: none visible to TensorFlow" + tag)
     for index, gpu in enumerate(gpus):
+        memory = None if cap.simulated else telemetry.memory_total_bytes(index)
         emit(
             f"GPU {index}: {gpu.name}, compute capability {gpu.capability or 'unknown'}, memory "
-            f"{_bytes(telemetry.memory_total_bytes(index))}, tensor cores "
+            f"{_bytes(memory)}, tensor cores "
             f"{'yes' if gpu.has_tensor_cores else 'no'} (7.0+), bfloat16 "
-            f"{'yes' if gpu.supports_bfloat16 else 'no'} (8.0+)"
+            f"{'yes' if gpu.supports_bfloat16 else 'no'} (8.0+){tag}"
         )
     emit("")
-    verdicts = precision_verdicts(gpus, cpu_flags())
+    verdicts = precision_verdicts(gpus, flags)
     for verdict in verdicts:
-        emit(verdict.line())
+        emit(verdict.line() + tag)
     emit(xla_note(gpus))
     if not any(verdict.speeds_up for verdict in verdicts):
         emit(
@@ -189,19 +299,21 @@ def run_doctor(
             if not gpus
             else "verdict: mixed precision is not expected to speed up training on this GPU"
         )
-    if model is not None or batch_size is not None:
-        emit("")
-        findings = multiple_of_8_findings(model, batch_size, image_size)
-        what = ", ".join(
-            ([f"model {model}"] if model else [])
-            + ([f"batch size {batch_size}"] if batch_size else [])
-        )
-        if findings:
-            emit(f"not multiples of 8 in {what} (they miss tensor-core kernels):")
-            for finding in findings:
-                emit(f"  {finding}")
-            if model:
-                emit("  (a classification head's units are the class count: that one is expected)")
-        else:
-            emit(f"{what}: every units/filters count and the batch size are multiples of 8")
-    return 0
+
+
+def emit_multiples_of_8(
+    model: str | None, batch_size: int | None, image_size: int | None, emit
+) -> None:
+    emit("")
+    findings = multiple_of_8_findings(model, batch_size, image_size)
+    what = ", ".join(
+        ([f"model {model}"] if model else []) + ([f"batch size {batch_size}"] if batch_size else [])
+    )
+    if findings:
+        emit(f"not multiples of 8 in {what} (they miss tensor-core kernels):")
+        for finding in findings:
+            emit(f"  {finding}")
+        if model:
+            emit("  (a classification head's units are the class count: that one is expected)")
+    else:
+        emit(f"{what}: every units/filters count and the batch size are multiples of 8")

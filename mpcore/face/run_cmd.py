@@ -350,12 +350,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     load_tensorflow()
     from mpcore import report
-    from mpcore.probe.machine import machine_summary, visible_gpus
+    from mpcore.probe.capability import capability, machine_record
+    from mpcore.probe.machine import visible_gpus
     from mpcore.run import plan as planning
     from mpcore.run import store
 
-    gpu_count = len(visible_gpus())
-    profile_name, reason = choose_profile(args.profile, gpu_count)
+    gpu_count = len(visible_gpus())  # placement: the devices a strategy can mirror over
+    try:
+        decided = capability()  # decisions: the GPUs, simulated or not
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    profile_name, reason = choose_profile(args.profile, decided.gpu_count)
+    if not args.profile:
+        reason += decided.simulated_tag()
     print(f"profile {profile_name}: {reason}", flush=True)
     profile = PROFILES[profile_name]
     distribution = _distribution(args, gpu_count)
@@ -399,7 +406,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
                 profile=profile_name,
                 profile_reason=reason,
                 data=data,
-                machine=machine_summary(),
+                machine=machine_record(),
                 command=["mpbench", *args.argv],
             )
     except store.RunSetupError as error:

@@ -12,9 +12,11 @@ paths work where TensorFlow is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import types
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
@@ -192,3 +194,33 @@ def tf32_enabled() -> bool:
 
         return bool(torch.backends.cuda.matmul.allow_tf32)
     return False
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Float32 matrix products in true float32 inside the block (TF32 off: TensorFlow and JAX
+    use TF32 for float32 on Ampere and newer by default), the setting restored after."""
+    backend = name()
+    if backend == "tensorflow":
+        saved = tf.config.experimental.tensor_float_32_execution_enabled()
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        try:
+            yield
+        finally:
+            tf.config.experimental.enable_tensor_float_32_execution(saved)
+    elif backend == "jax":
+        import jax
+
+        with jax.default_matmul_precision("highest"):
+            yield
+    elif backend == "torch":
+        import torch
+
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+    else:
+        yield

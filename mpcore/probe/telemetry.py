@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import resource
 import sys
 import threading
@@ -49,8 +50,20 @@ def _query(call: Callable[[ModuleType], Any]) -> Any:
         return None
 
 
+def nvml_index(index: int) -> int:
+    """NVML's index of TensorFlow's ``GPU:index``. NVML ignores ``CUDA_VISIBLE_DEVICES`` while
+    TensorFlow numbers only the visible GPUs, so a list of indices there is followed (exact when
+    CUDA enumerates in PCI order, as NVML does: ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, or identical
+    GPUs); UUIDs or no list leave the index as it is."""
+    entries = [e.strip() for e in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    if index < len(entries) and entries[index].isdigit():
+        return int(entries[index])
+    return index
+
+
 def _handle(lib: ModuleType, index: int) -> Any:
-    return lib.nvmlDeviceGetHandleByIndex(index)
+    """The NVML handle of TensorFlow's ``GPU:index``."""
+    return lib.nvmlDeviceGetHandleByIndex(nvml_index(index))
 
 
 def device_count() -> int | None:
