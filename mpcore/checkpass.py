@@ -17,9 +17,9 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from mpcore.numerics import GradientCensus, cast_census, float_format, gradient_census
+from mpcore.probe.backend import tf
 from mpcore.training import current_loss_scale
 
 DEFAULT_LOSS_SCALE = 2.0**15

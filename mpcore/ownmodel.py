@@ -16,12 +16,12 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from mpcore.data import NUM_CLASSES
 from mpcore.loader import LoadedModel, LoadError, convert, head_layers, load_model, model_precision
 from mpcore.models import MODELS
 from mpcore.modes import KERAS_POLICY, RunConfig, applied, check_model
+from mpcore.probe.backend import tf
 
 #: The most samples ``mpbench run`` takes from ``--data`` arrays (a function with a
 #: ``batch_size`` parameter is asked for this many).

@@ -15,7 +15,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from mpcore.loader import (
     LoadError,
@@ -26,6 +25,7 @@ from mpcore.loader import (
     leaf_layers,
     resolve_attribute,
 )
+from mpcore.probe.backend import tf
 
 
 def resolve_loss(model: keras.Model, name: str | None) -> tuple[Any, str]:

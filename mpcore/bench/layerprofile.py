@@ -23,13 +23,13 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from mpcore.bench.stepbench import sync_device
 from mpcore.loader import LoadedModel
 from mpcore.modes import RunConfig, applied
 from mpcore.names import config_name
 from mpcore.ownmodel import under_precision
+from mpcore.probe.backend import tf
 from mpcore.probe.devices import layer_forward_flops
 from mpcore.training import compile_for, make_train_step
 

@@ -16,8 +16,7 @@ import dataclasses
 import os
 from typing import Any
 
-import tensorflow as tf
-
+from mpcore.probe import backend
 from mpcore.probe.devices import (
     FAKE_GPU_ENV,
     DevicePeak,
@@ -110,9 +109,7 @@ def capability() -> Capability:
     real = visible_gpus()
     fake = os.environ.get(FAKE_GPU_ENV)
     gpus, simulated = (real, False) if fake is None else (parse_fake_gpu(fake), True)
-    return Capability(
-        gpus, simulated, real, tf.config.experimental.tensor_float_32_execution_enabled()
-    )
+    return Capability(gpus, simulated, real, backend.tf32_enabled())
 
 
 def machine_record() -> dict[str, Any]:

@@ -16,8 +16,7 @@ import dataclasses
 import time
 from typing import Any
 
-import tensorflow as tf
-
+from mpcore.probe.backend import tf  # doctor --measure times TensorFlow ops
 from mpcore.probe.devices import device_peak
 from mpcore.probe.machine import GpuInfo
 
