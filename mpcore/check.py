@@ -40,11 +40,12 @@ from mpcore.checkpass import (
 )
 from mpcore.loader import LoadedModel, convert, float32_clone, load_model
 from mpcore.modes import KERAS_POLICY
+from mpcore.names import HALF_PRECISIONS
 from mpcore.numerics import float_format
 from mpcore.probe.devices import layer_forward_flops
 from mpcore.userdata import load_batch, loss_function, resolve_loss
 
-CHECK_PRECISIONS: tuple[str, ...] = ("mixed_float16", "mixed_bfloat16")
+CHECK_PRECISIONS: tuple[str, ...] = HALF_PRECISIONS
 #: Relative error of the model's output (and of the loss) against float32 worth a warning. A
 #: randomly initialised ResNet50 in training mode (batch statistics over a 2x2 last feature map)
 #: shows 4-8% in float16 and about 21% in bfloat16 on random batches; the limits are ~2.5x that.

@@ -26,6 +26,9 @@ STRATEGIES: tuple[str, ...] = ("none", "mirrored", "multiworker")
 #: step; the default) and mpcore's own ``tf.function`` step (``make_train_step``).
 STEP_KINDS: tuple[str, ...] = ("fit", "custom")
 
+#: The half-precision Keras policies a user's model is checked and profiled under.
+HALF_PRECISIONS: tuple[str, ...] = ("mixed_float16", "mixed_bfloat16")
+
 #: Precisions whose compute dtype is float16 and which therefore need dynamic loss scaling.
 FLOAT16_PRECISIONS: frozenset[str] = frozenset({"mixed_float16", "amp_rewrite"})
 

@@ -152,7 +152,7 @@ def test_speedups_are_over_the_baseline_of_the_same_backend() -> None:
     assert speedups[("tensorflow", "mixed_float16")] == 2.0
     assert speedups[("jax", "mixed_float16")] == 4.0
     table = training_table(rows)
-    assert table.splitlines()[0].split()[:3] == ["precision", "xla", "backend"]
+    assert table.splitlines()[0].split()[:4] == ["precision", "xla", "step", "backend"]
     assert any(line.split()[:3] == ["mixed_float16", "jit", "jax"] for line in table.splitlines())
 
 

@@ -215,7 +215,7 @@ def test_smoke_pytest_steps_collect(smoke, tmp_path) -> None:
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         collected[name] = [line for line in done.stdout.splitlines() if "::" in line]
     assert any("on_a_tensor_core_gpu" in test for test in collected["gpu-tests"])
-    assert sum("test_train_step" in test for test in collected["benchmarks"]) == 12
+    assert sum("test_train_step" in test for test in collected["benchmarks"]) == 15
     assert sys.executable in plan["doctor"]
 
 

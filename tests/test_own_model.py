@@ -115,7 +115,7 @@ def test_benchmarks_time_the_users_model(pytester: pytest.Pytester, monkeypatch)
         f"--benchmark-json={output}",
     )
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([f"{SPEC} 16px batch 4 on CPU"])
+    result.stdout.fnmatch_lines([f"{SPEC} 16px batch 4 on CPU, fit step"])
     benches = json.loads(output.read_text())["benchmarks"]
     parameters = load_float32(SPEC, 16).model.count_params()
     for bench in benches:

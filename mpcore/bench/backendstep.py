@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import keras
 
-from mpcore.bench.stepbench import PreparedStep
-from mpcore.modes import RunConfig, amp_rewrite_enabled, applied, autoclustering_enabled
+from mpcore.bench.stepbench import PreparedStep, isolated
+from mpcore.modes import RunConfig
 from mpcore.probe import backend
 from mpcore.training import TrainSettings, build_compiled
 
@@ -102,34 +101,18 @@ def prepared_keras_step(
     the dtype policy is restored on exit (:func:`mpcore.modes.applied`)."""
     if steps_per_round < 1:
         raise ValueError(f"steps per round must be positive, got {steps_per_round}")
-    prepared = None
-    try:
-        with applied(config):
-            keras.utils.set_random_seed(settings.seed)
-            model = build_compiled(config, settings)  # raises unless the model is in its mode
-            images, labels = resident_keras_batch(
-                settings.batch_size, settings.resolved_image_size, num_classes, settings.seed
-            )
-            start = time.perf_counter()
-            model.train_on_batch(images, labels)  # builds the optimizer, traces and compiles
-            step = KerasTrainStep(model, images, labels)
-            backend.sync()
-            prepared = KerasPreparedStep(
-                config=config,
-                settings=settings,
-                model=model,
-                step=step,
-                images=images,
-                labels=labels,
-                steps_per_round=steps_per_round,
-                compile_seconds=time.perf_counter() - start,
-                amp_rewrite_on=amp_rewrite_enabled(),
-                autoclustering_on=autoclustering_enabled(),
-            )
-            del model, step, images, labels
-            yield prepared
-    finally:
-        if prepared is not None:
-            prepared.release()
-        keras.backend.clear_session()
-        gc.collect()
+    with isolated(config, settings.seed) as made:
+        model = build_compiled(config, settings)  # raises unless the model is in its mode
+        images, labels = resident_keras_batch(
+            settings.batch_size, settings.resolved_image_size, num_classes, settings.seed
+        )
+        start = time.perf_counter()
+        model.train_on_batch(images, labels)  # builds the optimizer, traces and compiles
+        step = KerasTrainStep(model, images, labels)
+        backend.sync()
+        prepared = KerasPreparedStep.after_first_step(
+            config, settings, model, step, (images, labels), steps_per_round, start
+        )
+        made.append(prepared)
+        del model, step, images, labels
+        yield prepared

@@ -73,6 +73,35 @@ class PreparedStep:
         """Images one step trains on, over all replicas."""
         return self.settings.batch_size * self.replicas
 
+    @classmethod
+    def after_first_step(
+        cls,
+        config: RunConfig,
+        settings: TrainSettings,
+        model: keras.Model,
+        step: Callable[[], Any],
+        batch: tuple[Any, Any],
+        steps_per_round: int,
+        started: float,
+        **fields: Any,
+    ) -> PreparedStep:
+        """The prepared step once its first call (which began at ``started``, a
+        ``time.perf_counter()``) has run: its time is the compile time, and the rewrite and
+        auto-clustering switches are read as the step was built under them."""
+        return cls(
+            config=config,
+            settings=settings,
+            model=model,
+            step=step,
+            images=batch[0],
+            labels=batch[1],
+            steps_per_round=steps_per_round,
+            compile_seconds=time.perf_counter() - started,
+            amp_rewrite_on=amp_rewrite_enabled(),
+            autoclustering_on=autoclustering_enabled(),
+            **fields,
+        )
+
     def run_round(self) -> float:
         """Run ``steps_per_round`` steps and wait for the device; return the last loss."""
         loss = None
@@ -214,6 +243,23 @@ def custom_train_step(
 
 
 @contextlib.contextmanager
+def isolated(config: RunConfig, seed: int) -> Iterator[list[PreparedStep]]:
+    """Apply ``config`` (every global it owns) with the seed set; on exit release whatever
+    :class:`PreparedStep` was put in the yielded list, clear the Keras session and collect
+    garbage, so a failed combination's traceback cannot pin device memory for the next one."""
+    made: list[PreparedStep] = []
+    try:
+        with applied(config):
+            keras.utils.set_random_seed(seed)
+            yield made
+    finally:
+        for prepared in made:
+            prepared.release()
+        keras.backend.clear_session()
+        gc.collect()
+
+
+@contextlib.contextmanager
 def prepared_step(
     config: RunConfig,
     settings: TrainSettings,
@@ -243,60 +289,48 @@ def prepared_step(
             f"steps per execution ({steps_per_execution}) must be positive and divide the steps "
             f"per round ({steps_per_round})"
         )
-    prepared = None
-    try:
-        with applied(config):
-            keras.utils.set_random_seed(settings.seed)
-            replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-            if is_user_model(settings.model):
-                if strategy is not None:
-                    raise ValueError(
-                        f"{settings.model}: a user's model is timed without a strategy"
-                    )
-                model, loss_fn, (images, labels) = user_model_step(config, settings, device)
-            else:
-                # Raises unless the model is in its mode (and, under a strategy, mirrored).
-                model = build_compiled(config, settings, strategy)
-                loss_fn = None
-                images, labels = resident_batch(
-                    settings.batch_size * replicas,
-                    settings.resolved_image_size,
-                    num_classes,
-                    device,
-                    settings.seed,
-                )
-            start = time.perf_counter()  # the first step: tracing, XLA compilation
-            if kind == "fit":
-                step = fit_train_step(model, images, labels, steps_per_execution)
-            else:
-                step, images, labels = custom_train_step(
-                    model, images, labels, config.compile_jit, strategy, loss_fn
-                )
-            float(step())
-            sync_device()
-            prepared = PreparedStep(
-                config=config,
-                settings=settings,
-                model=model,
-                step=step,
-                images=images,
-                labels=labels,
-                steps_per_round=steps_per_round,
-                compile_seconds=time.perf_counter() - start,
-                amp_rewrite_on=amp_rewrite_enabled(),
-                autoclustering_on=autoclustering_enabled(),
-                strategy=strategy_name if strategy is not None else "none",
-                replicas=replicas,
-                kind=kind,
-                steps_per_execution=steps_per_execution,
+    with isolated(config, settings.seed) as made:
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        if is_user_model(settings.model):
+            if strategy is not None:
+                raise ValueError(f"{settings.model}: a user's model is timed without a strategy")
+            model, loss_fn, (images, labels) = user_model_step(config, settings, device)
+        else:
+            # Raises unless the model is in its mode (and, under a strategy, mirrored).
+            model = build_compiled(config, settings, strategy)
+            loss_fn = None
+            images, labels = resident_batch(
+                settings.batch_size * replicas,
+                settings.resolved_image_size,
+                num_classes,
+                device,
+                settings.seed,
             )
-            del model, step, images, labels
-            yield prepared
-    finally:
-        if prepared is not None:
-            prepared.release()
-        keras.backend.clear_session()
-        gc.collect()
+        start = time.perf_counter()  # the first step: tracing, XLA compilation
+        if kind == "fit":
+            step = fit_train_step(model, images, labels, steps_per_execution)
+        else:
+            step, images, labels = custom_train_step(
+                model, images, labels, config.compile_jit, strategy, loss_fn
+            )
+        float(step())
+        sync_device()
+        prepared = PreparedStep.after_first_step(
+            config,
+            settings,
+            model,
+            step,
+            (images, labels),
+            steps_per_round,
+            start,
+            strategy=strategy_name if strategy is not None else "none",
+            replicas=replicas,
+            kind=kind,
+            steps_per_execution=steps_per_execution,
+        )
+        made.append(prepared)
+        del model, step, images, labels
+        yield prepared
 
 
 class MemoryProbe:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from mpcore.face.common import UsageError, load_tensorflow, positive_int
+from mpcore.names import HALF_PRECISIONS
 
 #: The policies ``--precision`` accepts (mpcore.check.CHECK_PRECISIONS, without importing it).
-PRECISION_CHOICES: tuple[str, ...] = ("mixed_float16", "mixed_bfloat16")
+PRECISION_CHOICES: tuple[str, ...] = HALF_PRECISIONS
 #: Rows of the per-layer table in the terminal (every layer is in check.json).
 TABLE_LAYERS = 10
 

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from mpcore import names
 
@@ -82,6 +82,32 @@ def check_batch_fits(batch_size: int, image_size: int, batch_option: str = "--ba
         f"machine's {physical_memory_bytes() / gib:.1f} GiB memory"
         + (f" (largest image size at this batch: {largest} px)" if largest >= 1 else "")
     )
+
+
+def check_batch_in_split(batch_size: int, train: int, total: int, unit: str = "images") -> None:
+    """Refuse a batch larger than the training split (of ``total`` ``unit``) in one line."""
+    if batch_size > train:
+        raise UsageError(
+            f"--batch-size {batch_size} is larger than the training split "
+            f"({train} {unit} of {total})"
+        )
+
+
+def train_settings(args: argparse.Namespace, profile: Any, **fields: Any) -> Any:
+    """``mpbench run``'s :class:`~mpcore.training.TrainSettings`: ``fields`` (the model, its
+    image size, weights) plus the options given, the ``profile``'s values for the rest; a value
+    the settings refuse is one usage line."""
+    from mpcore.training import TrainSettings
+
+    try:
+        return TrainSettings(
+            batch_size=args.batch_size or profile.batch_size,
+            epochs=args.epochs or profile.epochs,
+            seed=args.seed,
+            **fields,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def parse_names(values: Sequence[str] | None, valid: Sequence[str], option: str) -> list[str]:

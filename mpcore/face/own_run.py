@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mpcore.face.common import UsageError
+from mpcore.face.common import UsageError, check_batch_in_split, train_settings
 from mpcore.names import VALIDATION_FRACTION
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ def user_settings(args: argparse.Namespace, profile: Any) -> TrainSettings:
     from mpcore.data import NUM_CLASSES
     from mpcore.loader import LoadError
     from mpcore.ownmodel import image_side, is_array_data, load_float32, output_classes
-    from mpcore.training import TrainSettings
 
     spec = args.model
     if args.weights:
@@ -64,16 +63,7 @@ def user_settings(args: argparse.Namespace, profile: Any) -> TrainSettings:
                 f"{spec}: outputs {classes} values per sample; the ship set has {NUM_CLASSES} "
                 "classes (a factory taking num_classes is given it)"
             )
-    try:
-        return TrainSettings(
-            model=spec,
-            image_size=side,
-            batch_size=args.batch_size or profile.batch_size,
-            epochs=args.epochs or profile.epochs,
-            seed=args.seed,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    return train_settings(args, profile, model=spec, image_size=side)
 
 
 def array_data(args: argparse.Namespace, settings: TrainSettings) -> tuple[Any, dict[str, Any]]:
@@ -91,11 +81,9 @@ def array_data(args: argparse.Namespace, settings: TrainSettings) -> tuple[Any, 
         train, validation = array_splits(str(root), model, VALIDATION_FRACTION, args.seed)
     except LoadError as error:
         raise UsageError(str(error)) from None
-    if settings.batch_size > len(train):
-        raise UsageError(
-            f"--batch-size {settings.batch_size} is larger than the training split "
-            f"({len(train)} samples of {len(train) + len(validation)})"
-        )
+    check_batch_in_split(
+        settings.batch_size, len(train), len(train) + len(validation), unit="samples"
+    )
     return root, {
         "root": str(root),
         "synthetic": False,

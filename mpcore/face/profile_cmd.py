@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from mpcore.face.common import UsageError, load_tensorflow, positive_int
+from mpcore.names import HALF_PRECISIONS
 
-HALF_CHOICES: tuple[str, ...] = ("mixed_float16", "mixed_bfloat16")
+HALF_CHOICES: tuple[str, ...] = HALF_PRECISIONS
 XLA_CHOICES: tuple[str, ...] = ("off", "jit")
 
 

@@ -19,9 +19,11 @@ from mpcore.face.common import (
     UsageError,
     cache_dir,
     check_batch_fits,
+    check_batch_in_split,
     load_tensorflow,
     parse_names,
     quiet_native_stderr,
+    train_settings,
 )
 from mpcore.face.run_guard import (
     check_resumed,
@@ -156,7 +158,6 @@ def _settings(args: argparse.Namespace, profile: Profile) -> TrainSettings:
     """The run's ``TrainSettings``: the options given, the profile's values for the rest."""
     from mpcore.face import own_run
     from mpcore.models import model_spec
-    from mpcore.training import TrainSettings
 
     if own_run.is_user_model(args.model):  # a .keras file or package.module:factory
         return own_run.user_settings(args, profile)
@@ -174,17 +175,8 @@ def _settings(args: argparse.Namespace, profile: Profile) -> TrainSettings:
             f"(minimum {spec.min_image_size})"
         )
     check_batch_fits(args.batch_size or profile.batch_size, image_size)
-    try:
-        return TrainSettings(
-            model=model,
-            image_size=image_size,
-            batch_size=args.batch_size or profile.batch_size,
-            epochs=args.epochs or profile.epochs,
-            seed=args.seed,
-            weights=_check_weights(model, image_size, args.weights) if args.weights else None,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    weights = _check_weights(model, image_size, args.weights) if args.weights else None
+    return train_settings(args, profile, model=model, image_size=image_size, weights=weights)
 
 
 def _data(
@@ -230,11 +222,7 @@ def _data(
         train_index, validation_index = stratified_split(index, VALIDATION_FRACTION, args.seed)
     except DataError as error:
         raise UsageError(str(error)) from None
-    if settings.batch_size > len(train_index):
-        raise UsageError(
-            f"--batch-size {settings.batch_size} is larger than the training split "
-            f"({len(train_index)} images of {len(index)})"
-        )
+    check_batch_in_split(settings.batch_size, len(train_index), len(index))
     return root.resolve(), {
         "root": str(root.resolve()),
         "synthetic": synthetic,
