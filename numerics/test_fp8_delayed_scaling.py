@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import keras
 import pytest
-import tensorflow as tf
 from keras.dtype_policies import QuantizedFloat8DTypePolicy
+
+from mpcore.probe.backend import tf
+
+#: The steps here are tf.function/GradientTape: TensorFlow-only (Keras's float8 layers exist on
+#: every backend; these claims are proved through TensorFlow).
+pytestmark = pytest.mark.tensorflow_only
 
 #: A steady input's large entry, 448 * 2**-10: the scale from its amax is exactly 2**-10.
 STEADY = 448 * 2.0**-10

@@ -14,12 +14,16 @@ import keras
 import ml_dtypes
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from mpcore.data import make_dataset, read_ship_index
 from mpcore.models import build_model, model_spec
 from mpcore.modes import RunConfig, applied
 from mpcore.numerics import cast_census
+from mpcore.probe.backend import tf
+
+#: The steps here are tf.function/GradientTape: TensorFlow-only (Keras's float8 layers exist on
+#: every backend; these claims are proved through TensorFlow).
+pytestmark = pytest.mark.tensorflow_only
 
 IMAGE_SIZE = 32
 #: The head's bias favours the true class by 8 nats: p(other classes) ~ e**-8 ~ 3e-4 and the
