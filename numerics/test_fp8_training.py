@@ -21,6 +21,9 @@ from mpcore.modes import RunConfig, applied, check_model
 from mpcore.synthetic import write_synthetic_ships
 from mpcore.training import compile_for, op_determinism
 
+#: The data is a tf.data pipeline: TensorFlow-only (the float8 layers exist on every backend).
+pytestmark = pytest.mark.tensorflow_only
+
 #: 100 images per class at 48 px, a fifth held out: 100 validation images, 1 point each (with
 #: 60, a single run's 3-image gap already hit the 5-point margin).
 PER_CLASS, IMAGE_SIZE, BATCH, EPOCHS, LEARNING_RATE = 100, 48, 16, 4, 1e-3
