@@ -470,13 +470,16 @@ def test_12_weights_of_another_architecture_and_text_weights(
     text.write_text("these are not weights\n")
     before = results_files(out)
     code, _, err = invoke([*resume_argv(data, out), "--weights", str(other)])
-    one_line(
+    line = one_line(
         code,
         err,
         2,
         f"--weights: cannot load weights {other} into small (saved from another architecture?): "
-        "A total of 8 objects could not be loaded; Keras warned 8 time(s), first: Skipping nested",
+        "A total of 8 objects could not be loaded",
     )
+    # Keras 3.11+ also warns once per nested container it skips (3.10 does not): the warnings
+    # are summarised in the same line, never printed.
+    assert "Keras warned" not in line or "time(s), first: Skipping nested" in line, line
     code, _, err = invoke([*resume_argv(data, out), "--weights", str(text)])
     one_line(code, err, 2, f"--weights: {text} is not a Keras weights file")
     assert results_files(out) == before
