@@ -153,23 +153,26 @@ def test_resnet50_flops_match_the_published_figure() -> None:
 #: Every entry's dense figures, from the datasheets cited in mpcore.probe.devices (fp32, tf32,
 #: fp16, bf16). Where a datasheet prints only the sparse figure (marked *), dense is half of it.
 DATASHEET_DENSE = {
-    "T4": (8.1, None, 65.0, None),
-    "V100 PCIe": (14.0, None, 112.0, None),
-    "V100 SXM2": (15.7, None, 125.0, None),
-    "A10": (31.2, 62.5, 125.0, 125.0),
-    "A100": (19.5, 156.0, 312.0, 312.0),
-    "L4": (30.3, 120 / 2, 242 / 2, 242 / 2),
-    "H100 PCIe": (51.0, 756 / 2, 1513 / 2, 1513 / 2),
-    "H100 NVL": (60.0, 835 / 2, 1671 / 2, 1671 / 2),
-    "H100 SXM": (67.0, 989 / 2, 1979 / 2, 1979 / 2),
-    "H200 NVL": (60.0, 835 / 2, 1671 / 2, 1671 / 2),
-    "H200 SXM": (67.0, 989 / 2, 1979 / 2, 1979 / 2),
+    "T4": (8.1, None, 65.0, None, None),
+    "V100 PCIe": (14.0, None, 112.0, None, None),
+    "V100 SXM2": (15.7, None, 125.0, None, None),
+    "A10": (31.2, 62.5, 125.0, 125.0, None),
+    "A100": (19.5, 156.0, 312.0, 312.0, None),
+    "L4": (30.3, 120 / 2, 242 / 2, 242 / 2, 485 / 2),
+    "H100 PCIe": (51.0, 756 / 2, 1513 / 2, 1513 / 2, 3026 / 2),
+    "H100 NVL": (60.0, 835 / 2, 1671 / 2, 1671 / 2, 3341 / 2),
+    "H100 SXM": (67.0, 989 / 2, 1979 / 2, 1979 / 2, 3958 / 2),
+    "H200 NVL": (60.0, 835 / 2, 1671 / 2, 1671 / 2, 3341 / 2),
+    "H200 SXM": (67.0, 989 / 2, 1979 / 2, 1979 / 2, 3958 / 2),
 }
 
 
 def test_every_device_entry_has_its_datasheet_dense_figures() -> None:
     from mpcore.probe.devices import DEVICE_PEAKS
 
-    table = {peak.name: (peak.fp32, peak.tf32, peak.fp16, peak.bf16) for _, peak in DEVICE_PEAKS}
+    table = {
+        peak.name: (peak.fp32, peak.tf32, peak.fp16, peak.bf16, peak.fp8)
+        for _, peak in DEVICE_PEAKS
+    }
     assert table == DATASHEET_DENSE
     assert device_peak("NVIDIA H100 80GB HBM3").fp16 == 989.5  # not the sparse 1979
