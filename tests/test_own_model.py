@@ -134,6 +134,7 @@ def test_run_trains_the_users_model_in_each_worker(mpbench_process, tmp_path: Pa
     out = tmp_path / "run"
     completed = mpbench_process(
         "run",
+        *("--profile", "quick", "--repeats", "1"),
         "--model",
         SPEC,
         "--image-size",
@@ -169,6 +170,7 @@ def test_run_trains_a_non_image_model_on_npz_arrays(mpbench_process, tmp_path: P
     out = tmp_path / "run"
     completed = mpbench_process(
         "run",
+        *("--profile", "quick", "--repeats", "1"),
         "--model",
         "own_models:tabular",
         "--data",

@@ -34,7 +34,9 @@ from mpcore.run.process import EXIT_TERMINATED, FAULT_ENV
 from mpcore.run.store import RESULTS_FILE
 
 PER_CLASS = 8  # 40 images: 30 training, 10 validation
-TINY = ("--image-size", "32", "--batch-size", "8", "--epochs", "1")
+#: Explicit profile (the default depends on the machine) and one run per configuration.
+TINY = ("--profile", "quick", "--repeats", "1", "--image-size", "32", "--batch-size", "8")
+TINY += ("--epochs", "1")
 FLOAT32 = "float32+xla_off"
 
 
