@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mpcore.names import VALIDATION_FRACTION, name_of
+from mpcore.run.store import mode_of, strategy_of, write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +50,12 @@ class WorkerSpec:
 
     @property
     def strategy(self) -> str:
-        return self.config.get("strategy", "none")
+        return strategy_of(self.config)
 
     @property
     def mode(self) -> dict[str, str]:
         """The ``RunConfig`` fields (precision and XLA, without the strategy)."""
-        return {"precision": self.config["precision"], "xla": self.config["xla"]}
+        return mode_of(self.config)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -69,8 +70,6 @@ class WorkerSpec:
         return cls(**fields)
 
     def write(self, path: Path) -> Path:
-        from mpcore.run.store import write_text_atomic
-
         write_text_atomic(Path(path), self.to_json() + "\n")
         return Path(path)
 
