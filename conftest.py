@@ -20,7 +20,7 @@ os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 import keras
 import pytest
 
-from mpcore.modes import GlobalState
+from mpcore.precision.modes import GlobalState
 from mpcore.probe import backend
 from mpcore.probe.machine import visible_gpus
 
@@ -57,7 +57,7 @@ def restore_tf_globals():
 @pytest.fixture(scope="session")
 def ship_root(tmp_path_factory: pytest.TempPathFactory):
     """A small generated ship data set on disk (seed layout), shared by the session."""
-    from mpcore.synthetic import write_synthetic_ships
+    from mpcore.data.synthetic import write_synthetic_ships
 
     return write_synthetic_ships(tmp_path_factory.mktemp("ships"), per_class=24, image_size=64)
 

@@ -3,7 +3,7 @@
 Builds, in one process and under one precision at a time, several training steps of the same
 model on the same resident batch and times them interleaved (variant A round, B round, ... then
 again), so drift and load hit every variant alike. Each variant removes or adds one difference
-between :func:`mpcore.training.make_train_step` and Keras's train function:
+between :func:`mpcore.train.custom_step.make_train_step` and Keras's train function:
 
 - ``custom``: our step on resident tensors (what ``--mp-step custom`` times);
 - ``custom+metrics``: our step plus the loss tracker and the accuracy metric Keras updates;
@@ -13,7 +13,7 @@ between :func:`mpcore.training.make_train_step` and Keras's train function:
 - ``fit-nometrics``: the same, compiled without metrics;
 - ``fit-spe10``: the same as ``fit`` with ``steps_per_execution=10``;
 - ``model.fit``: ``fit`` itself for one epoch of that many steps on the dataset, timed by
-  :class:`mpcore.training.EpochTimer` (its callbacks and per-epoch iterator included);
+  :class:`mpcore.train.fit.EpochTimer` (its callbacks and per-epoch iterator included);
 - with ``--determinism``, every variant again under TensorFlow op determinism (which
   ``mpbench run`` turns on where no GPU is visible).
 
@@ -36,14 +36,10 @@ import keras
 import tensorflow as tf
 
 from mpcore.bench.stepbench import resident_batch, sync_device
-from mpcore.modes import RunConfig, applied
-from mpcore.training import (
-    EpochTimer,
-    TrainSettings,
-    build_compiled,
-    make_train_step,
-    op_determinism,
-)
+from mpcore.precision.modes import RunConfig, applied
+from mpcore.train.custom_step import make_train_step
+from mpcore.train.fit import EpochTimer, build_compiled
+from mpcore.train.settings import TrainSettings, op_determinism
 
 
 def _load() -> str:

@@ -1,6 +1,6 @@
 """Input-pipeline throughput: can the mpcore ship pipeline feed the GPU? (Runs without a GPU.)
 
-Each round reads every generated JPEG once through :func:`mpcore.data.make_dataset` (shuffle,
+Each round reads every generated JPEG once through :func:`mpcore.data.ships.make_dataset` (shuffle,
 decode, resize, the model's preprocessing, batch, prefetch; no cache, so the decode is timed).
 Before each round, untimed by pytest-benchmark but by us, the same files go through a raw
 decode+resize pipeline, so the two rates come from interleaved epochs of the same run.
@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from mpcore.bench.table import PIPELINE_KIND
-from mpcore.data import decode_and_resize, make_dataset, read_ship_index
-from mpcore.models import model_spec
-from mpcore.ownmodel import is_user_model, preprocess_pixels
+from mpcore.data.ships import decode_and_resize, make_dataset, read_ship_index
+from mpcore.data.synthetic import write_synthetic_ships
+from mpcore.models.registry import model_spec
 from mpcore.probe.backend import tf
-from mpcore.synthetic import write_synthetic_ships
+from mpcore.user.ownmodel import is_user_model, preprocess_pixels
 
 #: The pipeline is tf.data: TensorFlow-only (skipped on the JAX and torch Keras backends).
 pytestmark = pytest.mark.tensorflow_only

@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 
 from mpcore.bench.stepbench import MemoryProbe, PreparedStep, throughput_fields
-from mpcore.modes import RunConfig
-from mpcore.ownmodel import is_user_model, verify
+from mpcore.precision.modes import RunConfig
 from mpcore.probe import backend
+from mpcore.user.ownmodel import is_user_model, verify
 
 
 def test_train_step(

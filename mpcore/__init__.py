@@ -20,14 +20,14 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    "RunConfig": "mpcore.modes",
-    "applied": "mpcore.modes",
-    "check_model": "mpcore.modes",
-    "build_model": "mpcore.models",
-    "TrainSettings": "mpcore.training",
-    "train": "mpcore.training",
-    "cast_census": "mpcore.numerics",
-    "gradient_census": "mpcore.numerics",
+    "RunConfig": "mpcore.precision.modes",
+    "applied": "mpcore.precision.modes",
+    "check_model": "mpcore.precision.modes",
+    "build_model": "mpcore.models.registry",
+    "TrainSettings": "mpcore.train.settings",
+    "train": "mpcore.train.fit",
+    "cast_census": "mpcore.precision.census",
+    "gradient_census": "mpcore.precision.census",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -3,7 +3,7 @@
 This module imports no TensorFlow, so the CLI's argument checks, the pytest plugin's option
 checks and ``mpbench report`` use the same names (one vocabulary) without paying for the
 TensorFlow import. Everything that needs TensorFlow (applying a mode, checking a model) lives in
-:mod:`mpcore.modes`, which builds on these names.
+:mod:`mpcore.precision.modes`, which builds on these names.
 """
 
 from __future__ import annotations
@@ -93,19 +93,3 @@ def parse_names(values: Sequence[str] | None, valid: Sequence[str], option: str)
     if not names:
         raise ValueError(f"{option}: no value given; valid: {', '.join(valid)}, all")
     return list(dict.fromkeys(names))
-
-
-def cpu_replicas_problem(cpu_replicas: int | None, strategy: str, gpu_count: int) -> str | None:
-    """Why splitting the CPU into ``cpu_replicas`` logical devices cannot serve ``strategy``
-    here, or None if it can (or nothing is asked). Shared by ``mpbench run --cpu-replicas`` and
-    the benchmark plugin's ``--mp-cpu-replicas``."""
-    if not cpu_replicas:
-        return None
-    if strategy != "mirrored":
-        return "splits the CPU for the mirrored strategy only"
-    if gpu_count:
-        return (
-            f"{gpu_count} GPU(s) are visible and the mirrored strategy uses them; choose GPUs "
-            "with CUDA_VISIBLE_DEVICES instead"
-        )
-    return None

@@ -7,10 +7,10 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from mpcore.modes import RunConfig, applied
+from mpcore.precision.modes import RunConfig, applied
 from mpcore.probe import backend
 from mpcore.probe.backend import tf
-from mpcore.training import make_train_step
+from mpcore.train.custom_step import make_train_step
 
 #: Depth of the stacked-sigmoid model. With kernels of ones and input 1, each layer multiplies the
 #: backward signal by sigmoid'(z) ~ 0.22, so the first kernel's gradient is ~2**-32: zero in

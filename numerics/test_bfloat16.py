@@ -9,10 +9,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from mpcore.models import build_model
-from mpcore.modes import RunConfig, applied, check_model
-from mpcore.numerics import cast_census
-from mpcore.training import compile_for
+from mpcore.models.registry import build_model
+from mpcore.precision.census import cast_census
+from mpcore.precision.modes import RunConfig, applied, check_model
+from mpcore.train.fit import compile_for
 from numerics.helpers import SIGMOID_DEPTH, first_kernel_step
 
 BFLOAT16_UNIT_ROUNDOFF = 2.0**-8

@@ -9,10 +9,11 @@ import math
 import keras
 import pytest
 
-from mpcore.data import read_ship_index, stratified_split
-from mpcore.modes import RunConfig
-from mpcore.synthetic import write_synthetic_ships
-from mpcore.training import RunResult, TrainSettings, train
+from mpcore.data.ships import read_ship_index, stratified_split
+from mpcore.data.synthetic import write_synthetic_ships
+from mpcore.precision.modes import RunConfig
+from mpcore.train.fit import RunResult, train
+from mpcore.train.settings import TrainSettings
 
 #: 48 images per class at 32 px, a quarter held out (60 validation images, 1.7 points each).
 PER_CLASS = 48

@@ -8,8 +8,8 @@ import math
 import keras
 import numpy as np
 
-from mpcore.modes import RunConfig, applied
-from mpcore.training import current_loss_scale
+from mpcore.precision.modes import RunConfig, applied
+from mpcore.train.fit import current_loss_scale
 from numerics.helpers import apply_gradients
 
 

@@ -15,10 +15,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from mpcore.data import make_dataset, read_ship_index
-from mpcore.models import build_model, model_spec
-from mpcore.modes import RunConfig, applied
-from mpcore.numerics import cast_census
+from mpcore.data.ships import make_dataset, read_ship_index
+from mpcore.models.registry import build_model, model_spec
+from mpcore.precision.census import cast_census
+from mpcore.precision.modes import RunConfig, applied
 from mpcore.probe.backend import tf
 
 #: The steps here are tf.function/GradientTape: TensorFlow-only (Keras's float8 layers exist on

@@ -1,9 +1,9 @@
 """FP8 claim 4: float8 training of a Dense-heavy model costs little accuracy. ``vit_tiny``
 (every matmul a Dense or EinsumDense) trained on the generated ship set with the same seed,
 data and epochs under ``mixed_bfloat16``, and under ``mixed_bfloat16`` with Keras's float8
-quantization (:func:`mpcore.fp8.quantize_float8`), ends within 5 points of validation accuracy.
-On this CPU the FP8 GEMMs are emulated (quantize-dequantize in bfloat16), which is the same
-arithmetic a GPU's fused FP8 GEMM does up to accumulation order.
+quantization (:func:`mpcore.precision.fp8.quantize_float8`), ends within 5 points of validation
+accuracy. On this CPU the FP8 GEMMs are emulated (quantize-dequantize in bfloat16), which is the
+same arithmetic a GPU's fused FP8 GEMM does up to accumulation order.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import keras
 import numpy as np
 import pytest
 
-from mpcore.data import make_dataset, read_ship_index, stratified_split
-from mpcore.fp8 import float8_candidates, float8_report
-from mpcore.models import build_model, model_spec
-from mpcore.modes import RunConfig, applied, check_model
-from mpcore.synthetic import write_synthetic_ships
-from mpcore.training import compile_for, op_determinism
+from mpcore.data.ships import make_dataset, read_ship_index, stratified_split
+from mpcore.data.synthetic import write_synthetic_ships
+from mpcore.models.registry import build_model, model_spec
+from mpcore.precision.fp8 import float8_candidates, float8_report
+from mpcore.precision.modes import RunConfig, applied, check_model
+from mpcore.train.fit import compile_for
+from mpcore.train.settings import op_determinism
 
 #: The data is a tf.data pipeline: TensorFlow-only (the float8 layers exist on every backend).
 pytestmark = pytest.mark.tensorflow_only

@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mpcore.data import make_dataset, read_ship_index
-from mpcore.models import build_model, model_spec
-from mpcore.modes import RunConfig, applied
-from mpcore.numerics import (
+from mpcore.data.ships import make_dataset, read_ship_index
+from mpcore.models.registry import build_model, model_spec
+from mpcore.precision.census import (
     GradientCensus,
     Log2Histogram,
     cast_census,
     gradient_census,
     plot_log2_histogram,
 )
+from mpcore.precision.modes import RunConfig, applied
 from mpcore.probe import backend
 from mpcore.probe.backend import tf
-from mpcore.training import current_loss_scale
+from mpcore.train.fit import current_loss_scale
 
 IMAGE_SIZE = 32
 #: The head's bias favours the batch's true class by this many nats: the model is confidently

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from mpcore.models import build_model
-from mpcore.modes import RunConfig, amp_rewrite_enabled, applied
+from mpcore.models.registry import build_model
+from mpcore.precision.modes import RunConfig, amp_rewrite_enabled, applied
 from mpcore.probe.backend import tf
 from mpcore.probe.machine import visible_gpus
 

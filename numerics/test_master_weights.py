@@ -8,8 +8,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from mpcore.models import build_model
-from mpcore.modes import RunConfig, applied
+from mpcore.models.registry import build_model
+from mpcore.precision.modes import RunConfig, applied
 
 UPDATE = 2.0**-12
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mpcore.numerics import CAST_DTYPES, cast_census, float_format
+from mpcore.precision.census import CAST_DTYPES, cast_census, float_format
 
 NUMPY_TYPE = {
     "float16": np.float16,

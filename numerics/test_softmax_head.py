@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from mpcore.models import build_model
-from mpcore.modes import RunConfig, applied
+from mpcore.models.registry import build_model
+from mpcore.precision.modes import RunConfig, applied
 
 MIXED = ("mixed_float16", "mixed_bfloat16")
 COMPUTE_DTYPE = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}

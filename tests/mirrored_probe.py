@@ -20,10 +20,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mpcore.data import read_ship_index, stratified_split
-from mpcore.modes import ModeMismatchError, RunConfig, applied, check_model
-from mpcore.replicas import check_replicated, configure_logical_cpus, make_strategy
-from mpcore.training import TrainSettings, build_compiled, train
+from mpcore.data.ships import read_ship_index, stratified_split
+from mpcore.precision.modes import ModeMismatchError, RunConfig, applied, check_model
+from mpcore.train.fit import build_compiled, train
+from mpcore.train.replicas import check_replicated, configure_logical_cpus, make_strategy
+from mpcore.train.settings import TrainSettings
 
 PER_REPLICA_BATCH = 8
 IMAGE_SIZE = 16

@@ -24,14 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Every module the JAX/torch path loads (the harness, models, modes, numerics, telemetry, device
 #: table, report tables, the plugin) and the root conftest.
 TENSORFLOW_FREE = (
-    "mpcore.modes",
-    "mpcore.models",
-    "mpcore.numerics",
-    "mpcore.synthetic",
-    "mpcore.training",
+    "mpcore.precision.modes",
+    "mpcore.models.registry",
+    "mpcore.precision.census",
+    "mpcore.data.synthetic",
+    "mpcore.train.settings",
+    "mpcore.train.fit",
+    "mpcore.models.flops",
+    "mpcore.probe.skips",
     "mpcore.probe.machine",
     "mpcore.probe.telemetry",
-    "mpcore.probe.devices",
+    "mpcore.probe.peaks",
     "mpcore.bench.stepbench",
     "mpcore.bench.backendstep",
     "mpcore.bench.table",
@@ -106,7 +109,7 @@ def test_a_tensorflow_only_feature_says_it_needs_tensorflow() -> None:
 @needs_other_backend
 def test_tensorflow_only_modes_are_refused_with_the_reason_elsewhere() -> None:
     code = (
-        "from mpcore.modes import RunConfig, UnsupportedModeError, applied\n"
+        "from mpcore.precision.modes import RunConfig, UnsupportedModeError, applied\n"
         "for precision, xla in [('amp_rewrite', 'off'), ('float32', 'auto')]:\n"
         "    try:\n"
         "        with applied(RunConfig(precision, xla)):\n"

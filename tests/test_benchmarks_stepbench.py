@@ -12,8 +12,9 @@ import tensorflow as tf
 
 import mpcore.bench.stepbench
 from mpcore.bench.stepbench import MemoryProbe, prepared_step, throughput_fields
-from mpcore.modes import RunConfig, amp_rewrite_enabled, autoclustering_enabled
-from mpcore.training import EpochTimer, TrainSettings
+from mpcore.precision.modes import RunConfig, amp_rewrite_enabled, autoclustering_enabled
+from mpcore.train.fit import EpochTimer
+from mpcore.train.settings import TrainSettings
 
 TINY = TrainSettings(model="small", image_size=16, batch_size=4)
 

@@ -14,8 +14,9 @@ import pytest
 import tensorflow as tf
 
 import mpcore.bench.stepbench
-from mpcore.modes import amp_rewrite_enabled, autoclustering_enabled
-from mpcore.probe.devices import FAKE_GPU_ENV, NO_GPU_REASON
+from mpcore.precision.modes import amp_rewrite_enabled, autoclustering_enabled
+from mpcore.probe.peaks import FAKE_GPU_ENV
+from mpcore.probe.skips import NO_GPU_REASON
 
 pytest_plugins = ("pytester",)
 

@@ -1,4 +1,4 @@
-"""``mpcore.check`` and ``mpbench check``: each finding provoked by a purpose-built model.
+"""``mpcore.check.api`` and ``mpbench check``: each finding provoked by a purpose-built model.
 
 Everything runs on the CPU (``tf.device("/CPU:0")`` where numbers are compared): the findings
 are properties of the formats, not of a device.
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mpcore.check import assert_mixed_precision_safe, check
-from mpcore.checkpass import loss_scale_window, scaled_fractions
-from mpcore.loader import convert
-from mpcore.models import build_model
-from mpcore.modes import RunConfig, applied
-from mpcore.numerics import GradientCensus, Log2Histogram, cast_census
+from mpcore.check.api import assert_mixed_precision_safe, check
+from mpcore.check.shadow import loss_scale_window, scaled_fractions
+from mpcore.models.registry import build_model
+from mpcore.precision.census import GradientCensus, Log2Histogram, cast_census
+from mpcore.precision.modes import RunConfig, applied
+from mpcore.user.loader import convert
 
 
 def built(factory, precision: str = "float32") -> keras.Model:

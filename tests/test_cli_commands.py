@@ -15,8 +15,9 @@ from mpcore.face.doctor import precision_verdicts
 from mpcore.face.run_cmd import choose_profile
 from mpcore.names import PRECISIONS, parse_names
 from mpcore.probe.machine import GpuInfo
+from mpcore.run.files import RunSetupError, write_json_atomic
 from mpcore.run.plan import RunPlan
-from mpcore.run.store import RESULTS_FILE, SCHEMA, RunSetupError, write_json_atomic
+from mpcore.run.schema import RESULTS_FILE, SCHEMA
 from mpcore.run.worker import NonFiniteLossError, PrefixedStream, make_loss_guard
 
 # --------------------------------------------------------------------------------------------
@@ -237,8 +238,9 @@ def test_prefixed_stream_prefixes_every_line_and_redraw() -> None:
 def test_loss_guard_names_configuration_epoch_step_and_scale() -> None:
     import keras
 
-    from mpcore.modes import RunConfig, applied
-    from mpcore.training import TrainSettings, build_compiled
+    from mpcore.precision.modes import RunConfig, applied
+    from mpcore.train.fit import build_compiled
+    from mpcore.train.settings import TrainSettings
 
     config = RunConfig("mixed_float16", "off")
     with applied(config):

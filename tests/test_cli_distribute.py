@@ -288,8 +288,8 @@ def test_local_workers_skip_bad_images_and_stop_at_the_first_nan_like_one_proces
     """The multi-worker path runs the same worker as a lone configuration: it leaves out the
     images --skip-bad-images found and its loss guard names configuration, epoch, step and
     loss scale at the first NaN (planted: every weight NaN before step 2)."""
-    from mpcore.data import images_dir
-    from mpcore.synthetic import write_synthetic_ships
+    from mpcore.data.ships import images_dir
+    from mpcore.data.synthetic import write_synthetic_ships
 
     ships = write_synthetic_ships(tmp_path / "ships", per_class=8, image_size=32)
     (images_dir(ships) / "000003.jpg").write_text("not a picture")

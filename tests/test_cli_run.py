@@ -21,7 +21,7 @@ from PIL import Image
 
 from mpcore.report import RUN_COLUMNS, run_table
 from mpcore.run.process import FAULT_ENV
-from mpcore.run.store import SCHEMA
+from mpcore.run.schema import SCHEMA
 
 TINY = (
     "--profile",  # explicit: the default profile depends on the machine

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpcore.data import (
+from mpcore.data.ships import (
     CLASS_NAMES,
     DataError,
     csv_path,
@@ -17,8 +17,8 @@ from mpcore.data import (
     read_ship_index,
     stratified_split,
 )
-from mpcore.models import model_spec
-from mpcore.synthetic import MARKER, write_synthetic_ships
+from mpcore.data.synthetic import MARKER, write_synthetic_ships
+from mpcore.models.registry import model_spec
 
 PER_CLASS = 24  # the root conftest's ship_root fixture
 
@@ -150,7 +150,7 @@ def test_synthetic_set_is_reused_and_seeded(tmp_path: Path) -> None:
 def test_bad_images_are_all_found_and_named(ship_copy: Path) -> None:
     from PIL import Image
 
-    from mpcore.data import describe_bad_images, find_bad_images, without_images
+    from mpcore.data.ships import describe_bad_images, find_bad_images, without_images
 
     folder = images_dir(ship_copy)
     truncated = (folder / "000001.jpg").read_bytes()

@@ -24,10 +24,9 @@ from pathlib import Path
 import keras
 import pytest
 
-from mpcore.models import build_model
-from mpcore.modes import RunConfig, applied
+from mpcore.models.registry import build_model
 from mpcore.names import STRATEGIES
-from mpcore.replicas import ReplicaConsistentLossScaleOptimizer, StrategyError, make_strategy
+from mpcore.precision.modes import RunConfig, applied
 from mpcore.run.launcher import (
     LaunchOutcome,
     WorkerLaunchError,
@@ -36,9 +35,10 @@ from mpcore.run.launcher import (
     run_local_multiworker,
 )
 from mpcore.run.process import WORKER_FAULT_ENV
+from mpcore.run.scaling import images_per_second_per_replica, scaling_efficiency
 from mpcore.run.spec import WorkerSpec
-from mpcore.run.store import images_per_second_per_replica, scaling_efficiency
-from mpcore.training import RunResult, compile_for
+from mpcore.train.fit import RunResult, compile_for
+from mpcore.train.replicas import ReplicaConsistentLossScaleOptimizer, StrategyError, make_strategy
 
 PROBE = Path(__file__).with_name("mirrored_probe.py")
 
@@ -252,7 +252,7 @@ def test_a_chief_without_a_result_is_an_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def small_ships(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 images (10 per class train, 2 validation): global batches of 16 split evenly."""
-    from mpcore.synthetic import write_synthetic_ships
+    from mpcore.data.synthetic import write_synthetic_ships
 
     return write_synthetic_ships(tmp_path_factory.mktemp("ships"), per_class=12, image_size=32)
 

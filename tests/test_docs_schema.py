@@ -64,8 +64,8 @@ def key_paths(value: Any, prefix: str = "") -> Iterator[str]:
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """results.json of ``mpbench run --strategy mirrored --skip-bad-images --repeats 2`` with
     tiny settings."""
-    from mpcore.data import images_dir
-    from mpcore.synthetic import write_synthetic_ships
+    from mpcore.data.ships import images_dir
+    from mpcore.data.synthetic import write_synthetic_ships
 
     work = tmp_path_factory.mktemp("schema")
     # 10 per class less one bad image: 39 training and 10 validation images. With batch 2 on

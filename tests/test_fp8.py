@@ -1,4 +1,5 @@
-"""mpcore.fp8: which layers float8 quantization touches, and the report a mode check uses."""
+"""mpcore.precision.fp8: which layers float8 quantization touches, and the report a mode check
+uses."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import warnings
 import keras
 import pytest
 
-from mpcore.fp8 import FLOAT8_BASE_POLICY, float8_report, quantize_float8
-from mpcore.models import build_model
-from mpcore.modes import RunConfig, applied
+from mpcore.models.registry import build_model
+from mpcore.precision.fp8 import FLOAT8_BASE_POLICY, float8_report, quantize_float8
+from mpcore.precision.modes import RunConfig, applied
 
 
 def test_vit_tiny_quantizes_every_dense_and_einsum_dense_but_the_head() -> None:
@@ -51,8 +52,8 @@ def test_a_quantized_head_is_reported() -> None:
 
 @pytest.mark.parametrize("name", ["small", "resnet50", "vit_tiny"])
 def test_registry_says_which_models_float8_can_quantize(name: str) -> None:
-    from mpcore.fp8 import float8_candidates
-    from mpcore.models import model_spec
+    from mpcore.models.registry import model_spec
+    from mpcore.precision.fp8 import float8_candidates
 
     with applied(RunConfig("float32")):
         model = build_model(name, model_spec(name).min_image_size)
@@ -60,9 +61,10 @@ def test_registry_says_which_models_float8_can_quantize(name: str) -> None:
 
 
 def test_float8_mode_builds_a_quantized_model_that_check_model_accepts() -> None:
-    from mpcore.fp8 import float8_candidates
-    from mpcore.modes import ModeMismatchError, check_model
-    from mpcore.training import TrainSettings, build_compiled, compile_for
+    from mpcore.precision.fp8 import float8_candidates
+    from mpcore.precision.modes import ModeMismatchError, check_model
+    from mpcore.train.fit import build_compiled, compile_for
+    from mpcore.train.settings import TrainSettings
 
     config = RunConfig("float8", "off")
     with applied(config):

@@ -15,8 +15,8 @@ import pytest
 from mpcore.face.cli import build_parser
 from mpcore.probe import measure
 from mpcore.probe.capability import capability, machine_record
-from mpcore.probe.devices import FAKE_GPU_ENV
-from mpcore.training import TrainSettings
+from mpcore.probe.peaks import FAKE_GPU_ENV
+from mpcore.train.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 T4, H100 = "Tesla T4@7.5", "NVIDIA H100 80GB HBM3@9.0"
@@ -254,7 +254,7 @@ def test_nvml_queries_ask_for_the_gpu_tensorflow_uses(monkeypatch) -> None:
 
 def test_run_report_notes_a_simulated_gpu_and_tf32() -> None:
     from mpcore.report import run_table
-    from mpcore.run.store import SCHEMA
+    from mpcore.run.schema import SCHEMA
 
     record = {
         "name": "float32+xla_off",

@@ -18,15 +18,29 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mpcore"
 #: Layer of each module, by dotted-name prefix (the longest prefix wins). A module may import
 #: its own layer and those below; ``bench`` and ``run`` are side by side and never meet.
 LAYERS: dict[str, tuple[int, str]] = {
+    "mpcore": (4, "face"),  # the package's face: the lazy public API (importlib, no static imports)
     "mpcore.names": (0, "vocabulary"),
     "mpcore.probe": (1, "probe"),
-    "mpcore": (2, "core"),
+    **{f"mpcore.{package}": (2, "core") for package in ("precision", "models", "data", "user")},
+    **{f"mpcore.{package}": (2, "core") for package in ("train", "check")},
     "mpcore.bench": (3, "bench"),
     "mpcore.run": (3, "run"),
     "mpcore.face": (4, "face"),
-    "mpcore.report": (4, "face"),  # top level: `import mpcore.report` is the documented name
+    "mpcore.report": (4, "face"),  # `import mpcore.report` is the documented name; no TensorFlow
     "mpcore.__main__": (4, "face"),
 }
+#: Inside the core, each package's rank: a core module imports its own package or a package of
+#: a lower rank, never one of its rank or above (``models`` and ``data`` never meet).
+CORE_RANKS: dict[str, int] = {
+    "mpcore.precision": 0,  # modes, float8, the cast census
+    "mpcore.models": 1,  # the registry, FLOPs
+    "mpcore.data": 1,  # ships, the generated set
+    "mpcore.user": 2,  # the user's model and data (uses models and data)
+    "mpcore.train": 3,  # settings, fit, the custom step, replicas
+    "mpcore.check": 4,  # `mpbench check`'s engine (trains a few steps)
+}
+#: The only modules at the top of the package: its face and the vocabulary.
+TOP_LEVEL = {"mpcore", "mpcore.__main__", "mpcore.names"}
 #: Modules allowed at most this many lines, so that each can be read at once.
 MAX_LINES = 450
 
@@ -98,9 +112,55 @@ def test_each_layer_imports_only_its_own_and_lower_layers(graph: dict[str, set[s
     assert not wrong, "\n".join(wrong)
 
 
+def core_package(name: str) -> str:
+    return ".".join(name.split(".")[:2])
+
+
+def core_import_problems(graph: dict[str, set[str]]) -> list[str]:
+    """Imports between core packages that go up or sideways in :data:`CORE_RANKS`."""
+    wrong = []
+    for name, targets in sorted(graph.items()):
+        if layer(name)[1] != "core":
+            continue
+        package = core_package(name)
+        for target in sorted(targets):
+            if layer(target)[1] != "core" or core_package(target) == package:
+                continue
+            if CORE_RANKS[core_package(target)] >= CORE_RANKS[package]:
+                wrong.append(f"{name} ({package}) imports {target} ({core_package(target)})")
+    return wrong
+
+
+def test_core_packages_import_only_lower_core_packages(graph: dict[str, set[str]]) -> None:
+    assert {core_package(name) for name in graph if layer(name)[1] == "core"} == set(CORE_RANKS)
+    assert not core_import_problems(graph), "\n".join(core_import_problems(graph))
+
+
+def test_a_planted_upward_core_import_fails(graph: dict[str, set[str]]) -> None:
+    # The rule must be able to fail: precision (rank 0) reaching up into train (rank 3), and
+    # the sibling packages models and data meeting, are both reported.
+    planted = {name: set(targets) for name, targets in graph.items()}
+    planted["mpcore.precision.modes"].add("mpcore.train.fit")
+    planted["mpcore.data.ships"].add("mpcore.models.registry")
+    problems = core_import_problems(planted)
+    assert "mpcore.precision.modes (mpcore.precision) imports mpcore.train.fit (mpcore.train)" in (
+        problems
+    )
+    assert any(p.startswith("mpcore.data.ships (mpcore.data) imports") for p in problems)
+
+
+def test_the_package_top_holds_only_its_face_and_vocabulary() -> None:
+    top = {
+        name
+        for name in modules()
+        if name.count(".") <= 1 and not (PACKAGE / name.split(".")[-1]).is_dir()
+    }
+    assert top == TOP_LEVEL
+
+
 def test_the_core_imports_nothing_from_run_or_face(graph: dict[str, set[str]]) -> None:
     core = [name for name in graph if layer(name)[1] == "core"]
-    assert {"mpcore.modes", "mpcore.training", "mpcore.replicas"} <= set(core)
+    assert {"mpcore.precision.modes", "mpcore.train.fit", "mpcore.train.replicas"} <= set(core)
     for name in core:
         above = {t for t in graph[name] if layer(t)[1] in ("run", "face", "bench")}
         assert not above, f"{name} imports {sorted(above)}"
@@ -129,3 +189,15 @@ def test_report_and_the_vocabulary_import_no_tensorflow() -> None:
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_dead_code_in_the_package() -> None:
+    # vulture at 80% confidence: unused imports, unreachable code, unused variables and
+    # arguments. Protocol parameters nobody reads (``__exit__``, signal handlers) are named
+    # with a leading underscore, which vulture treats as declared unused.
+    from vulture import Vulture
+
+    scan = Vulture()
+    scan.scavenge([str(PACKAGE)])
+    unused = [item.get_report() for item in scan.get_unused_code(min_confidence=80)]
+    assert not unused, "\n".join(unused)

@@ -1,5 +1,5 @@
-"""``mpcore.loader`` and ``mpcore.userdata``: user models and data from specs; bad input is one
-``LoadError`` line, and through ``mpbench check`` exit status 2 with one line."""
+"""``mpcore.user.loader`` and ``mpcore.user.data``: user models and data from specs; bad input is
+one ``LoadError`` line, and through ``mpbench check`` exit status 2 with one line."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from mpcore.loader import LoadError, convert, load_model, model_precision
-from mpcore.modes import RunConfig, applied
-from mpcore.userdata import load_batch, random_batch, resolve_loss
+from mpcore.precision.modes import RunConfig, applied
+from mpcore.user.data import load_batch, random_batch, resolve_loss
+from mpcore.user.loader import LoadError, convert, load_model, model_precision
 
 
 def built(factory, precision: str = "float32") -> keras.Model:
@@ -51,7 +51,7 @@ def test_convert_keeps_pinned_float32_and_makes_heads_float32():
 
 
 def test_convert_and_check_a_sequential_model():
-    from mpcore.check import check
+    from mpcore.check.api import check
 
     with applied(RunConfig("float32")):
         model = keras.Sequential(

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
-from mpcore.models import (
+from mpcore.models.registry import (
     RESNET50_NOTOP_FILE,
     WeightsError,
     build_model,
     model_spec,
     multiple_of_8_report,
 )
-from mpcore.modes import RunConfig, applied
+from mpcore.precision.modes import RunConfig, applied
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import keras
 import pytest
 import tensorflow as tf
 
-from mpcore.modes import (
+from mpcore.names import PRECISIONS, XLA_MODES, parse_precision, parse_xla
+from mpcore.precision.modes import (
     GlobalState,
     ModeMismatchError,
     RunConfig,
@@ -17,15 +18,14 @@ from mpcore.modes import (
     autoclustering_enabled,
     check_model,
 )
-from mpcore.names import PRECISIONS, XLA_MODES, parse_precision, parse_xla
-from mpcore.training import compile_for
+from mpcore.train.fit import compile_for
 
 ALL_CONFIGS = [RunConfig(p, x) for p, x in itertools.product(PRECISIONS, XLA_MODES)]
 
 
 def _tiny_model(config: RunConfig) -> keras.Model:
     """The small CNN at its minimum size, compiled for ``config`` (fast to build)."""
-    from mpcore.models import build_model
+    from mpcore.models.registry import build_model
 
     return compile_for(build_model("small", 8), config, 1e-3)
 
@@ -51,7 +51,7 @@ def test_every_mode_applies_and_verifies(config: RunConfig) -> None:
 def test_vit_tiny_passes_check_model_in_every_precision(precision: str) -> None:
     """The transformer's nested layers change nothing: its LayerNorms, attention and position
     embedding compute in the mode's dtype, its head in float32."""
-    from mpcore.models import build_model
+    from mpcore.models.registry import build_model
 
     config = RunConfig(precision, "off")
     with applied(config):
@@ -103,7 +103,7 @@ def test_clear_session_pitfall_is_caught() -> None:
 def test_missing_loss_scale_optimizer_is_caught() -> None:
     config = RunConfig("mixed_float16", "off")
     with applied(config):
-        from mpcore.models import build_model
+        from mpcore.models.registry import build_model
 
         model = build_model("small", 8)
         model.compile(optimizer="adam", loss="mse", jit_compile=False, auto_scale_loss=False)
@@ -114,7 +114,7 @@ def test_missing_loss_scale_optimizer_is_caught() -> None:
 def test_wrong_jit_setting_is_caught() -> None:
     config = RunConfig("float32", "off")
     with applied(config):
-        from mpcore.models import build_model
+        from mpcore.models.registry import build_model
 
         model = build_model("small", 8)
         model.compile(optimizer="adam", loss="mse", jit_compile=True)
@@ -125,7 +125,7 @@ def test_wrong_jit_setting_is_caught() -> None:
 def test_uncompiled_model_is_caught() -> None:
     config = RunConfig("float32", "off")
     with applied(config):
-        from mpcore.models import build_model
+        from mpcore.models.registry import build_model
 
         with pytest.raises(ModeMismatchError, match="not compiled"):
             check_model(build_model("small", 8), config)

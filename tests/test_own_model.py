@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 
 from mpcore.bench.layerprofile import LayerProfile, profile_layers
-from mpcore.loader import load_model
-from mpcore.modes import RunConfig, applied
-from mpcore.ownmodel import load_float32
+from mpcore.precision.modes import RunConfig, applied
+from mpcore.user.loader import load_model
+from mpcore.user.ownmodel import load_float32
 
 TESTS = Path(__file__).resolve().parent
 BENCHMARKS = TESTS.parent / "benchmarks"

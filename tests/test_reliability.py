@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mpcore.data import (
+from mpcore.data.ships import (
     DataError,
     csv_path,
     find_bad_images,
@@ -32,8 +32,9 @@ from mpcore.data import (
     read_ship_index,
     stratified_split,
 )
+from mpcore.run.files import write_json_atomic
 from mpcore.run.process import FAULT_ENV
-from mpcore.run.store import RESULTS_FILE, SCHEMA, write_json_atomic
+from mpcore.run.schema import RESULTS_FILE, SCHEMA
 
 PER_CLASS = 8  # 40 images: 30 training, 10 validation
 # --profile explicit: the default profile depends on the machine.
@@ -54,7 +55,7 @@ TINY = (
 @pytest.fixture(scope="module")
 def tiny_ships(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The module's generated data set (32 px); tests damage private copies only."""
-    from mpcore.synthetic import write_synthetic_ships
+    from mpcore.data.synthetic import write_synthetic_ships
 
     root = tmp_path_factory.mktemp("tiny-ships")
     return write_synthetic_ships(root, per_class=PER_CLASS, image_size=32, seed=0)
@@ -341,9 +342,9 @@ def test_unusable_out_is_one_line(case: str, tiny_ships: Path, tmp_path: Path, i
 
 
 def test_library_api_rejects_bad_settings_with_the_value_named(tmp_path: Path) -> None:
-    from mpcore.models import WeightsError, build_model
-    from mpcore.modes import RunConfig, applied
-    from mpcore.training import TrainSettings
+    from mpcore.models.registry import WeightsError, build_model
+    from mpcore.precision.modes import RunConfig, applied
+    from mpcore.train.settings import TrainSettings
 
     for field in ("epochs", "batch_size"):
         with pytest.raises(ValueError, match=f"{field.replace('_', ' ')} must be positive, got 0"):
@@ -423,9 +424,10 @@ def test_fuzzed_train_csv_loads_cleanly_or_raises_a_documented_error(
 def _guard_message(precision: str, loss: float, scale: float | None = None) -> str:
     import keras
 
-    from mpcore.modes import RunConfig, applied
+    from mpcore.precision.modes import RunConfig, applied
     from mpcore.run.worker import NonFiniteLossError, make_loss_guard
-    from mpcore.training import TrainSettings, build_compiled
+    from mpcore.train.fit import build_compiled
+    from mpcore.train.settings import TrainSettings
 
     config = RunConfig(precision, "off")
     with applied(config):
@@ -461,8 +463,9 @@ def test_runs_without_op_determinism_repeat_within_a_tolerance(tiny_ships: Path)
     """Without op determinism (the default on a GPU, and what ``xla_jit`` gets: Keras drops
     ``jit_compile`` under it) two runs are only promised to agree within a tolerance; the CPU
     default is bitwise (tests/test_training.py). XLA's compile is too slow for this budget."""
-    from mpcore.modes import RunConfig
-    from mpcore.training import TrainSettings, train
+    from mpcore.precision.modes import RunConfig
+    from mpcore.train.fit import train
+    from mpcore.train.settings import TrainSettings
 
     train_index, validation_index = stratified_split(read_ship_index(tiny_ships), 0.2, seed=3)
     settings = TrainSettings(

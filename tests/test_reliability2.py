@@ -27,11 +27,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mpcore.data import MAX_IMAGE_PIXELS, csv_path, find_bad_images, images_dir, read_ship_index
+from mpcore.data.ships import (
+    MAX_IMAGE_PIXELS,
+    csv_path,
+    find_bad_images,
+    images_dir,
+    read_ship_index,
+)
 from mpcore.face.cli import main
 from mpcore.run.lock import LOCK_FILE
 from mpcore.run.process import EXIT_TERMINATED, FAULT_ENV
-from mpcore.run.store import RESULTS_FILE
+from mpcore.run.schema import RESULTS_FILE
 
 PER_CLASS = 8  # 40 images: 30 training, 10 validation
 #: Explicit profile (the default depends on the machine) and one run per configuration.
@@ -57,7 +63,7 @@ def results_files(out: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def tiny_ships(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mpcore.synthetic import write_synthetic_ships
+    from mpcore.data.synthetic import write_synthetic_ships
 
     root = tmp_path_factory.mktemp("ships2")
     return write_synthetic_ships(root, per_class=PER_CLASS, image_size=32, seed=0)
@@ -548,8 +554,8 @@ def test_fuzzed_image_bytes_pass_the_check_only_if_the_pipeline_decodes_them(
     size: tuple[int, int],
     cut: float,
 ) -> None:
-    from mpcore.data import make_dataset
-    from mpcore.models import model_spec
+    from mpcore.data.ships import make_dataset
+    from mpcore.models.registry import model_spec
 
     try:
         raw = _image_bytes(kind, mode, size, cut)

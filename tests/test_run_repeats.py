@@ -17,8 +17,9 @@ import pytest
 from mpcore import report
 from mpcore.names import name_of
 from mpcore.run import plan as planning
+from mpcore.run.schema import RESULTS_FILE
 from mpcore.run.stats import chance_of_no_overlap, speedup, spread
-from mpcore.run.store import RESULTS_FILE, finished_repeats
+from mpcore.run.store import finished_repeats
 
 A, B, C = "float32+xla_off", "amp_rewrite+xla_off", "mixed_float16+xla_off"
 

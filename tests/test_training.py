@@ -9,10 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from mpcore.data import read_ship_index, stratified_split
-from mpcore.models import build_model
-from mpcore.modes import RunConfig, applied
-from mpcore.training import TrainSettings, current_loss_scale, make_train_step, train
+from mpcore.data.ships import read_ship_index, stratified_split
+from mpcore.models.registry import build_model
+from mpcore.precision.modes import RunConfig, applied
+from mpcore.train.custom_step import make_train_step
+from mpcore.train.fit import current_loss_scale, train
+from mpcore.train.settings import TrainSettings
 
 SETTINGS = TrainSettings(model="small", image_size=32, batch_size=16, epochs=2, learning_rate=3e-3)
 
@@ -126,7 +128,7 @@ def test_custom_step_with_loss_scaling_matches_float32() -> None:
 @pytest.mark.slow
 def test_small_model_learns_the_generated_set(tmp_path: Path) -> None:
     """The generated set is learnable: >= 90% validation accuracy within 5 float32 epochs."""
-    from mpcore.synthetic import write_synthetic_ships
+    from mpcore.data.synthetic import write_synthetic_ships
 
     root = write_synthetic_ships(tmp_path / "ships", per_class=120, image_size=96, seed=0)
     train_index, validation_index = stratified_split(read_ship_index(root), 0.2, seed=0)

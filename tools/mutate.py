@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPBENCH = "mpcore/bench/stepbench.py"
-DEVICES = "mpcore/probe/devices.py"
+DEVICES = "mpcore/probe/peaks.py"
 RUN_ROUND_TESTS = ("tests/test_benchmarks_stepbench.py", "-k", "syncs_once")
 CHECK_TESTS = ("tests/test_modes.py", "-k", "caught")
 DEVICE_TESTS = ("tests/test_benchmarks_devices.py", "-k", "datasheet")
@@ -48,7 +48,11 @@ class Mutant:
 def _guarded(name: str, condition: str) -> Mutant:
     """A check of check_model switched off (``if X:`` becomes ``if False and X:``)."""
     return Mutant(
-        name, "mpcore/modes.py", f"if {condition}:", f"if False and {condition}:", CHECK_TESTS
+        name,
+        "mpcore/precision/modes.py",
+        f"if {condition}:",
+        f"if False and {condition}:",
+        CHECK_TESTS,
     )
 
 
@@ -87,7 +91,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "custom-step-skips-model-losses",
-        "mpcore/training.py",
+        "mpcore/train/",
         "            if model.losses:",
         "            if False and model.losses:",
         ("tests/test_training.py", "-k", "own_losses"),

@@ -26,9 +26,10 @@ from typing import Any
 import keras
 
 from mpcore.bench.stepbench import PreparedStep, isolated
-from mpcore.modes import RunConfig
+from mpcore.precision.modes import RunConfig
 from mpcore.probe import backend
-from mpcore.training import TrainSettings, build_compiled
+from mpcore.train.fit import build_compiled
+from mpcore.train.settings import TrainSettings
 
 #: The four parts of Keras's JAX training state, in the order its train function returns them.
 _JAX_STATE = (
@@ -98,7 +99,7 @@ def prepared_keras_step(
     num_classes: int = 5,
 ) -> Iterator[KerasPreparedStep]:
     """Build ``config`` in isolation on the JAX or torch backend and yield its compiled step;
-    the dtype policy is restored on exit (:func:`mpcore.modes.applied`)."""
+    the dtype policy is restored on exit (:func:`mpcore.precision.modes.applied`)."""
     if steps_per_round < 1:
         raise ValueError(f"steps per round must be positive, got {steps_per_round}")
     with isolated(config, settings.seed) as made:

@@ -25,13 +25,14 @@ import keras
 import numpy as np
 
 from mpcore.bench.stepbench import sync_device
-from mpcore.loader import LoadedModel
-from mpcore.modes import RunConfig, applied
+from mpcore.models.flops import layer_forward_flops
 from mpcore.names import config_name
-from mpcore.ownmodel import under_precision
+from mpcore.precision.modes import RunConfig, applied
 from mpcore.probe.backend import tf
-from mpcore.probe.devices import layer_forward_flops
-from mpcore.training import compile_for, make_train_step
+from mpcore.train.custom_step import make_train_step
+from mpcore.train.fit import compile_for
+from mpcore.user.loader import LoadedModel
+from mpcore.user.ownmodel import under_precision
 
 HALF_PRECISIONS: tuple[str, ...] = ("mixed_float16", "mixed_bfloat16")
 
@@ -146,8 +147,8 @@ def layer_step(layer: keras.layers.Layer, batch_size: int, jit: bool, seed: int 
 
 def whole_step(model: keras.Model, config: RunConfig, batch_size: int, seed: int = 0) -> Callable:
     """The whole training step as the benchmark times it: Adam (loss-scaled for float16)."""
-    from mpcore.ownmodel import user_loss
-    from mpcore.userdata import loss_function, random_batch
+    from mpcore.user.data import loss_function, random_batch
+    from mpcore.user.ownmodel import user_loss
 
     loss, metrics = user_loss(model)
     compile_for(model, config, 1e-3, loss=loss, metrics=metrics)

@@ -2,7 +2,7 @@
 
 Every precision x XLA combination becomes one parametrized benchmark; combinations this machine
 cannot serve are skipped at collection time with the reason (see
-:func:`mpcore.probe.devices.skip_reason`). Without a GPU every training benchmark is skipped, unless
+:func:`mpcore.probe.skips.skip_reason`). Without a GPU every training benchmark is skipped, unless
 ``--mp-allow-cpu`` runs the CPU-possible ones on the small model at a tiny size.
 
 Capability data is detected from TensorFlow. Tests replace it with the environment variable
@@ -31,15 +31,16 @@ import pytest
 from mpcore.bench.backendstep import prepared_keras_step
 from mpcore.bench.stepbench import PreparedStep, prepared_step
 from mpcore.bench.table import render_report
-from mpcore.models import model_spec
-from mpcore.modes import RunConfig
-from mpcore.names import PRECISIONS, STEP_KINDS, XLA_MODES, cpu_replicas_problem, parse_names
-from mpcore.ownmodel import is_user_model
+from mpcore.models.registry import model_spec
+from mpcore.names import PRECISIONS, STEP_KINDS, XLA_MODES, parse_names
+from mpcore.precision.modes import RunConfig
 from mpcore.probe import backend, telemetry
 from mpcore.probe.capability import capability
-from mpcore.probe.devices import skip_reason
 from mpcore.probe.machine import GpuInfo, software_versions, visible_gpus
-from mpcore.training import TrainSettings
+from mpcore.probe.skips import skip_reason
+from mpcore.train.placement import cpu_replicas_problem
+from mpcore.train.settings import TrainSettings
+from mpcore.user.ownmodel import is_user_model
 
 GPU_DEFAULTS = {"model": "resnet50", "batch": 80, "image_size": None, "steps": 10, "rounds": 10}
 CPU_DEFAULTS = {"model": "small", "batch": 8, "image_size": 32, "steps": 5, "rounds": 5}
@@ -185,7 +186,7 @@ def _replicas(config: pytest.Config, strategy: str, gpu_count: int) -> int:
     if strategy == "none" and config.getoption("mp_cpu_replicas") is None:
         return 1
     # tf.distribute: imported here so the JAX/torch path needs no TensorFlow.
-    from mpcore.replicas import configure_logical_cpus, mirrored_devices
+    from mpcore.train.replicas import configure_logical_cpus, mirrored_devices
 
     cpu_replicas = config.getoption("mp_cpu_replicas")
     if cpu_replicas is not None:
@@ -256,8 +257,8 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
 def _user_model_shape(config: pytest.Config, model: str) -> tuple[int | None, int]:
     """A user's model's image side (None: not an image model) and output width, from the model
     itself (a factory taking ``image_size`` is offered ``--mp-image-size``)."""
-    from mpcore.loader import LoadError
-    from mpcore.ownmodel import image_side, load_float32, output_classes
+    from mpcore.user.loader import LoadError
+    from mpcore.user.ownmodel import image_side, load_float32, output_classes
 
     try:
         loaded = load_float32(model, config.getoption("mp_image_size"))
@@ -351,7 +352,7 @@ def prepared(
         ) as step:
             yield step
         return
-    from mpcore.replicas import make_strategy
+    from mpcore.train.replicas import make_strategy
 
     with prepared_step(
         combination,

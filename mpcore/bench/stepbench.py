@@ -1,17 +1,18 @@
 """The training-step benchmark harness: one precision x XLA combination, built in isolation.
 
 :func:`prepared_step` applies the mode (which clears the Keras session and sets every global the
-mode owns), builds and compiles the model, verifies it with :func:`mpcore.modes.check_model`, puts
-one batch on the device and runs the first step (tracing and XLA compilation) on its own clock.
-A round (:meth:`PreparedStep.run_round`) is then K compiled steps on that resident batch, ending
-in a device synchronisation, so a timer around it measures the device, not the host's dispatch.
+mode owns), builds and compiles the model, verifies it with
+:func:`mpcore.precision.modes.check_model`, puts one batch on the device and runs the first step
+(tracing and XLA compilation) on its own clock. A round (:meth:`PreparedStep.run_round`) is then K
+compiled steps on that resident batch, ending in a device synchronisation, so a timer around it
+measures the device, not the host's dispatch.
 
 Two steps can be timed (``kind``). ``fit`` (the default) is Keras's own compiled train function,
 ``model.train_function``, called on an iterator of ``from_tensors(batch).repeat()`` distributed
 by the model's strategy: exactly what ``model.fit`` runs per step (loss tracker, compiled
 metrics, ``get_next``), ``steps_per_execution`` steps per call. ``custom`` is
-:func:`mpcore.training.make_train_step` on the resident tensors: forward, loss, gradients and
-the optimizer update, nothing else.
+:func:`mpcore.train.custom_step.make_train_step` on the resident tensors: forward, loss, gradients
+and the optimizer update, nothing else.
 
 Under a ``tf.distribute`` strategy the model and optimizer are built in its scope, the batch is
 ``batch_size`` per replica (a global batch of ``batch_size x replicas``) split across the
@@ -29,18 +30,16 @@ from typing import Any
 
 import keras
 
-from mpcore.modes import RunConfig, amp_rewrite_enabled, applied, autoclustering_enabled
+from mpcore.models.flops import forward_flops, training_flops_per_step
 from mpcore.names import STEP_KINDS
-from mpcore.ownmodel import is_user_model
+from mpcore.precision.modes import RunConfig, amp_rewrite_enabled, applied, autoclustering_enabled
 from mpcore.probe import backend, telemetry
 from mpcore.probe.backend import tf
-from mpcore.probe.devices import (
-    device_peak,
-    forward_flops,
-    peak_tflops,
-    training_flops_per_step,
-)
-from mpcore.training import TrainSettings, build_compiled, current_loss_scale, make_train_step
+from mpcore.probe.peaks import device_peak, peak_tflops
+from mpcore.train.custom_step import make_train_step
+from mpcore.train.fit import build_compiled, current_loss_scale
+from mpcore.train.settings import TrainSettings
+from mpcore.user.ownmodel import is_user_model
 
 
 def sync_device() -> None:
@@ -140,7 +139,7 @@ class PreparedStep:
 
 def model_source(model: str) -> str:
     """Where a benchmark's model comes from: ``registry``, ``factory`` or ``file``."""
-    from mpcore.loader import is_python_spec
+    from mpcore.user.loader import is_python_spec
 
     if not is_user_model(model):
         return "registry"
@@ -182,10 +181,11 @@ def user_model_step(
 ) -> tuple[keras.Model, Callable[[Any, Any], tf.Tensor], tuple[Any, Any]]:
     """A user's model (``settings.model``, a spec) for ``config``: loaded under float32 and
     converted (float32 head), compiled with the combination's ``jit_compile`` and checked by
-    :func:`mpcore.modes.check_model` where it applies (:func:`mpcore.training.build_compiled`);
-    with its loss (chosen from the head) and a seeded random batch shaped by it on ``device``.
-    Call inside :func:`mpcore.modes.applied`."""
-    from mpcore.userdata import loss_function, random_batch, resolve_loss
+    :func:`mpcore.precision.modes.check_model` where it applies
+    (:func:`mpcore.train.fit.build_compiled`); with its loss (chosen from the head) and a seeded
+    random batch shaped by it on ``device``.
+    Call inside :func:`mpcore.precision.modes.applied`."""
+    from mpcore.user.data import loss_function, random_batch, resolve_loss
 
     model = build_compiled(config, settings)
     loss, _ = resolve_loss(model, None)  # the compiled one: chosen from the head
@@ -356,7 +356,7 @@ class MemoryProbe:
             self.sampler.__enter__()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, *_exc_info: object) -> None:
         tf_peak = framework_peak = None
         if self.on_gpu:
             self.sampler.__exit__(None, None, None)

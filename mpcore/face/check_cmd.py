@@ -1,8 +1,8 @@
 """``mpbench check MODEL``: is mixed precision safe for a user's model? Table, JSON and a PNG.
 
 All of the command lives here: :func:`add_parser` registers it on the CLI's subparsers and
-:func:`run` executes it, raising :class:`mpcore.loader.LoadError` (one line, exit status 2 in the
-CLI) for a model or data it cannot use. The exit status is the report's: 0 safe (with or without
+:func:`run` executes it, raising :class:`mpcore.user.loader.LoadError` (one line, exit status 2 in
+the CLI) for a model or data it cannot use. The exit status is the report's: 0 safe (with or without
 loss scaling), 1 error findings. Nothing here imports TensorFlow until :func:`run` is called.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from mpcore.face.common import UsageError, load_tensorflow, positive_int
 from mpcore.names import HALF_PRECISIONS
 
-#: The policies ``--precision`` accepts (mpcore.check.CHECK_PRECISIONS, without importing it).
+#: The policies ``--precision`` accepts (mpcore.check.api.CHECK_PRECISIONS, without importing it).
 PRECISION_CHOICES: tuple[str, ...] = HALF_PRECISIONS
 #: Rows of the per-layer table in the terminal (every layer is in check.json).
 TABLE_LAYERS = 10
@@ -61,8 +61,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """``mpbench check``: bad input (a :class:`mpcore.loader.LoadError`) is one usage line."""
-    from mpcore.loader import LoadError
+    """``mpbench check``: bad input (a :class:`mpcore.user.loader.LoadError`) is one usage line."""
+    from mpcore.user.loader import LoadError
 
     load_tensorflow()
     try:
@@ -72,9 +72,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``mpbench check``; bad input raises :class:`mpcore.loader.LoadError`."""
-    from mpcore.check import check
-    from mpcore.loader import LoadError, load_model
+    """Run ``mpbench check``; bad input raises :class:`mpcore.user.loader.LoadError`."""
+    from mpcore.check.api import check
+    from mpcore.user.loader import LoadError, load_model
 
     loaded = load_model(args.model, image_size=args.image_size, num_classes=args.num_classes)
     out = Path(args.out) if args.out else Path("runs") / f"check-{Path(args.model).stem}"
@@ -121,7 +121,7 @@ def _power(exponent: int | None) -> str:
 
 
 def render(document: dict[str, Any]) -> str:
-    """The terminal report of a :meth:`mpcore.check.CheckReport.to_dict` document."""
+    """The terminal report of a :meth:`mpcore.check.api.CheckReport.to_dict` document."""
     from tabulate import tabulate
 
     lines = [

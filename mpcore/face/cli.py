@@ -15,7 +15,6 @@ import sys
 from collections.abc import Sequence
 
 from mpcore.face import check_cmd, profile_cmd
-from mpcore.face.commands import cmd_doctor, cmd_numerics, cmd_report
 from mpcore.face.common import (
     CACHE_ENV,
     EXIT_USAGE,
@@ -24,6 +23,9 @@ from mpcore.face.common import (
     positive_int,
     seed_int,
 )
+from mpcore.face.doctor_cmd import cmd_doctor
+from mpcore.face.numerics_cmd import cmd_numerics
+from mpcore.face.report_cmd import cmd_report
 from mpcore.face.run_cmd import PROFILES, cmd_run
 from mpcore.run.process import (
     EXIT_INTERRUPTED,

@@ -94,10 +94,10 @@ def check_batch_in_split(batch_size: int, train: int, total: int, unit: str = "i
 
 
 def train_settings(args: argparse.Namespace, profile: Any, **fields: Any) -> Any:
-    """``mpbench run``'s :class:`~mpcore.training.TrainSettings`: ``fields`` (the model, its
+    """``mpbench run``'s :class:`~mpcore.train.settings.TrainSettings`: ``fields`` (the model, its
     image size, weights) plus the options given, the ``profile``'s values for the rest; a value
     the settings refuse is one usage line."""
-    from mpcore.training import TrainSettings
+    from mpcore.train.settings import TrainSettings
 
     try:
         return TrainSettings(

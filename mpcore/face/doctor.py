@@ -17,8 +17,8 @@ from typing import Any
 
 from mpcore.probe import telemetry
 from mpcore.probe.capability import Capability, capability
-from mpcore.probe.devices import FAKE_GPU_ENV
 from mpcore.probe.machine import GpuInfo, software_versions
+from mpcore.probe.peaks import FAKE_GPU_ENV
 
 #: CPU flags (``/proc/cpuinfo``) of native bfloat16 arithmetic that oneDNN uses.
 CPU_BFLOAT16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
@@ -133,8 +133,8 @@ def multiple_of_8_findings(
     model_name: str | None, batch_size: int | None, image_size: int | None = None
 ) -> list[str]:
     """The seed's tip: layers whose units/filters, and a batch size, not multiples of 8."""
-    from mpcore.models import build_model, multiple_of_8_report
-    from mpcore.modes import RunConfig, applied
+    from mpcore.models.registry import build_model, multiple_of_8_report
+    from mpcore.precision.modes import RunConfig, applied
 
     findings = []
     if model_name is not None:

@@ -19,11 +19,11 @@ from mpcore.face.common import UsageError, check_batch_in_split, train_settings
 from mpcore.names import VALIDATION_FRACTION
 
 if TYPE_CHECKING:
-    from mpcore.training import TrainSettings
+    from mpcore.train.settings import TrainSettings
 
 
 def is_user_model(name: str | None) -> bool:
-    from mpcore.ownmodel import is_user_model as user
+    from mpcore.user.ownmodel import is_user_model as user
 
     return bool(name) and user(name)
 
@@ -32,9 +32,9 @@ def user_settings(args: argparse.Namespace, profile: Any) -> TrainSettings:
     """The run's settings for ``--model SPEC``, the rest from the ``profile`` (whose image size
     is offered to a factory taking one); the model is loaded once here to check it against the
     data."""
-    from mpcore.data import NUM_CLASSES
-    from mpcore.loader import LoadError
-    from mpcore.ownmodel import image_side, is_array_data, load_float32, output_classes
+    from mpcore.data.ships import NUM_CLASSES
+    from mpcore.user.loader import LoadError
+    from mpcore.user.ownmodel import image_side, is_array_data, load_float32, output_classes
 
     spec = args.model
     if args.weights:
@@ -69,8 +69,8 @@ def user_settings(args: argparse.Namespace, profile: Any) -> TrainSettings:
 def array_data(args: argparse.Namespace, settings: TrainSettings) -> tuple[Any, dict[str, Any]]:
     """``--data`` arrays for a user's model: the root the workers load them from (the resolved
     ``.npz`` path, or the ``module:fn`` spec) and their description for ``results.json``."""
-    from mpcore.loader import LoadError
-    from mpcore.ownmodel import array_splits, load_float32
+    from mpcore.user.loader import LoadError
+    from mpcore.user.ownmodel import array_splits, load_float32
 
     if not is_user_model(settings.model):
         raise UsageError(f"--data {args.data}: arrays are for a user's --model; ship images only")

@@ -61,10 +61,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def load(spec: str, image_size: int | None) -> Any:
     """The model to profile, loaded under float32: a registry model (built at ``image_size``)
     or a user's; a problem is a :class:`UsageError` naming the spec."""
-    from mpcore.loader import LoadedModel, LoadError
-    from mpcore.models import build_model
-    from mpcore.modes import RunConfig, applied
-    from mpcore.ownmodel import is_user_model, load_float32
+    from mpcore.models.registry import build_model
+    from mpcore.precision.modes import RunConfig, applied
+    from mpcore.user.loader import LoadedModel, LoadError
+    from mpcore.user.ownmodel import is_user_model, load_float32
 
     try:
         if not is_user_model(spec):

@@ -31,17 +31,12 @@ from mpcore.face.run_guard import (
     refuse_if_locked,
     removed_on_failure,
 )
-from mpcore.names import (
-    DEFAULT_PRECISIONS,
-    PRECISIONS,
-    VALIDATION_FRACTION,
-    XLA_MODES,
-    cpu_replicas_problem,
-)
+from mpcore.names import DEFAULT_PRECISIONS, PRECISIONS, VALIDATION_FRACTION, XLA_MODES
 from mpcore.run.process import EXIT_INTERRUPTED, EXIT_TERMINATED, terminated
+from mpcore.train.placement import cpu_replicas_problem
 
 if TYPE_CHECKING:  # imported lazily at run time: TensorFlow loads only when a command needs it
-    from mpcore.training import TrainSettings
+    from mpcore.train.settings import TrainSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +85,7 @@ def default_out() -> Path:
 
 
 def _synthetic_root(profile: Profile, per_class: int | None, image_size: int, seed: int) -> Path:
-    from mpcore.synthetic import MARKER, write_synthetic_ships
+    from mpcore.data.synthetic import MARKER, write_synthetic_ships
 
     count = per_class or profile.synthetic_per_class
     # Images are drawn at the training size (at least 32 px) so resizing does not blur them.
@@ -112,8 +107,8 @@ def _synthetic_root(profile: Profile, per_class: int | None, image_size: int, se
 
 def _check_weights(model: str, image_size: int, weights: str) -> str:
     """Fail early, in the parent, on a weights file every worker would fail on."""
-    from mpcore.models import WeightsError, build_model
-    from mpcore.modes import RunConfig, applied
+    from mpcore.models.registry import WeightsError, build_model
+    from mpcore.precision.modes import RunConfig, applied
 
     if weights != "imagenet":
         path = Path(weights)
@@ -133,7 +128,7 @@ def _check_weights(model: str, image_size: int, weights: str) -> str:
 def _out_folder(args: argparse.Namespace, distribution: Distribution) -> Path:
     """The run folder, checked against ``--resume``; a non-chief host writes its copy of the
     run into ``OUT/worker-INDEX``."""
-    from mpcore.run.store import RESULTS_FILE
+    from mpcore.run.schema import RESULTS_FILE
 
     out = Path(args.out) if args.out else default_out()
     if not distribution.chief:
@@ -157,7 +152,7 @@ def _out_folder(args: argparse.Namespace, distribution: Distribution) -> Path:
 def _settings(args: argparse.Namespace, profile: Profile) -> TrainSettings:
     """The run's ``TrainSettings``: the options given, the profile's values for the rest."""
     from mpcore.face import own_run
-    from mpcore.models import model_spec
+    from mpcore.models.registry import model_spec
 
     if own_run.is_user_model(args.model):  # a .keras file or package.module:factory
         return own_run.user_settings(args, profile)
@@ -184,7 +179,7 @@ def _data(
 ) -> tuple[Path, dict[str, Any]]:
     """The data set's root and its description for ``results.json``, validated and split as
     every worker will split it."""
-    from mpcore.data import (
+    from mpcore.data.ships import (
         DataError,
         describe_bad_images,
         find_bad_images,
@@ -194,7 +189,7 @@ def _data(
         without_images,
     )
     from mpcore.face import own_run
-    from mpcore.ownmodel import is_array_data
+    from mpcore.user.ownmodel import is_array_data
 
     if is_array_data(args.data):  # a user's model on its own arrays
         return own_run.array_data(args, settings)
@@ -264,7 +259,7 @@ class Distribution:
 
 def _distribution(args: argparse.Namespace, gpu_count: int) -> Distribution:
     """Validate the distribution options together; one usage error for a bad combination."""
-    from mpcore.replicas import StrategyError, is_chief, parse_strategy, read_tf_config
+    from mpcore.train.replicas import StrategyError, is_chief, parse_strategy, read_tf_config
 
     try:
         strategy = parse_strategy(args.strategy or ("multiworker" if args.workers else "none"))
@@ -295,7 +290,7 @@ def _distribution(args: argparse.Namespace, gpu_count: int) -> Distribution:
 
 def _check_float8_model(model: str) -> None:
     """Refuse ``float8`` for a model with nothing for it to quantize, before any worker starts."""
-    from mpcore.models import model_spec
+    from mpcore.models.registry import model_spec
 
     if not model_spec(model).float8_layers:
         raise UsageError(

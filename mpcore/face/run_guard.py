@@ -42,7 +42,7 @@ def locked_out(out: Path, resume: bool, created: bool) -> Iterator[None]:
     folder is refused naming the holder. A run that fails before writing anything leaves no
     empty folder it made."""
     from mpcore.run.lock import LockedError, RunLock
-    from mpcore.run.store import RESULTS_FILE
+    from mpcore.run.schema import RESULTS_FILE
 
     lock = RunLock(out, announce=lambda line: print(line, flush=True))
     try:
@@ -66,7 +66,8 @@ def check_resumed(
 ) -> None:
     """Refuse to resume on a data set whose content changed; say which finished
     configurations outside this plan are kept."""
-    from mpcore.run.store import RESULTS_FILE, data_change
+    from mpcore.run.schema import RESULTS_FILE
+    from mpcore.run.store import data_change
 
     change = data_change(document["data"].get("fingerprint"), data["fingerprint"])
     if change:

@@ -100,15 +100,6 @@ def sync() -> None:
             torch.cuda.synchronize()
 
 
-def wait_for(value: Any) -> Any:
-    """``value`` once the device has computed it (``jax.block_until_ready`` on JAX)."""
-    if name() == "jax":
-        import jax
-
-        return jax.block_until_ready(value)
-    return value
-
-
 @functools.cache
 def accelerators() -> tuple[tuple[str, tuple[int, int] | None], ...]:
     """``(name, compute capability)`` of each GPU the backend sees (detected once)."""

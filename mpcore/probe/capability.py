@@ -17,16 +17,9 @@ import os
 from typing import Any
 
 from mpcore.probe import backend
-from mpcore.probe.devices import (
-    FAKE_GPU_ENV,
-    DevicePeak,
-    device_peak,
-    parse_fake_gpu,
-    peak_tflops,
-    skip_reason,
-    speedup_note,
-)
 from mpcore.probe.machine import GpuInfo, machine_summary, visible_gpus
+from mpcore.probe.peaks import FAKE_GPU_ENV, DevicePeak, device_peak, parse_fake_gpu, peak_tflops
+from mpcore.probe.skips import skip_reason, speedup_note
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ import time
 from typing import Any
 
 from mpcore.probe.backend import tf  # doctor --measure times TensorFlow ops
-from mpcore.probe.devices import device_peak
 from mpcore.probe.machine import GpuInfo
+from mpcore.probe.peaks import device_peak
 
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 #: Seconds one float32 matmul should take once sized; a GPU reaches its cap first.

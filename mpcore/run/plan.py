@@ -22,20 +22,18 @@ from typing import Any
 
 from mpcore.names import VALIDATION_FRACTION, name_of
 from mpcore.run import launcher
+from mpcore.run.files import save_results, write_json_atomic
 from mpcore.run.process import EXIT_INTERRUPTED, signal_name
+from mpcore.run.schema import RESULTS_FILE, strategy_of
 from mpcore.run.spec import WorkerSpec
 from mpcore.run.store import (
-    RESULTS_FILE,
     failed_record,
     finished_repeats,
     new_document,
     now_iso,
     resumable_document,
-    save_results,
     store_repeat,
-    strategy_of,
     warmup_entry,
-    write_json_atomic,
 )
 
 
@@ -45,7 +43,7 @@ class RunPlan:
 
     out: Path
     data_root: Path
-    settings: dict[str, Any]  # mpcore.training.TrainSettings.to_dict()
+    settings: dict[str, Any]  # mpcore.train.settings.TrainSettings.to_dict()
     #: ``RunConfig.to_dict()`` of each configuration, in run order, plus ``strategy`` when not
     #: ``none`` (see :func:`planned_configs`).
     configs: list[dict[str, str]]

@@ -24,7 +24,6 @@ EXIT_TERMINATED = 143
 #: ``error`` (an exception), ``oom`` (TensorFlow's ``ResourceExhaustedError``) or ``crash`` (the
 #: worker kills itself) just before training, or ``nan`` (every weight set to NaN before step 2).
 FAULT_ENV = "MPBENCH_FAULT"
-FAULT_KINDS: tuple[str, ...] = ("error", "oom", "crash", "nan")
 #: ``MPBENCH_WORKER_FAULT="INDEX=KIND"``: worker INDEX of a local multi-worker cluster kills
 #: itself (``crash``) or raises (``error``) after its first training step.
 WORKER_FAULT_ENV = "MPBENCH_WORKER_FAULT"
@@ -81,7 +80,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, the first SIGTERM raises :class:`Terminated` in the main thread (later
     ones are ignored while it unwinds); the previous handler is restored after."""
 
-    def handler(signum: int, frame: object) -> None:
+    def handler(_signum: int, _frame: object) -> None:
         _received.add(signal.SIGTERM)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated

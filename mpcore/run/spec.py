@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mpcore.names import VALIDATION_FRACTION, name_of
-from mpcore.run.store import mode_of, strategy_of, write_text_atomic
+from mpcore.run.files import write_text_atomic
+from mpcore.run.schema import mode_of, strategy_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +23,7 @@ class WorkerSpec:
 
     #: ``precision``, ``xla`` and, for a distributed configuration, ``strategy``.
     config: dict[str, str]
-    #: :class:`mpcore.training.TrainSettings` fields (``to_dict()``).
+    #: :class:`mpcore.train.settings.TrainSettings` fields (``to_dict()``).
     settings: dict[str, Any]
     data_root: str
     #: Where the worker (the chief, in a cluster) writes the configuration's record.

@@ -1,102 +1,23 @@
-"""The results store: ``results.json`` documents, their records, atomic writes and resuming.
+"""The results store: ``results.json`` documents, their records, repeats and resuming.
 
-Readers of a run folder see the old or the new ``results.json``, never a partial one: every write
-goes to a temporary file in the same folder, is fsynced, then renamed over. No TensorFlow here.
+No TensorFlow here; the files themselves are written by :mod:`mpcore.run.files`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mpcore.names import name_of
-from mpcore.shapes import ShapeError, check_results
-
-SCHEMA = "mpbench-results/1"
-RESULTS_FILE = "results.json"
-
-
-class RunSetupError(Exception):
-    """The run cannot start as asked (bad ``--out``, unresumable folder); one line for the user."""
+from mpcore.run.files import RunSetupError, read_results
+from mpcore.run.scaling import add_scaling
+from mpcore.run.schema import SCHEMA, strategy_of
 
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never a partial
-    one: write a temporary file in the same folder, fsync it, then rename over; on any error the
-    temporary file is removed and the old file is left as it was."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def write_json_atomic(path: Path, document: Any) -> None:
-    """:func:`write_text_atomic` of ``document`` as indented JSON (serialised before the file is
-    touched, so an unserialisable document leaves nothing behind)."""
-    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=True) + "\n")
-
-
-def read_results(path: Path) -> dict[str, Any]:
-    """Load a ``results.json``; raise :class:`RunSetupError` if it is not one."""
-    try:
-        document = json.loads(Path(path).read_text())
-    except OSError as error:
-        raise RunSetupError(f"cannot read {path}: {error.strerror or error}") from None
-    except ValueError as error:
-        raise RunSetupError(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-        raise RunSetupError(f"{path} is not an mpbench results file (schema {SCHEMA})")
-    try:
-        check_results(document)
-    except ShapeError as error:
-        raise RunSetupError(f"{path}: {error}") from None
-    return document
-
-
-def check_writable_folder(out: Path) -> None:
-    """Create ``out`` if needed and prove a file can be written in it."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".mpbench-write-test"):
-            pass
-    except OSError as error:
-        raise RunSetupError(
-            f"--out {out} is not a writable folder: {error.strerror or error}"
-        ) from None
-
-
-def strategy_of(config: Mapping[str, str]) -> str:
-    """The tf.distribute strategy a planned configuration trains under."""
-    return config.get("strategy", "none")
-
-
-def mode_of(config: Mapping[str, str]) -> dict[str, str]:
-    """The ``RunConfig`` fields of a planned configuration (without its strategy)."""
-    return {"precision": config["precision"], "xla": config["xla"]}
-
-
-# --------------------------------------------------------------------------------------------
-# Records
 
 
 def failed_record(name: str, config: Mapping[str, str], reason: str) -> dict[str, Any]:
@@ -131,10 +52,6 @@ def finished_record(
             "gpu_series": sampler.series,
         },
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Documents
 
 
 def new_document(
@@ -210,62 +127,9 @@ def store_record(document: dict[str, Any], record: dict[str, Any]) -> None:
         add_scaling(document)
 
 
-# --------------------------------------------------------------------------------------------
-# Scaling figures
-
-
-def images_per_second_per_replica(result: Mapping[str, Any]) -> float:
-    """Training throughput of one replica, from a ``RunResult.to_dict()`` record."""
-    return float(result["images_per_second"]) / int(result.get("replicas", 1))
-
-
-def scaling_efficiency(
-    images_per_second: float, replicas: int, single_replica_images_per_second: float
-) -> float:
-    """Throughput per replica relative to one replica alone: 1.0 is perfect linear scaling."""
-    if replicas < 1 or single_replica_images_per_second <= 0:
-        raise ValueError("scaling efficiency needs replicas >= 1 and a positive baseline")
-    return images_per_second / (replicas * single_replica_images_per_second)
-
-
-def add_scaling(document: dict[str, Any]) -> None:
-    """Give every finished distributed configuration a ``scaling`` entry: replicas, global
-    batch, images/s per replica and the efficiency against the same mode without a strategy
-    (one replica) in this run; efficiency is None while that baseline is missing or failed."""
-    records = document["configurations"]
-    single = {
-        name_of(r["config"]): r["result"]
-        for r in records
-        if r.get("status") == "ok" and strategy_of(r["config"]) == "none"
-    }
-    for record in records:
-        if record.get("status") != "ok" or strategy_of(record["config"]) == "none":
-            continue
-        result = record["result"]
-        baseline_name = name_of(mode_of(record["config"]))
-        baseline = single.get(baseline_name)
-        record["scaling"] = {
-            "strategy": strategy_of(record["config"]),
-            "replicas": result["replicas"],
-            "global_batch": result["global_batch"],
-            "images_per_second_per_replica": images_per_second_per_replica(result),
-            "baseline": baseline_name,
-            "baseline_images_per_second": baseline["images_per_second"] if baseline else None,
-            "scaling_efficiency": scaling_efficiency(
-                result["images_per_second"], result["replicas"], baseline["images_per_second"]
-            )
-            if baseline
-            else None,
-        }
-
-
-# --------------------------------------------------------------------------------------------
-# Data identity and saving through faults
-
-
 def data_change(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str | None:
     """What differs between a run's recorded data fingerprint and the data set's now (see
-    :func:`mpcore.data.fingerprint`), or None; a run recorded without one is not checked."""
+    :func:`mpcore.data.ships.fingerprint`), or None; a run recorded without one is not checked."""
     if not saved:
         return None
     changed = []
@@ -275,58 +139,6 @@ def data_change(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> str 
     if saved.get("images_sha256") != now.get("images_sha256"):
         changed.append("the content of the listed images changed")
     return "; ".join(changed) or None
-
-
-#: Tries and the pause between them before a results.json that cannot be written is given up.
-SAVE_ATTEMPTS, SAVE_PAUSE_SECONDS = 3, 1.0
-
-
-class ResultsUnsavable(Exception):
-    """``results.json`` could not be written after every try; the document went to a fallback
-    file the message names."""
-
-
-def fallback_path(path: Path) -> Path:
-    """Where a run's results go when its folder refuses them: the temporary folder, named by
-    the run folder and this process."""
-    stem = "".join(c if c.isalnum() else "-" for c in str(Path(path).parent.resolve()))[-60:]
-    return Path(tempfile.gettempdir()) / f"mpbench-rescued{stem}-{os.getpid()}.json"
-
-
-def save_results(
-    path: Path,
-    document: dict[str, Any],
-    announce: Any = print,
-    attempts: int | None = None,
-    pause: float | None = None,
-) -> None:
-    """:func:`write_json_atomic` of ``document`` to ``path``, tried again on an ``OSError`` (a
-    full disk, a folder made read-only); on giving up the document is written to
-    :func:`fallback_path` and :class:`ResultsUnsavable` says where. ``document`` itself (the
-    records in memory) is never changed."""
-    import time
-
-    attempts = attempts or SAVE_ATTEMPTS
-    pause = SAVE_PAUSE_SECONDS if pause is None else pause
-    for attempt in range(1, attempts + 1):
-        try:
-            write_json_atomic(path, document)
-            return
-        except OSError as error:
-            problem = error.strerror or str(error)
-            if attempt < attempts:
-                announce(f"cannot write {path} ({problem}); trying again in {pause:g} s")
-                time.sleep(pause)
-    rescue = fallback_path(path)
-    try:
-        write_json_atomic(rescue, document)
-        where = f"the run so far is saved in {rescue}"
-    except OSError as error:
-        where = f"nor to {rescue} ({error.strerror or error})"
-    raise ResultsUnsavable(f"cannot write {path} ({problem}) after {attempts} tries; {where}")
-
-
-# Repeats (``mpbench run --repeats N``)
 
 
 def _load_average() -> float | None:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mpcore.run.files import write_json_atomic
 from mpcore.run.launcher import WORKER_REPORT
 from mpcore.run.process import (
     EXIT_INTERRUPTED,
@@ -33,7 +34,7 @@ from mpcore.run.process import (
     planted_fault,
 )
 from mpcore.run.spec import WorkerSpec
-from mpcore.run.store import failed_record, finished_record, write_json_atomic
+from mpcore.run.store import failed_record, finished_record
 
 
 class PrefixedStream(io.TextIOBase):
@@ -89,7 +90,7 @@ def make_loss_guard(name: str) -> Any:
     configuration, epoch, step and (float16 modes) the loss scale at that moment."""
     import keras
 
-    from mpcore.training import current_loss_scale
+    from mpcore.train.fit import current_loss_scale
 
     class NonFiniteLossGuard(keras.callbacks.Callback):
         def __init__(self) -> None:
@@ -174,12 +175,13 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
     final weights' checksums for the launcher to compare."""
     import keras
 
-    from mpcore.data import BadImage, read_ship_index, stratified_split, without_images
-    from mpcore.modes import RunConfig
-    from mpcore.ownmodel import array_splits, is_array_data, load_float32
+    from mpcore.data.ships import BadImage, read_ship_index, stratified_split, without_images
+    from mpcore.precision.modes import RunConfig
     from mpcore.probe import telemetry
-    from mpcore.replicas import weight_checksums, weights_checksum
-    from mpcore.training import TrainSettings, train
+    from mpcore.train.fit import train
+    from mpcore.train.replicas import weight_checksums, weights_checksum
+    from mpcore.train.settings import TrainSettings
+    from mpcore.user.ownmodel import array_splits, is_array_data, load_float32
 
     class Checksums(keras.callbacks.Callback):
         # After training, once the replicas' statistics have been averaged (that callback runs
@@ -238,7 +240,12 @@ def worker_main(spec_path: str) -> int:
     try:
         # TensorFlow fixes its devices, and a multi-worker cluster its collectives, at the first
         # op: both must come before any other TensorFlow work in this process.
-        from mpcore.replicas import configure_logical_cpus, is_chief, make_strategy, read_tf_config
+        from mpcore.train.replicas import (
+            configure_logical_cpus,
+            is_chief,
+            make_strategy,
+            read_tf_config,
+        )
 
         if spec.cpu_replicas:
             configure_logical_cpus(spec.cpu_replicas)

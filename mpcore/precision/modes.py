@@ -20,8 +20,8 @@ from typing import Any
 
 import keras
 
-from mpcore.fp8 import float8_candidates, float8_report
 from mpcore.names import FLOAT16_PRECISIONS, config_name, parse_precision, parse_xla
+from mpcore.precision.fp8 import float8_candidates, float8_report
 from mpcore.probe import backend
 from mpcore.probe.backend import tf
 
@@ -32,7 +32,7 @@ KERAS_POLICY: dict[str, str] = {
     "mixed_float16": "mixed_float16",
     "mixed_bfloat16": "mixed_bfloat16",
     "amp_rewrite": "float32",
-    # Built under mixed_bfloat16, then Dense/EinsumDense are quantized (mpcore.fp8).
+    # Built under mixed_bfloat16, then Dense/EinsumDense are quantized (mpcore.precision.fp8).
     "float8": "mixed_bfloat16",
 }
 
@@ -167,7 +167,7 @@ def check_model(model: keras.Model, config: RunConfig) -> None:
     float32; the model output is float32; the optimizer is a ``LossScaleOptimizer`` exactly for
     float16 modes; the XLA setting (``jit_compile`` and auto-clustering) and the grappler rewrite
     are the mode's; ``float8``: every Dense/EinsumDense but the head quantized to float8 (see
-    :func:`mpcore.fp8.float8_report`), and no float8 layer in any other mode.
+    :func:`mpcore.precision.fp8.float8_report`), and no float8 layer in any other mode.
     """
     problems: list[str] = []
     compute, variable = _expected_dtypes(config.precision)

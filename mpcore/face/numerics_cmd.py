@@ -1,4 +1,4 @@
-"""``mpbench report``, ``doctor`` and ``numerics``: thin commands over the layers below."""
+"""``mpbench numerics``: the float16 gradient census of a registry model."""
 
 from __future__ import annotations
 
@@ -9,46 +9,6 @@ from pathlib import Path
 from mpcore.face.common import UsageError, check_batch_fits, load_tensorflow
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from mpcore import report
-
-    try:
-        kind, document, source = report.load(args.path)
-    except report.ReportError as error:
-        raise UsageError(str(error)) from None
-    out = Path(args.out) if args.out else source.parent
-    try:
-        if kind == "run":
-            table = report.run_table(document)
-            files = report.render_run(document, out)
-        else:
-            table, files = report.render_benchmark(document, out)
-    except (KeyError, TypeError, ValueError, IndexError) as error:
-        raise UsageError(
-            f"{source}: a field is missing or malformed ({type(error).__name__}: {error})"
-        ) from None
-    except OSError as error:
-        raise UsageError(f"cannot write to {out}: {error.strerror or error}") from None
-    print(table)
-    print(f"\nfrom {source}; written to {out}: " + ", ".join(f.name for f in files))
-    return 0
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    load_tensorflow()
-    from mpcore.face.doctor import run_doctor
-    from mpcore.models import MODELS
-
-    if args.model is not None and args.model not in MODELS:
-        raise UsageError(f"unknown --model {args.model!r}; valid: {', '.join(MODELS)}")
-    try:
-        return run_doctor(
-            args.model, args.batch_size, args.image_size, measured=args.measure, as_json=args.json
-        )
-    except ValueError as error:  # a malformed MPBENCH_FAKE_GPU
-        raise UsageError(str(error)) from None
-
-
 def _percent(fraction: float) -> str:
     """A percentage that keeps small non-zero fractions visible (0.0004%, not 0.00%)."""
     return f"{100 * fraction:.3g}%"
@@ -56,9 +16,9 @@ def _percent(fraction: float) -> str:
 
 def cmd_numerics(args: argparse.Namespace) -> int:
     load_tensorflow()
-    from mpcore.models import model_spec
-    from mpcore.numerics import plot_log2_histogram
-    from mpcore.training import loss_scale_census
+    from mpcore.models.registry import model_spec
+    from mpcore.precision.census import plot_log2_histogram
+    from mpcore.train.census import loss_scale_census
 
     spec = model_spec(args.model)
     image_size = args.image_size or spec.default_image_size

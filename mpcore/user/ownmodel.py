@@ -1,11 +1,11 @@
 """A user's model where the registry's models go: training, benchmarks and ``mpbench run``.
 
-A model name that is not in the registry (:data:`mpcore.models.MODELS`) is a user's model spec:
-a ``.keras`` file or ``package.module:factory`` (:mod:`mpcore.loader`). Each precision mode gets
-its own copy: the model is loaded under float32 (fresh from the factory or the file) and, for a
-half-precision mode, converted with :func:`mpcore.loader.convert` (weights copied, float32 head),
-since a model built under one policy keeps it. Image models train on the ship set (5 classes,
-pixels scaled to 0..1); any model can train on arrays (:class:`ArraySplit`).
+A model name that is not in the registry (:data:`mpcore.models.registry.MODELS`) is a user's model
+spec: a ``.keras`` file or ``package.module:factory`` (:mod:`mpcore.user.loader`). Each precision
+mode gets its own copy: the model is loaded under float32 (fresh from the factory or the file) and,
+for a half-precision mode, converted with :func:`mpcore.user.loader.convert` (weights copied,
+float32 head), since a model built under one policy keeps it. Image models train on the ship set (5
+classes, pixels scaled to 0..1); any model can train on arrays (:class:`ArraySplit`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,18 @@ from typing import Any
 import keras
 import numpy as np
 
-from mpcore.data import NUM_CLASSES
-from mpcore.loader import LoadedModel, LoadError, convert, head_layers, load_model, model_precision
-from mpcore.models import MODELS
-from mpcore.modes import KERAS_POLICY, RunConfig, applied, check_model
+from mpcore.data.ships import NUM_CLASSES
+from mpcore.models.registry import MODELS
+from mpcore.precision.modes import KERAS_POLICY, RunConfig, applied, check_model
 from mpcore.probe.backend import tf
+from mpcore.user.loader import (
+    LoadedModel,
+    LoadError,
+    convert,
+    head_layers,
+    load_model,
+    model_precision,
+)
 
 #: The most samples ``mpbench run`` takes from ``--data`` arrays (a function with a
 #: ``batch_size`` parameter is asked for this many).
@@ -31,7 +38,7 @@ MAX_SAMPLES = 10_000
 def is_user_model(name: str) -> bool:
     """Whether ``name`` is a user's model spec (``package.module:factory``, a ``.keras``/``.h5``
     file) rather than a registry name; any other name is a registry name, known or not."""
-    from mpcore.loader import is_python_spec
+    from mpcore.user.loader import is_python_spec
 
     if name in MODELS:
         return False
@@ -70,7 +77,7 @@ def load_float32(source: str, image_size: int | None = None) -> LoadedModel:
 
 def under_precision(loaded: LoadedModel, precision: str) -> keras.Model:
     """The loaded model as it runs under ``precision``: itself for a float32 model in a float32
-    mode, else :func:`mpcore.loader.convert`'s clone (float32 head), uncompiled."""
+    mode, else :func:`mpcore.user.loader.convert`'s clone (float32 head), uncompiled."""
     if KERAS_POLICY[precision] == "float32" and model_precision(loaded.model) == "float32":
         return loaded.model
     return convert(loaded.model, precision, compile=False)
@@ -82,16 +89,16 @@ def build_user_model(config: RunConfig, source: str, image_size: int | None) -> 
 
 
 def user_loss(model: keras.Model) -> tuple[Any, list[str]]:
-    """The loss to train with (chosen from the head, see :func:`mpcore.userdata.resolve_loss`)
+    """The loss to train with (chosen from the head, see :func:`mpcore.user.data.resolve_loss`)
     and the metrics: accuracy for a cross-entropy loss, none otherwise."""
-    from mpcore.userdata import resolve_loss
+    from mpcore.user.data import resolve_loss
 
     loss, label = resolve_loss(model, None)
     return loss, (["accuracy"] if "crossentropy" in label else [])
 
 
 def verify(model: keras.Model, config: RunConfig) -> bool:
-    """:func:`mpcore.modes.check_model` where it applies (the model's one head is its last
+    """:func:`mpcore.precision.modes.check_model` where it applies (the model's one head is its last
     layer, the layout the check expects); return whether it was checked."""
     layers = model.layers
     if not layers or head_layers(model) != [layers[-1]]:
@@ -102,14 +109,14 @@ def verify(model: keras.Model, config: RunConfig) -> bool:
 
 def is_array_data(spec: str | None) -> bool:
     """Whether ``--data`` names arrays (``.npz`` or ``package.module:fn``), not ship images."""
-    from mpcore.loader import is_python_spec
+    from mpcore.user.loader import is_python_spec
 
     return bool(spec) and (is_python_spec(spec) or os.fspath(spec).endswith(".npz"))
 
 
 @dataclasses.dataclass
 class ArraySplit:
-    """One split of a user's arrays, standing in for a :class:`mpcore.data.ShipIndex`."""
+    """One split of a user's arrays, standing in for a :class:`mpcore.data.ships.ShipIndex`."""
 
     x: Any
     y: Any
@@ -138,7 +145,7 @@ def array_splits(
     """All of ``spec``'s arrays, checked against ``model``, split at random (seeded) into
     training and validation. Raises :class:`LoadError`. At most :data:`MAX_SAMPLES`; a function
     returning a ``tf.data.Dataset`` gives its first element."""
-    from mpcore.userdata import load_batch, resolve_loss
+    from mpcore.user.data import load_batch, resolve_loss
 
     _, label = resolve_loss(model, None)
     x, y = load_batch(spec, model, MAX_SAMPLES, label, seed)

@@ -23,9 +23,7 @@ import keras
 
 #: The dtype policy float8 training builds the model under before quantizing it.
 FLOAT8_BASE_POLICY = "mixed_bfloat16"
-#: Formats Keras uses: E4M3 for the forward operands, E5M2 for the output gradient.
-FORWARD_FORMAT, GRADIENT_FORMAT = "float8_e4m3fn", "float8_e5m2"
-#: The layer every registry model ends in (see :mod:`mpcore.models`); it is not quantized.
+#: The layer every registry model ends in (see :mod:`mpcore.models.registry`); it is not quantized.
 HEAD_NAME = "predictions"
 
 

@@ -7,10 +7,27 @@ is checked; unknown keys are allowed. No TensorFlow here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 NUMBER = (int, float)
 _TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+
+
+SCHEMA = "mpbench-results/1"
+
+
+RESULTS_FILE = "results.json"
+
+
+def strategy_of(config: Mapping[str, str]) -> str:
+    """The tf.distribute strategy a planned configuration trains under."""
+    return config.get("strategy", "none")
+
+
+def mode_of(config: Mapping[str, str]) -> dict[str, str]:
+    """The ``RunConfig`` fields of a planned configuration (without its strategy)."""
+    return {"precision": config["precision"], "xla": config["xla"]}
 
 
 class ShapeError(ValueError):

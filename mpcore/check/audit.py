@@ -1,4 +1,5 @@
-"""The policy audit of :mod:`mpcore.check`: what a model's layers compute in, and what that costs.
+"""The policy audit of :mod:`mpcore.check.api`: what a model's layers compute in, and what that
+costs.
 
 Findings, each with a severity and a one-line fix: a half-precision output or final
 softmax/sigmoid; a compiled float16 model without a ``LossScaleOptimizer``; float32 layers with a
@@ -12,8 +13,8 @@ import dataclasses
 
 import keras
 
-from mpcore.loader import head_layers
-from mpcore.models import multiple_of_8_layers
+from mpcore.models.registry import multiple_of_8_layers
+from mpcore.user.loader import head_layers
 
 SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
 #: A float32 layer with at least this share of the FLOPs forgoes much of the speedup.

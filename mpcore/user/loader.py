@@ -3,7 +3,7 @@
 Model specs: a ``.keras`` (or legacy ``.h5``) file, ``package.module:factory`` (a callable that
 returns a built Keras model, compiled or not; it gets the ``image_size``/``num_classes``/
 ``input_shape`` keywords only when its signature names them), or a model object. Data and loss
-are in :mod:`mpcore.userdata`.
+are in :mod:`mpcore.user.data`.
 
 A model built under one dtype policy keeps it, so :func:`convert` clones a model under another
 policy with its weights copied and its output layers in float32. Every problem with what the user
@@ -24,11 +24,10 @@ from typing import Any
 
 import keras
 
-from mpcore.modes import KERAS_POLICY, RunConfig, applied
+from mpcore.precision.modes import KERAS_POLICY, RunConfig, applied
 
 #: ``package.module:attribute`` (the attribute may be dotted, e.g. ``Class.method``).
 _SPEC = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
-FACTORY_KEYWORDS: tuple[str, ...] = ("image_size", "num_classes", "input_shape")
 HALF_DTYPES: frozenset[str] = frozenset({"float16", "bfloat16"})
 
 
@@ -268,10 +267,6 @@ def convert(model: keras.Model, precision: str, compile: bool = True) -> keras.M
         if compile and getattr(model, "compiled", False):
             _compile_like(copy, model, precision)
     return copy
-
-
-#: The name issue 15's benchmarks use for the same operation.
-rebuild = convert
 
 
 def _is_functional(model: keras.Model) -> bool:

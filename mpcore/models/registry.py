@@ -3,7 +3,7 @@
 Every model ends in a ``Dense(num_classes, softmax)`` head that computes in float32, because a
 float16 softmax can flush small probabilities to zero and make the cross-entropy infinite.
 Layers are built under the global dtype policy in force, so build them inside
-:func:`mpcore.modes.applied`.
+:func:`mpcore.precision.modes.applied`.
 """
 
 from __future__ import annotations

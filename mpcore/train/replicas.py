@@ -27,8 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mpcore.modes import ModeMismatchError
 from mpcore.names import STRATEGIES, TF_CONFIG_ENV
+from mpcore.precision.modes import ModeMismatchError
 
 
 class StrategyError(ValueError):

@@ -1,9 +1,9 @@
 """A user's loss and one batch of their data, for checks and benchmarks of their model.
 
-Data specs: a folder in the seed layout (:mod:`mpcore.data`), an ``.npz`` with ``x`` and ``y``,
-``package.module:fn`` returning ``(x, y)`` or a ``tf.data.Dataset``, or None for a seeded random
-batch shaped by the model's inputs, with labels shaped by its outputs and drawn to suit the loss.
-Every problem is one :class:`mpcore.loader.LoadError` naming the spec or file.
+Data specs: a folder in the seed layout (:mod:`mpcore.data.ships`), an ``.npz`` with ``x`` and
+``y``, ``package.module:fn`` returning ``(x, y)`` or a ``tf.data.Dataset``, or None for a seeded
+random batch shaped by the model's inputs, with labels shaped by its outputs and drawn to suit the
+loss. Every problem is one :class:`mpcore.user.loader.LoadError` naming the spec or file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from mpcore.loader import (
+from mpcore.probe.backend import tf
+from mpcore.user.loader import (
     LoadError,
     accepted_keywords,
     first_line,
@@ -25,7 +26,6 @@ from mpcore.loader import (
     leaf_layers,
     resolve_attribute,
 )
-from mpcore.probe.backend import tf
 
 
 def resolve_loss(model: keras.Model, name: str | None) -> tuple[Any, str]:
@@ -171,7 +171,7 @@ def _from_npz(path: Path) -> tuple[Any, Any]:
 
 
 def _from_seed_layout(root: Path, model: keras.Model, batch_size: int, seed: int) -> tuple:
-    from mpcore.data import DataError, make_dataset, read_ship_index
+    from mpcore.data.ships import DataError, make_dataset, read_ship_index
 
     shapes = _input_shapes(model)
     if len(shapes) != 1 or len(shapes[0]) != 3 or shapes[0][0] != shapes[0][1] or shapes[0][2] != 3:

@@ -1,4 +1,4 @@
-"""The passes behind :mod:`mpcore.check`: per-layer shadow comparison and the loss-scale window.
+"""The passes behind :mod:`mpcore.check.api`: per-layer shadow comparison and the loss-scale window.
 
 :func:`shadow` runs a float32 model and its half-precision twin (same weights) on one batch and
 compares every layer's output; the half forward pass, and its backward pass at loss scale 1, are
@@ -18,9 +18,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from mpcore.numerics import GradientCensus, cast_census, float_format, gradient_census
+from mpcore.precision.census import GradientCensus, cast_census, float_format, gradient_census
 from mpcore.probe.backend import tf
-from mpcore.training import current_loss_scale
+from mpcore.train.fit import current_loss_scale
 
 DEFAULT_LOSS_SCALE = 2.0**15
 #: Gradient underflow above this fraction needs loss scaling (the issue's 1%).
@@ -245,7 +245,7 @@ def shadow(
 
 def _compute_dtype(layer: Any) -> str:
     if isinstance(layer, keras.Model):
-        from mpcore.loader import compute_dtype_of
+        from mpcore.user.loader import compute_dtype_of
 
         return compute_dtype_of(layer)
     return layer.compute_dtype

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mpcore.data import CLASS_NAMES, csv_path, images_dir
+from mpcore.data.ships import CLASS_NAMES, csv_path, images_dir
 
 MARKER = "mpbench-synthetic.json"
 

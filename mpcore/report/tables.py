@@ -1,31 +1,18 @@
-"""Tables, CSV and plots from a ``results.json`` or a pytest-benchmark JSON file.
-
-Nothing here imports TensorFlow: ``mpbench report`` re-renders a saved run in a second. The
-figures themselves are drawn by :mod:`mpcore.face.plots`.
-"""
+"""The rows and text tables of a ``results.json``: columns, repeats, speedups, machine notes."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
 from mpcore.face.plots import (
     MIB,
-    plot_bars,
-    plot_curves,
-    plot_gpu_telemetry,
-    plot_time_vs_loss,
-    subtitle,
 )
 from mpcore.names import BASELINE
 from mpcore.run.stats import chance_of_no_overlap, speedup, spread
-from mpcore.shapes import ShapeError, check_benchmarks, check_results
 
 #: Columns of the run table and CSV: (key, table header, number format).
 RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -42,6 +29,8 @@ RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("peak_memory_mib", "peak mem\nMiB", ".0f"),
     ("final_loss_scale", "final loss\nscale", "g"),
 )
+
+
 #: Extra columns of a run under a tf.distribute strategy (``mpbench run --strategy``).
 SCALING_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("replicas", "replicas", "d"),
@@ -49,6 +38,7 @@ SCALING_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("images_per_s_per_replica", "images/s\nper replica", ".1f"),
     ("scaling_efficiency", "scaling\neffic.", ".0%"),
 )
+
 
 #: Extra CSV columns of a run with repeats (``mpbench run --repeats N``), full precision.
 REPEAT_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -59,6 +49,8 @@ REPEAT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("speedup_high", "speedup\nhigh", "x"),
     ("significance", "significance", ""),
 )
+
+
 #: The run table's ms/step and speedup columns when configurations were repeated: the median
 #: with its min-max, the speedup with its interval, and whether the interval excludes 1.0.
 REPEATED_TABLE: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -68,71 +60,6 @@ REPEATED_TABLE: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("significance", "significance", ""),
     ),
 }
-
-
-class ReportError(Exception):
-    """The input is not a results.json or pytest-benchmark file; one line for the user."""
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except OSError as error:
-        raise ReportError(f"cannot read {path}: {error.strerror or error}") from None
-    except ValueError as error:
-        raise ReportError(f"{path} is not valid JSON ({error})") from None
-
-
-def is_benchmark_json(document: Any) -> bool:
-    return isinstance(document, dict) and isinstance(document.get("benchmarks"), list)
-
-
-def is_results_json(document: Any) -> bool:
-    return isinstance(document, dict) and str(document.get("schema", "")).startswith(
-        "mpbench-results/"
-    )
-
-
-def locate(path: str | Path) -> Path:
-    """The JSON file ``mpbench report PATH`` means: the file itself, ``PATH/results.json``, or
-    the newest pytest-benchmark file under a folder such as ``.benchmarks/``."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise ReportError(f"not found: {path}")
-    if (path / "results.json").is_file():
-        return path / "results.json"
-    # is_file() follows links: a dangling .json link (or a folder named x.json) is passed over.
-    files = [p for p in path.rglob("*.json") if p.is_file()]
-    candidates = sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
-    if not candidates:
-        raise ReportError(f"{path} holds no results.json and no pytest-benchmark JSON file")
-    return candidates[0]
-
-
-def load(path: str | Path) -> tuple[str, dict[str, Any], Path]:
-    """Return ``(kind, document, file)`` with kind ``"run"`` or ``"benchmark"``."""
-    file = locate(path)
-    document = _load_json(file)
-    kind = (
-        "run" if is_results_json(document) else "benchmark" if is_benchmark_json(document) else ""
-    )
-    if kind:
-        try:
-            (check_results if kind == "run" else check_benchmarks)(document)
-        except ShapeError as error:
-            raise ReportError(f"{file}: {error}") from None
-        return kind, document, file
-    raise ReportError(f"{file} is neither an mpbench results.json nor a pytest-benchmark file")
-
-
-# --------------------------------------------------------------------------------------------
-# Rows
 
 
 def _last(values: Sequence[float] | None) -> float | None:
@@ -270,10 +197,6 @@ def benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     return with_speedups([r for r in rows_from_saved(document) if r.get("kind") != PIPELINE_KIND])
 
 
-# --------------------------------------------------------------------------------------------
-# Table and CSV
-
-
 def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "-"
@@ -359,80 +282,3 @@ def machine_notes(machine: dict[str, Any]) -> list[str]:
             "8.0+); its speedup baseline is TF32, not full float32"
         )
     return notes
-
-
-def write_csv(
-    rows: list[dict[str, Any]],
-    path: Path,
-    columns: tuple[tuple[str, str, str], ...] = RUN_COLUMNS,
-) -> Path:
-    """Write ``rows`` with full-precision numbers (empty cell = unknown)."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([key for key, _, _ in columns])
-        for row in rows:
-            writer.writerow(["" if row.get(key) is None else row[key] for key, _, _ in columns])
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# Rendering
-
-
-def plot_step_time(document: dict[str, Any], path: Path) -> Path:
-    """Steady-state ms/step per configuration, annotated with the speedup over the baseline."""
-    rows = [row for row in run_rows(document) if row["ms_per_step"] is not None]
-    return plot_bars(
-        [row["configuration"] for row in rows],
-        [row["ms_per_step"] for row in rows],
-        [row["speedup"] for row in rows],
-        path,
-        f"Steady training step time (speedup over {BASELINE})\n{subtitle(document)}",
-        "milliseconds per training step (median of epochs after the first)",
-    )
-
-
-def render_run(document: dict[str, Any], out: Path) -> list[Path]:
-    """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = [
-        write_csv(run_rows(document), out / "results.csv", csv_columns(document)),
-        plot_time_vs_loss(document, out / "time_vs_loss.png"),
-        plot_curves(document, out / "curves.png"),
-        plot_step_time(document, out / "step_time.png"),
-    ]
-    gpu = plot_gpu_telemetry(document, out / "gpu_telemetry.png")
-    return [*written, *([gpu] if gpu else [])]
-
-
-def render_benchmark(document: dict[str, Any], out: Path) -> tuple[str, list[Path]]:
-    """The benchmark suite's table of a pytest-benchmark file, and its CSV and step-time plot
-    written to ``out``."""
-    from mpcore.bench.table import render_report, rows_from_saved
-
-    rows = benchmark_rows(document)
-    out.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(out / "benchmark.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    timed = [row for row in rows if row.get("ms_per_step")]
-    groups = list(dict.fromkeys(str(row.get("group")) for row in timed))
-    one_group = len(groups) == 1
-
-    def label(row: dict[str, Any]) -> str:
-        name = f"{row.get('precision')}+xla_{row.get('xla')}"
-        return name if one_group else f"{row.get('group')}\n{name}"
-
-    plot = plot_bars(
-        [label(row) for row in timed],
-        [row["ms_per_step"] for row in timed],
-        [row["speedup"] for row in timed],
-        out / "benchmark_step_time.png",
-        "pytest-benchmark: training step time"
-        + (f", {groups[0]}" if one_group else "")
-        + "\n(speedup over float32 with XLA off, same group)",
-        "milliseconds per training step",
-    )
-    return render_report(rows_from_saved(document)), [out / "benchmark.csv", plot]

@@ -1,6 +1,6 @@
 """Is mixed precision safe for a user's model? A policy audit and a shadow run on one batch.
 
-:func:`check` runs a model under each half-precision policy (its own, or :func:`mpcore.loader.
+:func:`check` runs a model under each half-precision policy (its own, or :func:`mpcore.user.loader.
 convert`'s clone with float32 outputs) beside a float32 copy with the same weights, on one batch:
 
 * the policy audit: per layer compute and variable dtypes, a half-precision output or final
@@ -8,9 +8,10 @@ convert`'s clone with float32 outputs) beside a float32 copy with the same weigh
   a large share of the FLOPs, sizes that are not multiples of 8 (tensor cores), with FLOP shares;
 * the shadow comparison: per layer the float32 activation's amax, the fractions a cast to the half
   format overflows or flushes to zero, and the half output's relative error; the loss in both;
-* gradients: :func:`mpcore.numerics.gradient_census` at the optimizer's loss scale (else 2**15)
+* gradients: :func:`mpcore.precision.census.gradient_census` at the optimizer's loss scale (else
+2**15)
   and at 1, and the window of power-of-two loss scales that keeps them finite with little
-  underflow (:mod:`mpcore.checkpass` holds the per-layer passes);
+  underflow (:mod:`mpcore.check.shadow` holds the per-layer passes);
 * the first non-finite value in the half forward pass, else its backward pass at loss scale 1.
 
 Each finding has a severity and a one-line fix; errors make the verdict "unsafe" and the exit
@@ -28,8 +29,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from mpcore.checkaudit import SEVERITIES, Finding, audit
-from mpcore.checkpass import (
+from mpcore.check.audit import SEVERITIES, Finding, audit
+from mpcore.check.shadow import (
     DEFAULT_LOSS_SCALE,
     UNDERFLOW_LIMIT,
     LayerRow,
@@ -38,12 +39,12 @@ from mpcore.checkpass import (
     gradients,
     shadow,
 )
-from mpcore.loader import LoadedModel, convert, float32_clone, load_model
-from mpcore.modes import KERAS_POLICY
+from mpcore.models.flops import layer_forward_flops
 from mpcore.names import HALF_PRECISIONS
-from mpcore.numerics import float_format
-from mpcore.probe.devices import layer_forward_flops
-from mpcore.userdata import load_batch, loss_function, resolve_loss
+from mpcore.precision.census import float_format
+from mpcore.precision.modes import KERAS_POLICY
+from mpcore.user.data import load_batch, loss_function, resolve_loss
+from mpcore.user.loader import LoadedModel, convert, float32_clone, load_model
 
 CHECK_PRECISIONS: tuple[str, ...] = HALF_PRECISIONS
 #: Relative error of the model's output (and of the loss) against float32 worth a warning. A
@@ -114,10 +115,10 @@ def check(
     precisions: Sequence[str] = ("mixed_float16",),
     seed: int = 0,
 ) -> CheckReport:
-    """Check ``model`` (a model, a :class:`~mpcore.loader.LoadedModel` or a spec) on one batch.
+    """Check ``model`` (a model, a :class:`~mpcore.user.loader.LoadedModel` or a spec) on one batch.
 
-    ``data`` is an ``(x, y)`` pair, a data spec for :func:`mpcore.userdata.load_batch`, or None
-    for a seeded random batch. Raises :class:`mpcore.loader.LoadError` for unusable input.
+    ``data`` is an ``(x, y)`` pair, a data spec for :func:`mpcore.user.data.load_batch`, or None
+    for a seeded random batch. Raises :class:`mpcore.user.loader.LoadError` for unusable input.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     for precision in precisions:
@@ -159,7 +160,7 @@ def _flops(layer: keras.layers.Layer) -> int:
 def _check_one(
     model: keras.Model, float32: keras.Model, precision: str, batch: tuple, loss_fn: Any, size: int
 ) -> PrecisionReport:
-    from mpcore.loader import model_precision
+    from mpcore.user.loader import model_precision
 
     dtype = precision.removeprefix("mixed_")
     converted = model_precision(model) != KERAS_POLICY[precision]
@@ -368,7 +369,7 @@ def assert_mixed_precision_safe(
     """Fail (``AssertionError``) when :func:`check` finds an error, listing each; else return
     the report. For a pytest suite::
 
-        from mpcore.check import assert_mixed_precision_safe
+        from mpcore.check.api import assert_mixed_precision_safe
 
         def test_my_model_is_safe_in_mixed_precision():
             assert_mixed_precision_safe(build_my_model(), (x_batch, y_batch))

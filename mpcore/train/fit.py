@@ -1,4 +1,4 @@
-"""Training a configuration with ``model.fit`` into a result record, and a custom training step.
+"""Training a configuration with ``model.fit`` into a result record.
 
 The result separates the first epoch (which includes tracing and XLA compilation) from the
 steady state, and records the loss-scale value per epoch for float16 modes.
@@ -10,83 +10,25 @@ import contextlib
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 
-from mpcore.data import ShipIndex, make_dataset, steps_per_epoch
-from mpcore.fp8 import float8_candidates, quantize_float8
-from mpcore.models import build_model, model_spec
-from mpcore.modes import RunConfig, applied, check_model
-from mpcore.ownmodel import build_user_model, is_user_model, preprocess_pixels, user_loss, verify
+from mpcore.data.ships import ShipIndex, make_dataset, steps_per_epoch
+from mpcore.models.registry import build_model, model_spec
+from mpcore.precision.fp8 import float8_candidates, quantize_float8
+from mpcore.precision.modes import RunConfig, applied, check_model
 from mpcore.probe.backend import tf
-from mpcore.probe.capability import capability, machine_record
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """Everything besides precision and XLA that determines a training run."""
-
-    #: A registry name, or a user's ``.keras`` file or ``package.module:factory``.
-    model: str = "small"
-    #: None: the registry model's default; for a user's model, None means not an image model.
-    image_size: int | None = None
-    batch_size: int = 32
-    epochs: int = 5
-    learning_rate: float = 1e-3
-    seed: int = 0
-    weights: str | None = None
-    float16_input: bool = False
-    cache: bool = True
-    #: TensorFlow op determinism; None means on where no GPU is visible (free on a CPU, while on
-    #: a GPU it costs speed and some ops have no deterministic kernel); a simulated GPU counts.
-    deterministic: bool | None = None
-
-    def __post_init__(self) -> None:
-        if not is_user_model(self.model):
-            model_spec(self.model)
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}"
-                )
-        if self.image_size is not None and self.image_size < 1:
-            raise ValueError(f"image size must be positive, got {self.image_size}")
-
-    @property
-    def resolved_image_size(self) -> int:
-        if is_user_model(self.model):
-            return self.image_size  # type: ignore[return-value]  # None: not an image model
-        return self.image_size or model_spec(self.model).default_image_size
-
-    @property
-    def resolved_deterministic(self) -> bool:
-        if self.deterministic is None:
-            return capability().deterministic_default
-        return self.deterministic
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **dataclasses.asdict(self),
-            "image_size": self.resolved_image_size,
-            "deterministic": self.resolved_deterministic,
-        }
-
-
-@contextlib.contextmanager
-def op_determinism(enabled: bool) -> Iterator[None]:
-    """Enable TensorFlow op determinism inside the block and switch it back off after."""
-    from tensorflow.python.framework import config as tf_config  # the only switch-off
-
-    was_enabled = tf_config.is_op_determinism_enabled()
-    if enabled and not was_enabled:
-        tf.config.experimental.enable_op_determinism()
-    try:
-        yield
-    finally:
-        if enabled and not was_enabled:
-            tf_config.disable_op_determinism()
+from mpcore.probe.capability import machine_record
+from mpcore.train.settings import TrainSettings, op_determinism
+from mpcore.user.ownmodel import (
+    build_user_model,
+    is_user_model,
+    preprocess_pixels,
+    user_loss,
+    verify,
+)
 
 
 @dataclasses.dataclass
@@ -203,7 +145,7 @@ def compile_for(
     """Compile ``model`` for ``config``: Adam, sparse cross-entropy, explicit ``jit_compile``.
 
     ``float8`` first quantizes the (mixed_bfloat16-built) model's Dense/EinsumDense layers but
-    the head (:func:`mpcore.fp8.quantize_float8`), unless that is done already.
+    the head (:func:`mpcore.precision.fp8.quantize_float8`), unless that is done already.
 
     ``mixed_float16`` gets its ``LossScaleOptimizer`` from ``compile``; ``amp_rewrite`` builds a
     float32 model, so compile would not wrap it and the wrapper is added here. ``distributed``
@@ -218,7 +160,7 @@ def compile_for(
     optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(learning_rate)
     if distributed and config.uses_loss_scaling:
         # tf.distribute only: replicas is imported here so the JAX/torch path needs no TensorFlow.
-        from mpcore.replicas import ReplicaConsistentLossScaleOptimizer
+        from mpcore.train.replicas import ReplicaConsistentLossScaleOptimizer
 
         optimizer = ReplicaConsistentLossScaleOptimizer(optimizer)
     elif config.precision == "amp_rewrite":
@@ -235,7 +177,7 @@ def compile_for(
 def build_compiled(
     config: RunConfig, settings: TrainSettings, strategy: tf.distribute.Strategy | None = None
 ) -> keras.Model:
-    """Build and compile the settings' model; call inside :func:`mpcore.modes.applied`.
+    """Build and compile the settings' model; call inside :func:`mpcore.precision.modes.applied`.
 
     With a ``strategy`` the model and its optimizer are created in ``strategy.scope()``, so their
     variables are mirrored across the replicas (checked).
@@ -257,7 +199,7 @@ def build_compiled(
         compile_for(model, config, settings.learning_rate, distributed=strategy is not None)
     check_model(model, config)
     if strategy is not None:
-        from mpcore.replicas import check_replicated
+        from mpcore.train.replicas import check_replicated
 
         check_replicated(model, strategy)
     return model
@@ -274,7 +216,7 @@ def train(
 ) -> RunResult:
     """Train ``settings.model`` under ``config`` with ``model.fit`` and return its record.
 
-    With a ``strategy`` (see :mod:`mpcore.replicas`), ``settings.batch_size`` is the batch of
+    With a ``strategy`` (see :mod:`mpcore.train.replicas`), ``settings.batch_size`` is the batch of
     each replica and every step trains on ``batch_size x num_replicas_in_sync`` images; the
     datasets are sharded by data (each worker keeps its slice of every global batch), which
     works for file lists and generated data alike.
@@ -337,7 +279,7 @@ def train(
             shard_policy=shard_policy,
         )
         timer, scales = EpochTimer(), LossScaleRecorder()
-        from mpcore.replicas import ReplicaStatisticsAverager
+        from mpcore.train.replicas import ReplicaStatisticsAverager
 
         replica_sync = [ReplicaStatisticsAverager(strategy)] if strategy is not None else []
         history = model.fit(
@@ -370,7 +312,7 @@ def train(
 
 
 def _make_dataset(index: Any, size: int, batch: int, preprocess: Any, **options: Any) -> Any:
-    """The ship images' pipeline, or a user's arrays (:class:`mpcore.ownmodel.ArraySplit`)."""
+    """The ship images' pipeline, or a user's arrays (:class:`mpcore.user.ownmodel.ArraySplit`)."""
     if not isinstance(index, ShipIndex):
         return index.dataset(
             batch,
@@ -379,60 +321,3 @@ def _make_dataset(index: Any, size: int, batch: int, preprocess: Any, **options:
             options.get("drop_remainder", False),
         )
     return make_dataset(index, size, batch, preprocess, **options)
-
-
-def make_train_step(
-    model: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
-    loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
-    jit_compile: bool = False,
-) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """A ``tf.function`` training step for custom loops, loss scaling done the Keras 3 way.
-
-    ``optimizer.scale_loss`` multiplies the loss by the dynamic scale inside the tape (the
-    identity for optimizers without loss scaling); ``optimizer.apply`` then unscales the
-    gradients, skips the update if any is non-finite and adjusts the scale. Returns the unscaled
-    loss, so reading it also synchronises the device.
-
-    The loss includes the model's own losses (``model.losses``: weight regularizers, losses
-    added by layers), as ``fit``'s ``compute_loss`` does; the registry models have none.
-    """
-    optimizer.build(model.trainable_variables)
-
-    @tf.function(jit_compile=jit_compile)
-    def train_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            predictions = model(images, training=True)
-            loss = loss_fn(labels, predictions)
-            if model.losses:
-                # A Keras loss in a replica context is already divided by the replicas (the
-                # gradients are summed); the model's own losses are divided the same way.
-                replicas = tf.distribute.get_strategy().num_replicas_in_sync
-                loss += tf.cast(tf.add_n(model.losses), loss.dtype) / replicas
-            scaled = optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply(gradients, model.trainable_variables)
-        return loss
-
-    return train_step
-
-
-def loss_scale_census(
-    model_name: str, image_size: int, batch_size: int, seed: int, dtype: str
-) -> list[tuple[float, Any]]:
-    """What a cast to ``dtype`` does to a fresh registry model's float32 gradients on a batch of
-    generated ships, with no loss scaling and at the ``LossScaleOptimizer``'s initial scale:
-    ``[(scale, GradientCensus), ...]`` (see :func:`mpcore.numerics.gradient_census`)."""
-    from mpcore.numerics import gradient_census
-    from mpcore.synthetic import generated_batch
-
-    float32 = RunConfig("float32", "off")
-    with applied(float32):
-        keras.utils.set_random_seed(seed)
-        # The census needs float32 gradients: it asks what a half-precision cast would do to them.
-        model = compile_for(build_model(model_name, image_size), float32, learning_rate=1e-3)
-        batch = generated_batch(model_spec(model_name).preprocess, image_size, batch_size, seed)
-        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam())
-        optimizer.build(model.trainable_variables)
-        scales = [1.0, current_loss_scale(optimizer) or 1.0]
-        return [(s, gradient_census(model, batch, loss_scale=s, dtype=dtype)) for s in scales]

@@ -1,4 +1,4 @@
-"""What a device can do: datasheet peak throughput, which modes it can serve, model FLOPs.
+"""Datasheet peak throughput per GPU model and math mode, and the simulated GPU variable.
 
 The peak figures are NVIDIA's datasheet numbers for *dense* math (no structured sparsity), in
 TFLOP/s. Datasheets from Ampere's L4 onwards print the sparse figure with an asterisk; the dense
@@ -26,11 +26,7 @@ GPUs before Ada (compute capability 8.9) have no FP8 tensor cores: their ``fp8``
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import re
-
-import keras
 
 from mpcore.probe.machine import GpuInfo
 
@@ -63,13 +59,11 @@ DEVICE_PEAKS: tuple[tuple[str, DevicePeak], ...] = (
     (r"\bH200\b.*\bNVL\b", DevicePeak("H200 NVL", fp32=60.0, tf32=417.5, fp16=835.5, bf16=835.5, fp8=1670.5)),  # noqa: E501
     (r"\bH200\b", DevicePeak("H200 SXM", fp32=67.0, tf32=494.5, fp16=989.5, bf16=989.5, fp8=1979.0)),  # noqa: E501
 )
-# fmt: on
+
 
 #: Environment variable that replaces the detected GPUs, for tests only: ``none`` (no GPU) or
 #: ``NAME@MAJOR.MINOR`` such as ``Tesla T4@7.5``.
 FAKE_GPU_ENV = "MPBENCH_FAKE_GPU"
-
-NO_GPU_REASON = "no GPU visible to TensorFlow"
 
 
 def device_peak(device_name: str | None) -> DevicePeak | None:
@@ -113,96 +107,3 @@ def parse_fake_gpu(value: str) -> tuple[GpuInfo, ...]:
         )
     name, major, minor = match.group(1).strip(), int(match.group(2)), int(match.group(3))
     return (GpuInfo(name, (major, minor)),)
-
-
-def benchmark_gpus(detected: tuple[GpuInfo, ...]) -> tuple[tuple[GpuInfo, ...], bool]:
-    """The GPUs skip decisions are made for, and whether they are simulated via the environment."""
-    fake = os.environ.get(FAKE_GPU_ENV)
-    if fake is None:
-        return detected, False
-    return parse_fake_gpu(fake), True
-
-
-def cpu_autoclustering_enabled() -> bool:
-    """Whether XLA auto-clustering may cluster CPU ops (off unless TF_XLA_FLAGS asks for it)."""
-    return "--tf_xla_cpu_global_jit" in os.environ.get("TF_XLA_FLAGS", "")
-
-
-def skip_reason(
-    precision: str, xla: str, gpu: GpuInfo | None, allow_cpu: bool = False
-) -> str | None:
-    """Why ``precision`` x ``xla`` cannot be benchmarked meaningfully here, or None if it can.
-
-    On a GPU: ``mixed_bfloat16`` needs compute capability 8.0 and ``float8`` 8.9 (FP8 tensor
-    cores); grappler's float16 rewrite does nothing below 7.0 (TensorFlow's minimum for it). On
-    the CPU (``allow_cpu``), a combination runs when the mode actually takes effect there:
-    float32, mixed_float16, mixed_bfloat16 and float8 (emulated) with XLA ``off`` or ``jit``;
-    ``amp_rewrite`` never does, and ``auto`` only when TF_XLA_FLAGS contains
-    ``--tf_xla_cpu_global_jit``.
-    """
-    if gpu is None:
-        if not allow_cpu:
-            return NO_GPU_REASON
-        if precision == "amp_rewrite":
-            return "grappler auto_mixed_precision is a no-op without a GPU"
-        if xla == "auto" and not cpu_autoclustering_enabled():
-            return (
-                "XLA auto-clustering does not cluster CPU ops "
-                "(set TF_XLA_FLAGS=--tf_xla_cpu_global_jit to include it)"
-            )
-        return None
-    shown = gpu.capability or "unknown"
-    if precision == "mixed_bfloat16" and not gpu.supports_bfloat16:
-        return f"mixed_bfloat16 needs compute capability 8.0+ ({gpu.name} has {shown})"
-    if precision == "float8" and not gpu.supports_float8:
-        return f"no FP8 tensor cores: float8 needs compute capability 8.9+ ({gpu.name} has {shown})"
-    if precision == "amp_rewrite" and not gpu.has_tensor_cores:
-        return (
-            f"grappler auto_mixed_precision is a no-op below compute capability 7.0 "
-            f"({gpu.name} has {shown})"
-        )
-    return None
-
-
-def speedup_note(precision: str, gpu: GpuInfo | None) -> str | None:
-    """A caveat to print beside a result that runs but should not be read as a speedup."""
-    if gpu is not None and precision == "mixed_float16" and not gpu.has_tensor_cores:
-        return "no tensor cores (compute capability < 7.0): float16 speedup not expected"
-    if gpu is None and precision in ("mixed_float16", "mixed_bfloat16", "float8"):
-        return "CPU run: says nothing about a GPU's reduced-precision speedup"
-    return None
-
-
-_CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-
-
-def layer_forward_flops(layer: keras.layers.Layer) -> int:
-    """FLOPs of one image's forward pass through ``layer`` as :func:`forward_flops` counts them
-    (a nested model counts its layers; layers other than Conv and Dense count 0)."""
-    if isinstance(layer, keras.Model):
-        return forward_flops(layer)
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        # Kernel (h, w, channels, multiplier): each output element sees one h x w window.
-        outputs = math.prod(int(d) for d in layer.output.shape[1:])
-        return 2 * outputs * math.prod(int(d) for d in layer.kernel.shape[:-2])
-    if isinstance(layer, (*_CONVOLUTIONS, keras.layers.Dense)):
-        # Each output element needs one multiply-add per kernel weight feeding it:
-        # kernel (..., fan_in, out) for Conv (fan_in already divided by groups) and Dense.
-        outputs = math.prod(int(d) for d in layer.output.shape[1:])
-        fan_in = math.prod(int(d) for d in layer.kernel.shape[:-1])
-        return 2 * outputs * fan_in
-    return 0
-
-
-def forward_flops(model: keras.Model) -> int:
-    """FLOPs of one image's forward pass: 2 x the multiply-adds of Conv and Dense layers.
-
-    These hold more than 99% of the arithmetic of CNNs such as ResNet50; normalisation,
-    activations, pooling and bias adds are not counted. Nested models are counted through.
-    """
-    return sum(layer_forward_flops(layer) for layer in model.layers)
-
-
-def training_flops_per_step(model: keras.Model, batch_size: int) -> int:
-    """FLOPs of one training step: forward plus backward (about twice the forward), x batch."""
-    return 3 * forward_flops(model) * batch_size

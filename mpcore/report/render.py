@@ -1,0 +1,92 @@
+"""Writing a report's files: the CSV, the step-time plot, and everything for a run or a
+pytest-benchmark file (the figures themselves are drawn by :mod:`mpcore.face.plots`).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from mpcore.face.plots import (
+    plot_bars,
+    plot_curves,
+    plot_gpu_telemetry,
+    plot_time_vs_loss,
+    subtitle,
+)
+from mpcore.names import BASELINE
+from mpcore.report.tables import RUN_COLUMNS, benchmark_rows, csv_columns, run_rows
+
+
+def write_csv(
+    rows: list[dict[str, Any]],
+    path: Path,
+    columns: tuple[tuple[str, str, str], ...] = RUN_COLUMNS,
+) -> Path:
+    """Write ``rows`` with full-precision numbers (empty cell = unknown)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([key for key, _, _ in columns])
+        for row in rows:
+            writer.writerow(["" if row.get(key) is None else row[key] for key, _, _ in columns])
+    return path
+
+
+def plot_step_time(document: dict[str, Any], path: Path) -> Path:
+    """Steady-state ms/step per configuration, annotated with the speedup over the baseline."""
+    rows = [row for row in run_rows(document) if row["ms_per_step"] is not None]
+    return plot_bars(
+        [row["configuration"] for row in rows],
+        [row["ms_per_step"] for row in rows],
+        [row["speedup"] for row in rows],
+        path,
+        f"Steady training step time (speedup over {BASELINE})\n{subtitle(document)}",
+        "milliseconds per training step (median of epochs after the first)",
+    )
+
+
+def render_run(document: dict[str, Any], out: Path) -> list[Path]:
+    """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        write_csv(run_rows(document), out / "results.csv", csv_columns(document)),
+        plot_time_vs_loss(document, out / "time_vs_loss.png"),
+        plot_curves(document, out / "curves.png"),
+        plot_step_time(document, out / "step_time.png"),
+    ]
+    gpu = plot_gpu_telemetry(document, out / "gpu_telemetry.png")
+    return [*written, *([gpu] if gpu else [])]
+
+
+def render_benchmark(document: dict[str, Any], out: Path) -> tuple[str, list[Path]]:
+    """The benchmark suite's table of a pytest-benchmark file, and its CSV and step-time plot
+    written to ``out``."""
+    from mpcore.bench.table import render_report, rows_from_saved
+
+    rows = benchmark_rows(document)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(out / "benchmark.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    timed = [row for row in rows if row.get("ms_per_step")]
+    groups = list(dict.fromkeys(str(row.get("group")) for row in timed))
+    one_group = len(groups) == 1
+
+    def label(row: dict[str, Any]) -> str:
+        name = f"{row.get('precision')}+xla_{row.get('xla')}"
+        return name if one_group else f"{row.get('group')}\n{name}"
+
+    plot = plot_bars(
+        [label(row) for row in timed],
+        [row["ms_per_step"] for row in timed],
+        [row["speedup"] for row in timed],
+        out / "benchmark_step_time.png",
+        "pytest-benchmark: training step time"
+        + (f", {groups[0]}" if one_group else "")
+        + "\n(speedup over float32 with XLA off, same group)",
+        "milliseconds per training step",
+    )
+    return render_report(rows_from_saved(document)), [out / "benchmark.csv", plot]

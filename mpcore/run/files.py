@@ -1,0 +1,124 @@
+"""Writing and reading the run's files so that a reader never sees a partial one.
+
+Every write goes to a temporary file in the same folder, is fsynced, then renamed over; saving
+the results retries and falls back to a named file rather than lose a finished run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mpcore.run.schema import SCHEMA, ShapeError, check_results
+
+
+class RunSetupError(Exception):
+    """The run cannot start as asked (bad ``--out``, unresumable folder); one line for the user."""
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a partial
+    one: write a temporary file in the same folder, fsync it, then rename over; on any error the
+    temporary file is removed and the old file is left as it was."""
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """:func:`write_text_atomic` of ``document`` as indented JSON (serialised before the file is
+    touched, so an unserialisable document leaves nothing behind)."""
+    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=True) + "\n")
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """Load a ``results.json``; raise :class:`RunSetupError` if it is not one."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise RunSetupError(f"cannot read {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise RunSetupError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        raise RunSetupError(f"{path} is not an mpbench results file (schema {SCHEMA})")
+    try:
+        check_results(document)
+    except ShapeError as error:
+        raise RunSetupError(f"{path}: {error}") from None
+    return document
+
+
+def check_writable_folder(out: Path) -> None:
+    """Create ``out`` if needed and prove a file can be written in it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".mpbench-write-test"):
+            pass
+    except OSError as error:
+        raise RunSetupError(
+            f"--out {out} is not a writable folder: {error.strerror or error}"
+        ) from None
+
+
+#: Tries and the pause between them before a results.json that cannot be written is given up.
+SAVE_ATTEMPTS, SAVE_PAUSE_SECONDS = 3, 1.0
+
+
+class ResultsUnsavable(Exception):
+    """``results.json`` could not be written after every try; the document went to a fallback
+    file the message names."""
+
+
+def fallback_path(path: Path) -> Path:
+    """Where a run's results go when its folder refuses them: the temporary folder, named by
+    the run folder and this process."""
+    stem = "".join(c if c.isalnum() else "-" for c in str(Path(path).parent.resolve()))[-60:]
+    return Path(tempfile.gettempdir()) / f"mpbench-rescued{stem}-{os.getpid()}.json"
+
+
+def save_results(
+    path: Path,
+    document: dict[str, Any],
+    announce: Any = print,
+    attempts: int | None = None,
+    pause: float | None = None,
+) -> None:
+    """:func:`write_json_atomic` of ``document`` to ``path``, tried again on an ``OSError`` (a
+    full disk, a folder made read-only); on giving up the document is written to
+    :func:`fallback_path` and :class:`ResultsUnsavable` says where. ``document`` itself (the
+    records in memory) is never changed."""
+    import time
+
+    attempts = attempts or SAVE_ATTEMPTS
+    pause = SAVE_PAUSE_SECONDS if pause is None else pause
+    for attempt in range(1, attempts + 1):
+        try:
+            write_json_atomic(path, document)
+            return
+        except OSError as error:
+            problem = error.strerror or str(error)
+            if attempt < attempts:
+                announce(f"cannot write {path} ({problem}); trying again in {pause:g} s")
+                time.sleep(pause)
+    rescue = fallback_path(path)
+    try:
+        write_json_atomic(rescue, document)
+        where = f"the run so far is saved in {rescue}"
+    except OSError as error:
+        where = f"nor to {rescue} ({error.strerror or error})"
+    raise ResultsUnsavable(f"cannot write {path} ({problem}) after {attempts} tries; {where}")
