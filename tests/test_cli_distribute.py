@@ -313,12 +313,12 @@ def test_local_workers_skip_bad_images_and_stop_at_the_first_nan_like_one_proces
         records["mixed_float16+xla_off@multiworker"],
     )
     assert alone["reason"] == (
-        "non-finite loss: mixed_float16+xla_off: loss is nan at epoch 1, step 2, loss scale 16384"
+        "non-finite loss: mixed_float16+xla_off: loss is nan at epoch 1, step 2, loss scale 32768"
     )
     assert clustered["status"] == "failed"
     assert (
         "non-finite loss: mixed_float16+xla_off@multiworker: loss is nan at epoch 1, step 2, "
-        "loss scale 16384" in clustered["reason"]
+        "loss scale 32768" in clustered["reason"]
     )
 
 

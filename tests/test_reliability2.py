@@ -326,10 +326,10 @@ def test_13_numerics_refuses_a_negative_seed_and_a_huge_batch(
 def test_7_unwritable_results_are_rescued_to_a_named_file(
     resumable: tuple[Path, Path], invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mpcore.run import store
+    from mpcore.run import files
 
     data, out = resumable
-    real_write = store.write_json_atomic
+    real_write = files.write_json_atomic
     tries: list[Path] = []
 
     def refusing(path: Path, document: Any) -> None:
@@ -338,8 +338,8 @@ def test_7_unwritable_results_are_rescued_to_a_named_file(
             raise OSError(30, "Read-only file system")
         real_write(path, document)
 
-    monkeypatch.setattr(store, "write_json_atomic", refusing)
-    monkeypatch.setattr(store, "SAVE_PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(files, "write_json_atomic", refusing)
+    monkeypatch.setattr(files, "SAVE_PAUSE_SECONDS", 0.0)
     monkeypatch.setenv(FAULT_ENV, "mixed_bfloat16+xla_off=error")
     code, stdout, err = invoke(resume_argv(data, out, "--precision", "float32", "mixed_bfloat16"))
     line = one_line(

@@ -335,8 +335,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from mpcore import report
     from mpcore.probe.capability import capability, machine_record
     from mpcore.probe.machine import visible_gpus
+    from mpcore.run import files, schema
     from mpcore.run import plan as planning
-    from mpcore.run import store
 
     gpu_count = len(visible_gpus())  # placement: the devices a strategy can mirror over
     try:
@@ -359,8 +359,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     _check_batches(settings.batch_size, data, distribution)
     created = not out.exists()
     try:
-        store.check_writable_folder(out)
-    except store.RunSetupError as error:
+        files.check_writable_folder(out)
+    except files.RunSetupError as error:
         raise UsageError(str(error)) from None
     held.enter_context(locked_out(out, args.resume, created))
     print(
@@ -392,7 +392,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
                 machine=machine_record(),
                 command=["mpbench", *args.argv],
             )
-    except store.RunSetupError as error:
+    except files.RunSetupError as error:
         raise UsageError(str(error)) from None
     document["distribution"] = distribution.to_dict()
     if distribution.strategy != "none":
@@ -407,14 +407,14 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     )
     try:
         completed = planning.run_all(plan, document, announce=lambda line: print(line, flush=True))
-    except store.ResultsUnsavable as error:
+    except files.ResultsUnsavable as error:
         print(f"mpbench run: error: {error}", file=sys.stderr)
         return 1
 
     print()
     print(report.run_table(document))
     files = report.render_run(document, out)
-    print(f"\nwritten to {out}: {store.RESULTS_FILE}, " + ", ".join(f.name for f in files))
+    print(f"\nwritten to {out}: {schema.RESULTS_FILE}, " + ", ".join(f.name for f in files))
     print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     if not completed:
         print(
