@@ -1,11 +1,12 @@
-"""Training-step throughput of every precision x XLA combination (parametrized in conftest.py).
+"""Training-step throughput of every precision x XLA combination (parametrized by the plugin).
 
-The ``prepared`` fixture (conftest.py) builds the combination and its step (``--mp-step``:
-``fit``, Keras's compiled train function, by default; ``custom``, mpcore's own) in isolation
-and times its first step (tracing, XLA compilation) on its own clock. A timed round is
-``--mp-steps`` compiled steps on a device-resident batch ending in a device synchronisation;
-``--mp-warmup-rounds`` untimed rounds come first. On JAX and torch
-(``KERAS_BACKEND``) the step is Keras's own compiled train function
+The ``prepared`` fixture (:mod:`mpcore.bench.plugin`) builds the combination and its step
+(``--mp-step``: ``fit``, Keras's compiled train function, by default; ``custom``, mpcore's own)
+in isolation and times its first step (tracing, XLA compilation) on its own clock. A timed round
+is ``--mp-steps`` compiled steps on one batch (the ``fit`` step reads it from a host-side
+``from_tensors(batch).repeat()`` dataset, as ``fit`` would; the ``custom`` step takes it as
+resident tensors) ending in a device synchronisation; ``--mp-warmup-rounds`` untimed rounds come
+first. On JAX and torch (``KERAS_BACKEND``) the step is Keras's own compiled train function
 (:mod:`mpcore.bench.backendstep`).
 """
 

@@ -38,7 +38,7 @@ TINY = (
     "--mp-pipeline-images=10",
 )
 ONLY_TRAINING = ("-k", "train_step")
-#: Every field the issue asks each training benchmark to record.
+#: Every field each training benchmark records.
 TRAINING_FIELDS = (
     "images_per_second",
     "ms_per_step",

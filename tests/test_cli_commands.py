@@ -284,7 +284,7 @@ def _saved_run(tmp_path: Path, settings: dict) -> RunPlan:
 
 
 def test_resume_keeps_every_record(tmp_path: Path) -> None:
-    """Append-only (issue 12): the failed record stays until its rerun replaces it."""
+    """Append-only: the failed record stays until its rerun replaces it."""
     plan = _saved_run(tmp_path, {"model": "small", "epochs": 2})
     document = plan.resumed_document()
     names = ["float32+xla_off", "amp_rewrite+xla_off"]

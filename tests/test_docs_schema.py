@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import tensorflow as tf
 
-# The one place this module names the CLI's entry point (it may move with the restructure).
+# The one place this module names the CLI's entry point.
 from mpcore.face.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

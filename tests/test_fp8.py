@@ -42,7 +42,7 @@ def test_a_quantized_head_is_reported() -> None:
         model = build_model("small", 8)
         with warnings.catch_warnings():
             # Unfiltered, Keras warns once per layer type it cannot quantize (Conv2D, ReLU...);
-            # quantize_float8 passes a filter and warns about none.
+            # quantize_float8 quantizes only its candidates, one by one, and warns about none.
             warnings.simplefilter("ignore", UserWarning)
             model.quantize("float8")
         assert float8_report(model) == [

@@ -1,4 +1,4 @@
-"""Reliability (issue 6): bad input is one line and exit 2 with nothing lost, training faults are
+"""Reliability: bad input is one line and exit 2 with nothing lost, training faults are
 named, a killed run keeps its last complete state, ``--resume`` continues it, and every result
 records what it needs to be reproduced.
 
@@ -366,7 +366,7 @@ FUZZ_ROOT_MARK = "@IMAGES@"
 cells = st.one_of(
     st.sampled_from(FUZZ_IMAGES),
     st.sampled_from(("image", "category", " Image ", "label", "absent.jpg", "../train.csv")),
-    # Names for the same file, or for files outside images/ (issue 12).
+    # Names for the same file, or for files outside images/.
     st.sampled_from(
         ("./000000.jpg", "sub/../000001.jpg", "../images/000002.jpg", "/etc/hostname", "..", ".")
     ),

@@ -1,6 +1,6 @@
-"""Reliability 2 (issue 12): never lose a finished result, and no traceback on any input.
+"""Reliability: never lose a finished result, and no traceback on any input.
 
-One test (or one parametrized case) per numbered case of the issue, through the CLI. The
+One test (or one parametrized case) per case, through the CLI. The
 in-process ``invoke`` fixture runs most of them; subprocesses only where a real process matters
 (the run lock, SIGKILL, SIGTERM). One tiny real run (float32, one epoch, 32 px) is made once per
 module; each test that resumes it works on a private copy and, where the command must refuse,

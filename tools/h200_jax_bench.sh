@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The mpbench GPU check on a borrowed H200 with JAX and no TensorFlow (issue 17; docs/backends.md).
+# The mpbench GPU check on a borrowed H200 with JAX and no TensorFlow (docs/backends.md).
 #
 #   tools/h200_jax_bench.sh prepare   here, with network: the wheels the H200 image lacks into .whl/
 #   tools/h200_jax_bench.sh run       there, from the repository root: ResNet50 224 px, batch 256,

@@ -4,7 +4,7 @@
 planted bug (a mutant: one exact source text replacement, listed in :data:`MUTANTS`) applies it,
 runs the fast tests meant to catch it (``pytest -x``, with a timeout) and restores the file. A
 mutant is *killed* when those tests fail, *survived* when they pass: a survivor is a bug the
-suite would let through. Not part of CI (minutes); run it before resolving an issue that touches
+suite would let through. Not part of CI (minutes); run it before changing
 mpcore's core (the harness, the results store, the mode checks, the device table), and add a
 mutant here for every bug a test was written to catch. Exit status 1 if any mutant survived.
 
@@ -71,7 +71,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "        value = loss  # waits",
         RUN_ROUND_TESTS,
     ),
-    Mutant(  # issue 18's survivor: neither, so a round returns before the device finishes
+    Mutant(  # neither, so a round returns before the device finishes
         "run_round-no-sync-no-read",
         STEPBENCH,
         "        value = float(loss)  # waits for the last forward pass...\n        sync_device()",

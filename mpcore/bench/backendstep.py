@@ -1,7 +1,8 @@
 """The training-step harness on JAX and PyTorch: Keras's own compiled train function.
 
-The TensorFlow path (:func:`mpcore.bench.stepbench.prepared_step`) times mpcore's ``tf.function``
-step. On the other Keras backends the step is the one ``model.fit`` runs: ``model.compile``'s
+The TensorFlow path (:func:`mpcore.bench.stepbench.prepared_step`) times Keras's compiled train
+function by default (``--mp-step fit``) or mpcore's own ``tf.function`` step (``custom``). On
+the other Keras backends the step is always the one ``model.fit`` runs: ``model.compile``'s
 train function, jitted by ``jax.jit`` (XLA ``jit``) or ``torch.compile``, with Keras's loss
 scaling, metrics and optimizer; nothing is written by hand. :func:`prepared_keras_step` builds and
 verifies the model exactly as the TensorFlow path does, puts one random batch on the backend's

@@ -4,13 +4,14 @@
 mode owns), builds and compiles the model, verifies it with
 :func:`mpcore.precision.modes.check_model`, puts one batch on the device and runs the first step
 (tracing and XLA compilation) on its own clock. A round (:meth:`PreparedStep.run_round`) is then K
-compiled steps on that resident batch, ending in a device synchronisation, so a timer around it
-measures the device, not the host's dispatch.
+compiled steps on that batch, ending in a device synchronisation, so a timer around it measures
+the device, not the host's dispatch.
 
 Two steps can be timed (``kind``). ``fit`` (the default) is Keras's own compiled train function,
 ``model.train_function``, called on an iterator of ``from_tensors(batch).repeat()`` distributed
 by the model's strategy: exactly what ``model.fit`` runs per step (loss tracker, compiled
-metrics, ``get_next``), ``steps_per_execution`` steps per call. ``custom`` is
+metrics, ``get_next`` from the host-side ``tf.data`` pipeline), ``steps_per_execution`` steps per
+call. ``custom`` is
 :func:`mpcore.train.custom_step.make_train_step` on the resident tensors: forward, loss, gradients
 and the optimizer update, nothing else.
 

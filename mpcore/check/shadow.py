@@ -23,7 +23,7 @@ from mpcore.probe.backend import tf
 from mpcore.train.fit import current_loss_scale
 
 DEFAULT_LOSS_SCALE = 2.0**15
-#: Gradient underflow above this fraction needs loss scaling (the issue's 1%).
+#: Gradient underflow above this fraction needs loss scaling.
 UNDERFLOW_LIMIT = 0.01
 #: The loss scales considered: the float32 scale variable holds any power of two in this range.
 SCALE_EXPONENTS = range(-64, 128)

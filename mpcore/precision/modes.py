@@ -61,7 +61,7 @@ class RunConfig:
 
     @property
     def name(self) -> str:
-        """Short label such as ``mixed_float16+jit``."""
+        """Short label such as ``mixed_float16+xla_jit``."""
         return config_name(self.precision, self.xla)
 
     @property
