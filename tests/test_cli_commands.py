@@ -214,6 +214,10 @@ def test_profile_follows_the_gpu_unless_chosen() -> None:
     assert choose_profile(None, 0)[0] == "quick"
     assert choose_profile(None, 2)[0] == "seed"
     assert choose_profile("quick", 2) == ("quick", "chosen with --profile")
+    assert "so the small model at a small size" in choose_profile(None, 0)[1]
+    # A model given with --model is the one trained, not the profile's.
+    reason = choose_profile(None, 0, "mymodels:build")[1]
+    assert reason.endswith("so the CPU's short settings for --model mymodels:build")
 
 
 def test_write_json_atomic_replaces_whole_files_only(tmp_path: Path) -> None:

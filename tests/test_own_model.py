@@ -126,6 +126,19 @@ def test_benchmarks_time_the_users_model(pytester: pytest.Pytester, monkeypatch)
     assert {b["extra_info"]["precision"] for b in benches} == {"float32", "mixed_float16"}
 
 
+@pytest.mark.parametrize(("given", "expected"), [(None, 32), (24, 24)])
+def test_the_benchmarks_offer_a_factory_the_cpus_size(given: int | None, expected: int) -> None:
+    """With --mp-allow-cpu and no GPU a factory is offered the CPU's default side (32 px), as the
+    registry models get, unless --mp-image-size names one (this factory's own default is 16)."""
+    from types import SimpleNamespace
+
+    from mpcore.bench import plugin
+
+    config = SimpleNamespace(getoption=lambda name: given if name == "mp_image_size" else None)
+    default = plugin.CPU_DEFAULTS["image_size"]
+    assert plugin._user_model_shape(config, SPEC, default) == (expected, 5)
+
+
 # --------------------------------------------------------------------------------------------
 # mpbench run
 

@@ -214,7 +214,7 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
     defaults = CPU_DEFAULTS if on_cpu else GPU_DEFAULTS
     model = config.getoption("mp_model") or defaults["model"]
     if is_user_model(model):
-        image_size, classes = _user_model_shape(config, model)
+        image_size, classes = _user_model_shape(config, model, defaults["image_size"])
     else:
         image_size, classes = _registry_size(config, model, defaults), None
     strategy = config.getoption("mp_strategy")
@@ -254,14 +254,17 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
     )
 
 
-def _user_model_shape(config: pytest.Config, model: str) -> tuple[int | None, int]:
+def _user_model_shape(
+    config: pytest.Config, model: str, default_size: int | None
+) -> tuple[int | None, int]:
     """A user's model's image side (None: not an image model) and output width, from the model
-    itself (a factory taking ``image_size`` is offered ``--mp-image-size``)."""
+    itself (a factory taking ``image_size`` is offered ``--mp-image-size``, else the device's
+    default size: the CPU's small one, none on a GPU)."""
     from mpcore.user.loader import LoadError
     from mpcore.user.ownmodel import image_side, load_float32, output_classes
 
     try:
-        loaded = load_float32(model, config.getoption("mp_image_size"))
+        loaded = load_float32(model, config.getoption("mp_image_size") or default_size)
     except LoadError as error:
         raise pytest.UsageError(f"--mp-model: {error}") from None
     return image_side(loaded.model), output_classes(loaded.model) or 1

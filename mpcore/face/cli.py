@@ -4,7 +4,8 @@ Commands: ``run`` trains one model under each precision x XLA configuration (eac
 process) and prints a side-by-side table; ``report`` re-renders a saved run or a pytest-benchmark
 file; ``doctor`` says what to expect from this machine; ``numerics`` shows what a float16 cast
 does to a model's gradients with and without loss scaling; ``check`` says whether mixed
-precision is safe for a user's own model.
+precision is safe for a user's own model; ``profile`` times each layer of a model in float32 and
+half precision.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mpcore.face.doctor_cmd import cmd_doctor
 from mpcore.face.numerics_cmd import cmd_numerics
 from mpcore.face.report_cmd import cmd_report
 from mpcore.face.run_cmd import PROFILES, cmd_run
+from mpcore.names import DEFAULT_PRECISIONS, PRECISIONS
 from mpcore.run.process import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -56,14 +58,15 @@ def build_parser() -> OneLineParser:
     )
     run.add_argument(
         "--model",
-        help="small or resnet50 (default: from the profile), or your own model: a .keras file or "
-        "package.module:factory (docs/own-model.md)",
+        help="a registry model: small, resnet50 or vit_tiny (default: from the profile), or your "
+        "own: a .keras file or package.module:factory (docs/own-model.md)",
     )
     run.add_argument(
         "--precision",
         nargs="+",
         metavar="NAME",
-        help="float32, mixed_float16, mixed_bfloat16, amp_rewrite, or all (default: all)",
+        help=f"{', '.join(PRECISIONS)}, or all (default: {', '.join(DEFAULT_PRECISIONS)}; "
+        "float8 runs only when named or with all)",
     )
     run.add_argument(
         "--xla",

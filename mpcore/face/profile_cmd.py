@@ -34,7 +34,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "time they add, beside the whole training step.",
     )
     parser.add_argument("model", help="small, resnet50, a .keras file or package.module:factory")
-    parser.add_argument("--image-size", type=positive_int, help="registry models; a factory asking")
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="image side of a registry model (default: its own) or of a factory that takes "
+        "image_size (default: the factory's); a .keras file keeps its own",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
         "--precision",

@@ -65,12 +65,20 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def choose_profile(requested: str | None, gpu_count: int) -> tuple[str, str]:
-    """The profile name and the reason it was chosen."""
+def choose_profile(
+    requested: str | None, gpu_count: int, model: str | None = None
+) -> tuple[str, str]:
+    """The profile name and the reason it was chosen (``model``: the one ``--model`` names,
+    which replaces the profile's)."""
     if requested:
         return requested, "chosen with --profile"
     if gpu_count:
         return "seed", f"{gpu_count} GPU(s) visible to TensorFlow (use --profile quick to go small)"
+    if model:
+        return (
+            "quick",
+            f"no GPU visible to TensorFlow, so the CPU's short settings for --model {model}",
+        )
     return "quick", "no GPU visible to TensorFlow, so the small model at a small size on the CPU"
 
 
@@ -343,7 +351,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         decided = capability()  # decisions: the GPUs, simulated or not
     except ValueError as error:
         raise UsageError(str(error)) from None
-    profile_name, reason = choose_profile(args.profile, decided.gpu_count)
+    profile_name, reason = choose_profile(args.profile, decided.gpu_count, args.model)
     if not args.profile:
         reason += decided.simulated_tag()
     print(f"profile {profile_name}: {reason}", flush=True)
