@@ -402,7 +402,7 @@ def test_the_documented_exit_codes_are_the_codes(
     text = section(documents[page], heading)
     paragraph = re.search(r"^Exit status:?.*?(?:\n\n|\Z)", text, re.M | re.S)
     paragraph = paragraph.group(0) if paragraph else text
-    told = {int(code) for code in re.findall(r"(?<![\w.-])(\d{1,3})(?= [a-z(])", paragraph)}
+    told = {int(code) for code in re.findall(r"(?<![\w.-])(\d{1,3})(?=\s+[a-z(])", paragraph)}
     assert told == RUN_EXIT_CODES, f"{page} '{heading}': {sorted(told)}"
 
 
@@ -451,7 +451,7 @@ def test_a_wrong_default_is_reported(
     documents: dict[str, str], cli: argparse.ArgumentParser
 ) -> None:
     planted = dict(documents)
-    planted["docs/cli.md"] = planted["docs/cli.md"].replace("--batch-size 8]", "--batch-size 9]")
+    planted["docs/cli.md"] = planted["docs/cli.md"].replace("[--batch-size 8] [--dtype", "[--batch-size 9] [--dtype")
     before = undocumented_options(cli, documents)
     problems = [p for p in undocumented_options(cli, planted) if p not in before]
     assert problems == [
