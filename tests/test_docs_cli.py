@@ -451,7 +451,9 @@ def test_a_wrong_default_is_reported(
     documents: dict[str, str], cli: argparse.ArgumentParser
 ) -> None:
     planted = dict(documents)
-    planted["docs/cli.md"] = planted["docs/cli.md"].replace("[--batch-size 8] [--dtype", "[--batch-size 9] [--dtype")
+    planted["docs/cli.md"] = planted["docs/cli.md"].replace(
+        "[--batch-size 8] [--dtype", "[--batch-size 9] [--dtype"
+    )
     before = undocumented_options(cli, documents)
     problems = [p for p in undocumented_options(cli, planted) if p not in before]
     assert problems == [

@@ -192,7 +192,7 @@ def test_smoke_plan_writes_everything_into_one_folder(smoke, tmp_path) -> None:
     doctor = build_parser().parse_args(plan["doctor"][3:])
     assert doctor.measure and doctor.json
     run = build_parser().parse_args(plan["run"][3:])
-    assert (run.profile, run.epochs) == ("seed", 1)
+    assert (run.profile, run.epochs, run.repeats, run.xla) == ("seed", 1, 1, ["off"])
 
 
 def test_smoke_refuses_without_a_gpu(smoke, monkeypatch, tmp_path, capsys) -> None:
