@@ -1,4 +1,4 @@
-"""The ship-classification data: reader, stratified split, tf.data pipeline, synthetic generator.
+"""The ship-classification data: reader, stratified split, tf.data pipeline, fingerprint.
 
 Layout (the Analytics Vidhya "Game of Deep Learning" ships set used by the seed article)::
 

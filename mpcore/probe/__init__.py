@@ -1,4 +1,5 @@
-"""The probe layer: machine facts, NVML telemetry, device peaks and FLOP counting.
+"""The probe layer: machine facts, NVML telemetry, datasheet peaks, benchmark skip reasons, the Keras
+backend.
 
 Below the core: it knows GPUs and software versions, not precision modes or training.
 """

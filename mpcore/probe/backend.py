@@ -84,14 +84,16 @@ def unsupported_reason(precision: str, xla: str) -> str | None:
 
 
 def sync() -> None:
-    """Wait until every operation queued on every device of the backend has finished."""
+    """Wait for the devices: on TensorFlow every queued operation on every device; on torch the
+    CUDA stream; on JAX only queued side effects (a computation is waited for by reading its
+    result, which is why a timed round reads the loss before calling this)."""
     backend = name()
     if backend == "tensorflow":
         tf.test.experimental.sync_devices()
     elif backend == "jax":
         import jax
 
-        # Dispatch is asynchronous per array; the barrier waits for every effect queued so far.
+        # Dispatch is asynchronous per array; the barrier waits for queued effects, not arrays.
         jax.effects_barrier()
     elif backend == "torch":
         import torch
