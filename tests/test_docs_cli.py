@@ -468,3 +468,41 @@ def test_an_undocumented_plugin_option_is_reported(documents: dict[str, str]) ->
     problems = undocumented_plugin_options(parser, documents["docs/benchmarks.md"])
     new = [p for p in problems if p not in before]
     assert new == ["pytest --mp-planted is not documented in docs/benchmarks.md"]
+
+
+def drawn_modules(text: str) -> set[str]:
+    """The ``mpcore`` modules the layout drawing of docs/architecture.md names, one a line
+    (``    name.py`` under ``  package/``; a line naming several is not counted)."""
+    block = text.split("```\nmpcore/\n", 1)[1].split("```", 1)[0]
+    drawn, package = set(), ""
+    for line in block.splitlines():
+        folder = re.match(r"  (\w+)/", line)
+        if folder:
+            package = folder.group(1) + "/"
+        elif not line.startswith(" "):
+            break  # the folders beside mpcore/
+        module = re.match(r"( +)(\w+\.py) ", line)
+        if module:
+            drawn.add(f"mpcore/{package if len(module.group(1)) > 2 else ''}{module.group(2)}")
+    return drawn
+
+
+def test_the_layout_drawing_names_every_module(documents: dict[str, str]) -> None:
+    package = ROOT / "mpcore"
+    modules = {
+        str(path.relative_to(ROOT))
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py" or path.parent in (package, package / "report")
+    }
+    drawn = drawn_modules(documents["docs/architecture.md"])
+    assert not modules - drawn, f"docs/architecture.md does not draw {sorted(modules - drawn)}"
+    assert not drawn - modules, (
+        f"docs/architecture.md draws modules that are gone: {sorted(drawn - modules)}"
+    )
+
+
+def test_a_module_missing_from_the_drawing_is_reported(documents: dict[str, str]) -> None:
+    text = documents["docs/architecture.md"]
+    lines = [line for line in text.splitlines() if not line.startswith("    plots.py ")]
+    drawn = drawn_modules("\n".join(lines))
+    assert drawn_modules(text) - drawn == {"mpcore/face/plots.py"}
