@@ -15,6 +15,7 @@ code block and an undocumented option in a parser and see each reported.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import io
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+import mpcore
 from mpcore import names
 from mpcore.bench import plugin
 from mpcore.face.cli import build_parser
@@ -506,3 +508,55 @@ def test_a_module_missing_from_the_drawing_is_reported(documents: dict[str, str]
     lines = [line for line in text.splitlines() if not line.startswith("    plots.py ")]
     drawn = drawn_modules("\n".join(lines))
     assert drawn_modules(text) - drawn == {"mpcore/face/plots.py"}
+
+
+def top_level_names(path: Path) -> set[str]:
+    """What a module defines or imports at its top level, read from the source (ast)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            found.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return found
+
+
+def stale_references(text: str) -> list[str]:
+    """``mpcore.a.b`` names and ``mpcore/a/b.py`` paths in ``text`` that name no module, or no
+    name of the module (the public API's lazy names count)."""
+    stale = []
+    for dotted in sorted(set(re.findall(r"\bmpcore(?:\.\w+)+", text))):
+        parts = dotted.split(".")
+        for k in range(len(parts), 0, -1):
+            base = ROOT.joinpath(*parts[:k])
+            source = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+            if source.exists():
+                names = top_level_names(source) | set(mpcore.__all__ if k == 1 else ())
+                if parts[k:] and parts[k] not in names:
+                    stale.append(dotted)
+                break
+        else:
+            stale.append(dotted)
+    paths = set(re.findall(r"\bmpcore/[\w/]*\w(?:\.py)?", text))
+    return stale + sorted(path for path in paths if not (ROOT / path).exists())
+
+
+def test_the_docs_name_only_modules_and_names_that_exist(documents: dict[str, str]) -> None:
+    stale = {}
+    for page, text in documents.items():
+        if page == "docs/architecture.md":  # its table of moves names the old modules on purpose
+            text = text.split("\n## Where things moved")[0]
+        stale.update({f"{page}: {name}": None for name in stale_references(text)})
+    assert not stale, "\n".join(stale)
+
+
+def test_a_stale_module_reference_is_reported() -> None:
+    text = "`mpcore.training.train`, `mpcore/devices.py`, `mpcore.report.nothing`, `mpcore.train`"
+    assert stale_references(text) == [
+        "mpcore.report.nothing",
+        "mpcore.training.train",
+        "mpcore/devices.py",
+    ]
