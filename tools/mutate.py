@@ -80,7 +80,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "write_json_atomic-in-place",
-        "mpcore/run/store.py",
+        "mpcore/run/files.py",
         '    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=True) + "\\n")',
         '    text = json.dumps(document, indent=2, allow_nan=True) + "\\n"\n'
         '    with open(path, "w") as handle:\n'
@@ -91,7 +91,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "custom-step-skips-model-losses",
-        "mpcore/train/",
+        "mpcore/train/custom_step.py",
         "            if model.losses:",
         "            if False and model.losses:",
         ("tests/test_training.py", "-k", "own_losses"),
