@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from mpcore.run.schema import RESULTS_FILE, strategy_of
 from mpcore.run.spec import WorkerSpec
 from mpcore.run.store import (
     failed_record,
+    finished_repeat_sets,
     finished_repeats,
     new_document,
     now_iso,
@@ -114,35 +115,63 @@ def planned_configs(modes: list[dict[str, str]], strategy: str) -> list[dict[str
     return planned
 
 
-def interleaved_schedule(names: list[str], repeats: int) -> list[tuple[str, int]]:
-    """``(name, repeat)`` in run order: round ``r`` runs every configuration once, the planned
-    order rotated by ``r`` (A B C, B C A, C A B, ...), so each configuration runs in every
-    position of a round equally often and a steady drift of the machine lands on all of them.
-    A rotation that would run a configuration twice in a row (always, with two of them) keeps
-    the previous round's order instead (A B A B): the load of a shared machine comes in bursts
-    longer than one run, and two runs in a row of one configuration could both fall in one."""
+def interleaved_rounds(wanted: Mapping[str, Sequence[int]]) -> Iterator[tuple[str, int]]:
+    """``(name, repeat)`` in run order for the repeats ``wanted[name]`` of each configuration,
+    lazily (a ``range`` is never expanded): round ``k`` runs the ``k``-th wanted repeat of every
+    configuration that has one, in the planned order rotated by ``k x configurations / rounds``.
+
+    The rotations are spread evenly over the rounds, so with R rounds of N configurations each
+    configuration holds every position of a round floor(R/N) or ceil(R/N) times, and when R < N
+    its R positions lie in R different stretches of the round (one early, one late, ...)
+    instead of R neighbouring ones: a drift of the machine along a round lands on every
+    configuration nearly alike. A rotation that would run a configuration twice in a row (with
+    two configurations, every other round) is turned once more (A B A B): the load of a shared
+    machine comes in bursts longer than one run, and two runs in a row of one configuration
+    could both fall in one."""
+    names = list(wanted)
+    rounds = max((len(wanted[name]) for name in names), default=0)
+    previous = None
+    for k in range(rounds):
+        present = [name for name in names if len(wanted[name]) > k]
+        shift = (k * len(present)) // rounds
+        order = present[shift:] + present[:shift]
+        if len(order) > 1 and order[0] == previous:
+            order = order[1:] + order[:1]
+        for name in order:
+            yield name, wanted[name][k]
+        previous = order[-1]
+
+
+def iter_schedule(names: list[str], repeats: int) -> Iterator[tuple[str, int]]:
+    """Every repeat of every configuration in run order (:func:`interleaved_rounds`), lazily."""
     if repeats < 1:
         raise ValueError(f"repeats must be positive, got {repeats}")
-    schedule: list[tuple[str, int]] = []
-    order = list(names)
-    for start in range(repeats):
-        rotated = names[start % len(names) :] + names[: start % len(names)]
-        if not schedule or rotated[0] != schedule[-1][0]:
-            order = rotated
-        schedule += [(name, start) for name in order]
-    return schedule
+    return interleaved_rounds({name: range(repeats) for name in names})
+
+
+def interleaved_schedule(names: list[str], repeats: int) -> list[tuple[str, int]]:
+    """:func:`iter_schedule` as a list."""
+    return list(iter_schedule(names, repeats))
 
 
 def pending_runs(plan: RunPlan, document: dict[str, Any]) -> list[tuple[dict[str, str], int]]:
-    """The ``(config, repeat)`` runs of the schedule still to do: a configuration whose record
-    holds ``k`` finished repeats runs repeats ``k..N-1`` (``--resume``)."""
-    done = finished_repeats(document)
+    """The ``(config, repeat)`` runs still to do: every repeat index of ``0..N-1`` not finished
+    ``ok`` in ``document`` (``--resume`` reruns exactly the failed or missing ones), in an
+    interleaved order of their own (:func:`interleaved_rounds`), so a resumed configuration
+    alternates with the others that miss repeats instead of running back to back."""
+    done = finished_repeat_sets(document)
     configs = {name_of(config): config for config in plan.configs}
-    return [
-        (configs[name], repeat)
-        for name, repeat in interleaved_schedule(plan.names, plan.repeats)
-        if repeat >= done.get(name, 0)
-    ]
+    wanted: dict[str, Sequence[int]] = {}
+    for name in plan.names:
+        finished = done.get(name, set())
+        missing = (
+            range(plan.repeats)
+            if not finished
+            else [r for r in range(plan.repeats) if r not in finished]
+        )
+        if len(missing):
+            wanted[name] = missing
+    return [(configs[name], repeat) for name, repeat in interleaved_rounds(wanted)]
 
 
 def run_warmup(plan: RunPlan, document: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -152,20 +181,34 @@ def run_warmup(plan: RunPlan, document: dict[str, Any], workdir: Path) -> dict[s
     warm = dataclasses.replace(
         plan, out=plan.out / "warmup", settings={**plan.settings, "epochs": 1}
     )
-    record = run_configuration(warm, plan.configs[0], workdir)
+    record = run_configuration(warm, plan.configs[0], workdir, None)
     shutil.rmtree(warm.out / "tensorboard", ignore_errors=True)
     document["warmup"] = warmup_entry(record, plan.out)
     return record
 
 
-def run_configuration(plan: RunPlan, config: dict[str, str], workdir: Path) -> dict[str, Any]:
+def fresh_result_file(workdir: Path, name: str, repeat: int | None) -> Path:
+    """Where the worker of repeat ``repeat`` of ``name`` (None: the warm-up) writes its record:
+    a file of its own, removed now, before the worker starts, so a worker that dies before
+    writing leaves no file, never an earlier repeat's."""
+    tag = "warmup" if repeat is None else f"r{repeat}"
+    path = workdir / f"{name}.{tag}.result.json"
+    path.unlink(missing_ok=True)
+    return path
+
+
+def run_configuration(
+    plan: RunPlan, config: dict[str, str], workdir: Path, repeat: int | None = None
+) -> dict[str, Any]:
     """Train ``config`` in a worker subprocess (or a local cluster of them) and return its
-    record (``ok`` or ``failed``) with ``wall_seconds``, ``log`` and ``exit_code``.
+    record (``ok`` or ``failed``) with ``wall_seconds``, ``log`` and ``exit_code``; ``repeat``
+    is the repeat's index (None: the warm-up).
 
     Raises ``KeyboardInterrupt`` (after stopping the workers) when the run is interrupted.
     """
     name = name_of(config)
-    spec = plan.worker_spec(config, workdir / f"{name}.result.json")
+    result_path = fresh_result_file(workdir, name, repeat)
+    spec = dataclasses.replace(plan.worker_spec(config, result_path), repeat=repeat)
     # A rerun (--resume after a failure) must not add a second set of events to TensorBoard.
     shutil.rmtree(spec.tensorboard_dir, ignore_errors=True)
     started = time.perf_counter()
@@ -184,17 +227,32 @@ def run_configuration(plan: RunPlan, config: dict[str, str], workdir: Path) -> d
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_name = str(log_path.relative_to(plan.out))
         code = launcher.run_worker(spec, workdir / f"{name}.spec.json", log_path)
-        if Path(spec.result_path).is_file():
-            record = json.loads(Path(spec.result_path).read_text())
-        elif code == EXIT_INTERRUPTED:
-            raise KeyboardInterrupt
-        elif code < 0:
-            reason = f"worker killed by {signal_name(code)} (see {log_name})"
-            record = failed_record(name, config, reason)
-        else:
-            reason = f"worker exited with status {code} (see {log_name})"
-            record = failed_record(name, config, reason)
+        record = _worker_record(result_path, code, name, config, log_name)
     record.update(wall_seconds=time.perf_counter() - started, log=log_name, exit_code=code)
+    return record
+
+
+def _worker_record(
+    result_path: Path, code: int, name: str, config: dict[str, str], log_name: str
+) -> dict[str, Any]:
+    """The record a lone worker left in its own ``result_path``, or a failed one saying why
+    there is none (the signal that killed it, its exit status, an unreadable file)."""
+    if code == EXIT_INTERRUPTED and not result_path.is_file():
+        raise KeyboardInterrupt
+    try:
+        record = json.loads(result_path.read_text())
+    except FileNotFoundError:
+        how = (
+            f"worker killed by {signal_name(code)}"
+            if code < 0
+            else f"worker exited with status {code} without writing its result"
+        )
+        return failed_record(name, config, f"{how} (see {log_name})")
+    except (OSError, ValueError) as error:
+        reason = f"worker's result {result_path.name} unreadable ({type(error).__name__})"
+        return failed_record(name, config, f"{reason} (see {log_name})")
+    if not isinstance(record, dict) or record.get("name") != name:
+        return failed_record(name, config, f"worker's result {result_path.name} is not its record")
     return record
 
 
@@ -234,7 +292,7 @@ def run_all(
                 number = total - len(pending) + position + 1
                 label = f"{name} (repeat {repeat + 1}/{plan.repeats})" if plan.repeats > 1 else name
                 announce(f"[{number}/{total}] {label}: training")
-                record = run_configuration(plan, config, Path(workdir))
+                record = run_configuration(plan, config, Path(workdir), repeat)
                 store_repeat(document, record, repeat, number - 1)
                 if record["status"] != "ok":
                     failed.add(name)

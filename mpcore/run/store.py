@@ -166,31 +166,54 @@ def repeat_entry(record: Mapping[str, Any], repeat: int, position: int) -> dict[
     }
 
 
-def finished_repeats(document: Mapping[str, Any]) -> dict[str, int]:
-    """How many repeats of each configuration finished ``ok`` (a record without ``repeats``,
-    from before they existed, counts as one)."""
-    counts: dict[str, int] = {}
+def _runs_of(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A record's repeats; a record from before repeats existed is its one run, repeat 0."""
+    runs = record.get("repeats")
+    if runs is not None:
+        return [dict(run) for run in runs]
+    return [repeat_entry(record, 0, 0)] if record.get("status") == "ok" else []
+
+
+def finished_repeat_sets(document: Mapping[str, Any]) -> dict[str, set[int]]:
+    """The indices of the repeats of each configuration that finished ``ok``, whatever its
+    record's status (a configuration failed by one killed repeat keeps its finished ones, so a
+    resume reruns exactly the killed one); configurations with none are left out."""
+    done: dict[str, set[int]] = {}
     for record in document.get("configurations", []):
-        if record.get("status") != "ok":
-            continue
-        runs = record.get("repeats")
-        counts[record["name"]] = (
-            sum(run.get("status") == "ok" for run in runs) if runs is not None else 1
-        )
-    return counts
+        finished = {
+            run["repeat"]
+            for run in _runs_of(record)
+            if run.get("status") == "ok" and isinstance(run.get("repeat"), int)
+        }
+        if finished:
+            done[record["name"]] = finished
+    return done
+
+
+def finished_repeats(document: Mapping[str, Any]) -> dict[str, int]:
+    """How many repeats of each configuration finished ``ok`` (:func:`finished_repeat_sets`)."""
+    return {name: len(done) for name, done in finished_repeat_sets(document).items()}
 
 
 def store_repeat(
     document: dict[str, Any], record: dict[str, Any], repeat: int, position: int
 ) -> None:
-    """Store repeat ``repeat`` of a configuration (the ``position``-th run of the schedule):
-    the record is the latest repeat's, with every repeat's timings in ``repeats``; one failed
-    repeat fails the configuration. A resumed configuration whose record failed starts its
-    repeats afresh (its record is kept until then, as a resume keeps every record)."""
+    """Store repeat ``repeat`` of a configuration (the ``position``-th run of the schedule).
+
+    ``repeats`` keeps one entry per repeat index (a rerun replaces its index's entry, failed or
+    not). The record is the latest repeat's when every kept repeat is ``ok``; while any repeat
+    failed the configuration is failed, with that repeat's reason (its finished repeats kept)."""
     earlier = next((r for r in document["configurations"] if r.get("name") == record["name"]), None)
-    kept = earlier is not None and earlier.get("status") == "ok"
-    runs = list(earlier.get("repeats", [])) if kept else []
+    runs = [run for run in _runs_of(earlier or {}) if run.get("repeat") != repeat]
     runs.append(repeat_entry(record, repeat, position))
+    runs.sort(key=lambda run: run.get("repeat", 0))
+    failed = [run for run in runs if run.get("status") != "ok"]
+    if failed and record["status"] == "ok":
+        reason = f"repeat {failed[0]['repeat'] + 1}: {failed[0].get('reason')}"
+        record = {**record, "status": "failed", "reason": reason, "result": None}
+        record["telemetry"] = None
+    elif failed and len(runs) > 1:
+        record = {**record, "reason": f"repeat {repeat + 1}: {record.get('reason')}"}
     place = document["configurations"].index(earlier) if earlier is not None else None
     store_record(document, {**record, "repeats": runs})
     if place is not None:  # the configuration keeps its place (the table's row order)

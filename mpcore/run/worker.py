@@ -165,15 +165,27 @@ def epoch_tensorboard(log_dir: str) -> Any:
     return EpochTensorBoard(log_dir, write_graph=False, profile_batch=0, update_freq="epoch")
 
 
-def _fault_callbacks(name: str, index: int) -> list[Any]:
+def _fault_callbacks(name: str, index: int, repeat: int | None = None) -> list[Any]:
     """Fail on purpose where the environment plants a fault (testing the harness): on this
-    configuration (``MPBENCH_FAULT``, before training, or ``nan`` at step 2) or on this worker of
-    a cluster (``MPBENCH_WORKER_FAULT``, after its first step)."""
+    configuration (``MPBENCH_FAULT``, before training, ``nan`` at step 2, ``kill@R`` after the
+    first step of repeat R) or on this worker of a cluster (``MPBENCH_WORKER_FAULT``, after its
+    first step)."""
     import keras
     import numpy as np
 
     callbacks: list[Any] = []
     kind = planted_fault(FAULT_ENV, name)
+    if kind.startswith("kill@"):
+        if repeat is None or kind != f"kill@{repeat + 1}":
+            kind = ""
+        else:
+
+            class KillSelf(keras.callbacks.Callback):
+                def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            callbacks.append(KillSelf())
+            kind = ""
     if kind == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "oom":
@@ -258,7 +270,7 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
             seed=settings.seed,
         )
     guard = make_loss_guard(spec.name, off_thread=spec.worker_dir is None)
-    callbacks = [*_fault_callbacks(config.name, index), guard]
+    callbacks = [*_fault_callbacks(config.name, index, spec.repeat), guard]
     if spec.worker_dir is not None:
         callbacks.append(Checksums())
     if spec.tensorboard_dir and index == 0:
