@@ -9,14 +9,20 @@ boundary is not the point.
 
 from __future__ import annotations
 
+import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mpcore import report
 from mpcore.face.cli import main
-from mpcore.names import BASELINE
+from mpcore.names import BASELINE, CONTROL_SUFFIX, name_of
+from mpcore.run import plan as planning
+from mpcore.run.files import RunSetupError
 from mpcore.run.schema import RESULTS_FILE
+from mpcore.run.store import finished_repeat_sets
 
 # --------------------------------------------------------------------------------------------
 # A real worker killed by a real signal in its repeat, then --resume
@@ -77,3 +83,291 @@ def test_resume_reruns_exactly_the_killed_repeat(killed_then_resumed: dict[str, 
     assert (second["repeat"], second["status"]) == (1, "ok")
     assert second["ms_per_step"] > 0 and second["finished"] >= first["finished"]
     assert document["warmup"]["status"] == "ok"  # the resumed repeat got a fresh warm-up
+
+
+# --------------------------------------------------------------------------------------------
+# The schedule: lazy, capped, balanced, and a resume's own interleaving
+
+A, B, C = BASELINE, "mixed_float16+xla_off", "amp_rewrite+xla_off"
+
+
+def test_an_absurd_repeat_count_is_refused_in_one_line_before_anything_runs(
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = invoke(["run", "--repeats", "100000000000000000000"])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "at most 1000 repeats" in err
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = invoke(["run", "--budget", "5"])
+    assert (
+        code == 2 and err.strip() == "mpbench run: error: --budget applies to --repeats auto only"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_schedule_is_built_lazily() -> None:
+    runs = planning.iter_schedule([A, B, C], 10**20)
+    assert list(itertools.islice(runs, 4)) == [(A, 0), (B, 0), (C, 0), (A, 1)]
+
+
+@pytest.mark.parametrize("configs, rounds", [(12, 3), (12, 4), (12, 5), (4, 3), (5, 7), (3, 2)])
+def test_positions_are_balanced_when_rounds_are_not_a_multiple(configs: int, rounds: int) -> None:
+    names = [f"c{i}" for i in range(configs)]
+    schedule = planning.interleaved_schedule(names, rounds)
+    assert sorted(schedule) == sorted((n, r) for n in names for r in range(rounds))
+    positions = {name: [] for name in names}
+    for index, (name, _) in enumerate(schedule):
+        positions[name].append(index % configs)
+    for name, held in positions.items():
+        counts = [held.count(p) for p in range(configs)]
+        # Every position of a round floor(R/C) or ceil(R/C) times...
+        assert max(counts) - min(counts) <= 1, (name, held)
+        # ...and, with fewer rounds than configurations, spread over the whole round: its
+        # positions C/R apart, rounded (never bunched at one end).
+        if rounds <= configs:
+            ordered = sorted(held)
+            gaps = [b - a for a, b in itertools.pairwise([*ordered, ordered[0] + configs])]
+            assert set(gaps) <= {configs // rounds, -(-configs // rounds)}, (name, held)
+    # No configuration runs twice in a row.
+    assert all(a[0] != b[0] for a, b in itertools.pairwise(schedule))
+
+
+def _record(name: str, runs: dict[int, float | None]) -> dict[str, Any]:
+    """A stored record whose repeat ``r`` took ``runs[r]`` ms/step (None: failed)."""
+    entries = [
+        {"repeat": r, "position": r, "status": "ok" if t else "failed", "ms_per_step": t}
+        for r, t in runs.items()
+    ]
+    ok = all(entry["status"] == "ok" for entry in entries)
+    last = list(runs.values())[-1] or 1.0
+    result = {
+        "first_epoch_seconds": 1.0,
+        "steady_epoch_seconds": last * 15 / 1000,
+        "ms_per_step": last,
+        "images_per_second": 240 / (last * 15 / 1000),
+        "epoch_seconds": [1.0, last * 15 / 1000],
+        "loss": [0.6, 0.5],
+        "accuracy": [0.8, 0.9],
+        "val_loss": [0.7, 0.6],
+        "val_accuracy": [0.7, 0.8],
+        "replicas": 1,
+        "global_batch": 16,
+    }
+    return {
+        "name": name,
+        "config": {"precision": name.split("+")[0], "xla": "off"},
+        "status": "ok" if ok else "failed",
+        "reason": None if ok else "worker killed by SIGKILL",
+        "result": result if ok else None,
+        "telemetry": None,
+        "repeats": entries,
+    }
+
+
+class FakeWorker:
+    """Stands in for the worker process: ms/step drawn per configuration, ``seconds`` of a
+    fake clock per run; records every call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, times: dict[str, Any], seconds=1.0):
+        self.calls: list[tuple[str, int | None]] = []
+        self.clock = 0.0
+        self.times, self.seconds = times, seconds
+        monkeypatch.setattr(planning, "run_configuration", self)
+        monkeypatch.setattr(planning, "CLOCK", lambda: self.clock)
+
+    def __call__(self, plan, config, workdir, repeat=None) -> dict[str, Any]:
+        name = name_of(config)
+        self.calls.append((name, repeat))
+        self.clock += self.seconds
+        take = self.times.get(name, 10.0)
+        ms = take(len(self.calls)) if callable(take) else take
+        record = _record(name, {0: ms})
+        del record["repeats"]
+        return {**record, "wall_seconds": self.seconds, "log": "x.log", "exit_code": 0}
+
+
+def _plan(tmp_path: Path, names: list[str], repeats: int, **fields: Any) -> planning.RunPlan:
+    configs = []
+    for name in names:
+        config = {"precision": name.split("+")[0], "xla": "off"}
+        if name.endswith(CONTROL_SUFFIX):
+            config = {"precision": "float32", "xla": "off", "control": "A/A"}
+        configs.append(config)
+    settings = {"model": "small", "epochs": 3}
+    return planning.RunPlan(
+        tmp_path, tmp_path / "data", settings, configs, repeats=repeats, **fields
+    )
+
+
+def _document(plan: planning.RunPlan) -> dict[str, Any]:
+    data = {"root": str(plan.data_root), "skipped_images": []}
+    return plan.new_document(
+        profile="quick", profile_reason="test", data=data, machine={}, command=["mpbench"]
+    )
+
+
+def test_resumed_repeats_interleave_with_the_others_after_a_fresh_warm_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _plan(tmp_path, [A, B, C], repeats=3)
+    document = _document(plan)
+    # A finished; B's second repeat was killed; C never ran past its first.
+    document["configurations"] = [
+        _record(A, {0: 10.0, 1: 10.0, 2: 10.0}),
+        _record(B, {0: 8.0, 1: None}),
+        _record(C, {0: 9.0}),
+    ]
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(document))
+    worker = FakeWorker(monkeypatch, {})
+    assert planning.run_all(plan, plan.resumed_document(), announce=lambda line: None)
+    assert worker.calls == [(A, None), (B, 1), (C, 1), (B, 2), (C, 2)]
+    saved = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert finished_repeat_sets(saved) == {A: {0, 1, 2}, B: {0, 1, 2}, C: {0, 1, 2}}
+    assert [r["status"] for r in saved["configurations"]] == ["ok", "ok", "ok"]
+
+
+def test_resume_refuses_other_distribution_settings_naming_them(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, [A], repeats=1)
+    document = _document(plan)
+    document["distribution"] = {"strategy": "mirrored", "workers": 0, "cpu_replicas": 2}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(document))
+    same = {"strategy": "mirrored", "workers": 0, "cpu_replicas": 2, "replicas": 2}
+    assert plan.resumed_document(same)["status"] == "running"
+    with pytest.raises(RunSetupError) as refused:
+        plan.resumed_document({"strategy": "none", "workers": 0, "cpu_replicas": 0})
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "different --strategy, --cpu-replicas" in message
+
+
+def test_cli_resume_with_another_strategy_exits_2_naming_it(
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the command line: the first run (its workers stubbed) records the distribution,
+    the resume with another is refused in one line before anything trains."""
+    from mpcore.data.synthetic import write_synthetic_ships
+    from mpcore.run.files import write_json_atomic
+
+    plans: list[planning.RunPlan] = []
+
+    def run_all(plan, document, announce=print) -> bool:
+        plans.append(plan)
+        write_json_atomic(plan.results_path, document)
+        return True
+
+    monkeypatch.setattr(planning, "run_all", run_all)
+    monkeypatch.setenv("MPBENCH_CACHE", str(tmp_path / "cache"))
+    root = write_synthetic_ships(tmp_path / "ships", per_class=8, image_size=32)
+    argv = ["run", "--profile", "quick", "--data", str(root), "--precision", "float32"]
+    argv += ["--epochs", "2", "--image-size", "32", "--batch-size", "2", "--quiet"]
+    argv += ["--out", str(tmp_path / "run")]
+    code, _, _ = invoke([*argv, "--strategy", "mirrored", "--cpu-replicas", "2"])
+    assert code == 0
+    assert plans[0].verbose == 0  # --quiet: no Keras lines
+    assert [name_of(c) for c in plans[0].configs] == [A, f"{A}@mirrored"]  # quick: no control
+    code, _, err = invoke([*argv, "--resume"])
+    assert code == 2 and len(plans) == 1
+    assert err.count("\n") == 1
+    assert "different --strategy, --cpu-replicas" in err
+
+
+# --------------------------------------------------------------------------------------------
+# The A/A control
+
+
+def test_the_control_is_the_baseline_again_as_its_own_interleaved_row() -> None:
+    modes = [{"precision": p, "xla": "off"} for p in ("float32", "mixed_float16")]
+    planned = [name_of(c) for c in planning.planned_configs(modes, "none", control=True)]
+    assert planned == [A, B, f"{A} (A/A)"]
+    # Without the baseline there is nothing to repeat.
+    assert planning.planned_configs(modes[1:], "none", control=True) == modes[1:]
+
+
+def test_the_control_row_gives_the_noise_floor_under_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    control = A + CONTROL_SUFFIX
+    plan = _plan(tmp_path, [A, B, control], repeats=4)
+    noise = {A: lambda n: 10.0 + n % 3 * 0.2, control: lambda n: 10.1 + n % 2 * 0.3, B: 5.0}
+    FakeWorker(monkeypatch, noise)
+    assert planning.run_all(plan, _document(plan), announce=lambda line: None)
+    saved = json.loads((tmp_path / RESULTS_FILE).read_text())
+    summary = saved["control"]
+    assert (summary["name"], summary["baseline"]) == (control, A)
+    assert summary["too_noisy"] is False
+    assert summary["speedup_low"] <= summary["speedup"] <= summary["speedup_high"]
+    # The farther end of the A/A interval from 1.00x, in percent, under the table.
+    floor = max(summary["speedup_high"] - 1, 1 - summary["speedup_low"])
+    assert summary["noise_floor"] == pytest.approx(floor)
+    table = report.run_table(saved)
+    assert f"identical work differed by up to {100 * floor:.1f}%" in table
+    assert control in table and "TOO NOISY" not in table.upper()
+
+
+def test_an_a_a_row_called_different_says_loudly_the_machine_was_too_noisy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    control = A + CONTROL_SUFFIX
+    plan = _plan(tmp_path, [A, control], repeats=4)
+    FakeWorker(monkeypatch, {A: lambda n: 10.0 + n * 0.01, control: lambda n: 14.0 + n * 0.01})
+    planning.run_all(plan, _document(plan), announce=lambda line: None)
+    saved = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert saved["control"]["too_noisy"] is True
+    assert "TOO NOISY TO TRUST THE OTHER CALLS" in report.run_table(saved).upper()
+
+
+# --------------------------------------------------------------------------------------------
+# --repeats auto and the progress lines
+
+
+def test_repeats_auto_stops_as_soon_as_every_comparison_is_decided(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _plan(tmp_path, [A, B], repeats=3, budget_seconds=600)
+    worker = FakeWorker(monkeypatch, {A: lambda n: 10.0 + n * 0.01, B: lambda n: 5.0 + n * 0.01})
+    lines: list[str] = []
+    assert planning.run_all(plan, _document(plan), announce=lines.append)
+    assert len(worker.calls) == 1 + 2 * 3  # the warm-up and three rounds, no more
+    assert "repeats auto: every comparison decided after 3 round(s)" in lines
+    saved = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert saved["auto_repeats"] == {"budget_seconds": 600, "rounds": 3, "undecided": []}
+
+
+def test_repeats_auto_adds_rounds_until_the_budget_and_names_the_undecided(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _plan(tmp_path, [A, B, C], repeats=3, budget_seconds=20)
+    # C interleaves with A at +-20%: never decided; B is twice as fast, decided at once.
+    wobble = {A: lambda n: 10.0 * (1.2 if n % 2 else 0.8), B: 5.0}
+    wobble[C] = lambda n: 10.0 * (0.8 if n % 2 else 1.2)
+    worker = FakeWorker(monkeypatch, wobble)
+    lines: list[str] = []
+    planning.run_all(plan, _document(plan), announce=lines.append)
+    # 1 s a run: the warm-up and 3 rounds take 10 s; rounds of 3 s start while they end
+    # within 20 s (at 13, 16, 19), the next (22) would not.
+    assert len(worker.calls) == 1 + 3 * 6
+    assert plan.repeats == 6
+    assert lines[-1].startswith("repeats auto: the budget of 20 s is spent after 6 round(s)")
+    assert lines[-1].endswith(f"undecided: {C}")
+    saved = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert saved["auto_repeats"]["undecided"] == [C]
+    assert [len(r["repeats"]) for r in saved["configurations"]] == [6, 6, 6]
+    # The extra rounds interleave too: no configuration twice in a row.
+    timed = [name for name, repeat in worker.calls if repeat is not None]
+    assert all(a != b for a, b in itertools.pairwise(timed))
+
+
+def test_progress_lines_estimate_the_time_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _plan(tmp_path, [A, B], repeats=3)
+    FakeWorker(monkeypatch, {}, seconds=30.0)
+    lines: list[str] = []
+    planning.run_all(plan, _document(plan), announce=lines.append)
+    finished = [line for line in lines if "finished in" in line]
+    assert len(finished) == 6
+    # 30 s a run: after the first of six, five left, 150 s; after the last, nothing.
+    assert finished[0].endswith("; about 2 min left") or "about 150 s left" in finished[0]
+    assert finished[3].endswith("; about 60 s left")
+    assert "left" not in finished[-1]

@@ -28,6 +28,12 @@ from mpcore.face.doctor_cmd import cmd_doctor
 from mpcore.face.numerics_cmd import cmd_numerics
 from mpcore.face.report_cmd import cmd_report
 from mpcore.face.run_cmd import PROFILES, cmd_run
+from mpcore.face.run_options import (
+    DEFAULT_BUDGET_MINUTES,
+    MAX_REPEATS,
+    budget_minutes,
+    repeats_value,
+)
 from mpcore.names import DEFAULT_PRECISIONS, PRECISIONS
 from mpcore.run.process import (
     EXIT_INTERRUPTED,
@@ -84,11 +90,31 @@ def build_parser() -> OneLineParser:
     run.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>)")
     run.add_argument(
         "--repeats",
-        type=positive_int,
-        metavar="N",
-        help="train each configuration N times, interleaved, after an untimed warm-up; the "
-        "table gives the median ms/step (min-max) and marks speedups that are not significant "
-        "(default: from the profile, 4 for quick, 3 for seed)",
+        type=repeats_value,
+        metavar="N|auto",
+        help=f"train each configuration N times (at most {MAX_REPEATS}), interleaved, after an "
+        "untimed warm-up; the table gives the median ms/step (min-max) and marks speedups that "
+        "are not significant (default: from the profile, 4 for quick, 3 for seed); auto: the "
+        "profile's rounds, then more until every comparison is decided or --budget is spent",
+    )
+    run.add_argument(
+        "--budget",
+        type=budget_minutes,
+        metavar="MINUTES",
+        help="with --repeats auto: the minutes the whole run may take (default: "
+        f"{DEFAULT_BUDGET_MINUTES:g})",
+    )
+    run.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        help="also run the baseline float32+xla_off a second time as its own interleaved row, "
+        "'float32+xla_off (A/A)': the machine's own noise floor (default: on for the seed "
+        "profile, off for quick)",
+    )
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="hide Keras's per-epoch lines; the progress lines between runs stay",
     )
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out, skipping finished ones"

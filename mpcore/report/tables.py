@@ -13,6 +13,7 @@ from mpcore.face.plots import (
 )
 from mpcore.names import BASELINE
 from mpcore.run.stats import chance_of_no_overlap, speedup, spread
+from mpcore.run.verdicts import control_notes
 
 #: Columns of the run table and CSV: (key, table header, number format).
 RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -263,6 +264,7 @@ def run_table(document: dict[str, Any]) -> str:
             "scaling efficiency: images/s / (replicas x images/s of the same configuration "
             "without a strategy, one replica, in this run); 100% is linear scaling"
         )
+    notes.extend(control_notes(document))
     notes.extend(machine_notes(document.get("machine") or {}))
     return table + "\n" + "\n".join(notes)
 

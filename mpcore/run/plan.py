@@ -16,14 +16,23 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mpcore.names import VALIDATION_FRACTION, name_of
-from mpcore.run import launcher
+from mpcore.names import (
+    BASELINE,
+    BASELINE_PRECISION,
+    BASELINE_XLA,
+    VALIDATION_FRACTION,
+    name_of,
+)
+from mpcore.run import launcher, verdicts
 from mpcore.run.files import save_results, write_json_atomic
 from mpcore.run.process import EXIT_INTERRUPTED, signal_name
+from mpcore.run.schedule import count, duration, interleaved_rounds, round_order
+from mpcore.run.schedule import interleaved_schedule as interleaved_schedule  # re-exported
+from mpcore.run.schedule import iter_schedule as iter_schedule  # re-exported
 from mpcore.run.schema import RESULTS_FILE, strategy_of
 from mpcore.run.spec import WorkerSpec
 from mpcore.run.store import (
@@ -36,6 +45,10 @@ from mpcore.run.store import (
     store_repeat,
     warmup_entry,
 )
+
+#: More repeats than this is a typo, not a plan: a thousand rounds of the quick profile take
+#: about a day on a 2-core CPU.
+MAX_REPEATS = 1000
 
 
 @dataclasses.dataclass
@@ -62,6 +75,9 @@ class RunPlan:
     #: Times each configuration trains, interleaved (:func:`interleaved_schedule`); above one,
     #: an untimed warm-up run comes first (:func:`run_warmup`).
     repeats: int = 1
+    #: ``--repeats auto``: after the ``repeats`` rounds, more interleaved rounds until every
+    #: comparison with the baseline is decided or this many seconds (from the start) are spent.
+    budget_seconds: float | None = None
 
     @property
     def names(self) -> list[str]:
@@ -71,11 +87,17 @@ class RunPlan:
     def results_path(self) -> Path:
         return self.out / RESULTS_FILE
 
-    def resumed_document(self) -> dict[str, Any]:
+    def resumed_document(self, distribution: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The saved run in ``out`` with what this plan may keep (see
-        :func:`mpcore.run.store.resumable_document`)."""
+        :func:`mpcore.run.store.resumable_document`); ``distribution``: this run's
+        ``--strategy``, ``--workers`` and ``--cpu-replicas``, which the saved run must share."""
         return resumable_document(
-            self.results_path, self.settings, self.data_root, self.skipped_images, self.names
+            self.results_path,
+            self.settings,
+            self.data_root,
+            self.skipped_images,
+            self.names,
+            distribution,
         )
 
     def new_document(self, **fields: Any) -> dict[str, Any]:
@@ -104,54 +126,20 @@ class RunPlan:
         )
 
 
-def planned_configs(modes: list[dict[str, str]], strategy: str) -> list[dict[str, str]]:
+def planned_configs(
+    modes: list[dict[str, str]], strategy: str, control: bool = False
+) -> list[dict[str, str]]:
     """Each mode as planned: under a strategy, first without one (the one-replica baseline its
-    scaling efficiency is measured against), then under the strategy."""
+    scaling efficiency is measured against), then under the strategy. With ``control``, the
+    baseline (when planned) once more at the end, as the A/A control."""
     planned: list[dict[str, str]] = []
     for mode in modes:
         planned.append(dict(mode))
         if strategy != "none":
             planned.append({**mode, "strategy": strategy})
+    if control and any(name_of(config) == BASELINE for config in planned):
+        planned.append({"precision": BASELINE_PRECISION, "xla": BASELINE_XLA, "control": "A/A"})
     return planned
-
-
-def interleaved_rounds(wanted: Mapping[str, Sequence[int]]) -> Iterator[tuple[str, int]]:
-    """``(name, repeat)`` in run order for the repeats ``wanted[name]`` of each configuration,
-    lazily (a ``range`` is never expanded): round ``k`` runs the ``k``-th wanted repeat of every
-    configuration that has one, in the planned order rotated by ``k x configurations / rounds``.
-
-    The rotations are spread evenly over the rounds, so with R rounds of N configurations each
-    configuration holds every position of a round floor(R/N) or ceil(R/N) times, and when R < N
-    its R positions lie in R different stretches of the round (one early, one late, ...)
-    instead of R neighbouring ones: a drift of the machine along a round lands on every
-    configuration nearly alike. A rotation that would run a configuration twice in a row (with
-    two configurations, every other round) is turned once more (A B A B): the load of a shared
-    machine comes in bursts longer than one run, and two runs in a row of one configuration
-    could both fall in one."""
-    names = list(wanted)
-    rounds = max((len(wanted[name]) for name in names), default=0)
-    previous = None
-    for k in range(rounds):
-        present = [name for name in names if len(wanted[name]) > k]
-        shift = (k * len(present)) // rounds
-        order = present[shift:] + present[:shift]
-        if len(order) > 1 and order[0] == previous:
-            order = order[1:] + order[:1]
-        for name in order:
-            yield name, wanted[name][k]
-        previous = order[-1]
-
-
-def iter_schedule(names: list[str], repeats: int) -> Iterator[tuple[str, int]]:
-    """Every repeat of every configuration in run order (:func:`interleaved_rounds`), lazily."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be positive, got {repeats}")
-    return interleaved_rounds({name: range(repeats) for name in names})
-
-
-def interleaved_schedule(names: list[str], repeats: int) -> list[tuple[str, int]]:
-    """:func:`iter_schedule` as a list."""
-    return list(iter_schedule(names, repeats))
 
 
 def pending_runs(plan: RunPlan, document: dict[str, Any]) -> list[tuple[dict[str, str], int]]:
@@ -169,7 +157,7 @@ def pending_runs(plan: RunPlan, document: dict[str, Any]) -> list[tuple[dict[str
             if not finished
             else [r for r in range(plan.repeats) if r not in finished]
         )
-        if len(missing):
+        if count(missing):
             wanted[name] = missing
     return [(configs[name], repeat) for name, repeat in interleaved_rounds(wanted)]
 
@@ -256,14 +244,38 @@ def _worker_record(
     return record
 
 
+#: The clock a run's budget is kept by (``--repeats auto``).
+CLOCK = time.monotonic
+
+
+class Progress:
+    """Numbers the runs and estimates the time left from the mean time of the runs so far."""
+
+    def __init__(self, total: int, done: int = 0) -> None:
+        self.total, self.number = total, done
+        self.seconds: list[float] = []
+        self.started = CLOCK()
+
+    def spent(self) -> float:
+        return CLOCK() - self.started
+
+    def left(self) -> str:
+        """``; about 2 min left`` (nothing before the first run has finished)."""
+        if not self.seconds:
+            return ""
+        remaining = (self.total - self.number) * sum(self.seconds) / len(self.seconds)
+        return f"; about {duration(remaining)} left" if remaining > 0 else ""
+
+
 def run_all(
     plan: RunPlan,
     document: dict[str, Any],
     announce: Callable[[str], None] = print,
 ) -> bool:
     """Run every planned repeat not already ``ok`` in ``document`` in the interleaved order
-    (after a warm-up when repeats > 1), saving ``results.json`` after each. A configuration
-    that fails is not repeated. Returns False if the run was interrupted (Ctrl-C)."""
+    (after a warm-up when repeats > 1), saving ``results.json`` after each; with a budget
+    (``--repeats auto``), add rounds until every comparison is decided or the budget is spent.
+    A configuration that fails is not repeated. Returns False if the run was interrupted."""
     results_path = plan.results_path
     pending = pending_runs(plan, document)
     counts = finished_repeats(document)
@@ -271,12 +283,14 @@ def run_all(
     if done:
         announce(f"resuming: {len(done)} configuration(s) already finished: {', '.join(done)}")
     write_json_atomic(results_path, document)
-    total = len(plan.configs) * plan.repeats
+    progress = Progress(
+        len(plan.configs) * plan.repeats, len(plan.configs) * plan.repeats - len(pending)
+    )
     running = ""  # the configuration an interrupt would cut short
     failed: set[str] = set()  # a configuration that failed is not repeated
     try:
         with tempfile.TemporaryDirectory(prefix="mpbench-") as workdir:
-            if pending and plan.repeats > 1:
+            if pending and (plan.repeats > 1 or plan.budget_seconds):
                 running = f"the warm-up ({name_of(plan.configs[0])})"
                 announce(f"warm-up: {name_of(plan.configs[0])}, 1 epoch, untimed")
                 warmup = run_warmup(plan, document, Path(workdir))
@@ -286,26 +300,28 @@ def run_all(
                     else f"warm-up: {_outcome(warmup)}"
                 )
             for position, (config, repeat) in enumerate(pending):
-                name = running = name_of(config)
-                if name in failed:
+                if name_of(config) in failed:
+                    progress.total -= 1
                     continue
-                number = total - len(pending) + position + 1
-                label = f"{name} (repeat {repeat + 1}/{plan.repeats})" if plan.repeats > 1 else name
-                announce(f"[{number}/{total}] {label}: training")
-                record = run_configuration(plan, config, Path(workdir), repeat)
-                store_repeat(document, record, repeat, number - 1)
-                if record["status"] != "ok":
-                    failed.add(name)
-                running = ""
-                save_results(results_path, document, announce)
                 following = next(
                     (name_of(c) for c, _ in pending[position + 1 :] if name_of(c) not in failed),
                     None,
                 )
-                announce(
-                    f"[{number}/{total}] {label}: {_outcome(record)}; "
-                    + (f"next: {following}" if following else "all done")
+                running = name_of(config)
+                _run_one(
+                    plan,
+                    document,
+                    config,
+                    repeat,
+                    Path(workdir),
+                    progress,
+                    following,
+                    failed,
+                    announce,
                 )
+                running = ""
+            if plan.budget_seconds:
+                running = _more_rounds(plan, document, Path(workdir), progress, failed, announce)
     except KeyboardInterrupt:
         # Whatever the interrupt cut short, every finished configuration is in ``document``.
         document.update(status="interrupted", updated=now_iso())
@@ -319,6 +335,93 @@ def run_all(
     document.update(status="complete", updated=now_iso())
     save_results(results_path, document, announce)
     return True
+
+
+def _run_one(
+    plan: RunPlan,
+    document: dict[str, Any],
+    config: dict[str, str],
+    repeat: int,
+    workdir: Path,
+    progress: Progress,
+    following: str | None,
+    failed: set[str],
+    announce: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train one repeat, store it and save ``results.json``, announcing before and after."""
+    name = name_of(config)
+    progress.number += 1
+    number = progress.number
+    label = f"{name} (repeat {repeat + 1}/{plan.repeats})" if plan.repeats > 1 else name
+    announce(f"[{number}/{progress.total}] {label}: training")
+    record = run_configuration(plan, config, workdir, repeat)
+    progress.seconds.append(record.get("wall_seconds", 0.0))
+    store_repeat(document, record, repeat, number - 1)
+    if record["status"] != "ok":
+        failed.add(name)
+    if any(config.get("control") for config in plan.configs):
+        document["control"] = verdicts.control_summary(document)
+    save_results(plan.results_path, document, announce)
+    announce(
+        f"[{number}/{progress.total}] {label}: {_outcome(record)}; "
+        + (f"next: {following}" if following else "all done")
+        + progress.left()
+    )
+    return record
+
+
+def _more_rounds(
+    plan: RunPlan,
+    document: dict[str, Any],
+    workdir: Path,
+    progress: Progress,
+    failed: set[str],
+    announce: Callable[[str], None],
+) -> str:
+    """``--repeats auto``: one interleaved round more at a time while a comparison with the
+    baseline is undecided and the next round fits in the budget; says what stayed undecided.
+    Returns "" (nothing running) when done."""
+    budget = plan.budget_seconds or 0.0
+    names = [name for name in plan.names if name not in failed]
+    configs = {name_of(config): config for config in plan.configs}
+    previous: str | None = None
+    auto: dict[str, Any] = {"budget_seconds": budget, "rounds": plan.repeats, "undecided": []}
+    while True:
+        open_calls = [name for name in verdicts.undecided(document) if name in names]
+        auto["undecided"] = open_calls
+        document["auto_repeats"] = dict(auto)
+        if not open_calls:
+            announce(f"repeats auto: every comparison decided after {plan.repeats} round(s)")
+            return ""
+        mean = sum(progress.seconds) / max(1, len(progress.seconds))
+        spent = progress.spent()
+        if plan.repeats >= MAX_REPEATS or spent + mean * len(names) > budget:
+            announce(
+                f"repeats auto: the budget of {duration(budget)} is spent after "
+                f"{plan.repeats} round(s); undecided: {', '.join(open_calls)}"
+            )
+            return ""
+        repeat = plan.repeats
+        plan.repeats += 1
+        auto["rounds"] = plan.repeats
+        order = round_order(names, repeat, previous)
+        progress.total += len(order)
+        announce(f"repeats auto: round {repeat + 1} for {len(open_calls)} undecided comparison(s)")
+        for position, name in enumerate(order):
+            following = order[position + 1] if position + 1 < len(order) else None
+            _run_one(
+                plan,
+                document,
+                configs[name],
+                repeat,
+                workdir,
+                progress,
+                following,
+                failed,
+                announce,
+            )
+        previous = order[-1]
+        names = [name for name in names if name not in failed]
 
 
 def _outcome(record: dict[str, Any]) -> str:

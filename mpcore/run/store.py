@@ -15,6 +15,14 @@ from mpcore.run.files import RunSetupError, read_results
 from mpcore.run.scaling import add_scaling
 from mpcore.run.schema import SCHEMA, strategy_of
 
+#: The distribution settings a resume must share with the saved run, by the option that sets each.
+DISTRIBUTION_OPTIONS = {
+    "strategy": "--strategy",
+    "workers": "--workers",
+    "cpu_replicas": "--cpu-replicas",
+}
+_UNDISTRIBUTED = {"strategy": "none", "workers": 0, "cpu_replicas": 0}
+
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -89,16 +97,26 @@ def resumable_document(
     data_root: Path,
     skipped_images: list[str],
     planned: list[str],
+    distribution: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The saved run at ``path`` with every record it holds (a resume never drops one; a
-    configuration outside ``planned`` is kept as it is); raise :class:`RunSetupError` if it was
-    made with other settings or data."""
+    configuration outside ``planned`` is kept as it is); raise :class:`RunSetupError` naming
+    every difference if it was made with other settings, data or ``distribution`` (the
+    strategy, local workers and CPU replicas: records of different replica counts must not
+    share a table)."""
     document = read_results(path)
     differing = sorted(
         key
         for key in set(settings) | set(document.get("settings", {}))
         if settings.get(key) != document.get("settings", {}).get(key)
     )
+    saved_distribution = document.get("distribution")
+    if distribution is not None and isinstance(saved_distribution, Mapping):
+        differing += [
+            DISTRIBUTION_OPTIONS[key]
+            for key in DISTRIBUTION_OPTIONS
+            if saved_distribution.get(key, _UNDISTRIBUTED[key]) != distribution.get(key)
+        ]
     saved_data = document.get("data", {})
     saved_skipped = [image.get("path") for image in saved_data.get("skipped_images", [])]
     if saved_data.get("root") != str(data_root) or saved_skipped != skipped_images:
