@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -371,3 +372,82 @@ def test_progress_lines_estimate_the_time_left(
     assert finished[0].endswith("; about 2 min left") or "about 150 s left" in finished[0]
     assert finished[3].endswith("; about 60 s left")
     assert "left" not in finished[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# The table, results.csv and step_time.png tell one story
+
+
+def _repeated_document(repeats: int) -> dict[str, Any]:
+    """A results.json of three configurations with ``repeats`` repeats each, the latest repeat
+    of each far from its median (where a per-repeat ratio would disagree with the table)."""
+    base = [10.0, 12.0, 9.0, 11.5][:repeats]
+    other = [6.0, 5.0, 7.5, 5.5][:repeats]
+    slow = [20.0, 26.0, 21.0, 30.0][:repeats]
+    records = [
+        _record(name, dict(enumerate(times))) for name, times in ((A, base), (B, other), (C, slow))
+    ]
+    return {
+        "schema": "mpbench-results/1",
+        "settings": {"model": "small"},
+        "configurations": records,
+    }
+
+
+def _table_line(table: str, name: str) -> str:
+    (line,) = [line for line in table.splitlines() if line.startswith(name + " ")]
+    return line
+
+
+@pytest.mark.parametrize("repeats", [1, 2, 4])
+def test_table_csv_and_plot_give_the_same_speedups_and_the_baseline_1x(
+    repeats: int, tmp_path: Path
+) -> None:
+    import csv
+
+    from mpcore.report.render import step_time_data
+
+    document = _repeated_document(repeats)
+    table = report.run_table(document)
+    report.render_run(document, tmp_path)
+    with open(tmp_path / "results.csv") as handle:
+        csv_rows = {row["configuration"]: row for row in csv.DictReader(handle)}
+    plotted = {entry["configuration"]: entry for entry in step_time_data(document)}
+    assert set(plotted) == set(csv_rows) == {A, B, C}
+    assert float(csv_rows[A]["speedup"]) == plotted[A]["speedup"] == 1.0
+    assert "1.00x" in _table_line(table, A)
+    for name in (B, C):
+        speedup = plotted[name]["speedup"]
+        assert float(csv_rows[name]["speedup"]) == pytest.approx(speedup, rel=1e-12)
+        assert f"{speedup:.2f}x" in _table_line(table, name)
+        assert float(csv_rows[name]["ms_per_step"]) == plotted[name]["ms_per_step"]
+        # The table's speedup is the ratio of the medians, whatever the latest repeat took.
+        base = [run["ms_per_step"] for run in document["configurations"][0]["repeats"]]
+        assert speedup == pytest.approx(
+            statistics.median(base) / statistics.median(plotted[name]["repeats"])
+        )
+        # Every repeat is drawn, with the interval once there are repeats to have one.
+        assert len(plotted[name]["repeats"]) == repeats
+        if repeats > 1:
+            low, high = plotted[name]["interval"]
+            assert low <= speedup <= high
+            assert f"{low:.2f}" in _table_line(table, name)
+    assert (tmp_path / "step_time.png").stat().st_size > 0
+
+
+def test_one_epoch_says_no_steady_epoch_in_the_table_and_results_json() -> None:
+    from mpcore.run.store import steady_description
+
+    assert steady_description(1).startswith("no steady epoch")
+    assert steady_description(4) == "median of epochs 2-4"
+    document = _repeated_document(2)
+    for record in document["configurations"]:
+        record["result"]["epoch_seconds"] = [2.8]
+        record["result"]["steady"] = steady_description(1)
+    table = report.run_table(document)
+    for name in (A, B, C):
+        line = _table_line(table, name)
+        assert line.count("no steady epoch") >= 3  # steady epoch s, ms/step, images/s
+    assert "no steady epoch (" in table  # and the footnote says why
+    steady = _repeated_document(2)
+    assert "no steady epoch" not in report.run_table(steady)

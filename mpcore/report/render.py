@@ -16,7 +16,13 @@ from mpcore.face.plots import (
     subtitle,
 )
 from mpcore.names import BASELINE
-from mpcore.report.tables import RUN_COLUMNS, benchmark_rows, csv_columns, run_rows
+from mpcore.report.tables import (
+    RUN_COLUMNS,
+    benchmark_rows,
+    csv_columns,
+    repeat_times,
+    run_rows,
+)
 
 
 def write_csv(
@@ -33,16 +39,52 @@ def write_csv(
     return path
 
 
+def shared_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table's rows as ``results.csv`` and ``step_time.png`` give them: the same numbers,
+    the baseline's speedup exactly 1 (with repeats the table prints it as ``1.00x``, and a ratio
+    of its median to one repeat of its own would read 0.98x)."""
+    rows = run_rows(document)
+    for row in rows:
+        if row["configuration"] == BASELINE and row["speedup"] is not None:
+            row.update(speedup=1.0)
+    return rows
+
+
+def step_time_data(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """What ``step_time.png`` draws, one entry per configuration with a time: its label, the
+    bar (the table's ms/step), the speedup and its interval (the table's), and every repeat's
+    ms/step as points."""
+    records = {record.get("name"): record for record in document.get("configurations", [])}
+    data = []
+    for row in shared_rows(document):
+        if row["ms_per_step"] is None:
+            continue
+        low, high = row.get("speedup_low"), row.get("speedup_high")
+        data.append(
+            {
+                "configuration": row["configuration"],
+                "ms_per_step": row["ms_per_step"],
+                "speedup": row["speedup"],
+                "interval": (low, high) if low is not None and high is not None else None,
+                "repeats": repeat_times(records[row["configuration"]]),
+            }
+        )
+    return data
+
+
 def plot_step_time(document: dict[str, Any], path: Path) -> Path:
-    """Steady-state ms/step per configuration, annotated with the speedup over the baseline."""
-    rows = [row for row in run_rows(document) if row["ms_per_step"] is not None]
+    """Steady-state ms/step per configuration (the median over repeats, each repeat a dot),
+    annotated with the table's speedup over the baseline and its interval."""
+    data = step_time_data(document)
     return plot_bars(
-        [row["configuration"] for row in rows],
-        [row["ms_per_step"] for row in rows],
-        [row["speedup"] for row in rows],
+        [entry["configuration"] for entry in data],
+        [entry["ms_per_step"] for entry in data],
+        [entry["speedup"] for entry in data],
         path,
         f"Steady training step time (speedup over {BASELINE})\n{subtitle(document)}",
-        "milliseconds per training step (median of epochs after the first)",
+        "milliseconds per training step (median of epochs after the first; of repeats: median)",
+        points=[entry["repeats"] for entry in data],
+        intervals=[entry["interval"] for entry in data],
     )
 
 
@@ -50,7 +92,7 @@ def render_run(document: dict[str, Any], out: Path) -> list[Path]:
     """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files."""
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        write_csv(run_rows(document), out / "results.csv", csv_columns(document)),
+        write_csv(shared_rows(document), out / "results.csv", csv_columns(document)),
         plot_time_vs_loss(document, out / "time_vs_loss.png"),
         plot_curves(document, out / "curves.png"),
         plot_step_time(document, out / "step_time.png"),

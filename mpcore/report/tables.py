@@ -13,6 +13,7 @@ from mpcore.face.plots import (
 )
 from mpcore.names import BASELINE
 from mpcore.run.stats import chance_of_no_overlap, speedup, spread
+from mpcore.run.store import NO_STEADY_EPOCH
 from mpcore.run.verdicts import control_notes
 
 #: Columns of the run table and CSV: (key, table header, number format).
@@ -201,6 +202,8 @@ def benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
 def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if fmt == "d":
@@ -226,10 +229,34 @@ def format_table(
     )
 
 
+#: The table's cells that a run without a steady epoch (``--epochs 1``) has no figure for.
+STEADY_CELLS = ("steady_epoch_s", "ms_per_step", "ms_per_step_range", "images_per_s")
+
+
+def has_no_steady_epoch(record: dict[str, Any]) -> bool:
+    """Whether an ``ok`` record trained one epoch only, so its steady figures are the first's."""
+    result = record.get("result") or {}
+    steady = result.get("steady")
+    if isinstance(steady, str):
+        return steady.startswith(NO_STEADY_EPOCH)
+    return isinstance(result.get("epoch_seconds"), list) and len(result["epoch_seconds"]) < 2
+
+
 def run_table(document: dict[str, Any]) -> str:
     """The run table plus a footnote saying what speedup and peak memory mean."""
     rows = run_rows(document)
-    table = format_table(rows, run_columns(document))
+    unsteady = {
+        record.get("name")
+        for record in document.get("configurations", [])
+        if record.get("status") == "ok" and has_no_steady_epoch(record)
+    }
+    shown = [
+        {**row, **dict.fromkeys(STEADY_CELLS, NO_STEADY_EPOCH)}
+        if row["configuration"] in unsteady
+        else row
+        for row in rows
+    ]
+    table = format_table(shown, run_columns(document))
     kinds = {peak_memory(r)[1] for r in document.get("configurations", []) if r.get("result")}
     notes = [
         "ms/step: steady model.fit epochs (after the first) / steps per epoch, the whole fit "
@@ -263,6 +290,12 @@ def run_table(document: dict[str, Any]) -> str:
         notes.append(
             "scaling efficiency: images/s / (replicas x images/s of the same configuration "
             "without a strategy, one replica, in this run); 100% is linear scaling"
+        )
+    if unsteady:
+        notes.append(
+            f"{NO_STEADY_EPOCH} ({', '.join(sorted(unsteady))}): one epoch only, which includes "
+            "tracing and compilation, so there is no steady ms/step; speedups compare those "
+            "first epochs (train 2 epochs or more for steady figures)"
         )
     notes.extend(control_notes(document))
     notes.extend(machine_notes(document.get("machine") or {}))

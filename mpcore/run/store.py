@@ -28,6 +28,18 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+#: What a run with one epoch has in place of a steady figure (its only epoch traced, compiled).
+NO_STEADY_EPOCH = "no steady epoch"
+
+
+def steady_description(epochs: int) -> str:
+    """What a result's steady figures are: the median of the epochs after the first, or (one
+    epoch) :data:`NO_STEADY_EPOCH`, the figures then being the first epoch's."""
+    if epochs < 2:
+        return f"{NO_STEADY_EPOCH}: the figures are the first epoch's, compilation included"
+    return f"median of epochs 2-{epochs}" if epochs > 2 else "epoch 2"
+
+
 def failed_record(name: str, config: Mapping[str, str], reason: str) -> dict[str, Any]:
     """The record of a configuration that did not train to the end."""
     return {
@@ -47,12 +59,13 @@ def finished_record(
     (``sampler`` is the :class:`mpcore.probe.telemetry.Sampler` that ran during training)."""
     from mpcore.probe import telemetry
 
+    epochs = len(result.get("epoch_seconds") or [])
     return {
         "name": name,
         "config": dict(config),
         "status": "ok",
         "reason": None,
-        "result": result,
+        "result": {**result, "steady": steady_description(epochs)},
         "telemetry": {
             "peak_rss_bytes": telemetry.peak_rss_bytes(),
             "tf_peak_memory_bytes": telemetry.tf_peak_memory_bytes(),
