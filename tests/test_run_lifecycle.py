@@ -369,9 +369,9 @@ def test_progress_lines_estimate_the_time_left(
     finished = [line for line in lines if "finished in" in line]
     assert len(finished) == 6
     # 30 s a run: after the first of six, five left, 150 s; after the last, nothing.
-    assert finished[0].endswith("; about 2 min left") or "about 150 s left" in finished[0]
-    assert finished[3].endswith("; about 60 s left")
-    assert "left" not in finished[-1]
+    assert finished[0].endswith(f"; about 2 min left; next: {B}")
+    assert finished[3].endswith(f"; about 60 s left; next: {A}")
+    assert finished[-1].endswith("); all done")
 
 
 # --------------------------------------------------------------------------------------------

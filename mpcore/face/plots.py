@@ -151,7 +151,7 @@ def plot_bars(
                 label="a repeat" if position == 0 else None,
             )
     if points and any(len(times) > 1 for times in points):
-        axes.legend(fontsize=8, loc="lower right")
+        axes.legend(fontsize=8, loc="upper right")
     axes.set_xlabel(xlabel)
     axes.set_title(title, fontsize=11)
     longest = max([*values, *(t for times in points or [] for t in times)], default=1.0)

@@ -276,22 +276,19 @@ def run_all(
     (after a warm-up when repeats > 1), saving ``results.json`` after each; with a budget
     (``--repeats auto``), add rounds until every comparison is decided or the budget is spent.
     A configuration that fails is not repeated. Returns False if the run was interrupted."""
-    results_path = plan.results_path
     pending = pending_runs(plan, document)
     counts = finished_repeats(document)
     done = [name for name in plan.names if counts.get(name, 0) >= plan.repeats]
     if done:
         announce(f"resuming: {len(done)} configuration(s) already finished: {', '.join(done)}")
-    write_json_atomic(results_path, document)
-    progress = Progress(
-        len(plan.configs) * plan.repeats, len(plan.configs) * plan.repeats - len(pending)
-    )
-    running = ""  # the configuration an interrupt would cut short
-    failed: set[str] = set()  # a configuration that failed is not repeated
-    try:
-        with tempfile.TemporaryDirectory(prefix="mpbench-") as workdir:
+    write_json_atomic(plan.results_path, document)
+    planned = len(plan.configs) * plan.repeats
+    with tempfile.TemporaryDirectory(prefix="mpbench-") as workdir:
+        runner = _Runner(plan, document, Path(workdir), Progress(planned, planned - len(pending)))
+        runner.announce = announce
+        try:
             if pending and (plan.repeats > 1 or plan.budget_seconds):
-                running = f"the warm-up ({name_of(plan.configs[0])})"
+                runner.running = f"the warm-up ({name_of(plan.configs[0])})"
                 announce(f"warm-up: {name_of(plan.configs[0])}, 1 epoch, untimed")
                 warmup = run_warmup(plan, document, Path(workdir))
                 announce(
@@ -299,129 +296,106 @@ def run_all(
                     if warmup["status"] == "ok"
                     else f"warm-up: {_outcome(warmup)}"
                 )
-            for position, (config, repeat) in enumerate(pending):
-                if name_of(config) in failed:
-                    progress.total -= 1
-                    continue
-                following = next(
-                    (name_of(c) for c, _ in pending[position + 1 :] if name_of(c) not in failed),
-                    None,
-                )
-                running = name_of(config)
-                _run_one(
-                    plan,
-                    document,
-                    config,
-                    repeat,
-                    Path(workdir),
-                    progress,
-                    following,
-                    failed,
-                    announce,
-                )
-                running = ""
+                runner.running = ""
+            runner.run_in_order(pending)
             if plan.budget_seconds:
-                running = _more_rounds(plan, document, Path(workdir), progress, failed, announce)
-    except KeyboardInterrupt:
-        # Whatever the interrupt cut short, every finished configuration is in ``document``.
-        document.update(status="interrupted", updated=now_iso())
-        save_results(results_path, document, announce)
-        announce(
-            f"interrupted during {running}: it is not recorded"
-            if running
-            else "interrupted between configurations"
-        )
-        return False
+                runner.more_rounds()
+        except KeyboardInterrupt:
+            # Whatever the interrupt cut short, every finished configuration is in ``document``.
+            document.update(status="interrupted", updated=now_iso())
+            save_results(plan.results_path, document, announce)
+            announce(
+                f"interrupted during {runner.running}: it is not recorded"
+                if runner.running
+                else "interrupted between configurations"
+            )
+            return False
     document.update(status="complete", updated=now_iso())
-    save_results(results_path, document, announce)
+    save_results(plan.results_path, document, announce)
     return True
 
 
-def _run_one(
-    plan: RunPlan,
-    document: dict[str, Any],
-    config: dict[str, str],
-    repeat: int,
-    workdir: Path,
-    progress: Progress,
-    following: str | None,
-    failed: set[str],
-    announce: Callable[[str], None],
-) -> dict[str, Any]:
-    """Train one repeat, store it and save ``results.json``, announcing before and after."""
-    name = name_of(config)
-    progress.number += 1
-    number = progress.number
-    label = f"{name} (repeat {repeat + 1}/{plan.repeats})" if plan.repeats > 1 else name
-    announce(f"[{number}/{progress.total}] {label}: training")
-    record = run_configuration(plan, config, workdir, repeat)
-    progress.seconds.append(record.get("wall_seconds", 0.0))
-    store_repeat(document, record, repeat, number - 1)
-    if record["status"] != "ok":
-        failed.add(name)
-    if any(config.get("control") for config in plan.configs):
-        document["control"] = verdicts.control_summary(document)
-    save_results(plan.results_path, document, announce)
-    announce(
-        f"[{number}/{progress.total}] {label}: {_outcome(record)}; "
-        + (f"next: {following}" if following else "all done")
-        + progress.left()
-    )
-    return record
+@dataclasses.dataclass
+class _Runner:
+    """Runs repeats one after another: each trained, stored and saved, with progress lines."""
 
+    plan: RunPlan
+    document: dict[str, Any]
+    workdir: Path
+    progress: Progress
+    announce: Callable[[str], None] = print
+    #: A configuration that failed is not repeated.
+    failed: set[str] = dataclasses.field(default_factory=set)
+    #: What an interrupt would cut short ("" between runs).
+    running: str = ""
+    #: The configuration that ran last.
+    last: str | None = None
 
-def _more_rounds(
-    plan: RunPlan,
-    document: dict[str, Any],
-    workdir: Path,
-    progress: Progress,
-    failed: set[str],
-    announce: Callable[[str], None],
-) -> str:
-    """``--repeats auto``: one interleaved round more at a time while a comparison with the
-    baseline is undecided and the next round fits in the budget; says what stayed undecided.
-    Returns "" (nothing running) when done."""
-    budget = plan.budget_seconds or 0.0
-    names = [name for name in plan.names if name not in failed]
-    configs = {name_of(config): config for config in plan.configs}
-    previous: str | None = None
-    auto: dict[str, Any] = {"budget_seconds": budget, "rounds": plan.repeats, "undecided": []}
-    while True:
-        open_calls = [name for name in verdicts.undecided(document) if name in names]
-        auto["undecided"] = open_calls
-        document["auto_repeats"] = dict(auto)
-        if not open_calls:
-            announce(f"repeats auto: every comparison decided after {plan.repeats} round(s)")
-            return ""
-        mean = sum(progress.seconds) / max(1, len(progress.seconds))
-        spent = progress.spent()
-        if plan.repeats >= MAX_REPEATS or spent + mean * len(names) > budget:
-            announce(
-                f"repeats auto: the budget of {duration(budget)} is spent after "
-                f"{plan.repeats} round(s); undecided: {', '.join(open_calls)}"
+    def run_in_order(self, runs: Sequence[tuple[dict[str, str], int]]) -> None:
+        for position, (config, repeat) in enumerate(runs):
+            if name_of(config) in self.failed:
+                self.progress.total -= 1
+                continue
+            self.run_one(config, repeat, [name_of(c) for c, _ in runs[position + 1 :]])
+
+    def run_one(self, config: dict[str, str], repeat: int, after: Sequence[str]) -> None:
+        """Train one repeat, store it and save ``results.json``, announcing before and after
+        (``after``: the configurations still to run, in order)."""
+        plan, progress = self.plan, self.progress
+        name = self.running = name_of(config)
+        progress.number += 1
+        number = progress.number
+        label = f"{name} (repeat {repeat + 1}/{plan.repeats})" if plan.repeats > 1 else name
+        self.announce(f"[{number}/{progress.total}] {label}: training")
+        record = run_configuration(plan, config, self.workdir, repeat)
+        progress.seconds.append(record.get("wall_seconds", 0.0))
+        store_repeat(self.document, record, repeat, number - 1)
+        self.last = name
+        if record["status"] != "ok":
+            self.failed.add(name)
+        if any(config.get("control") for config in plan.configs):
+            self.document["control"] = verdicts.control_summary(self.document)
+        self.running = ""
+        save_results(plan.results_path, self.document, self.announce)
+        following = next((n for n in after if n not in self.failed), None)
+        self.announce(
+            f"[{number}/{progress.total}] {label}: {_outcome(record)}{progress.left()}; "
+            + (f"next: {following}" if following else "all done")
+        )
+
+    def more_rounds(self) -> None:
+        """``--repeats auto``: one interleaved round more at a time while a comparison with
+        the baseline is undecided and the next round fits in the budget (from the run's
+        start, warm-up included); says which comparisons stayed undecided."""
+        plan, progress = self.plan, self.progress
+        budget = plan.budget_seconds or 0.0
+        auto: dict[str, Any] = {"budget_seconds": budget, "rounds": plan.repeats}
+        configs = {name_of(config): config for config in plan.configs}
+        while True:
+            names = [name for name in plan.names if name not in self.failed]
+            open_calls = [name for name in verdicts.undecided(self.document) if name in names]
+            self.document["auto_repeats"] = {**auto, "undecided": open_calls}
+            if not open_calls:
+                self.announce(
+                    f"repeats auto: every comparison decided after {plan.repeats} round(s)"
+                )
+                return
+            mean = sum(progress.seconds) / max(1, len(progress.seconds))
+            if plan.repeats >= MAX_REPEATS or progress.spent() + mean * len(names) > budget:
+                self.announce(
+                    f"repeats auto: the budget of {duration(budget)} is spent after "
+                    f"{plan.repeats} round(s); undecided: {', '.join(open_calls)}"
+                )
+                return
+            repeat = plan.repeats
+            plan.repeats += 1
+            auto["rounds"] = plan.repeats
+            order = round_order(names, repeat, self.last)
+            progress.total += len(order)
+            self.announce(
+                f"repeats auto: round {repeat + 1} for {len(open_calls)} undecided comparison(s)"
             )
-            return ""
-        repeat = plan.repeats
-        plan.repeats += 1
-        auto["rounds"] = plan.repeats
-        order = round_order(names, repeat, previous)
-        progress.total += len(order)
-        announce(f"repeats auto: round {repeat + 1} for {len(open_calls)} undecided comparison(s)")
-        for position, name in enumerate(order):
-            following = order[position + 1] if position + 1 < len(order) else None
-            _run_one(
-                plan,
-                document,
-                configs[name],
-                repeat,
-                workdir,
-                progress,
-                following,
-                failed,
-                announce,
-            )
-        previous = order[-1]
-        names = [name for name in names if name not in failed]
+            self.run_in_order([(configs[name], repeat) for name in order])
 
 
 def _outcome(record: dict[str, Any]) -> str:
