@@ -88,7 +88,7 @@ def build_parser() -> OneLineParser:
         metavar="N",
         help="train each configuration N times, interleaved, after an untimed warm-up; the "
         "table gives the median ms/step (min-max) and marks speedups that are not significant "
-        "(default: from the profile, 4 for quick, 3 for seed)",
+        "(default: from the profile, 5 for quick, 6 for seed)",
     )
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out, skipping finished ones"
