@@ -50,9 +50,8 @@ class Profile:
     epochs: int
     xla: tuple[str, ...]
     synthetic_per_class: int
-    #: Interleaved runs of each configuration (``--repeats``): the fewest with which the run's
-    #: comparisons can be decided at a 5% family-wise error rate (:func:`minimum_repeats`,
-    #: docs/statistics.md); a plan with more comparisons than the profile's gets more.
+    #: Interleaved runs of each configuration (``--repeats``): the fewest that can decide the
+    #: run's comparisons at a 5% family-wise error rate (docs/statistics.md).
     repeats: int = 6
 
 
@@ -422,6 +421,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     )
     try:
         completed = planning.run_all(plan, document, announce=lambda line: print(line, flush=True))
+        document["statistics"] = report.run_statistics(document, args.band)  # kept with the run
+        files.save_results(plan.results_path, document, print)
     except files.ResultsUnsavable as error:
         print(f"mpbench run: error: {error}", file=sys.stderr)
         return 1

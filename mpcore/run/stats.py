@@ -235,18 +235,36 @@ def compare_all(
     is the alarm that the machine was noisier than the test allows for."""
     if baseline not in rows or not len(rows[baseline]):
         raise ValueError(f"no times for the baseline {baseline!r}")
-    base = _thinned(rows[baseline])
-    names = [name for name, values in rows.items() if name != baseline and len(values)]
-    if not names:
-        return {}
-    if (base <= 0).any() or any(min(rows[name]) <= 0 for name in names):
+    pairs = {
+        name: (rows[baseline], values)
+        for name, values in rows.items()
+        if name != baseline and len(values)
+    }
+    if controls is None:
+        controls = [name for name in pairs if is_control(name)]
+    return compare_pairs(pairs, alpha=alpha, band=band, controls=controls)
+
+
+def compare_pairs(
+    pairs: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    alpha: float = ALPHA,
+    band: float = BAND,
+    controls: Sequence[str] = (),
+) -> dict[str, Comparison]:
+    """Each ``name -> (before, after)`` pair of repeated times, ``before / after`` with its
+    interval and verdict, the pairs not in ``controls`` corrected together as one family
+    (Holm); see :func:`compare_all`. Every pair needs a value on each side."""
+    samples = {name: (_thinned(a), _thinned(b)) for name, (a, b) in pairs.items()}
+    if any(not len(a) or not len(b) for a, b in samples.values()):
+        raise ValueError("a comparison needs times on both sides")
+    if any((a <= 0).any() or (b <= 0).any() for a, b in samples.values()):
         raise ValueError("times per step must be positive")
-    control_names = {n for n in names if is_control(n)} if controls is None else set(controls)
-    family = [name for name in names if name not in control_names]
-    samples = {name: _thinned(rows[name]) for name in names}
-    differences = {name: log_differences(base, samples[name]) for name in names}
+    names = list(samples)
+    family = [name for name in names if name not in set(controls)]
+    differences = {name: log_differences(*samples[name]) for name in names}
     p = {
-        name: float(p_values(u_statistic(differences[name]), len(base), len(samples[name])))
+        name: float(p_values(u_statistic(differences[name]), *map(len, samples[name])))
         for name in names
     }
     tested: dict[str, tuple[bool, float, float]] = {}  # rejected, level, adjusted p
@@ -261,7 +279,7 @@ def compare_all(
             tested[name] = (p[name] <= strictest * (1 + 1e-9), strictest, adjusted_p)
     comparisons = {}
     for name in names:
-        n, m = len(base), len(samples[name])
+        n, m = map(len, samples[name])
         rejected_one, level_one, adjusted_one = tested[name]
         low, high = moses_interval(differences[name], n, m, np.asarray(level_one))
         code = verdict_codes(low, high, np.asarray(rejected_one), band)
