@@ -364,24 +364,3 @@ def noise_floor(a: Sequence[float], b: Sequence[float]) -> float:
     if min(a) <= 0 or min(b) <= 0:
         raise ValueError("times per step must be positive")
     return max(max(a) / min(b), max(b) / min(a)) - 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Speedup:
-    """``baseline / other`` of medians, its min-max interval and whether it excludes 1.0."""
-
-    ratio: float
-    low: float
-    high: float
-    #: None when either side has fewer than two repeats (nothing to judge the noise by).
-    significant: bool | None
-
-
-def speedup(baseline: Sequence[float], other: Sequence[float]) -> Speedup:
-    """The min-max rule of one pair (superseded by :func:`compare_all`)."""
-    base, mine = spread(baseline), spread(other)
-    if min(base.low, mine.low) <= 0:
-        raise ValueError("times per step must be positive")
-    low, high = base.low / mine.high, base.high / mine.low
-    significant = None if min(base.count, mine.count) < 2 else not low <= 1.0 <= high
-    return Speedup(base.median / mine.median, low, high, significant)
