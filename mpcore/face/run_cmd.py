@@ -33,6 +33,7 @@ from mpcore.face.run_guard import (
 )
 from mpcore.names import DEFAULT_PRECISIONS, PRECISIONS, VALIDATION_FRACTION, XLA_MODES
 from mpcore.run.process import EXIT_INTERRUPTED, EXIT_TERMINATED, terminated
+from mpcore.run.stats import planned_repeats
 from mpcore.train.placement import cpu_replicas_problem
 
 if TYPE_CHECKING:  # imported lazily at run time: TensorFlow loads only when a command needs it
@@ -49,9 +50,9 @@ class Profile:
     epochs: int
     xla: tuple[str, ...]
     synthetic_per_class: int
-    #: Interleaved runs of each configuration (``--repeats``): enough to tell a real speedup
-    #: from the noise of a shared machine (see :mod:`mpcore.run.stats`).
-    repeats: int = 3
+    #: Interleaved runs of each configuration (``--repeats``): the fewest that can decide the
+    #: run's comparisons at a 5% family-wise error rate (docs/statistics.md).
+    repeats: int = 6
 
 
 PROFILES: dict[str, Profile] = {
@@ -59,9 +60,9 @@ PROFILES: dict[str, Profile] = {
     "seed": Profile("resnet50", 224, 80, 5, ("off", "jit", "auto"), 120),
     # Small enough that all four precisions finish in well under 3 minutes on a 2-core CPU.
     # XLA stays off: on a CPU its compilation costs more than it saves at this size.
-    # Four repeats: 16 workers of about 5.5 s plus the warm-up, about 100 s at a load average
-    # near 2; fewer would let identical configurations look different (docs/cli.md).
-    "quick": Profile("small", 48, 16, 4, ("off",), 60, repeats=4),
+    # Five repeats, the fewest that can decide its 3 comparisons: 20 workers of about 5.5 s
+    # plus the warm-up, about 2 minutes at a load average near 2 (docs/statistics.md).
+    "quick": Profile("small", 48, 16, 4, ("off",), 60, repeats=5),
 }
 
 
@@ -359,6 +360,11 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     distribution = _distribution(args, gpu_count)
     precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(DEFAULT_PRECISIONS)
     xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or list(profile.xla)
+    comparisons = len(precisions) * len(xla_modes) * (1 + (distribution.strategy != "none")) - 1
+    try:
+        repeats = planned_repeats(args.repeats, profile.repeats, comparisons)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     settings = _settings(args, profile)
     if "float8" in precisions:
         _check_float8_model(settings.model)
@@ -386,7 +392,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         cpu_replicas=distribution.cpu_replicas,
         workers=distribution.workers,
         skipped_images=[image["path"] for image in data["skipped_images"]],
-        repeats=args.repeats or profile.repeats,
+        repeats=repeats,
     )
     try:
         if args.resume:
@@ -415,6 +421,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     )
     try:
         completed = planning.run_all(plan, document, announce=lambda line: print(line, flush=True))
+        document["statistics"] = report.run_statistics(document, args.band)  # kept with the run
+        files.save_results(plan.results_path, document, print)
     except files.ResultsUnsavable as error:
         print(f"mpbench run: error: {error}", file=sys.stderr)
         return 1

@@ -33,9 +33,9 @@ def write_csv(
     return path
 
 
-def plot_step_time(document: dict[str, Any], path: Path) -> Path:
+def plot_step_time(document: dict[str, Any], path: Path, band: float | None = None) -> Path:
     """Steady-state ms/step per configuration, annotated with the speedup over the baseline."""
-    rows = [row for row in run_rows(document) if row["ms_per_step"] is not None]
+    rows = [row for row in run_rows(document, band) if row["ms_per_step"] is not None]
     return plot_bars(
         [row["configuration"] for row in rows],
         [row["ms_per_step"] for row in rows],
@@ -46,14 +46,15 @@ def plot_step_time(document: dict[str, Any], path: Path) -> Path:
     )
 
 
-def render_run(document: dict[str, Any], out: Path) -> list[Path]:
-    """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files."""
+def render_run(document: dict[str, Any], out: Path, band: float | None = None) -> list[Path]:
+    """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files
+    (``band``: the verdicts' band instead of the run's own)."""
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        write_csv(run_rows(document), out / "results.csv", csv_columns(document)),
+        write_csv(run_rows(document, band), out / "results.csv", csv_columns(document)),
         plot_time_vs_loss(document, out / "time_vs_loss.png"),
         plot_curves(document, out / "curves.png"),
-        plot_step_time(document, out / "step_time.png"),
+        plot_step_time(document, out / "step_time.png", band),
     ]
     gpu = plot_gpu_telemetry(document, out / "gpu_telemetry.png")
     return [*written, *([gpu] if gpu else [])]
