@@ -5,7 +5,7 @@ process) and prints a side-by-side table; ``report`` re-renders a saved run or a
 file; ``doctor`` says what to expect from this machine; ``numerics`` shows what a float16 cast
 does to a model's gradients with and without loss scaling; ``check`` says whether mixed
 precision is safe for a user's own model; ``profile`` times each layer of a model in float32 and
-half precision.
+half precision; ``compare`` says what changed between two saved runs, noise taken into account.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mpcore.face import check_cmd, profile_cmd
+from mpcore.face import check_cmd, compare_cmd, profile_cmd
 from mpcore.face.common import (
     CACHE_ENV,
     EXIT_USAGE,
@@ -93,8 +93,8 @@ def build_parser() -> OneLineParser:
         type=repeats_value,
         metavar="N|auto",
         help=f"train each configuration N times (at most {MAX_REPEATS}), interleaved, after an "
-        "untimed warm-up; the table gives the median ms/step (min-max) and marks speedups that "
-        "are not significant (default: from the profile, 4 for quick, 3 for seed); auto: the "
+        "untimed warm-up; the table gives the median ms/step (min-max) and each speedup's "
+        "interval and verdict (default: from the profile, 5 for quick, 6 for seed); auto: the "
         "profile's rounds, then more until every comparison is decided or --budget is spent",
     )
     run.add_argument(
@@ -115,6 +115,13 @@ def build_parser() -> OneLineParser:
         "--quiet",
         action="store_true",
         help="hide Keras's per-epoch lines; the progress lines between runs stay",
+    )
+    run.add_argument(
+        "--band",
+        type=compare_cmd.band_percent,
+        default="3",  # a string, so argparse passes it through the type as it would "--band 3"
+        metavar="PCT",
+        help="speedups within +-PCT percent are reported as no practical difference (default 3)",
     )
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out, skipping finished ones"
@@ -166,6 +173,12 @@ def build_parser() -> OneLineParser:
         "path", help="run folder or results.json, pytest-benchmark JSON, or a .benchmarks folder"
     )
     report.add_argument("--out", metavar="DIR", help="where to write (default: beside the input)")
+    report.add_argument(
+        "--band",
+        type=compare_cmd.band_percent,
+        metavar="PCT",
+        help="judge the speedups with this band instead of the run's own --band",
+    )
     report.set_defaults(handler=cmd_report)
 
     doctor = commands.add_parser(
@@ -197,6 +210,7 @@ def build_parser() -> OneLineParser:
 
     check_cmd.add_parser(commands)
     profile_cmd.add_parser(commands)
+    compare_cmd.add_parser(commands)
     return parser
 
 

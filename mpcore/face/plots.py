@@ -128,33 +128,24 @@ def plot_bars(
     axes.set_yticks(list(positions), labels, fontsize=9)
     axes.invert_yaxis()
     spans = intervals or [None] * len(labels)
+    repeats = points or [[] for _ in labels]
     for position, value, speedup, span in zip(positions, values, speedups, spans, strict=True):
         note = f"{value:.1f} {unit}"
         if speedup is not None:
             note += f"  ({speedup:.2f}x" + (f", {span[0]:.2f}-{span[1]:.2f}" if span else "") + ")"
-        axes.text(
-            max(value, *(points or [[]])[position], 0.0),
-            position,
-            "  " + note,
-            va="center",
-            fontsize=9,
-        )
-    for position, times in enumerate(points or []):
+        right = max([value, *repeats[position]])  # right of the bar and of its dots
+        axes.text(right, position, "  " + note, va="center", fontsize=9)
+    label: str | None = "a repeat"  # on the first row drawn only: one legend entry
+    for position, times in enumerate(repeats):
         if len(times) > 1:
-            axes.plot(
-                times,
-                [position] * len(times),
-                "o",
-                color="black",
-                markersize=3.5,
-                alpha=0.7,
-                label="a repeat" if position == 0 else None,
-            )
-    if points and any(len(times) > 1 for times in points):
+            axes.plot(times, [position] * len(times), "o", color="black", markersize=3.5,
+                      alpha=0.7, label=label)  # fmt: skip
+            label = None
+    if label is None:
         axes.legend(fontsize=8, loc="upper right")
     axes.set_xlabel(xlabel)
     axes.set_title(title, fontsize=11)
-    longest = max([*values, *(t for times in points or [] for t in times)], default=1.0)
+    longest = max([*values, *(t for times in repeats for t in times)], default=1.0)
     axes.set_xlim(0, longest * 1.45 or 1.0)
     axes.grid(axis="x", alpha=0.3)
     return _save(figure, path)

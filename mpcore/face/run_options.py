@@ -54,9 +54,9 @@ def plan_options(
     modes: list[dict[str, str]],
     strategy: str,
 ) -> dict[str, Any]:
-    """The :class:`RunPlan` fields these options decide (``repeats``, ``control``: the
-    profile's defaults): the configurations with the A/A control or not, the repeats and the
-    budget, and Keras's verbosity."""
+    """The :class:`RunPlan` fields these options decide (``repeats``: the run's, with ``--repeats
+    auto`` the rounds it starts with; ``control``: the profile's default): the configurations
+    with the A/A control or not, the repeats and the budget, and Keras's verbosity."""
     control = control if args.control is None else args.control
     configs = planned_configs(modes, strategy, control)
     if control and len(configs) == len(planned_configs(modes, strategy)):
@@ -65,8 +65,9 @@ def plan_options(
     return {
         "configs": configs,
         "verbose": 0 if args.quiet else 1 if sys.stdout.isatty() else 2,
-        "repeats": repeats if args.repeats in (None, AUTO) else args.repeats,
+        "repeats": repeats,
         "budget_seconds": 60 * (args.budget or DEFAULT_BUDGET_MINUTES) if auto else None,
+        "band": args.band,
     }
 
 

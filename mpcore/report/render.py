@@ -39,24 +39,14 @@ def write_csv(
     return path
 
 
-def shared_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """The table's rows as ``results.csv`` and ``step_time.png`` give them: the same numbers,
-    the baseline's speedup exactly 1 (with repeats the table prints it as ``1.00x``, and a ratio
-    of its median to one repeat of its own would read 0.98x)."""
-    rows = run_rows(document)
-    for row in rows:
-        if row["configuration"] == BASELINE and row["speedup"] is not None:
-            row.update(speedup=1.0)
-    return rows
-
-
-def step_time_data(document: dict[str, Any]) -> list[dict[str, Any]]:
+def step_time_data(document: dict[str, Any], band: float | None = None) -> list[dict[str, Any]]:
     """What ``step_time.png`` draws, one entry per configuration with a time: its label, the
     bar (the table's ms/step), the speedup and its interval (the table's), and every repeat's
-    ms/step as points."""
+    ms/step as points. The table's own rows, as ``results.csv``'s, so the three cannot
+    disagree."""
     records = {record.get("name"): record for record in document.get("configurations", [])}
     data = []
-    for row in shared_rows(document):
+    for row in run_rows(document, band):
         if row["ms_per_step"] is None:
             continue
         low, high = row.get("speedup_low"), row.get("speedup_high")
@@ -72,10 +62,10 @@ def step_time_data(document: dict[str, Any]) -> list[dict[str, Any]]:
     return data
 
 
-def plot_step_time(document: dict[str, Any], path: Path) -> Path:
+def plot_step_time(document: dict[str, Any], path: Path, band: float | None = None) -> Path:
     """Steady-state ms/step per configuration (the median over repeats, each repeat a dot),
     annotated with the table's speedup over the baseline and its interval."""
-    data = step_time_data(document)
+    data = step_time_data(document, band)
     return plot_bars(
         [entry["configuration"] for entry in data],
         [entry["ms_per_step"] for entry in data],
@@ -88,14 +78,15 @@ def plot_step_time(document: dict[str, Any], path: Path) -> Path:
     )
 
 
-def render_run(document: dict[str, Any], out: Path) -> list[Path]:
-    """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files."""
+def render_run(document: dict[str, Any], out: Path, band: float | None = None) -> list[Path]:
+    """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files
+    (``band``: the verdicts' band instead of the run's own)."""
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        write_csv(shared_rows(document), out / "results.csv", csv_columns(document)),
+        write_csv(run_rows(document, band), out / "results.csv", csv_columns(document)),
         plot_time_vs_loss(document, out / "time_vs_loss.png"),
         plot_curves(document, out / "curves.png"),
-        plot_step_time(document, out / "step_time.png"),
+        plot_step_time(document, out / "step_time.png", band),
     ]
     gpu = plot_gpu_telemetry(document, out / "gpu_telemetry.png")
     return [*written, *([gpu] if gpu else [])]

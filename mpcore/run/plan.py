@@ -35,6 +35,7 @@ from mpcore.run.schedule import interleaved_schedule as interleaved_schedule  # 
 from mpcore.run.schedule import iter_schedule as iter_schedule  # re-exported
 from mpcore.run.schema import RESULTS_FILE, strategy_of
 from mpcore.run.spec import WorkerSpec
+from mpcore.run.stats import BAND
 from mpcore.run.store import (
     failed_record,
     finished_repeat_sets,
@@ -78,6 +79,8 @@ class RunPlan:
     #: ``--repeats auto``: after the ``repeats`` rounds, more interleaved rounds until every
     #: comparison with the baseline is decided or this many seconds (from the start) are spent.
     budget_seconds: float | None = None
+    #: The practical-equivalence band the run's verdicts use (``--band``, a fraction).
+    band: float = BAND
 
     @property
     def names(self) -> list[str]:
@@ -353,8 +356,6 @@ class _Runner:
         self.last = name
         if record["status"] != "ok":
             self.failed.add(name)
-        if any(config.get("control") for config in plan.configs):
-            self.document["control"] = verdicts.control_summary(self.document)
         self.running = ""
         save_results(plan.results_path, self.document, self.announce)
         following = next((n for n in after if n not in self.failed), None)
@@ -373,7 +374,8 @@ class _Runner:
         configs = {name_of(config): config for config in plan.configs}
         while True:
             names = [name for name in plan.names if name not in self.failed]
-            open_calls = [name for name in verdicts.undecided(self.document) if name in names]
+            undecided = verdicts.undecided(self.document, plan.band)
+            open_calls = [name for name in undecided if name in names]
             self.document["auto_repeats"] = {**auto, "undecided": open_calls}
             if not open_calls:
                 self.announce(

@@ -12,6 +12,7 @@ from typing import Any
 from mpcore.models.registry import model_spec
 from mpcore.probe.backend import tf
 from mpcore.probe.capability import capability
+from mpcore.train.target import parse_target
 from mpcore.user.ownmodel import (
     is_user_model,
 )
@@ -35,6 +36,8 @@ class TrainSettings:
     #: TensorFlow op determinism; None means on where no GPU is visible (free on a CPU, while on
     #: a GPU it costs speed and some ops have no deterministic kernel); a simulated GPU counts.
     deterministic: bool | None = None
+    #: ``--target`` (e.g. ``val_accuracy>=0.9``): train until reached, ``epochs`` at most.
+    target: str | None = None
 
     def __post_init__(self) -> None:
         if not is_user_model(self.model):
@@ -46,6 +49,8 @@ class TrainSettings:
                 )
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"image size must be positive, got {self.image_size}")
+        if self.target is not None:
+            parse_target(self.target)  # one line naming the problem, before anything trains
 
     @property
     def resolved_image_size(self) -> int:
