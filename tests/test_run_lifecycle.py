@@ -366,6 +366,28 @@ def test_repeats_auto_adds_rounds_until_the_budget_and_names_the_undecided(
     assert all(a != b for a, b in itertools.pairwise(timed))
 
 
+def test_a_resumed_auto_run_goes_on_from_its_recorded_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _plan(tmp_path, [A, B], repeats=3, budget_seconds=10)
+    document = _document(plan)
+    # An auto run stopped mid-round 5: A has five repeats, B four.
+    document["configurations"] = [
+        _record(A, {r: 10.0 + (r % 2) for r in range(5)}),
+        _record(B, {r: 10.5 - (r % 2) for r in range(4)}),
+    ]
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(document))
+    worker = FakeWorker(monkeypatch, {A: lambda n: 10.0 + n % 2, B: lambda n: 10.5 - n % 2})
+    planning.run_all(plan, plan.resumed_document(), announce=lambda line: None)
+    # B's fifth first, then new rounds from index 5 on: no recorded repeat is overwritten.
+    assert worker.calls[:2] == [(A, None), (B, 4)]
+    assert {repeat for _, repeat in worker.calls[2:]} >= {5}
+    saved = json.loads((tmp_path / RESULTS_FILE).read_text())
+    first = saved["configurations"][0]["repeats"]
+    assert [run["repeat"] for run in first] == list(range(len(first)))
+    assert [run["ms_per_step"] for run in first[:5]] == [10.0, 11.0, 10.0, 11.0, 10.0]
+
+
 def test_progress_lines_estimate_the_time_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

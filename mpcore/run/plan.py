@@ -165,6 +165,21 @@ def pending_runs(plan: RunPlan, document: dict[str, Any]) -> list[tuple[dict[str
     return [(configs[name], repeat) for name, repeat in interleaved_rounds(wanted)]
 
 
+def recorded_rounds(document: Mapping[str, Any], names: Sequence[str]) -> int:
+    """The rounds ``document`` holds of the configurations ``names``: one more than the highest
+    repeat index recorded (0 for none)."""
+    return max(
+        (
+            run.get("repeat", 0) + 1
+            for record in document.get("configurations", [])
+            if record.get("name") in names
+            for run in record.get("repeats") or []
+            if isinstance(run.get("repeat"), int)
+        ),
+        default=0,
+    )
+
+
 def run_warmup(plan: RunPlan, document: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """One untimed epoch of the first configuration before the timed runs, in ``OUT/warmup``:
     the first worker of a run pays for cold files (TensorFlow's libraries, the images) that the
@@ -279,6 +294,8 @@ def run_all(
     (after a warm-up when repeats > 1), saving ``results.json`` after each; with a budget
     (``--repeats auto``), add rounds until every comparison is decided or the budget is spent.
     A configuration that fails is not repeated. Returns False if the run was interrupted."""
+    if plan.budget_seconds:  # a resumed auto run goes on from the rounds it already ran
+        plan.repeats = max(plan.repeats, recorded_rounds(document, plan.names))
     pending = pending_runs(plan, document)
     counts = finished_repeats(document)
     done = [name for name in plan.names if counts.get(name, 0) >= plan.repeats]
