@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mpcore.run.convergence import epochs_parity, p_more
-from mpcore.train.target import Target, TargetRecorder, parse_target
+from mpcore.train.target import Target, parse_target, target_recorder
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def _fit(data, target: str, epochs: int):
     model.compile(
         keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
     )
-    recorder = TargetRecorder(parse_target(target))
+    recorder = target_recorder(parse_target(target))
     history = model.fit(
         x, y, validation_split=0.25, epochs=epochs, batch_size=32, verbose=0, callbacks=[recorder]
     )
