@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mpcore.run.convergence import epochs_parity, p_more
-from mpcore.train.target import Target, TargetRecorder, parse_target
+from mpcore.train.target import Target, parse_target, target_recorder
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def _fit(data, target: str, epochs: int):
     model.compile(
         keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
     )
-    recorder = TargetRecorder(parse_target(target))
+    recorder = target_recorder(parse_target(target))
     history = model.fit(
         x, y, validation_split=0.25, epochs=epochs, batch_size=32, verbose=0, callbacks=[recorder]
     )
@@ -115,3 +115,80 @@ def test_parity_flags_more_epochs_and_unreached_and_passes_parity():
     assert epochs_parity([3, 3, 3], [5, None, 6]).verdict == "needs more epochs"
     unreached = epochs_parity([3, 3, 3], [None, None, None])
     assert unreached.verdict == "not reached" and unreached.epochs is None
+
+
+def _target_document(epochs: dict[str, list[int | None]], seconds_per_epoch: dict[str, float]):
+    """A results document of a --target run: per configuration, each repeat's epochs to
+    target (None: not reached) at a fixed time per epoch."""
+    from mpcore.names import BASELINE
+
+    records = []
+    for name, counts in epochs.items():
+        runs = [
+            {
+                "repeat": index,
+                "status": "ok",
+                "ms_per_step": 10.0 * seconds_per_epoch[name],
+                "target": {
+                    "metric": "val_accuracy",
+                    "direction": ">=",
+                    "value": 0.9,
+                    "reached": count is not None,
+                    "epochs": count,
+                    "seconds": None
+                    if count is None
+                    else count * seconds_per_epoch[name] * (1 + index / 100),
+                    "compile_seconds": 2.0,
+                    "values": [],
+                },
+            }
+            for index, count in enumerate(counts)
+        ]
+        records.append({"name": name, "status": "ok", "repeats": runs, "result": {}})
+    assert records[0]["name"] == BASELINE
+    return {"settings": {"target": "val_accuracy>=0.9"}, "configurations": records}
+
+
+def test_target_table_speedup_to_target_parity_and_unreached_rows():
+    from mpcore.names import BASELINE
+    from mpcore.report.target import target_rows, target_table
+
+    document = _target_document(
+        {
+            BASELINE: [3, 3, 3, 3],
+            "fast_but_slow_to_learn": [6, 6, 7, 6],  # 2x faster steps, 2x the epochs
+            "same": [3, 3, 3, 3],
+            "never": [None, None, 4, None],
+        },
+        {BASELINE: 10.0, "fast_but_slow_to_learn": 5.0, "same": 10.0, "never": 5.0},
+    )
+    rows = {row["configuration"]: row for row in target_rows(document)}
+    assert rows[BASELINE]["time_speedup"] == "1.00x"
+    assert rows["fast_but_slow_to_learn"]["parity"].startswith("needs more epochs")
+    assert rows["same"]["parity"].startswith("no more epochs")
+    # about as fast to the target (2x per step, 2x the epochs): not called faster
+    assert rows["fast_but_slow_to_learn"]["time_verdict"] != "faster"
+    # a configuration that missed the target in some repeats has no time, never a speedup
+    assert rows["never"]["time_to_target_s"] == "not reached in 3 of 4"
+    assert rows["never"]["time_verdict"] == "not reached" and rows["never"]["time_speedup"] == "-"
+    text = target_table(document)
+    assert "time to val_accuracy>=0.9" in text and "not reached in 3 of 4" in text
+
+
+def test_target_table_calls_a_faster_time_to_target():
+    from mpcore.names import BASELINE
+    from mpcore.report.target import target_rows
+
+    document = _target_document(
+        {BASELINE: [4, 4, 4, 4, 4], "quick": [4, 4, 4, 4, 4]},
+        {BASELINE: 10.0, "quick": 5.0},
+    )
+    rows = {row["configuration"]: row for row in target_rows(document)}
+    assert rows["quick"]["time_verdict"] == "faster"
+    assert rows["quick"]["time_speedup"].startswith("2.0")
+
+
+def test_target_table_is_empty_without_a_target():
+    from mpcore.report.target import target_table
+
+    assert target_table({"settings": {"target": None}, "configurations": []}) == ""

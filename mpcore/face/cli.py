@@ -23,6 +23,7 @@ from mpcore.face.common import (
     UsageError,
     positive_int,
     seed_int,
+    target_text,
 )
 from mpcore.face.doctor_cmd import cmd_doctor
 from mpcore.face.numerics_cmd import cmd_numerics
@@ -80,7 +81,15 @@ def build_parser() -> OneLineParser:
         metavar="MODE",
         help="off, jit, auto, or all (default: seed profile all, quick profile off)",
     )
-    run.add_argument("--epochs", type=positive_int)
+    run.add_argument("--epochs", type=positive_int, help="epochs (with --target: at most)")
+    run.add_argument(
+        "--target",
+        type=target_text,
+        metavar="METRIC=VALUE",
+        help="train each configuration until a logged metric reaches VALUE (val_accuracy=0.9, "
+        "val_loss<=0.3; --epochs at most), each repeat with its own seed; the table adds epochs "
+        "and time to target and whether an epoch count exceeds the baseline's",
+    )
     run.add_argument("--batch-size", type=positive_int)
     run.add_argument("--image-size", type=positive_int, help="square image side in pixels")
     run.add_argument("--weights", metavar="FILE", help="initial weights file, or imagenet")

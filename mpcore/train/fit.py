@@ -22,7 +22,7 @@ from mpcore.precision.modes import RunConfig, applied, check_model
 from mpcore.probe.backend import tf
 from mpcore.probe.capability import machine_record
 from mpcore.train.settings import TrainSettings, op_determinism
-from mpcore.train.target import TargetRecorder, parse_target
+from mpcore.train.target import parse_target, target_recorder
 from mpcore.user.ownmodel import (
     build_user_model,
     is_user_model,
@@ -286,7 +286,7 @@ def train(
 
         replica_sync = [ReplicaStatisticsAverager(strategy)] if strategy is not None else []
         # Stops fit at the end of the epoch (validation included) that reaches --target.
-        recorder = TargetRecorder(parse_target(settings.target)) if settings.target else None
+        recorder = target_recorder(parse_target(settings.target)) if settings.target else None
         stopper = [recorder] if recorder is not None else []
         history = model.fit(
             train_data,

@@ -1,7 +1,7 @@
 """Time to a target quality: ``--target val_accuracy=0.9`` parsed, ``fit`` stopped when reached.
 
 A faster step that needs more epochs can be slower to a useful model, which is why MLPerf
-Training scores the time to a target quality rather than throughput. :class:`TargetRecorder`
+Training scores the time to a target quality rather than throughput. :func:`target_recorder`
 watches one logged metric at the end of every epoch (after validation, so evaluation is on the
 clock) and stops training when it reaches the target.
 
@@ -18,8 +18,6 @@ import math
 import re
 import time
 from typing import Any
-
-import keras
 
 #: Metrics that live in [0, 1]: a target outside that range can never be reached.
 BOUNDED_METRICS = ("accuracy", "auc", "precision", "recall")
@@ -77,57 +75,62 @@ def parse_target(text: str) -> Target:
     return Target(metric, direction, value)
 
 
-class TargetRecorder(keras.callbacks.Callback):
-    """Record when ``target`` is first reached and stop training there.
+def target_recorder(target: Target) -> Any:
+    """A Keras callback that records when ``target`` is first reached and stops training there.
 
-    :meth:`result` gives the per-epoch values of the metric, whether and at which epoch (1-based)
-    the target was reached, the seconds to it (from the end of the first step) and the seconds
-    before the clock started (the first step: tracing and compilation)."""
+    Its ``result()`` gives the per-epoch values of the metric, whether and at which epoch
+    (1-based) the target was reached, the seconds to it (from the end of the first step) and the
+    seconds before the clock started (the first step: tracing and compilation). Keras is imported
+    here, not with the module, so that ``--target`` is parsed without it."""
+    import keras
 
-    def __init__(self, target: Target) -> None:
-        super().__init__()
-        self.target = target
-        self.values: list[float] = []
-        self.epochs: int | None = None
-        self.seconds: float | None = None
-        self.compile_seconds: float | None = None
-        self._begin = self._clock = 0.0
-        self.missing: list[str] | None = None
+    class TargetRecorder(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.target = target
+            self.values: list[float] = []
+            self.epochs: int | None = None
+            self.seconds: float | None = None
+            self.compile_seconds: float | None = None
+            self._begin = self._clock = 0.0
+            self.missing: list[str] | None = None
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self._begin = time.perf_counter()
-        self._clock = 0.0
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self._begin = time.perf_counter()
+            self._clock = 0.0
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if not self._clock:
-            self._clock = time.perf_counter()
-            self.compile_seconds = self._clock - self._begin
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if not self._clock:
+                self._clock = time.perf_counter()
+                self.compile_seconds = self._clock - self._begin
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        if self.target.metric not in logs:
-            # A metric the model does not log: stop at once rather than train to the maximum.
-            self.missing = sorted(logs)
-            self.model.stop_training = True
-            return
-        value = float(logs[self.target.metric])
-        self.values.append(value)
-        if self.epochs is None and self.target.reached(value):
-            self.epochs = epoch + 1
-            self.seconds = time.perf_counter() - (self._clock or self._begin)
-            self.model.stop_training = True
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            if self.target.metric not in logs:
+                # A metric the model does not log: stop at once rather than train to the maximum.
+                self.missing = sorted(logs)
+                self.model.stop_training = True
+                return
+            value = float(logs[self.target.metric])
+            self.values.append(value)
+            if self.epochs is None and self.target.reached(value):
+                self.epochs = epoch + 1
+                self.seconds = time.perf_counter() - (self._clock or self._begin)
+                self.model.stop_training = True
 
-    def result(self) -> dict[str, Any]:
-        if self.missing is not None:
-            raise ValueError(
-                f"--target metric {self.target.metric!r} is not logged by this model; "
-                f"it logs {', '.join(self.missing) or 'nothing'}"
-            )
-        return {
-            **self.target.to_dict(),
-            "reached": self.epochs is not None,
-            "epochs": self.epochs,
-            "seconds": self.seconds,
-            "compile_seconds": self.compile_seconds,
-            "values": self.values,
-        }
+        def result(self) -> dict[str, Any]:
+            if self.missing is not None:
+                raise ValueError(
+                    f"--target metric {self.target.metric!r} is not logged by this model; "
+                    f"it logs {', '.join(self.missing) or 'nothing'}"
+                )
+            return {
+                **self.target.to_dict(),
+                "reached": self.epochs is not None,
+                "epochs": self.epochs,
+                "seconds": self.seconds,
+                "compile_seconds": self.compile_seconds,
+                "values": self.values,
+            }
+
+    return TargetRecorder()
