@@ -12,6 +12,7 @@ from mpcore.face.plots import (
     MIB,
 )
 from mpcore.names import BASELINE
+from mpcore.report.target import has_target, target_rows, target_table
 from mpcore.run.stats import (
     ALPHA,
     BAND,
@@ -327,7 +328,11 @@ def run_table(document: dict[str, Any], band: float | None = None) -> str:
     notes.extend(machine_notes(document.get("machine") or {}))
     notes.extend(control_notes(document, band))
     notes.extend(f"warning: {line}" for line in spread_warnings(_repeated_times(document)))
-    return table + "\n" + "\n".join(notes)
+    text = table + "\n" + "\n".join(notes)
+    if has_target(document):
+        judged = comparisons(document, band)
+        text += "\n\n" + target_table(document, judged, band_of(document, band))
+    return text
 
 
 def _repeated_times(document: dict[str, Any]) -> dict[str, list[float]]:
@@ -422,6 +427,9 @@ def run_statistics(document: dict[str, Any], band: float | None = None) -> dict[
         "warnings": spread_warnings(times),
         "control": controls[0] if controls else None,
         "noise_floor": noise_floor(times[BASELINE], times[controls[0]]) if controls else None,
+        "time_to_target": (
+            target_rows(document, judged, band_of(document, band)) if has_target(document) else None
+        ),
     }
 
 

@@ -215,6 +215,12 @@ def run_configuration(
     name = name_of(config)
     result_path = fresh_result_file(workdir, name, repeat)
     spec = dataclasses.replace(plan.worker_spec(config, result_path), repeat=repeat)
+    if plan.settings.get("target") and repeat:
+        # Convergence varies with the seed: each repeat initialises and shuffles with its own
+        # (recorded in its result), on the run's one data split.
+        spec = dataclasses.replace(
+            spec, settings={**spec.settings, "init_seed": plan.settings["seed"] + repeat}
+        )
     # A rerun (--resume after a failure) must not add a second set of events to TensorBoard.
     shutil.rmtree(spec.tensorboard_dir, ignore_errors=True)
     started = time.perf_counter()

@@ -191,6 +191,8 @@ def repeat_entry(record: Mapping[str, Any], repeat: int, position: int) -> dict[
         "epoch_seconds": result.get("epoch_seconds"),
         "epoch_cpu_seconds": result.get("epoch_cpu_seconds"),
         "final_loss": (result.get("loss") or [None])[-1],
+        "seed": (result.get("settings") or {}).get("init_seed"),
+        "target": result.get("target"),
         "wall_seconds": record.get("wall_seconds"),
         "finished": now_iso(),
         "load_average": _load_average(),

@@ -259,14 +259,14 @@ def train(
         len(validation_index) % global_batch if drop_last_validation else 0
     )
     with applied(config), op_determinism(settings.resolved_deterministic):
-        keras.utils.set_random_seed(settings.seed)
+        keras.utils.set_random_seed(settings.resolved_init_seed)
         model = build_compiled(config, settings, strategy)
         train_data = _make_dataset(
             train_index,
             size,
             global_batch,
             preprocess,
-            seed=settings.seed,
+            seed=settings.resolved_init_seed,
             cache=settings.cache,
             drop_remainder=drop_last,
             shard_policy=shard_policy,

@@ -38,6 +38,9 @@ class TrainSettings:
     deterministic: bool | None = None
     #: ``--target`` (e.g. ``val_accuracy>=0.9``): train until reached, ``epochs`` at most.
     target: str | None = None
+    #: The weights' initialisation and the shuffle order; None: ``seed``. Under ``--target`` each
+    #: repeat trains with ``seed + repeat`` here, while ``seed`` keeps one data split for all.
+    init_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not is_user_model(self.model):
@@ -59,6 +62,10 @@ class TrainSettings:
         return self.image_size or model_spec(self.model).default_image_size
 
     @property
+    def resolved_init_seed(self) -> int:
+        return self.seed if self.init_seed is None else self.init_seed
+
+    @property
     def resolved_deterministic(self) -> bool:
         if self.deterministic is None:
             return capability().deterministic_default
@@ -69,6 +76,7 @@ class TrainSettings:
             **dataclasses.asdict(self),
             "image_size": self.resolved_image_size,
             "deterministic": self.resolved_deterministic,
+            "init_seed": self.resolved_init_seed,
         }
 
 
