@@ -45,6 +45,7 @@ from mpcore.precision.census import float_format
 from mpcore.precision.modes import KERAS_POLICY
 from mpcore.user.data import load_batch, loss_function, resolve_loss
 from mpcore.user.loader import LoadedModel, convert, float32_clone, load_model
+from mpcore.user.values import check_values
 
 CHECK_PRECISIONS: tuple[str, ...] = HALF_PRECISIONS
 #: Relative error of the model's output (and of the loss) against float32 worth a warning. A
@@ -131,6 +132,7 @@ def check(
     else:
         batch = load_batch(data, loaded.model, batch_size, loss_name, seed)
         data_label = str(data) if data is not None else f"random batch (seed {seed})"
+    check_values(data_label, loaded.model, *batch, loss_name)
     size = int(np.shape(keras.tree.flatten(batch[0])[0])[0])
     float32 = float32_clone(loaded.model)
     reports = [

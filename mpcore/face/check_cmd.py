@@ -9,13 +9,20 @@ loss scaling), 1 error findings. Nothing here imports TensorFlow until :func:`ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from mpcore.face.common import UsageError, load_tensorflow, positive_int
+from mpcore.face.common import (
+    UsageError,
+    check_activations_fit,
+    load_tensorflow,
+    positive_int,
+    seed_int,
+)
 from mpcore.names import HALF_PRECISIONS
 
 #: The policies ``--precision`` accepts (mpcore.check.api.CHECK_PRECISIONS, without importing it).
@@ -53,7 +60,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--image-size", type=positive_int, help="passed to a factory asking")
     parser.add_argument("--num-classes", type=positive_int, help="passed to a factory asking")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random batch")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the random batch")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--out", metavar="DIR", help="default: runs/check-<model>")
     parser.set_defaults(handler=cmd_check)
@@ -62,9 +69,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``mpbench check``: bad input (a :class:`mpcore.user.loader.LoadError`) is one usage line."""
+    load_tensorflow()  # before anything imports Keras, so its start-up logging stays quiet
     from mpcore.user.loader import LoadError
 
-    load_tensorflow()
     try:
         return run(args)
     except LoadError as error:
@@ -77,19 +84,23 @@ def run(args: argparse.Namespace) -> int:
     from mpcore.user.loader import LoadError, load_model
 
     loaded = load_model(args.model, image_size=args.image_size, num_classes=args.num_classes)
+    check_activations_fit(loaded.model, args.batch_size)
     out = Path(args.out) if args.out else Path("runs") / f"check-{Path(args.model).stem}"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise LoadError(f"--out {out}: {error.strerror or error}") from None
-    report = check(
-        loaded,
-        args.data,
-        loss=args.loss,
-        batch_size=args.batch_size,
-        precisions=list(dict.fromkeys(args.precision)),
-        seed=args.seed,
-    )
+    # Under --json stdout carries the one document: anything else printed on the way (Keras,
+    # the user's data function) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        report = check(
+            loaded,
+            args.data,
+            loss=args.loss,
+            batch_size=args.batch_size,
+            precisions=list(dict.fromkeys(args.precision)),
+            seed=args.seed,
+        )
     document = report.to_dict()
     (out / "check.json").write_text(json.dumps(document, indent=2))
     files = [out / "check.json"]

@@ -1,0 +1,33 @@
+"""Factories that misbehave the ways users' factories do, importable as ``input_models:NAME``
+(tests/conftest.py puts tests/ on sys.path), and a tiny well-behaved one to judge data with."""
+
+from __future__ import annotations
+
+import sys
+
+import keras
+
+
+def tiny(num_classes: int = 3, image_size: int = 8) -> keras.Model:
+    """A small image classifier (softmax head, ``num_classes`` classes)."""
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def exits() -> keras.Model:
+    sys.exit(3)
+
+
+def chatty() -> keras.Model:
+    """Prints, and prints the model's summary, as notebooks' factories do."""
+    model = tiny()
+    print("building the tiny model")
+    model.summary()
+    return model
+
+
+def raises() -> keras.Model:
+    raise RuntimeError("no weights here")
