@@ -31,3 +31,19 @@ def chatty() -> keras.Model:
 
 def raises() -> keras.Model:
     raise RuntimeError("no weights here")
+
+
+def heavy_head() -> keras.Model:
+    """A float32 Dense model whose softmax head holds about 13% of the FLOPs."""
+    inputs = keras.Input((64,))
+    x = keras.layers.Dense(64, activation="relu", name="hidden")(inputs)
+    outputs = keras.layers.Dense(10, activation="softmax", name="head")(x)
+    return keras.Model(inputs, outputs, name="heavy_head")
+
+
+def scale_16() -> keras.Model:
+    """:func:`heavy_head` compiled with the user's own ``LossScaleOptimizer(initial_scale=16)``."""
+    model = heavy_head()
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(), initial_scale=16)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    return model

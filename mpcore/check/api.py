@@ -175,7 +175,9 @@ def _check_one(
     findings = [
         *_shadow_findings(passes, dtype),
         *_gradient_findings(window, dtype, census, _fixed_scale(optimizer)),
-        *audit(half, precision, shares, size),
+        *audit(
+            half, precision, shares, size, _pinned_by_convert(half) if converted else frozenset()
+        ),
     ]
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     report = PrecisionReport(
@@ -193,6 +195,14 @@ def _check_one(
     )
     report.verdict = _verdict(report)
     return report
+
+
+def _pinned_by_convert(half: keras.Model) -> frozenset[str]:
+    """The layers :func:`mpcore.user.loader.convert` computes in float32: those that produce the
+    outputs (a float32 head)."""
+    from mpcore.user.loader import head_layers
+
+    return frozenset(layer.name for layer in head_layers(half) if layer.compute_dtype == "float32")
 
 
 def _fixed_scale(optimizer: Any) -> bool:

@@ -270,11 +270,25 @@ def _first_backward(
 
 
 def loss_scale_of(optimizer: Any, dtype: str) -> float:
-    """The optimizer's current dynamic loss scale, or its static ``loss_scale_factor``, else
-    2**15 for float16 and 1 for bfloat16."""
-    scale = current_loss_scale(optimizer) if optimizer is not None else None
-    scale = scale or getattr(optimizer, "loss_scale_factor", None)
-    return scale or (DEFAULT_LOSS_SCALE if dtype == "float16" else 1.0)
+    """The loss scale the first training step would use: a ``LossScaleOptimizer``'s current
+    dynamic scale (its ``initial_scale`` before it has been built), or a static
+    ``loss_scale_factor``, else 2**15 for float16 and 1 for bfloat16."""
+    return loss_scale_source(optimizer, dtype)[0]
+
+
+def loss_scale_source(optimizer: Any, dtype: str) -> tuple[float, str]:
+    """:func:`loss_scale_of` and where it comes from, in words for the report."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        scale = current_loss_scale(optimizer)
+        if scale is not None:
+            return scale, "the LossScaleOptimizer's current scale"
+        return float(optimizer.initial_scale), "the LossScaleOptimizer's initial_scale"
+    factor = getattr(optimizer, "loss_scale_factor", None) if optimizer is not None else None
+    if factor:
+        return float(factor), "the optimizer's fixed loss_scale_factor"
+    if dtype == "float16":
+        return DEFAULT_LOSS_SCALE, "Keras's default initial scale (no LossScaleOptimizer given)"
+    return 1.0, "none (bfloat16 needs no loss scaling)"
 
 
 def gradients(
@@ -282,13 +296,14 @@ def gradients(
 ) -> tuple[dict[str, Any], LossScaleWindow]:
     """The gradient census at the optimizer's loss scale (see :func:`loss_scale_of`) and the
     loss-scale window derived from the census at scale 1."""
-    scale = loss_scale_of(optimizer, dtype)
+    scale, source = loss_scale_source(optimizer, dtype)
     with quiet_noise(float32):
         at_scale = gradient_census(float32, batch, scale, dtype, loss_fn)
     with quiet_noise(float32):
         at_one = at_scale if scale == 1.0 else gradient_census(float32, batch, 1.0, dtype, loss_fn)
     census = at_scale.to_dict()
     census["overall_at_1"] = at_one.overall
+    census["loss_scale_source"] = source
     return census, loss_scale_window(at_one)
 
 

@@ -299,11 +299,17 @@ def _is_functional(model: keras.Model) -> bool:
 
 def _compile_like(copy: keras.Model, model: keras.Model, precision: str) -> None:
     optimizer = model.optimizer
+    # A user's own LossScaleOptimizer settings (initial_scale=16, say) carry over to the clone.
+    scaling: dict[str, Any] = {}
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        scaling = {
+            "initial_scale": optimizer.initial_scale,
+            "dynamic_growth_steps": optimizer.dynamic_growth_steps,
+        }
         optimizer = optimizer.inner_optimizer
     fresh = optimizer.__class__.from_config(optimizer.get_config())
     if precision in ("mixed_float16", "amp_rewrite"):
-        fresh = keras.optimizers.LossScaleOptimizer(fresh)
+        fresh = keras.optimizers.LossScaleOptimizer(fresh, **scaling)
     copy.compile(
         optimizer=fresh,
         loss=model.loss,
