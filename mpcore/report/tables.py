@@ -134,6 +134,7 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
         row["status"] = "ok" if ok else f"failed: {record.get('reason')}"
         if ok:
             result = record["result"]
+            row["status"] = "ok" + _collapse_note(result.get("loss_scaling"))
             memory, _ = peak_memory(record)
             row.update(
                 first_epoch_s=result["first_epoch_seconds"],
@@ -155,6 +156,33 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
             _add_repeats(row, repeat_times(record), base_times, record is baseline)
         rows.append(row)
     return rows
+
+
+def _collapse_note(scaling: dict[str, Any] | None) -> str:
+    """``, loss scale collapsed ...`` for a configuration whose dynamic loss scale collapsed
+    (:func:`mpcore.run.worker.summarise_loss_scale`), else nothing."""
+    if not scaling or not scaling.get("collapsed"):
+        return ""
+    steps = sum(scaling.get("steps") or [])
+    final = (scaling.get("per_epoch") or [scaling.get("initial_scale")])[-1]
+    return (
+        f", loss scale collapsed: {scaling.get('initial_scale'):g} to {final:g}, "
+        f"{scaling.get('skipped_total', 0)} of {steps} steps skipped"
+    )
+
+
+def collapse_notes(document: dict[str, Any]) -> list[str]:
+    """One footnote per configuration whose loss scale collapsed, naming the rule it broke."""
+    notes = []
+    for record in document.get("configurations", []):
+        scaling = (record.get("result") or {}).get("loss_scaling") or {}
+        if record.get("status") == "ok" and scaling.get("collapsed"):
+            notes.append(
+                f"loss scale collapsed in {record.get('name')}: {scaling.get('collapse_rule')}, "
+                f"{scaling.get('skipped_total', 0)} steps skipped (non-finite gradients, no "
+                "update): its numbers are not a fair comparison; run mpbench check MODEL --steps N"
+            )
+    return notes
 
 
 def _add_repeats(
@@ -263,6 +291,7 @@ def run_table(document: dict[str, Any]) -> str:
             "scaling efficiency: images/s / (replicas x images/s of the same configuration "
             "without a strategy, one replica, in this run); 100% is linear scaling"
         )
+    notes.extend(collapse_notes(document))
     notes.extend(machine_notes(document.get("machine") or {}))
     return table + "\n" + "\n".join(notes)
 
