@@ -47,3 +47,33 @@ def scale_16() -> keras.Model:
     optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(), initial_scale=16)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     return model
+
+
+@keras.saving.register_keras_serializable(package="input_models")
+def huge_loss(y, p):
+    """A loss 1e30 times the mean squared error: every float16 gradient overflows. (Registered,
+    as Keras wants a custom loss of a model that is cloned.)"""
+    return 1e30 * keras.ops.mean(keras.ops.square(y - p))
+
+
+def collapsing() -> keras.Model:
+    """A regression model compiled with :func:`huge_loss`: under mixed_float16 every training
+    step overflows, so dynamic loss scaling halves its scale at every step."""
+    inputs = keras.Input((16,))
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+    outputs = keras.layers.Dense(8, name="head")(x)
+    model = keras.Model(inputs, outputs, name="collapsing")
+    model.compile(optimizer="sgd", loss=huge_loss)
+    return model
+
+
+def built_in_float16() -> keras.Model:
+    """:func:`heavy_head` built under mixed_float16 (its head in float32), compiled."""
+    policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = heavy_head()
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model

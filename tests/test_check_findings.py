@@ -56,3 +56,45 @@ def test_cli_says_which_loss_scale_it_judged(invoke, tmp_path):
     assert "at loss scale 16 (the LossScaleOptimizer's initial_scale)" in out
     document = json.loads((tmp_path / "check.json").read_text())
     assert document["precisions"][0]["census"]["loss_scale"] == 16
+
+
+def test_steps_train_before_judging_and_a_collapse_is_an_error(invoke, tmp_path):
+    code, out, err = invoke(
+        ["check", "input_models:collapsing", "--steps", "12", "--out", str(tmp_path)]
+    )
+    assert code == 1, err
+    document = json.loads((tmp_path / "check.json").read_text())
+    item = document["precisions"][0]
+    training = item["training"]
+    assert training["steps"] == 12 and training["skipped_steps"] == 12
+    assert training["loss_scales"][0] == 2**15 and training["loss_scales"][-1] == 2**3
+    collapse = [f for f in item["findings"] if f["kind"] == "loss_scale_collapse"]
+    assert collapse and "12 of 12 steps skipped" in collapse[0]["message"]
+    assert "fell by 2^12 from 32768 to 8" in collapse[0]["message"]
+    assert "judged after 12 training steps on this batch" in out
+    # The census is taken at the scale training reached, and says so.
+    assert item["census"]["loss_scale"] == 8
+    assert "current scale" in item["census"]["loss_scale_source"]
+
+
+def test_without_steps_the_report_says_it_judged_at_initialisation(scale_16_report):
+    from mpcore.face.check_cmd import render
+
+    assert scale_16_report.precisions[0].training is None
+    assert "judged at initialisation" in render(scale_16_report.to_dict())
+
+
+def test_steps_leave_the_users_own_model_untouched():
+    import numpy as np
+
+    loaded = load_model("input_models:built_in_float16")
+    before = [w.copy() for w in loaded.model.get_weights()]
+    report = check(loaded, precisions=["mixed_float16"], steps=8)
+    item = report.precisions[0]
+    training = item.training
+    assert not item.converted and training.steps == 8 and len(training.loss_scales) == 9
+    # Its float16 head overflows at the first scales: those steps are skipped, the rest train.
+    assert training.skipped_steps < 8 and training.losses[0] != training.losses[-1]
+    after = loaded.model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert not loaded.model.optimizer.built  # the user's optimizer was not used

@@ -61,6 +61,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=positive_int, help="passed to a factory asking")
     parser.add_argument("--num-classes", type=positive_int, help="passed to a factory asking")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the random batch")
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        metavar="N",
+        help="train a copy N real steps on the batch under each policy before judging (the "
+        "loss scale it reaches, skipped steps); default: judge at initialisation",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--out", metavar="DIR", help="default: runs/check-<model>")
     parser.set_defaults(handler=cmd_check)
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             precisions=list(dict.fromkeys(args.precision)),
             seed=args.seed,
+            steps=args.steps or 0,
         )
     document = report.to_dict()
     (out / "check.json").write_text(json.dumps(document, indent=2))
@@ -129,6 +137,18 @@ def _percent(value: float | None) -> str:
 
 def _power(exponent: int | None) -> str:
     return "none" if exponent is None else f"2^{exponent}"
+
+
+def _training_line(training: dict[str, Any] | None) -> str:
+    if not training:
+        return "judged at initialisation, on one batch (--steps N trains N real steps first)"
+    scales = training["loss_scales"]
+    scale = f": loss scale {scales[0]:g} -> {scales[-1]:g}" if scales else ""
+    return (
+        f"judged after {training['steps']} training steps on this batch "
+        f"({training['optimizer']}){scale}, {training['skipped_steps']} of {training['steps']} "
+        "steps skipped"
+    )
 
 
 def render(document: dict[str, Any]) -> str:
@@ -170,6 +190,7 @@ def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
         f"overflow; at scale 1 {_percent(at_one['underflow'])} flush to zero",
         f"loss-scale window: {_power(window['low'])}..{_power(window['high'])} (no overflow, "
         f"under 1% flushed); dynamic scaling settles near {_power(window['settle'])}",
+        _training_line(item.get("training")),
     ]
     first = item["first_nonfinite"]
     lines.append(
