@@ -77,3 +77,14 @@ def built_in_float16() -> keras.Model:
         keras.mixed_precision.set_dtype_policy(policy)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     return model
+
+
+def cancelling() -> keras.Model:
+    """``lift`` adds 4000 and ``drop`` takes it away again: in float16 (spacing 4 near 4000)
+    ``drop``'s output loses nearly everything, and every layer after it inherits that."""
+    inputs = keras.Input((16,))
+    x = keras.layers.Rescaling(1.0, offset=4000.0, name="lift")(inputs)
+    x = keras.layers.Rescaling(1.0, offset=-4000.0, name="drop")(x)
+    x = keras.layers.Dense(16, name="after")(x)
+    outputs = keras.layers.Dense(8, name="head")(x)
+    return keras.Model(inputs, outputs, name="cancelling")

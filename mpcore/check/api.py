@@ -216,7 +216,7 @@ def _judge(
     dtype = precision.removeprefix("mixed_")
     shares = _flop_shares(float32)
     passes = shadow(float32, half, batch, loss_fn, dtype, shares)
-    census, window = gradients(float32, batch, loss_fn, dtype, optimizer)
+    census, window = gradients(float32, batch, loss_fn, dtype, optimizer, passes)
     pinned = _pinned_by_convert(half) if converted else frozenset()
     # What broke comes before what the policy risks: the verdict names the first error.
     findings = [
@@ -313,13 +313,17 @@ def _shadow_findings(passes: Any, dtype: str) -> list[Finding]:
             )
     limit = OUTPUT_ERROR_LIMIT[dtype]
     if first is None and passes.output_error > limit:
+        # Named by its own error: the accumulated one is large for every layer after it too.
+        owned = [row for row in passes.rows if row.own_error is not None]
+        worst = max(owned, key=lambda row: row.own_error, default=None)
+        where = f"; the largest own error is this layer's, {worst.own_error:.1%}" if worst else ""
         findings.append(
             Finding(
                 "warning",
                 "output_error",
-                None,
-                f"the output differs from float32 by {passes.output_error:.1%} (relative)",
-                "find the layer where the per-layer relative error jumps; compute it in float32",
+                worst.name if worst else None,
+                f"the output differs from float32 by {passes.output_error:.1%} (relative){where}",
+                "compute the layer with the largest own error in float32 (dtype='float32')",
             )
         )
     relative = abs(passes.loss_half - passes.loss_float32) / max(abs(passes.loss_float32), 1e-12)

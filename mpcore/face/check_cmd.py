@@ -135,6 +135,13 @@ def _percent(value: float | None) -> str:
     return "inf/NaN" if value is None else ("0" if value == 0 else f"{100 * value:.3g}%")
 
 
+def _own(row: dict[str, Any]) -> float:
+    """A row's own error for sorting: inf/NaN first; the accumulated one where there is none."""
+    value = row.get("own_error")
+    value = row["relative_error"] if value is None else value
+    return math.inf if value is None else value
+
+
 def _power(exponent: int | None) -> str:
     return "none" if exponent is None else f"2^{exponent}"
 
@@ -189,7 +196,8 @@ def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
         f"{_percent(overall['underflow'])} flush to zero, {_percent(overall['overflow'])} "
         f"overflow; at scale 1 {_percent(at_one['underflow'])} flush to zero",
         f"loss-scale window: {_power(window['low'])}..{_power(window['high'])} (no overflow, "
-        f"under 1% flushed); dynamic scaling settles near {_power(window['settle'])}",
+        f"under 1% flushed); dynamic scaling settles near {_power(window['settle'])}; judged "
+        f"on the {window.get('based_on', 'weight gradients')}",
         _training_line(item.get("training")),
     ]
     first = item["first_nonfinite"]
@@ -206,7 +214,9 @@ def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
         ]
         lines += ["", tabulate(rows, ["severity", "layer", "finding", "fix"], maxcolwidths=48)]
     named = {f["layer"] for f in item["findings"]}
-    worst = sorted(item["layers"], key=lambda r: -(r["relative_error"] or math.inf))
+    # The layer that loses precision is the one whose own error is large; the accumulated error
+    # of every layer after it is large too.
+    worst = sorted(item["layers"], key=lambda r: -_own(r))
     chosen = {r["name"] for r in worst[:TABLE_LAYERS]} | (named & {r["name"] for r in worst})
     table = [
         [
@@ -217,6 +227,7 @@ def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
             _number(r["amax"], ".3g"),
             _percent(r["overflow"]),
             _percent(r["underflow"]),
+            "-" if r.get("own_error") is None else _percent(r["own_error"]),
             _percent(r["relative_error"]),
         ]
         for r in item["layers"]
@@ -225,11 +236,22 @@ def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
     if table:
         lines += [
             "",
-            f"layers named above and the {TABLE_LAYERS} with the largest relative error "
-            f"(all {len(item['layers'])} in check.json):",
+            f"layers named above and the {TABLE_LAYERS} with the largest own error (all "
+            f"{len(item['layers'])} in check.json); own: the layer alone in {dtype} on the "
+            "float32 input, accum.: fed the half model's own outputs",
             tabulate(
                 table,
-                ["layer", "class", "compute", "FLOPs", "amax", "overflow", "flushed", "rel.err"],
+                [
+                    "layer",
+                    "class",
+                    "compute",
+                    "FLOPs",
+                    "amax",
+                    "overflow",
+                    "flushed",
+                    "own err",
+                    "accum. err",
+                ],
             ),
         ]
     lines += ["", f"verdict ({item['precision']}): {item['verdict']}"]
@@ -262,7 +284,23 @@ def plot_precision(document: dict[str, Any], item: dict[str, Any], out: Path) ->
     fractions.plot(positions, [100 * r["underflow"] for r in rows], ".-", label="flushed to zero")
     fractions.set_ylabel(f"% of activations\ncast to {item['dtype']}")
     fractions.legend(loc="upper left", fontsize="small")
-    error.semilogy(positions, [max(e, 1e-12) for e in finite], ".-", lw=0.8, color="#c0392b")
+    error.semilogy(
+        positions,
+        [max(e, 1e-12) for e in finite],
+        ".-",
+        lw=0.8,
+        color="#c0392b",
+        label="accumulated",
+    )
+    own = [r.get("own_error") for r in rows]
+    error.semilogy(
+        positions,
+        [max(e, 1e-12) if e is not None else math.nan for e in own],
+        "x",
+        color="#2c3e50",
+        label="own (the layer alone on the float32 input)",
+    )
+    error.legend(loc="upper left", fontsize="small")
     error.set_ylabel("relative error\nvs float32")
     error.set_xlabel("layer (execution order)")
     first = item["first_nonfinite"]
