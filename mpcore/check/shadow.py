@@ -322,7 +322,7 @@ def loss_scale_source(optimizer: Any, dtype: str) -> tuple[float, str]:
     if factor:
         return float(factor), "the optimizer's fixed loss_scale_factor"
     if dtype == "float16":
-        return DEFAULT_LOSS_SCALE, "Keras's default initial scale (no LossScaleOptimizer given)"
+        return DEFAULT_LOSS_SCALE, "Keras's default initial scale, no LossScaleOptimizer given"
     return 1.0, "bfloat16 needs no loss scaling"
 
 

@@ -192,7 +192,7 @@ def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
         f"{_percent(item['output_error'])}",
         f"gradients cast to {dtype}: at loss scale {census['loss_scale']:g}"
         + (f" ({census['loss_scale_source']})" if census.get("loss_scale_source") else "")
-        + " "
+        + ": "
         f"{_percent(overall['underflow'])} flush to zero, {_percent(overall['overflow'])} "
         f"overflow; at scale 1 {_percent(at_one['underflow'])} flush to zero",
         f"loss-scale window: {_power(window['low'])}..{_power(window['high'])} (no overflow, "
