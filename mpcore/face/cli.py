@@ -22,6 +22,7 @@ from mpcore.face.common import (
     OneLineParser,
     UsageError,
     positive_int,
+    prepare_process,
     seed_int,
     target_text,
 )
@@ -229,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
+        prepare_process()
         with sigterm_as_interrupt():
             return args.handler(args)
     except UsageError as error:

@@ -165,6 +165,7 @@ def run_rows(document: dict[str, Any], band: float | None = None) -> list[dict[s
         row["status"] = "ok" if ok else f"failed: {record.get('reason')}"
         if ok:
             result = record["result"]
+            row["status"] = "ok" + _collapse_note(result.get("loss_scaling"))
             memory, _ = peak_memory(record)
             row.update(
                 first_epoch_s=result["first_epoch_seconds"],
@@ -187,6 +188,33 @@ def run_rows(document: dict[str, Any], band: float | None = None) -> list[dict[s
             _add_comparison(row, judged.get(record.get("name")), record is baseline)
         rows.append(row)
     return rows
+
+
+def _collapse_note(scaling: dict[str, Any] | None) -> str:
+    """``, loss scale collapsed ...`` for a configuration whose dynamic loss scale collapsed
+    (:func:`mpcore.run.worker.summarise_loss_scale`), else nothing."""
+    if not scaling or not scaling.get("collapsed"):
+        return ""
+    steps = sum(scaling.get("steps") or [])
+    final = (scaling.get("per_epoch") or [scaling.get("initial_scale")])[-1]
+    return (
+        f", loss scale collapsed: {scaling.get('initial_scale'):g} to {final:g}, "
+        f"{scaling.get('skipped_total', 0)} of {steps} steps skipped"
+    )
+
+
+def collapse_notes(document: dict[str, Any]) -> list[str]:
+    """One footnote per configuration whose loss scale collapsed, naming the rule it broke."""
+    notes = []
+    for record in document.get("configurations", []):
+        scaling = (record.get("result") or {}).get("loss_scaling") or {}
+        if record.get("status") == "ok" and scaling.get("collapsed"):
+            notes.append(
+                f"loss scale collapsed in {record.get('name')}: {scaling.get('collapse_rule')}, "
+                f"{scaling.get('skipped_total', 0)} steps skipped (non-finite gradients, no "
+                "update): its numbers are not a fair comparison; run mpbench check MODEL --steps N"
+            )
+    return notes
 
 
 def _add_repeats(row: dict[str, Any], times: list[float]) -> None:
@@ -325,6 +353,7 @@ def run_table(document: dict[str, Any], band: float | None = None) -> str:
             "tracing and compilation, so there is no steady ms/step; speedups compare those "
             "first epochs (train 2 epochs or more for steady figures)"
         )
+    notes.extend(collapse_notes(document))
     notes.extend(machine_notes(document.get("machine") or {}))
     notes.extend(control_notes(document, band))
     notes.extend(f"warning: {line}" for line in spread_warnings(_repeated_times(document)))

@@ -102,7 +102,22 @@ def check_results(document: dict[str, Any]) -> None:
             _expect(result.get(key), NUMBER, f"{where}.result.{key}")
         for key in RESULT_SERIES:
             _numbers(result.get(key), f"{where}.result.{key}")
+        scaling = _expect(
+            result.get("loss_scaling"), dict, f"{where}.result.loss_scaling", optional=True
+        )
+        if scaling is not None:
+            _check_loss_scaling(scaling, f"{where}.result.loss_scaling")
         _expect(record.get("telemetry"), dict, f"{where}.telemetry", optional=True)
+
+
+def _check_loss_scaling(scaling: dict[str, Any], where: str) -> None:
+    """A configuration's loss-scale history (:func:`mpcore.run.worker.summarise_loss_scale`)."""
+    _expect(scaling.get("initial_scale"), NUMBER, f"{where}.initial_scale")
+    for key in ("per_epoch", "skipped_steps", "steps"):
+        _numbers(scaling.get(key), f"{where}.{key}")
+    _expect(scaling.get("skipped_total"), NUMBER, f"{where}.skipped_total")
+    _expect(scaling.get("collapsed"), bool, f"{where}.collapsed")
+    _expect(scaling.get("collapse_rule"), str, f"{where}.collapse_rule", optional=True)
 
 
 def check_benchmarks(document: dict[str, Any]) -> None:

@@ -152,6 +152,100 @@ def make_loss_guard(name: str, off_thread: bool = True) -> Any:
     return NonFiniteLossGuard()
 
 
+#: A loss scale that falls by this power of two or more from where it started has collapsed:
+#: dynamic scaling halves it once per skipped step, so 2^10 is ten non-finite steps with no
+#: recovery in between.
+COLLAPSE_FALL_EXPONENT = 10
+#: A loss scale at or below this has collapsed whatever it started at: small gradients are no
+#: longer lifted out of float16's underflow.
+COLLAPSE_FLOOR = 1.0
+
+
+def summarise_loss_scale(
+    initial: float, scales: list[float], skipped: list[int], steps: list[int]
+) -> dict[str, Any]:
+    """The record of a configuration's dynamic loss scaling, from its history: ``initial`` scale,
+    the scale at the end of each epoch, and per epoch the steps skipped (non-finite gradients, the
+    update not applied) out of ``steps``. ``collapsed`` says whether the scale fell by
+    2^:data:`COLLAPSE_FALL_EXPONENT` or more from ``initial``, or to :data:`COLLAPSE_FLOOR` or
+    below; ``collapse_rule`` says which, in words."""
+    lowest = min(scales, default=initial)
+    rule = None
+    if lowest <= COLLAPSE_FLOOR:
+        rule = f"fell to {lowest:g} (at or below {COLLAPSE_FLOOR:g})"
+    elif lowest > 0 and math.log2(initial / lowest) >= COLLAPSE_FALL_EXPONENT:
+        rule = (
+            f"fell by 2^{math.log2(initial / lowest):.0f} from {initial:g} to {lowest:g} "
+            f"(2^{COLLAPSE_FALL_EXPONENT} or more)"
+        )
+    return {
+        "initial_scale": float(initial),
+        "per_epoch": [float(v) for v in scales],
+        "skipped_steps": [int(n) for n in skipped],
+        "steps": [int(n) for n in steps],
+        "skipped_total": int(sum(skipped)),
+        "collapsed": rule is not None,
+        "collapse_rule": rule,
+    }
+
+
+def make_loss_scale_watch() -> Any:
+    """A Keras callback that records, per epoch, the ``LossScaleOptimizer``'s dynamic scale and
+    the steps it skipped (the steps run less the inner optimizer's applied updates); it reads
+    the device once per epoch, never per step. ``summary()`` is :func:`summarise_loss_scale`'s
+    record, None for an optimizer without dynamic loss scaling."""
+    import keras
+
+    from mpcore.train.fit import current_loss_scale
+
+    class LossScaleWatch(keras.callbacks.Callback):
+        async_safe = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.initial: float | None = None
+            self.scales: list[float] = []
+            self.skipped: list[int] = []
+            self.steps: list[int] = []
+            self._applied = 0
+            self._batches = 0
+
+        def _optimizer(self) -> Any:
+            optimizer = self.model.optimizer
+            return optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            optimizer = self._optimizer()
+            if optimizer is not None:
+                self.initial = current_loss_scale(optimizer) or float(optimizer.initial_scale)
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            optimizer = self._optimizer()
+            if optimizer is not None:
+                self._applied = int(keras.ops.convert_to_numpy(optimizer.iterations))
+            self._batches = 0
+
+        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+            self._batches = batch + 1  # no device read: the step count when params lack it
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            optimizer = self._optimizer()
+            if optimizer is None:
+                return
+            applied = int(keras.ops.convert_to_numpy(optimizer.iterations)) - self._applied
+            steps = int(self.params.get("steps") or self._batches)
+            self.steps.append(steps)
+            self.skipped.append(max(steps - applied, 0))
+            self.scales.append(current_loss_scale(optimizer) or float(optimizer.initial_scale))
+
+        def summary(self) -> dict[str, Any] | None:
+            if self.initial is None:
+                return None
+            return summarise_loss_scale(self.initial, self.scales, self.skipped, self.steps)
+
+    return LossScaleWatch()
+
+
 def epoch_tensorboard(log_dir: str) -> Any:
     """Keras's TensorBoard callback writing epoch summaries only. Its batch hook writes nothing
     then (no profiling, no graph, no per-batch writer), so it is marked async-safe like the loss
@@ -270,7 +364,8 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
             seed=settings.seed,
         )
     guard = make_loss_guard(spec.name, off_thread=spec.worker_dir is None)
-    callbacks = [*_fault_callbacks(config.name, index, spec.repeat), guard]
+    watch = make_loss_scale_watch()
+    callbacks = [*_fault_callbacks(config.name, index, spec.repeat), guard, watch]
     if spec.worker_dir is not None:
         callbacks.append(Checksums())
     if spec.tensorboard_dir and index == 0:
@@ -287,6 +382,7 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
             strategy=strategy,
         )
     record = finished_record(spec.name, spec.config, result.to_dict(), sampler)
+    record["result"]["loss_scaling"] = watch.summary()
     if spec.worker_dir is not None:
         report["status"] = "ok"
         record["weights_sha256"] = report["weights_sha256"]
