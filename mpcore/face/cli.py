@@ -5,7 +5,7 @@ process) and prints a side-by-side table; ``report`` re-renders a saved run or a
 file; ``doctor`` says what to expect from this machine; ``numerics`` shows what a float16 cast
 does to a model's gradients with and without loss scaling; ``check`` says whether mixed
 precision is safe for a user's own model; ``profile`` times each layer of a model in float32 and
-half precision.
+half precision; ``maxbatch`` finds the largest batch each precision fits.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mpcore.face import check_cmd, profile_cmd
+from mpcore.face import check_cmd, maxbatch_cmd, profile_cmd
 from mpcore.face.common import (
     CACHE_ENV,
     EXIT_USAGE,
@@ -171,6 +171,7 @@ def build_parser() -> OneLineParser:
 
     check_cmd.add_parser(commands)
     profile_cmd.add_parser(commands)
+    maxbatch_cmd.add_parser(commands)
     return parser
 
 

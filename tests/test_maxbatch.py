@@ -1,0 +1,173 @@
+"""``mpbench maxbatch``: the search on planted out-of-memory thresholds, memory sizes, bad input,
+the predicted memory per sample, and (slow) a real search on this CPU under a memory budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mpcore.train.maxbatch import (
+    SearchResult,
+    Trial,
+    format_bytes,
+    memory_line,
+    parse_memory_size,
+    search_max_batch,
+)
+
+
+def planted(threshold: int, per_sample: int = 1000, fixed: int = 50_000):
+    """A trial function whose batch fits up to ``threshold``, with a linear peak."""
+
+    def trial(batch: int) -> Trial:
+        fits = batch <= threshold
+        return Trial(batch, fits, fixed + per_sample * batch, None if fits else "out_of_memory")
+
+    return trial
+
+
+def test_search_finds_the_planted_threshold_with_the_logged_trials() -> None:
+    logged: list[Trial] = []
+    result = search_max_batch(planted(100), upper=4096, log=logged.append)
+    assert result.batch == 100
+    assert result.first_failing == 101
+    # Powers 1..64 fit (7), 128 does not (8), then the halving of 64..128 (6): 14 trials.
+    assert [t.batch for t in logged] == [1, 2, 4, 8, 16, 32, 64, 128, 96, 112, 104, 100, 102, 101]
+    assert result.trials == logged
+    assert result.trial_at(100).fits and not result.trial_at(101).fits
+
+
+@given(threshold=st.integers(1, 5000), upper=st.integers(1, 6000), start=st.integers(1, 300))
+def test_search_is_exact_for_any_threshold(threshold: int, upper: int, start: int) -> None:
+    result = search_max_batch(planted(threshold), upper=upper, start=min(start, upper))
+    batches = [t.batch for t in result.trials]
+    assert len(batches) == len(set(batches)), "a batch tried twice"
+    assert all(1 <= b <= upper for b in batches)
+    expected = min(threshold, upper)
+    assert result.batch == expected
+    if threshold < upper:
+        assert result.first_failing == threshold + 1
+        assert not result.hit_upper
+    else:
+        assert result.first_failing is None and result.hit_upper
+    if start == 1 and threshold < upper:
+        assert len(batches) == 2 * math.floor(math.log2(threshold)) + 2
+
+
+def test_nothing_fits_and_the_margin() -> None:
+    none = search_max_batch(planted(0), upper=64)
+    assert none.batch == 0 and none.recommended == 0 and none.first_failing == 1
+    assert len(none.trials) == 1
+    some = search_max_batch(planted(100), upper=4096, margin=0.1)
+    assert some.recommended == 90
+    assert search_max_batch(planted(100), margin=0.0).recommended == 100
+    assert search_max_batch(planted(1), margin=0.5).recommended == 1
+
+
+def test_search_refuses_bad_bounds_and_wrong_answers() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        search_max_batch(planted(4), upper=0)
+    with pytest.raises(ValueError, match="margin"):
+        search_max_batch(planted(4), margin=1.0)
+    with pytest.raises(ValueError, match="answered for batch 3"):
+        search_max_batch(lambda batch: Trial(3, True), upper=8)
+
+
+def test_memory_line_is_the_slope_not_one_point() -> None:
+    result = search_max_batch(planted(300, per_sample=2_000_000, fixed=700_000_000), upper=4096)
+    slope, fixed = result.slope()
+    assert slope == pytest.approx(2_000_000)
+    assert fixed == pytest.approx(700_000_000)
+    # Dividing one peak by its batch would count the fixed part per sample.
+    assert result.peak_bytes / result.batch > 2 * slope
+    assert memory_line([Trial(8, True, 100)]) is None
+    assert memory_line([Trial(8, True, None), Trial(16, True, None)]) is None
+
+
+def test_result_document_round_trips_trials() -> None:
+    result = search_max_batch(planted(20), upper=64)
+    document = json.loads(json.dumps(result.to_dict()))
+    assert document["batch"] == 20 and document["first_failing"] == 21
+    assert [Trial.from_dict(t) for t in document["trials"]] == result.trials
+    assert isinstance(result, SearchResult)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2GiB", 2 * 2**30),
+        ("1gib", 2**30),
+        ("512MiB", 512 * 2**20),
+        ("1.5GB", 1_500_000_000),
+        ("1500 MB", 1_500_000_000),
+        ("4096", 4096),
+        ("64KiB", 65536),
+        ("1B", 1),
+    ],
+)
+def test_parse_memory_size(text: str, expected: int) -> None:
+    assert parse_memory_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "2XB", "-1GiB", "0", "0.1B", "1e9", "2 Gi B"])
+def test_parse_memory_size_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="memory size"):
+        parse_memory_size(text)
+
+
+def test_format_bytes() -> None:
+    assert format_bytes(None) == "?"
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(1.5 * 2**30) == "1.5 GiB"
+    assert format_bytes(300 * 2**20) == "300.0 MiB"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["maxbatch", "small", "--memory-limit", "2XB"], "'2XB' is not a memory size"),
+        (["maxbatch", "small", "--memory-limit", "1GiB", "--margin", "1"], "--margin"),
+        (["maxbatch", "small", "--memory-limit", "1GiB", "--precision", "float64"], "float64"),
+        (["maxbatch", "small", "--memory-limit", "1GiB", "--xla", "auto"], "auto"),
+        (
+            [
+                "maxbatch",
+                "small",
+                "--memory-limit",
+                "1GiB",
+                "--start-batch",
+                "64",
+                "--max-batch",
+                "8",
+            ],
+            "--start-batch 64 is above --max-batch 8",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(invoke, argv: list[str], message: str) -> None:
+    code, out, err = invoke(argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and out == ""
+
+
+def test_cpu_without_a_memory_limit_is_refused(invoke) -> None:
+    from mpcore.probe.capability import capability
+
+    if capability().gpu_count and not capability().simulated:
+        pytest.skip("a GPU is visible: its own memory is the limit, no budget needed")
+    code, _, err = invoke(["maxbatch", "small"])
+    assert code == 2
+    assert "--memory-limit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_model_is_one_line(invoke) -> None:
+    code, _, err = invoke(["maxbatch", "nosuch", "--memory-limit", "1GiB"])
+    assert code == 2
+    assert "nosuch" in err and len(err.strip().splitlines()) == 1
