@@ -55,8 +55,11 @@ def test_search_is_exact_for_any_threshold(threshold: int, upper: int, start: in
         assert not result.hit_upper
     else:
         assert result.first_failing is None and result.hit_upper
-    if start == 1 and threshold < upper:
+    power = 2 ** math.floor(math.log2(threshold))
+    if start == 1 and 2 * power <= upper:
         assert len(batches) == 2 * math.floor(math.log2(threshold)) + 2
+    elif start == 1:  # the bound cut the doubling short: a narrower halving
+        assert len(batches) <= 2 * math.floor(math.log2(threshold)) + 2
 
 
 def test_nothing_fits_and_the_margin() -> None:
@@ -171,3 +174,140 @@ def test_unknown_model_is_one_line(invoke) -> None:
     code, _, err = invoke(["maxbatch", "nosuch", "--memory-limit", "1GiB"])
     assert code == 2
     assert "nosuch" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# The memory predicted from the model alone
+
+
+def tiny_model(precision: str):
+    """Input 4x4x2 -> Dense(3) -> Dense(5) float32 head: sizes small enough to count by hand."""
+    import keras
+
+    from mpcore.precision.modes import RunConfig, applied
+
+    with applied(RunConfig(precision, "off")):
+        inputs = keras.Input((4, 4, 2))
+        x = keras.layers.Dense(3)(inputs)
+        outputs = keras.layers.Dense(5, activation="softmax", dtype="float32")(x)
+        return keras.Model(inputs, outputs)
+
+
+def test_predicted_memory_counted_by_hand() -> None:
+    from mpcore.models.memory import predict_memory
+
+    single = predict_memory(tiny_model("float32"), batch_size=10)
+    # Weights: 2*3+3 and 3*5+5 = 29 float32; gradients alike; Adam 2 slots; no half copies.
+    assert single.parameters == 29
+    assert (single.weights_bytes, single.gradients_bytes, single.optimizer_bytes) == (116, 116, 232)
+    assert single.cast_weights_bytes == 0
+    # Input 4*4*2, Dense 4*4*3, head 4*4*5 values, 4 bytes each.
+    assert single.activation_bytes_per_sample == (32 + 48 + 80) * 4
+    assert single.total_bytes == 464 + 10 * 640
+    half = predict_memory(tiny_model("mixed_bfloat16"), batch_size=10)
+    # Master weights stay float32; the hidden Dense casts its 9 weights to bfloat16 (2 bytes).
+    assert (half.weights_bytes, half.cast_weights_bytes) == (116, 18)
+    # The input and the float32 head keep 4 bytes; the hidden Dense output takes 2.
+    assert half.activation_bytes_per_sample == 32 * 4 + 48 * 2 + 80 * 4
+    assert half.compute_dtype == "bfloat16"  # one weighted layer each way: the first counted
+
+
+def test_predicted_memory_of_small_halves_its_activations() -> None:
+    from mpcore.models.memory import half_precision_saving, predict_memory
+    from mpcore.models.registry import build_model
+    from mpcore.precision.modes import RunConfig, applied
+
+    estimates = {}
+    for precision in ("float32", "mixed_float16"):
+        with applied(RunConfig(precision, "off")):
+            estimates[precision] = predict_memory(build_model("small", 64), 32)
+    full, half = estimates["float32"], estimates["mixed_float16"]
+    assert half.compute_dtype == "float16" and full.compute_dtype == "float32"
+    ratio = half.activation_bytes_per_sample / full.activation_bytes_per_sample
+    # Everything but the float32 input (64*64*3*4 of ~1.5 MB) and the head halves.
+    assert 0.5 < ratio < 0.55
+    assert half.weights_bytes == full.weights_bytes
+    assert "saves" in half_precision_saving(full, half) and "(48%)" in half_precision_saving(
+        full, half
+    )
+
+
+def test_doctor_predicts_the_memory_half_precision_saves(invoke) -> None:
+    code, out, _ = invoke(
+        ["doctor", "--model", "small", "--batch-size", "16", "--image-size", "32"]
+    )
+    assert code == 0
+    assert "predicted training memory of small at batch 16" in out
+    assert "mixed_float16 saves" in out and "mixed_bfloat16 saves" in out
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark memory that can be compared between rows
+
+
+def test_session_rss_rows_are_marked_not_comparable() -> None:
+    from mpcore.bench.table import SESSION_MEMORY_NOTE, render_report
+
+    base = {"group": "g", "xla": "off", "ms_per_step": 10.0, "step": "fit"}
+    session = [
+        {
+            **base,
+            "precision": "float32",
+            "peak_memory_bytes": 2**30,
+            "peak_memory_source": "process_rss",
+        },
+        {  # a file saved before peak_memory_comparable
+            **base,
+            "precision": "mixed_bfloat16",
+            "peak_memory_bytes": 2**31,
+            "peak_memory_source": "process_rss",
+        },
+    ]
+    text = render_report(session)
+    assert text.count("1024 *") == 1 and text.count("2048 *") == 1
+    assert SESSION_MEMORY_NOTE in text
+    fresh = [
+        {**row, "peak_memory_source": "fresh_process_rss", "peak_memory_comparable": True}
+        for row in session
+    ]
+    gpu = [
+        {**row, "peak_memory_source": "tensorflow", "peak_memory_comparable": True}
+        for row in session
+    ]
+    for rows in (fresh, gpu):
+        text = render_report(rows)
+        assert " *" not in text and SESSION_MEMORY_NOTE not in text
+
+
+def test_fresh_memory_fields_take_the_trial_process_peak(monkeypatch) -> None:
+    from mpcore.bench import batchtrial
+
+    seen = []
+
+    def fake(spec):
+        seen.append(spec)
+        return Trial(spec["batch"], spec["batch"] < 100, 123_456_789)
+
+    monkeypatch.setattr(batchtrial, "launch_trial", fake)
+    spec = batchtrial.trial_spec("small", 32, "float32", "off", 8, 5, 2**30, "custom")
+    fields = batchtrial.fresh_memory_fields(spec)
+    assert seen[0]["limit_bytes"] is None and seen[0]["kind"] == "custom"
+    assert fields == {
+        "peak_memory_bytes": 123_456_789,
+        "peak_memory_source": "fresh_process_rss",
+        "peak_memory_comparable": True,
+    }
+    failed = batchtrial.fresh_memory_fields({**spec, "batch": 100})
+    assert failed["peak_memory_bytes"] is None and not failed["peak_memory_comparable"]
+    assert "fresh_memory_error" in failed
+
+
+def test_oom_messages_are_recognised() -> None:
+    from mpcore.bench.batchtrial import looks_like_oom
+
+    assert looks_like_oom("OOM when allocating tensor with shape[80,64,112,112]")
+    assert looks_like_oom(
+        "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 68852648264 bytes."
+    )
+    assert looks_like_oom("CUDA_ERROR_OUT_OF_MEMORY: out of memory")
+    assert not looks_like_oom("Incompatible shapes: [8,5] vs. [8,3]")

@@ -114,6 +114,7 @@ def run_trial(spec: dict[str, Any]) -> Trial:
                 settings,
                 spec.get("steps", 2),
                 device="/GPU:0" if on_gpu else "/CPU:0",
+                kind=spec.get("kind", "fit"),
             ) as prepared,
         ):
             prepared.run_round()
@@ -151,8 +152,9 @@ def trial_spec(
     batch: int,
     steps: int,
     limit_bytes: int | None,
+    kind: str = "fit",
 ) -> dict[str, Any]:
-    """What :func:`run_trial` needs, JSON-ready."""
+    """What :func:`run_trial` needs, JSON-ready; ``kind`` is the step (``fit`` or ``custom``)."""
     return {
         "model": model,
         "image_size": image_size,
@@ -161,6 +163,20 @@ def trial_spec(
         "batch": batch,
         "steps": steps,
         "limit_bytes": limit_bytes,
+        "kind": kind,
+    }
+
+
+def fresh_memory_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark row's memory measured on its own: the trial ``spec`` (no limit) run in a fresh
+    process, its peak RSS as ``peak_memory_bytes`` (``peak_memory_source``
+    ``fresh_process_rss``, comparable between rows); a failed trial gives None and its reason."""
+    trial = launch_trial({**spec, "limit_bytes": None})
+    return {
+        "peak_memory_bytes": trial.peak_bytes if trial.fits else None,
+        "peak_memory_source": "fresh_process_rss",
+        "peak_memory_comparable": trial.fits and trial.peak_bytes is not None,
+        **({} if trial.fits else {"fresh_memory_error": f"{trial.reason}: {trial.detail}"}),
     }
 
 
