@@ -98,7 +98,8 @@ def run_trial(spec: dict[str, Any]) -> Trial:
 
     started = time.perf_counter()
     batch, limit = spec["batch"], spec.get("limit_bytes")
-    on_gpu = capability().gpu_count > 0 and not capability().simulated
+    # The memory is where the arithmetic runs: a GPU MPBENCH_FAKE_GPU simulates does not count.
+    on_gpu = bool(capability().real_gpus)
     if limit and not on_gpu:
         _watch_rss(batch, limit, started)
     settings = TrainSettings(

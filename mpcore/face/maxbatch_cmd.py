@@ -168,7 +168,8 @@ def cmd_maxbatch(args: argparse.Namespace) -> int:
     from mpcore.train.maxbatch import search_max_batch
 
     found = capability()
-    on_gpu = found.gpu_count > 0 and not found.simulated
+    # The memory is where the arithmetic runs: a GPU MPBENCH_FAKE_GPU simulates does not count.
+    on_gpu = bool(found.real_gpus)
     if not on_gpu and args.memory_limit is None:
         raise UsageError(
             "a CPU has no device memory limit to run out of: give --memory-limit (e.g. 2GiB), "
@@ -176,7 +177,7 @@ def cmd_maxbatch(args: argparse.Namespace) -> int:
         )
     default = GPU_PRECISIONS if on_gpu else CPU_PRECISIONS
     precisions = list(dict.fromkeys([BASELINE_PRECISION, *(precisions or default)]))
-    device = f"GPU:0 ({found.gpu.name})" if on_gpu and found.gpu else "CPU"
+    device = f"GPU:0 ({found.real_gpus[0].name})" if on_gpu else "CPU"
     loaded = load(args.model, args.image_size)
     image_size = args.image_size
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
