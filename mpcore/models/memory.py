@@ -9,15 +9,20 @@ carries its compute dtype) and adds up:
   mixed precision, the half-precision copy of each weight a layer casts for its matmul;
 - **per sample**: the activations kept for the backward pass, taken as every layer's output (its
   shape without the batch, in the layer's compute dtype: 2 bytes under mixed_float16 and
-  mixed_bfloat16, 4 under float32) plus the model's inputs. A layer's output is what the next
-  layer's gradient needs (a convolution keeps its input, a ReLU its output, batch normalisation
-  its input), so one tensor per layer output is the first-order count.
+  mixed_bfloat16, 4 under float32) plus the model's inputs; a normalization layer under a half
+  precision also keeps the float32 copy of its input it computes on. A layer's output is what
+  the next layer's gradient needs (a convolution keeps its input, a ReLU its output, batch
+  normalisation its input), so one tensor per layer output is the first-order count. XLA can
+  fuse the float32 copy away; the count is that of a step without it.
 
-What the count leaves out, and why a measured slope is larger: the gradient of each activation
-during the backward pass (transient, about the largest one or two at a time), workspace of the
-convolution kernels, the data pipeline's copy of the batch, casts a layer makes of its input
-(mixed precision casts the float32 input once), and on a CPU the allocator's rounding and
-caching. The tests hold the measured slope within a stated factor of this prediction.
+A measured slope differs both ways. It is larger by what the count leaves out: the gradient of
+each activation during the backward pass (transient, about the largest one or two at a time),
+workspace of the convolution kernels, the data pipeline's copy of the batch, casts a layer
+makes of its input, and on a CPU the allocator's rounding and caching. It is smaller where the
+runtime frees an output no gradient reads: in a convolution, batch normalization, ReLU chain
+the normalization's output is read by nothing in the backward pass (the ReLU's gradient reads
+its own output, the normalization's its input), so a ResNet's count is high. The tests hold
+the measured slope within a stated factor of this prediction.
 """
 
 from __future__ import annotations
@@ -121,9 +126,27 @@ def _outputs(layer: keras.layers.Layer) -> list[Any]:
     return tensors
 
 
+#: Layers that compute in float32 whatever their policy: under a half-precision policy Keras
+#: casts their input up (batch normalization: "prone to overflow with float16/bfloat16 inputs"),
+#: and that float32 copy is what their gradient reads.
+FLOAT32_INSIDE = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+)
+
+
+def _inputs(layer: keras.layers.Layer) -> list[Any]:
+    tensors = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        tensors.extend(keras.tree.flatten(node.input_tensors))
+    return tensors
+
+
 def activation_bytes_per_sample(model: keras.Model) -> int:
-    """Bytes of one sample's activations kept for the backward pass: the model's inputs and the
-    output of every layer call, each in its own dtype."""
+    """Bytes of one sample's activations kept for the backward pass: the model's inputs, the
+    output of every layer call, each in its own dtype, and the float32 copy of its input a
+    normalization layer makes under a half-precision policy (:data:`FLOAT32_INSIDE`)."""
     total = 0
     for tensor in keras.tree.flatten(model.inputs):
         total += _elements(tensor.shape) * DTYPE_BYTES.get(_dtype_name(tensor.dtype), 4)
@@ -132,6 +155,9 @@ def activation_bytes_per_sample(model: keras.Model) -> int:
             continue
         for tensor in _outputs(layer):
             total += _elements(tensor.shape) * DTYPE_BYTES.get(_dtype_name(tensor.dtype), 4)
+        half = _dtype_name(layer.compute_dtype) in ("float16", "bfloat16")
+        if half and isinstance(layer, FLOAT32_INSIDE):
+            total += sum(_elements(tensor.shape) * 4 for tensor in _inputs(layer))
     return total
 
 
