@@ -417,3 +417,29 @@ def test_check_predicts_the_memory_half_precision_saves(invoke, tmp_path) -> Non
     assert full["activation_bytes_per_sample"] == (64 + 96 + 100 + 8) * 4
     assert half["activation_bytes_per_sample"] == 64 * 4 + (96 + 100) * 2 + 8 * 4
     assert "mixed_float16: " in out and "saves 392 B of activations per sample" in out
+
+
+def test_summary_and_table_of_planted_searches() -> None:
+    from mpcore.face.maxbatch_cmd import limit_sentence, render, summary
+
+    results = {
+        "float32+xla_off": search_max_batch(planted(100, per_sample=2_000_000), upper=4096),
+        "mixed_bfloat16+xla_off": search_max_batch(planted(113, per_sample=1_500_000), upper=4096),
+        "mixed_float16+xla_off": search_max_batch(planted(5000), upper=4096),
+    }
+    document = summary("small", "CPU", False, 2**30, 2, results, {})
+    entries = document["configurations"]
+    assert entries["mixed_bfloat16+xla_off"]["ratio_to_float32"] == pytest.approx(1.13)
+    assert entries["mixed_bfloat16+xla_off"]["ratio_sentence"] == (
+        "mixed_bfloat16 fits 1.13x the batch"
+    )
+    assert entries["float32+xla_off"]["bytes_per_sample"] == pytest.approx(2_000_000)
+    assert (document["limit"], document["steps_per_trial"]) == ("memory_budget", 3)
+    text = render(json.loads(json.dumps(document)))
+    assert "mixed_bfloat16 fits 1.13x the batch (XLA off)" in text
+    assert ">= 4096 (bound)" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[2:5]}
+    assert rows["float32+xla_off"][1:3] == ["100", "90"]
+    assert "1.9 MiB" in " ".join(rows["float32+xla_off"])  # 2,000,000 bytes per sample
+    assert "memory budget of 1.0 GiB" in limit_sentence(False, "CPU", 2**30)
+    assert "TensorFlow runs out of memory" in limit_sentence(True, "GPU:0 (H100)", None)

@@ -298,7 +298,7 @@ def render(document: dict[str, Any]) -> str:
         "vs float32",
         "trials",
     ]
-    lines = [tabulate(rows, headers=headers, disablenumparse=True)]
+    lines = [tabulate(rows, headers=headers, disable_numparse=True)]
     for entry in document["configurations"].values():
         if entry["precision"] != BASELINE_PRECISION and entry["ratio_sentence"]:
             lines.append(f"{entry['ratio_sentence']} (XLA {entry['xla']})")
