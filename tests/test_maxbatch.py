@@ -443,3 +443,56 @@ def test_summary_and_table_of_planted_searches() -> None:
     assert "1.9 MiB" in " ".join(rows["float32+xla_off"])  # 2,000,000 bytes per sample
     assert "memory budget of 1.0 GiB" in limit_sentence(False, "CPU", 2**30)
     assert "TensorFlow runs out of memory" in limit_sentence(True, "GPU:0 (H100)", None)
+
+
+# --------------------------------------------------------------------------------------------
+# mpbench run --batch-size max
+
+
+def test_run_batch_size_max_takes_float32s_largest_less_the_margin(monkeypatch, capsys) -> None:
+    from mpcore.bench import batchtrial
+    from mpcore.face.maxbatch_cmd import largest_batch_for_run
+    from mpcore.train.settings import TrainSettings
+
+    asked = []
+
+    def fake(spec):
+        asked.append(spec)
+        return planted(200)(spec["batch"])
+
+    monkeypatch.setattr(batchtrial, "launch_trial", fake)
+    settings = TrainSettings(model="small", image_size=48, batch_size=16)
+    chosen = largest_batch_for_run(settings, 2**30)
+    assert chosen.batch_size == 180 and chosen.image_size == 48 and chosen.model == "small"
+    assert {(s["precision"], s["xla"], s["limit_bytes"]) for s in asked} == {
+        ("float32", "off", 2**30)
+    }
+    assert "float32 fits 200; training every configuration at 180" in capsys.readouterr().out
+    monkeypatch.setattr(batchtrial, "launch_trial", lambda spec: planted(0)(spec["batch"]))
+    from mpcore.face.common import UsageError
+
+    with pytest.raises(UsageError, match="not even batch 1"):
+        largest_batch_for_run(settings, 2**30)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--memory-limit", "1GiB"], "--memory-limit is the budget of --batch-size max"),
+        (["run", "--batch-size", "maxi"], "'maxi' is not an integer"),
+    ],
+)
+def test_run_batch_size_max_bad_input(invoke, tmp_path, argv, message) -> None:
+    code, _, err = invoke([*argv, "--out", str(tmp_path / "run")])
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_batch_size_max_on_a_cpu_needs_a_budget(invoke, tmp_path) -> None:
+    from mpcore.probe.capability import capability
+
+    if capability().real_gpus:
+        pytest.skip("a GPU is visible: its own memory is the limit")
+    code, _, err = invoke(["run", "--batch-size", "max", "--out", str(tmp_path / "run")])
+    assert code == 2 and "--batch-size max on a CPU needs --memory-limit" in err
+    assert not (tmp_path / "run").exists()

@@ -75,7 +75,18 @@ def build_parser() -> OneLineParser:
         help="off, jit, auto, or all (default: seed profile all, quick profile off)",
     )
     run.add_argument("--epochs", type=positive_int)
-    run.add_argument("--batch-size", type=positive_int)
+    run.add_argument(
+        "--batch-size",
+        type=maxbatch_cmd.batch_size_or_max,
+        help="a positive integer, or max: the largest batch float32 fits, less a 10%% margin "
+        "(mpbench maxbatch's search, docs/maxbatch.md)",
+    )
+    run.add_argument(
+        "--memory-limit",
+        type=maxbatch_cmd.memory_size,
+        metavar="SIZE",
+        help="with --batch-size max on a CPU (required there): the memory budget, e.g. 2GiB",
+    )
     run.add_argument("--image-size", type=positive_int, help="square image side in pixels")
     run.add_argument("--weights", metavar="FILE", help="initial weights file, or imagenet")
     run.add_argument(

@@ -29,6 +29,13 @@ CPU_PRECISIONS: tuple[str, ...] = ("float32", "mixed_bfloat16")
 XLA_CHOICES: tuple[str, ...] = ("off", "jit")
 
 
+def batch_size_or_max(text: str) -> int | str:
+    """An argparse type: a positive batch size, or ``max`` (``mpbench run --batch-size max``)."""
+    if text == "max":
+        return text
+    return positive_int(text)
+
+
 def margin_fraction(text: str) -> float:
     """An argparse type: a fraction in 0..1 (1 excluded), e.g. 0.1."""
     try:
@@ -307,3 +314,55 @@ def render(document: dict[str, Any]) -> str:
         "predicted: activations kept for the backward pass, from the model alone"
     )
     return "\n".join(lines)
+
+
+def largest_batch_for_run(settings: Any, memory_limit: int | None) -> Any:
+    """``mpbench run --batch-size max``: ``settings`` with the batch float32 fits (without XLA)
+    less the margin, found by the search on ``settings``' model and image size. Every
+    configuration trains at that one batch, so their steps compare at the same batch; float32
+    is searched because it is the baseline (a half precision fits at least as much on a GPU).
+    On a CPU ``memory_limit`` is required."""
+    import dataclasses
+
+    from mpcore.bench.batchtrial import launch_trial, trial_spec
+    from mpcore.probe.capability import capability
+    from mpcore.train.maxbatch import format_bytes, search_max_batch
+
+    on_gpu = bool(capability().real_gpus)
+    if not on_gpu and memory_limit is None:
+        raise UsageError(
+            "--batch-size max on a CPU needs --memory-limit (e.g. 2GiB): a CPU has no device "
+            "memory limit to run out of"
+        )
+    print(
+        f"--batch-size max: searching the largest float32 batch of {settings.model}; "
+        + limit_sentence(on_gpu, "the GPU", memory_limit),
+        flush=True,
+    )
+
+    def trial(batch: int) -> Any:
+        return launch_trial(
+            trial_spec(
+                settings.model, settings.image_size, "float32", "off", batch, 2, memory_limit
+            )
+        )
+
+    def log(result: Any) -> None:
+        verdict = "fits" if result.fits else f"does not fit ({result.reason})"
+        print(
+            f"  batch {result.batch}: {verdict}, peak {format_bytes(result.peak_bytes)}", flush=True
+        )
+
+    result = search_max_batch(trial, log=log)
+    if result.batch < 1:
+        first = result.trials[0]
+        raise UsageError(
+            f"--batch-size max: not even batch 1 of {settings.model} fits ({first.reason}: "
+            f"{first.detail})"
+        )
+    print(
+        f"--batch-size max: float32 fits {result.batch}; training every configuration at "
+        f"{result.recommended} (less the {result.margin:.0%} margin)",
+        flush=True,
+    )
+    return dataclasses.replace(settings, batch_size=result.recommended)
