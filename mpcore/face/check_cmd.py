@@ -110,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps or 0,
         )
     document = report.to_dict()
+    document["predicted_memory"] = predicted_memory(
+        loaded, [item["precision"] for item in document["precisions"]], document["batch_size"]
+    )
     (out / "check.json").write_text(json.dumps(document, indent=2))
     files = [out / "check.json"]
     files += [plot_precision(document, item, out) for item in document["precisions"]]
@@ -169,7 +172,45 @@ def render(document: dict[str, Any]) -> str:
     ]
     for item in document["precisions"]:
         lines += ["", *_render_precision(item, tabulate)]
+    lines += _render_memory(document.get("predicted_memory") or {})
     return "\n".join(lines)
+
+
+def predicted_memory(loaded: Any, precisions: list[str], batch_size: int) -> dict[str, Any]:
+    """:func:`mpcore.models.memory.predict_memory` of the model under float32 and each checked
+    precision (the converted clone, as the check runs it), by precision."""
+    from mpcore.models.memory import predict_memory
+    from mpcore.precision.modes import RunConfig, applied
+    from mpcore.user.ownmodel import under_precision
+
+    estimates = {}
+    for precision in dict.fromkeys(["float32", *precisions]):
+        with applied(RunConfig(precision, "off")):
+            model = under_precision(loaded, precision)
+            estimates[precision] = predict_memory(model, batch_size).to_dict()
+    return estimates
+
+
+def _render_memory(estimates: dict[str, Any]) -> list[str]:
+    """How much activation memory each half precision saves per sample, predicted."""
+    from mpcore.train.maxbatch import format_bytes
+
+    full = estimates.get("float32")
+    if not full:
+        return []
+    lines = ["", "predicted memory (model alone; mpbench maxbatch measures it):"]
+    for precision, estimate in estimates.items():
+        saved = full["activation_bytes_per_sample"] - estimate["activation_bytes_per_sample"]
+        lines.append(
+            f"  {precision}: {format_bytes(estimate['activation_bytes_per_sample'])} of "
+            f"activations per sample, {format_bytes(estimate['fixed_bytes'])} fixed"
+            + (
+                f"; saves {format_bytes(saved)} of activations per sample"
+                if precision != "float32"
+                else ""
+            )
+        )
+    return lines
 
 
 def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:

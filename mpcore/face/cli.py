@@ -5,7 +5,8 @@ process) and prints a side-by-side table; ``report`` re-renders a saved run or a
 file; ``doctor`` says what to expect from this machine; ``numerics`` shows what a float16 cast
 does to a model's gradients with and without loss scaling; ``check`` says whether mixed
 precision is safe for a user's own model; ``profile`` times each layer of a model in float32 and
-half precision; ``compare`` says what changed between two saved runs, noise taken into account.
+half precision; ``compare`` says what changed between two saved runs, noise taken into account;
+``maxbatch`` finds the largest batch each precision fits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mpcore.face import check_cmd, compare_cmd, profile_cmd
+from mpcore.face import check_cmd, compare_cmd, maxbatch_cmd, profile_cmd
 from mpcore.face.common import (
     CACHE_ENV,
     EXIT_USAGE,
@@ -91,7 +92,18 @@ def build_parser() -> OneLineParser:
         "val_loss<=0.3; --epochs at most), each repeat with its own seed; the table adds epochs "
         "and time to target and whether an epoch count exceeds the baseline's",
     )
-    run.add_argument("--batch-size", type=positive_int)
+    run.add_argument(
+        "--batch-size",
+        type=maxbatch_cmd.batch_size_or_max,
+        help="a positive integer, or max: the largest batch float32 fits, less a 10%% margin "
+        "(mpbench maxbatch's search, docs/maxbatch.md)",
+    )
+    run.add_argument(
+        "--memory-limit",
+        type=maxbatch_cmd.memory_size,
+        metavar="SIZE",
+        help="with --batch-size max on a CPU (required there): the memory budget, e.g. 2GiB",
+    )
     run.add_argument("--image-size", type=positive_int, help="square image side in pixels")
     run.add_argument("--weights", metavar="FILE", help="initial weights file, or imagenet")
     run.add_argument(
@@ -221,6 +233,7 @@ def build_parser() -> OneLineParser:
     check_cmd.add_parser(commands)
     profile_cmd.add_parser(commands)
     compare_cmd.add_parser(commands)
+    maxbatch_cmd.add_parser(commands)
     return parser
 
 

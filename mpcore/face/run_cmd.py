@@ -372,7 +372,17 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
+    largest = args.batch_size == "max"
+    if args.memory_limit is not None and not largest:
+        raise UsageError("--memory-limit is the budget of --batch-size max; give both")
+    if largest:
+        args.batch_size = None  # the profile's, until the search has found one
     settings = _settings(args, profile)
+    if largest:
+        from mpcore.face.maxbatch_cmd import largest_batch_for_run
+
+        settings = largest_batch_for_run(settings, args.memory_limit)
+        args.batch_size = settings.batch_size
     if "float8" in precisions:
         _check_float8_model(settings.model)
     out = _out_folder(args, distribution)
