@@ -25,6 +25,7 @@ from mpcore.face.common import (
     quiet_native_stderr,
     train_settings,
 )
+from mpcore.face.run_distribution import Distribution, parse_distribution
 from mpcore.face.run_guard import (
     check_resumed,
     locked_out,
@@ -35,7 +36,6 @@ from mpcore.face.run_options import AUTO, check_repeat_options, describe_repeats
 from mpcore.names import DEFAULT_PRECISIONS, PRECISIONS, VALIDATION_FRACTION, XLA_MODES
 from mpcore.run.process import EXIT_INTERRUPTED, EXIT_TERMINATED, terminated
 from mpcore.run.stats import planned_repeats
-from mpcore.train.placement import cpu_replicas_problem
 
 if TYPE_CHECKING:  # imported lazily at run time: TensorFlow loads only when a command needs it
     from mpcore.train.settings import TrainSettings
@@ -243,64 +243,6 @@ def _data(
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class Distribution:
-    """How ``mpbench run`` distributes each configuration (``--strategy``, ``--workers``,
-    ``--cpu-replicas``) and how many replicas that is, when known before training."""
-
-    strategy: str
-    workers: int
-    cpu_replicas: int
-    replicas: int | None
-    #: False on the hosts of a multi-host cluster other than the chief (their results are
-    #: not the run's).
-    chief: bool = True
-    task_index: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def describe(self, batch_size: int) -> str:
-        return (
-            f"strategy {self.strategy}: "
-            + (f"{self.workers} local worker(s), " if self.workers else "")
-            + (f"{self.replicas} replica(s), " if self.replicas else "")
-            + f"batch {batch_size} per replica; each configuration also runs without "
-            "a strategy (one replica) for the scaling efficiency"
-        )
-
-
-def _distribution(args: argparse.Namespace, gpu_count: int) -> Distribution:
-    """Validate the distribution options together; one usage error for a bad combination."""
-    from mpcore.train.replicas import StrategyError, is_chief, parse_strategy, read_tf_config
-
-    try:
-        strategy = parse_strategy(args.strategy or ("multiworker" if args.workers else "none"))
-    except StrategyError as error:
-        raise UsageError(f"--strategy: {error}") from None
-    if args.workers and strategy != "multiworker":
-        raise UsageError(
-            f"--workers {args.workers} runs local multiworker workers; it cannot be combined "
-            f"with --strategy {strategy}"
-        )
-    problem = cpu_replicas_problem(args.cpu_replicas, strategy, gpu_count)
-    if problem:
-        raise UsageError(f"--cpu-replicas {problem}")
-    if strategy == "mirrored":
-        replicas = args.cpu_replicas or gpu_count or 1
-        return Distribution(strategy, 0, args.cpu_replicas or 0, replicas)
-    if strategy != "multiworker":
-        return Distribution(strategy, 0, 0, 1)
-    if args.workers:
-        return Distribution(strategy, args.workers, 0, args.workers * max(gpu_count, 1))
-    try:
-        tf_config = read_tf_config()  # fail here, not in every worker
-    except StrategyError as error:
-        raise UsageError(str(error)) from None
-    index = int(tf_config["task"]["index"])
-    return Distribution(strategy, 0, 0, None, chief=is_chief(tf_config), task_index=index)
-
-
 def _check_float8_model(model: str) -> None:
     """Refuse ``float8`` for a model with nothing for it to quantize, before any worker starts."""
     from mpcore.models.registry import model_spec
@@ -362,7 +304,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         reason += decided.simulated_tag()
     print(f"profile {profile_name}: {reason}", flush=True)
     profile = PROFILES[profile_name]
-    distribution = _distribution(args, gpu_count)
+    distribution = parse_distribution(args, gpu_count)
     precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(DEFAULT_PRECISIONS)
     xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or list(profile.xla)
     comparisons = len(precisions) * len(xla_modes) * (1 + (distribution.strategy != "none")) - 1
