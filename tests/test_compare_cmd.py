@@ -167,3 +167,16 @@ def test_bad_input_is_one_line_and_exit_two(
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err
+
+
+def test_too_few_repeats_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = _save(tmp_path / "old.json", _run(_draw(1, repeats=4)))
+    new = _run(_draw(2, repeats=4))
+    new["configurations"][1]["repeats"] = [
+        {**run, "ms_per_step": 2 * run["ms_per_step"]}
+        for run in new["configurations"][1]["repeats"]
+    ]
+    assert main(["compare", old, _save(tmp_path / "new.json", new)]) == 0  # twice as slow...
+    out = capsys.readouterr().out
+    assert set(_verdicts(out).values()) == {UNDECIDED}  # ...but 4 repeats cannot say so
+    assert "with 4 repeats no comparison can be decided: 4 need 5 repeats a side" in out

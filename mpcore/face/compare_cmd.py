@@ -17,7 +17,14 @@ from typing import Any
 from tabulate import tabulate
 
 from mpcore.face.common import UsageError
-from mpcore.run.stats import ALPHA, SLOWER, UNDECIDED, compare_pairs, family_error_rate
+from mpcore.run.stats import (
+    ALPHA,
+    SLOWER,
+    UNDECIDED,
+    compare_pairs,
+    family_error_rate,
+    minimum_repeats,
+)
 
 #: A pytest-benchmark row without per-round data: shown, never judged.
 NO_DATA = "undecided: no per-round data (save with --benchmark-save-data)"
@@ -163,12 +170,17 @@ def _median(values: list[float] | None) -> str:
 def _footnote(judged: dict[str, Any], band: float) -> str:
     counts = [(c.baseline_count, c.count) for c in judged.values()]
     rate = family_error_rate(counts)
+    odds = (
+        f"if nothing changed, a false faster/slower among them has probability at most {rate:.1%}"
+        if rate > 0 or not counts
+        else f"with {min(min(pair) for pair in counts)} repeats no comparison can be decided: "
+        f"{len(counts)} need {minimum_repeats(len(counts))} repeats a side"
+    )
     return (
         "change: NEW's time against OLD's (negative: NEW is faster), the Hodges-Lehmann "
         "estimate over every pair of repeats; interval: exact distribution-free (Moses) at each "
         f"comparison's Holm level over the {len(judged)} compared; verdict: faster/slower "
-        f"beyond +-{band:.1%}, no practical difference inside, undecided otherwise; if nothing "
-        f"changed, a false faster/slower among them has probability at most {rate:.1%}. The "
+        f"beyond +-{band:.1%}, no practical difference inside, undecided otherwise; {odds}. The "
         "runs were not interleaved: a machine that changed between them shows as a change "
         "(compare two runs of the same code to see how much)"
     )

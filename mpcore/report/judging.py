@@ -110,15 +110,16 @@ def statistics_note(document: dict[str, Any], band: float | None = None) -> str:
         return note
     least = minimum_repeats(len(family))
     fewest = min(min(pair) for pair in counts)
+    compared = f"{len(family)} comparison{'s' if len(family) > 1 else ''}"
     if rate == 0:
         return note + (
-            f"; with {fewest} repeats no comparison can be decided: {len(family)} comparisons "
-            f"need {least} repeats each (mpbench run --repeats {least})"
+            f"; with {fewest} repeats no comparison can be decided: {compared} need {least} "
+            f"repeats each (mpbench run --repeats {least})"
         )
     most = max(max(pair) for pair in counts)
     repeats = str(fewest) if fewest == most else f"{fewest} to {most}"
     return note + (
-        f"; with these repeats ({repeats} a configuration, {len(family)} comparisons) identical "
+        f"; with these repeats ({repeats} a configuration, {compared}) identical "
         "configurations would get a false faster/slower somewhere in the run with probability "
         f"at most {rate:.1%} (Holm: {ALPHA:.0%} at most)"
     )

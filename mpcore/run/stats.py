@@ -11,7 +11,7 @@ configuration is compared with the baseline, and the comparisons of one run are 
   far from 1.0x.
 - **interval**: the distribution-free Moses interval for that shift, two order statistics of the
   pairwise differences whose ranks come from the exact Mann-Whitney distribution of ``U`` under
-  "the same work" (:func:`mann_whitney_null`). No seed, no normality, exact at any sample size
+  "the same work" (:mod:`mpcore.run.ranks`). No seed, no normality, exact at any sample size
   this tool meets (a normal approximation only beyond :data:`EXACT_LIMIT` pairs).
 - **correction**: Holm's step-down over the run's comparisons on the exact two-sided Mann-Whitney
   p-values; each comparison's interval is taken at the level Holm tested it at, so the chance of
@@ -44,7 +44,7 @@ from mpcore.run.ranks import (
     u_statistic,
 )
 
-#: The verdicts of a comparison, in the order of :data:`VERDICT_CODES`.
+#: The verdicts of a comparison; :func:`decide` gives each as its index in :data:`VERDICTS`.
 FASTER, SLOWER, SAME, UNDECIDED = "faster", "slower", "no practical difference", "undecided"
 VERDICTS: tuple[str, ...] = (FASTER, SLOWER, SAME, UNDECIDED)
 
