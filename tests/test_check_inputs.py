@@ -151,3 +151,19 @@ def test_working_folder_is_on_the_path_and_start_up_is_quiet(tmp_path):
         "mpbench check: error: my_factories:raises: the factory raised "
         "RuntimeError: no weights here"
     ]
+
+
+@pytest.mark.parametrize(
+    ("y", "loss", "needles"),
+    [
+        (np.eye(5)[np.arange(4) % 5], [], ["labels of shape (5,)", "one-hot labels want"]),
+        (np.arange(4) % 3, ["--loss", "categorical_crossentropy"], ["class indices want"]),
+        (np.eye(5)[np.arange(4)], ["--loss", "categorical_crossentropy"], ["shape (3,)"]),
+    ],
+)
+def test_labels_shaped_for_another_loss_refused(invoke, tmp_path, y, loss, needles):
+    data = _npz(tmp_path / "shaped.npz", np.zeros((4, 8, 8, 3), np.float32), y)
+    code, out, err = invoke(
+        ["check", "input_models:tiny", "--data", data, *loss, "--out", str(tmp_path)]
+    )
+    _one_line_error(code, out, err, "check", "shaped.npz", *needles)
