@@ -22,7 +22,7 @@ from typing import Any
 
 from mpcore.names import VALIDATION_FRACTION, name_of
 from mpcore.run import launcher
-from mpcore.run.files import save_results, write_json_atomic
+from mpcore.run.files import save_results, write_results
 from mpcore.run.process import EXIT_INTERRUPTED, signal_name
 from mpcore.run.schema import RESULTS_FILE, strategy_of
 from mpcore.run.spec import WorkerSpec
@@ -212,7 +212,7 @@ def run_all(
     done = [name for name in plan.names if counts.get(name, 0) >= plan.repeats]
     if done:
         announce(f"resuming: {len(done)} configuration(s) already finished: {', '.join(done)}")
-    write_json_atomic(results_path, document)
+    write_results(results_path, document)
     total = len(plan.configs) * plan.repeats
     running = ""  # the configuration an interrupt would cut short
     failed: set[str] = set()  # a configuration that failed is not repeated

@@ -13,7 +13,7 @@ from typing import Any
 
 from mpcore.run.files import RunSetupError, read_results
 from mpcore.run.scaling import add_scaling
-from mpcore.run.schema import SCHEMA, strategy_of
+from mpcore.run.schema import SCHEMA, ShapeError, check_record, finite_or_null, strategy_of
 
 
 def now_iso() -> str:
@@ -118,8 +118,23 @@ def resumable_document(
     return document
 
 
+def checked_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record``, or a failed record naming what is wrong when a finished one breaks the
+    results schema (a step time of 0, a non-finite one): ``results.json`` is always valid."""
+    try:
+        check_record(finite_or_null(record))
+    except ShapeError as error:
+        if record.get("status") != "ok":  # nothing finished to lose; save_results will say
+            return record
+        config = record.get("config") if isinstance(record.get("config"), dict) else {}
+        reason = f"its result breaks the results schema: {error}"
+        return {**record, **failed_record(record["name"], config, reason)}
+    return record
+
+
 def store_record(document: dict[str, Any], record: dict[str, Any]) -> None:
     """Put ``record`` in ``document`` (replacing an earlier record of the same configuration)."""
+    record = checked_record(record)
     kept = [r for r in document["configurations"] if r.get("name") != record["name"]]
     document["configurations"] = [*kept, record]
     document["updated"] = now_iso()
@@ -187,6 +202,7 @@ def store_repeat(
     the record is the latest repeat's, with every repeat's timings in ``repeats``; one failed
     repeat fails the configuration. A resumed configuration whose record failed starts its
     repeats afresh (its record is kept until then, as a resume keeps every record)."""
+    record = checked_record(record)
     earlier = next((r for r in document["configurations"] if r.get("name") == record["name"]), None)
     kept = earlier is not None and earlier.get("status") == "ok"
     runs = list(earlier.get("repeats", [])) if kept else []
