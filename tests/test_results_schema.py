@@ -398,3 +398,42 @@ def test_a_mutation_reaches_the_values_the_report_reads() -> None:
     assert ("configurations", 0, "result", "ms_per_step") in set(paths(real_run()))
     assert ("benchmarks", 0, "stats", "median") in set(paths(_plain()))
     assert os.path.getsize(REAL_RUN) < 200_000
+
+
+def test_a_run_whose_worker_reports_a_zero_step_time_saves_it_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through run_all with a stand-in worker: the zero-time configuration is failed with the
+    reason, not repeated, the other one finishes, and the saved file is valid."""
+    from mpcore.run import plan as planning
+
+    finished = real_run()["configurations"]
+    calls: list[str] = []
+
+    def run_configuration(plan: Any, config: dict[str, str], workdir: Path) -> dict[str, Any]:
+        name = planning.name_of(config)
+        calls.append(name)
+        record = copy.deepcopy(next(r for r in finished if r["name"] == name))
+        del record["repeats"]
+        if name.startswith("mixed_bfloat16"):
+            record["result"]["ms_per_step"] = 0.0
+        return record
+
+    monkeypatch.setattr(planning, "run_configuration", run_configuration)
+    configs = [{"precision": p, "xla": "off"} for p in ("float32", "mixed_bfloat16")]
+    document = real_run()
+    document["configurations"] = []
+    plan = planning.RunPlan(tmp_path, tmp_path / "data", document["settings"], configs, repeats=2)
+    assert planning.run_all(plan, document, announce=lambda _: None)
+    # the warm-up, then the interleaved repeats without the failed configuration's second
+    assert calls == [
+        "float32+xla_off",
+        "float32+xla_off",
+        "mixed_bfloat16+xla_off",
+        "float32+xla_off",
+    ]
+    saved = files.read_results(tmp_path / "results.json")
+    statuses = {r["name"]: (r["status"], r["reason"]) for r in saved["configurations"]}
+    assert statuses["float32+xla_off"] == ("ok", None)
+    status, reason = statuses["mixed_bfloat16+xla_off"]
+    assert status == "failed" and "ms_per_step' should be a number > 0, found 0.0" in reason

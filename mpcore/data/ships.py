@@ -113,7 +113,8 @@ def _image_path(folder: Path, name: str, where: str) -> Path:
 
 
 def read_ship_index(root: str | Path) -> ShipIndex:
-    """Read and validate ``ROOT/train/train.csv``; every listed image must exist.
+    """Read and validate the data set's ``train.csv`` (in either of :data:`LAYOUTS`); every
+    listed image must exist.
 
     A UTF-8 byte-order mark and whitespace around names and values are accepted. Errors name the
     file and the line (the header is line 1).

@@ -235,7 +235,7 @@ def run_all(
                 label = f"{name} (repeat {repeat + 1}/{plan.repeats})" if plan.repeats > 1 else name
                 announce(f"[{number}/{total}] {label}: training")
                 record = run_configuration(plan, config, Path(workdir))
-                store_repeat(document, record, repeat, number - 1)
+                record = store_repeat(document, record, repeat, number - 1)
                 if record["status"] != "ok":
                     failed.add(name)
                 running = ""

@@ -197,11 +197,12 @@ def finished_repeats(document: Mapping[str, Any]) -> dict[str, int]:
 
 def store_repeat(
     document: dict[str, Any], record: dict[str, Any], repeat: int, position: int
-) -> None:
+) -> dict[str, Any]:
     """Store repeat ``repeat`` of a configuration (the ``position``-th run of the schedule):
     the record is the latest repeat's, with every repeat's timings in ``repeats``; one failed
     repeat fails the configuration. A resumed configuration whose record failed starts its
-    repeats afresh (its record is kept until then, as a resume keeps every record)."""
+    repeats afresh (its record is kept until then, as a resume keeps every record). Returns
+    the record as stored (failed if its result broke the schema)."""
     record = checked_record(record)
     earlier = next((r for r in document["configurations"] if r.get("name") == record["name"]), None)
     kept = earlier is not None and earlier.get("status") == "ok"
@@ -212,6 +213,7 @@ def store_repeat(
     if place is not None:  # the configuration keeps its place (the table's row order)
         records = document["configurations"]
         records.insert(place, records.pop())
+    return record
 
 
 def warmup_entry(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
