@@ -77,18 +77,18 @@ def write_json_atomic(path: Path, document: Any) -> None:
     write_text_atomic(path, json.dumps(document, indent=2, allow_nan=True) + "\n")
 
 
-def results_text(document: dict[str, Any]) -> str:
-    """``document`` as the text of a results.json: every number that is not finite as null,
-    then checked against the schema the reader uses (:class:`ShapeError` names the first key
+def checked_results(document: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``document`` as a results.json holds it: every number that is not finite as
+    null, checked against the schema the reader uses (:class:`ShapeError` names the first key
     that breaks it), so no file is written that ``mpbench report`` would refuse."""
     document = finite_or_null(document)
     check_results(document)
-    return json.dumps(document, indent=2, allow_nan=False) + "\n"
+    return document
 
 
 def write_results(path: Path, document: dict[str, Any]) -> None:
-    """:func:`write_text_atomic` of :func:`results_text`."""
-    write_text_atomic(path, results_text(document))
+    """:func:`write_json_atomic` of :func:`checked_results`."""
+    write_json_atomic(path, checked_results(document))
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def save_results(
     attempts = attempts or SAVE_ATTEMPTS
     pause = SAVE_PAUSE_SECONDS if pause is None else pause
     try:
-        text = results_text(document)
+        checked = checked_results(document)
     except ShapeError as error:  # a bug of mpbench's: keep the run, say where it went
         rescue = fallback_path(path)
         write_json_atomic(rescue, document)
@@ -161,7 +161,7 @@ def save_results(
         ) from None
     for attempt in range(1, attempts + 1):
         try:
-            write_text_atomic(path, text)
+            write_json_atomic(path, checked)
             return
         except OSError as error:
             problem = error.strerror or str(error)

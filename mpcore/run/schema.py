@@ -1,7 +1,7 @@
 """The shapes of the JSON files mpbench reads back: ``results.json`` and pytest-benchmark files.
 
 ``results.json`` has one JSON Schema, ``results.schema.json`` beside this module: the writer
-(:func:`mpcore.run.files.results_text`) validates a document before it writes it and
+(:func:`mpcore.run.files.checked_results`) validates a document before it writes it and
 ``mpbench report`` / ``--resume`` validate what they read, so they cannot disagree; the key
 table of ``docs/results-schema.md`` is generated from it. A number must be finite (Python's
 ``json`` reads ``NaN`` and ``Infinity`` tokens; the schema's ``number`` does not accept them),
