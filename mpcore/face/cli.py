@@ -61,7 +61,8 @@ def build_parser() -> OneLineParser:
     run.add_argument(
         "--data",
         metavar="DIR|synthetic|FILE.npz|MOD:FN",
-        help="ship data set in the seed layout (DIR/train/train.csv, DIR/train/images/), or for "
+        help="ship data set in the seed layout (DIR/train/train.csv, DIR/train/images/) or the "
+        "article repository's (DIR/train.csv, DIR/train/), or for "
         "your own --model arrays: an .npz with x and y, or package.module:fn returning (x, y); "
         f"default: a generated synthetic set cached in ${CACHE_ENV} or ~/.cache/mpbench",
     )

@@ -336,9 +336,15 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     except files.RunSetupError as error:
         raise UsageError(str(error)) from None
     held.enter_context(locked_out(out, args.resume, created))
+    from mpcore.data.ships import layout_of
+
+    found = layout_of(root)  # which of the two ship layouts (none for a user's arrays)
+    shipped = not data["synthetic"] and (Path(root) / found.csv).is_file()
+    layout = f"layout {found.describe()}; " if shipped else ""
     print(
         f"data: {'synthetic ship set' if data['synthetic'] else 'ship set'} at {root} "
-        f"({data['train_images']} training, {data['validation_images']} validation images)",
+        f"({layout}{data['train_images']} training, {data['validation_images']} validation "
+        "images)",
         flush=True,
     )
     modes = [{"precision": p, "xla": x} for p in precisions for x in xla_modes]

@@ -16,11 +16,16 @@ from mpcore.face.plots import (
     subtitle,
 )
 from mpcore.names import BASELINE
+from mpcore.report.judging import repeat_times
+from mpcore.report.load import ReportError
 from mpcore.report.tables import (
+    PLAIN_BENCHMARK_COLUMNS,
     RUN_COLUMNS,
     benchmark_rows,
     csv_columns,
-    repeat_times,
+    is_suite_benchmark,
+    plain_benchmark_rows,
+    plain_benchmark_table,
     run_rows,
 )
 
@@ -94,11 +99,18 @@ def render_run(document: dict[str, Any], out: Path, band: float | None = None) -
 
 def render_benchmark(document: dict[str, Any], out: Path) -> tuple[str, list[Path]]:
     """The benchmark suite's table of a pytest-benchmark file, and its CSV and step-time plot
-    written to ``out``."""
+    written to ``out``; for a file of any other project's benchmarks, pytest-benchmark's own
+    figures (name, group, median, IQR, rounds) and their CSV."""
     from mpcore.bench.table import render_report, rows_from_saved
 
-    rows = benchmark_rows(document)
     out.mkdir(parents=True, exist_ok=True)
+    if not is_suite_benchmark(document):
+        plain = plain_benchmark_rows(document)
+        if all(row["median_s"] is None for row in plain):
+            raise ReportError("no benchmark in this pytest-benchmark file has stats.median")
+        columns = tuple((key, key, "") for key in PLAIN_BENCHMARK_COLUMNS)
+        return plain_benchmark_table(plain), [write_csv(plain, out / "benchmark.csv", columns)]
+    rows = benchmark_rows(document)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with open(out / "benchmark.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")

@@ -200,6 +200,77 @@ def benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     return with_speedups([r for r in rows_from_saved(document) if r.get("kind") != PIPELINE_KIND])
 
 
+#: Columns of any pytest-benchmark file's table and CSV (times in seconds, as the file has them).
+PLAIN_BENCHMARK_COLUMNS = ("name", "group", "median_s", "iqr_s", "rounds")
+
+
+def is_suite_benchmark(document: dict[str, Any]) -> bool:
+    """Whether every benchmark of a pytest-benchmark file is one of mpbench's own suite (its
+    ``extra_info`` holds a training row or an input-pipeline row); any other file is shown as
+    pytest-benchmark's own figures (:func:`plain_benchmark_rows`)."""
+    return all(
+        {"precision", "kind"} & set(bench.get("extra_info") or {})
+        for bench in document.get("benchmarks", [])
+    )
+
+
+def plain_benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per benchmark of a pytest-benchmark file: its name, group and the median,
+    interquartile range (seconds) and rounds of its ``stats`` (None where the file has none)."""
+    rows = []
+    for bench in document.get("benchmarks", []):
+        stats = bench.get("stats") or {}
+        rows.append(
+            {
+                "name": bench.get("name") or bench.get("fullname"),
+                "group": bench.get("group"),
+                "median_s": stats.get("median"),
+                "iqr_s": stats.get("iqr"),
+                "rounds": stats.get("rounds"),
+            }
+        )
+    return rows
+
+
+#: Time units of the plain benchmark table, largest first: (name, seconds).
+TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
+
+
+def magnitude(value: float) -> int:
+    """The decimal exponent of ``value`` (0 for 0: 1 digit before the point)."""
+    return math.floor(math.log10(abs(value))) if value else 0
+
+
+def plain_benchmark_table(rows: list[dict[str, Any]]) -> str:
+    """The table of :func:`plain_benchmark_rows` (tabulate), its times in the unit that suits
+    the fastest median, as pytest-benchmark's own table chooses one."""
+    medians = [row["median_s"] for row in rows if row["median_s"]]
+    unit, scale = next(
+        ((name, size) for name, size in TIME_UNITS if min(medians, default=1.0) >= size),
+        TIME_UNITS[-1],
+    )
+    columns = (
+        ("name", "name", ""),
+        ("group", "group", ""),
+        ("median", f"median ({unit})", ">"),
+        ("iqr", f"IQR ({unit})", ">"),
+        ("rounds", "rounds", "d"),
+    )
+
+    def time(seconds: float | None) -> str | None:
+        # four significant digits without an exponent (12345 ns stays whole), but an absurd
+        # time (1e308 s in ns) as an exponent rather than 300 digits
+        if seconds is None:
+            return None
+        value = seconds / scale
+        if not math.isfinite(value) or abs(value) >= 1e15:
+            return f"{value:.4g}"
+        return f"{value:.{max(0, 3 - magnitude(value))}f}"
+
+    scaled = [{**row, "median": time(row["median_s"]), "iqr": time(row["iqr_s"])} for row in rows]
+    return format_table(scaled, columns)
+
+
 def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "-"

@@ -28,7 +28,7 @@ from mpcore.names import (
     name_of,
 )
 from mpcore.run import launcher, verdicts
-from mpcore.run.files import save_results, write_json_atomic
+from mpcore.run.files import save_results, write_results
 from mpcore.run.process import EXIT_INTERRUPTED, signal_name
 from mpcore.run.schedule import count, duration, interleaved_rounds, round_order
 from mpcore.run.schedule import interleaved_schedule as interleaved_schedule  # re-exported
@@ -307,7 +307,7 @@ def run_all(
     done = [name for name in plan.names if counts.get(name, 0) >= plan.repeats]
     if done:
         announce(f"resuming: {len(done)} configuration(s) already finished: {', '.join(done)}")
-    write_json_atomic(plan.results_path, document)
+    write_results(plan.results_path, document)
     planned = len(plan.configs) * plan.repeats
     with tempfile.TemporaryDirectory(prefix="mpbench-") as workdir:
         runner = _Runner(plan, document, Path(workdir), Progress(planned, planned - len(pending)))
@@ -375,7 +375,7 @@ class _Runner:
         self.announce(f"[{number}/{progress.total}] {label}: training")
         record = run_configuration(plan, config, self.workdir, repeat)
         progress.seconds.append(record.get("wall_seconds", 0.0))
-        store_repeat(self.document, record, repeat, number - 1)
+        record = store_repeat(self.document, record, repeat, number - 1)
         self.last = name
         if record["status"] != "ok":
             self.failed.add(name)

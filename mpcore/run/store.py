@@ -13,7 +13,7 @@ from typing import Any
 
 from mpcore.run.files import RunSetupError, read_results
 from mpcore.run.scaling import add_scaling
-from mpcore.run.schema import SCHEMA, strategy_of
+from mpcore.run.schema import SCHEMA, ShapeError, check_record, finite_or_null, strategy_of
 
 #: The distribution settings a resume must share with the saved run, by the option that sets each.
 DISTRIBUTION_OPTIONS = {
@@ -149,8 +149,23 @@ def resumable_document(
     return document
 
 
+def checked_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record``, or a failed record naming what is wrong when a finished one breaks the
+    results schema (a step time of 0, a non-finite one): ``results.json`` is always valid."""
+    try:
+        check_record(finite_or_null(record))
+    except ShapeError as error:
+        if record.get("status") != "ok":  # nothing finished to lose; save_results will say
+            return record
+        config = record.get("config") if isinstance(record.get("config"), dict) else {}
+        reason = f"its result breaks the results schema: {error}"
+        return {**record, **failed_record(record["name"], config, reason)}
+    return record
+
+
 def store_record(document: dict[str, Any], record: dict[str, Any]) -> None:
     """Put ``record`` in ``document`` (replacing an earlier record of the same configuration)."""
+    record = checked_record(record)
     kept = [r for r in document["configurations"] if r.get("name") != record["name"]]
     document["configurations"] = [*kept, record]
     document["updated"] = now_iso()
@@ -230,12 +245,14 @@ def finished_repeats(document: Mapping[str, Any]) -> dict[str, int]:
 
 def store_repeat(
     document: dict[str, Any], record: dict[str, Any], repeat: int, position: int
-) -> None:
-    """Store repeat ``repeat`` of a configuration (the ``position``-th run of the schedule).
+) -> dict[str, Any]:
+    """Store repeat ``repeat`` of a configuration (the ``position``-th run of the schedule) and
+    return the record as stored (failed if its result broke the schema).
 
     ``repeats`` keeps one entry per repeat index (a rerun replaces its index's entry, failed or
     not). The record is the latest repeat's when every kept repeat is ``ok``; while any repeat
     failed the configuration is failed, with that repeat's reason (its finished repeats kept)."""
+    record = checked_record(record)
     earlier = next((r for r in document["configurations"] if r.get("name") == record["name"]), None)
     runs = [run for run in _runs_of(earlier or {}) if run.get("repeat") != repeat]
     runs.append(repeat_entry(record, repeat, position))
@@ -252,6 +269,7 @@ def store_repeat(
     if place is not None:  # the configuration keeps its place (the table's row order)
         records = document["configurations"]
         records.insert(place, records.pop())
+    return record
 
 
 def warmup_entry(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
