@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mpcore.report.tables import run_rows, run_table
-from mpcore.run.schema import ShapeError, check_results
+from mpcore.run.schema import SCHEMA, ShapeError, check_results
 from mpcore.run.worker import make_loss_scale_watch, summarise_loss_scale
 
 
@@ -50,7 +50,7 @@ def _document(scaling):
     record = {"name": "mixed_float16+xla_off", "config": {}, "status": "ok", "result": result}
     base = copy.deepcopy(record) | {"name": "float32+xla_off"}
     base["result"] = base["result"] | {"loss_scaling": None, "loss_scale": None}
-    return {"settings": {}, "data": {}, "configurations": [base, record]}
+    return {"schema": SCHEMA, "settings": {}, "data": {}, "configurations": [base, record]}
 
 
 def test_the_table_flags_a_collapse_with_the_skipped_step_count():

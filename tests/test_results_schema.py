@@ -410,7 +410,9 @@ def test_a_run_whose_worker_reports_a_zero_step_time_saves_it_as_failed(
     finished = real_run()["configurations"]
     calls: list[str] = []
 
-    def run_configuration(plan: Any, config: dict[str, str], workdir: Path) -> dict[str, Any]:
+    def run_configuration(
+        plan: Any, config: dict[str, str], workdir: Path, repeat: int | None = None
+    ) -> dict[str, Any]:
         name = planning.name_of(config)
         calls.append(name)
         record = copy.deepcopy(next(r for r in finished if r["name"] == name))
