@@ -25,6 +25,12 @@ from mpcore.face.common import (
     quiet_native_stderr,
     train_settings,
 )
+from mpcore.face.run_backend import (
+    backend_xla,
+    check_backend_options,
+    keras_backend,
+    keras_distribution,
+)
 from mpcore.face.run_guard import (
     check_resumed,
     locked_out,
@@ -267,6 +273,9 @@ class Distribution:
 
 def _distribution(args: argparse.Namespace, gpu_count: int) -> Distribution:
     """Validate the distribution options together; one usage error for a bad combination."""
+    if keras_backend() != "tensorflow":
+        strategy, cpu_replicas, replicas = keras_distribution(args, gpu_count)
+        return Distribution(strategy, 0, cpu_replicas, replicas)
     from mpcore.train.replicas import StrategyError, is_chief, parse_strategy, read_tf_config
 
     try:
@@ -328,18 +337,14 @@ def _check_batches(batch_size: int, data: dict[str, Any], distribution: Distribu
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    keras_backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if keras_backend != "tensorflow":  # docs/backends.md: the data path is tf.data
-        raise UsageError(
-            f"mpbench run trains through tf.data on TensorFlow, but KERAS_BACKEND is "
-            f"{keras_backend!r}: unset it (pytest benchmarks/ and numerics/ run on JAX and torch)"
-        )
+    check_backend_options(args)  # before anything imports the backend's framework
     with contextlib.ExitStack() as held:  # the run folder's lock, released however we leave
         return _run(args, held)
 
 
 def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
-    load_tensorflow()
+    if keras_backend() == "tensorflow":
+        load_tensorflow()
     from mpcore import report
     from mpcore.probe.capability import capability, machine_record
     from mpcore.probe.machine import visible_gpus
@@ -358,7 +363,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     profile = PROFILES[profile_name]
     distribution = _distribution(args, gpu_count)
     precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(DEFAULT_PRECISIONS)
-    xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or list(profile.xla)
+    xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or backend_xla(profile.xla)
     settings = _settings(args, profile)
     if "float8" in precisions:
         _check_float8_model(settings.model)
@@ -423,7 +428,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     print(report.run_table(document))
     files = report.render_run(document, out)
     print(f"\nwritten to {out}: {schema.RESULTS_FILE}, " + ", ".join(f.name for f in files))
-    print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+    if (out / "tensorboard").is_dir():
+        print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     if not completed:
         print(
             f"{'terminated (SIGTERM)' if terminated() else 'interrupted'}: "
