@@ -62,7 +62,8 @@ def _jax_run(tmp_path: Path, *options: str, env: dict[str, str] | None = None) -
     return json.loads((out / "results.json").read_text())
 
 
-QUICK = ["--profile", "quick", "--synthetic-per-class", "8", "--image-size", "32", "--epochs", "2"]
+#: 50 generated images: 40 for training, 10 for validation (2 of each class).
+QUICK = ["--profile", "quick", "--synthetic-per-class", "10", "--image-size", "32", "--epochs", "2"]
 
 
 @pytest.mark.slow
@@ -74,10 +75,10 @@ def test_jax_trains_float32_and_bfloat16_through_the_array_pipeline(tmp_path: Pa
     assert set(records) == {"float32+xla_jit", "mixed_bfloat16+xla_jit"}
     for record in records.values():
         assert record["status"] == "ok", record["reason"]
-        assert record["backend"] == "jax"
+        assert record["result"]["machine"]["versions"]["backend"] == "jax"
         result = record["result"]
         assert len(result["epoch_seconds"]) == 2 and min(result["epoch_seconds"]) > 0
-        assert result["train_images"] == 32
+        assert result["train_images"] == 40 and result["steps_per_epoch"] == 3
     assert (tmp_path / "run" / "curves.png").is_file()
 
 
@@ -103,4 +104,6 @@ def test_mirrored_on_jax_trains_on_two_host_devices(tmp_path: Path) -> None:
     assert single["status"] == mirrored["status"] == "ok", mirrored["reason"]
     assert single["result"]["replicas"] == 1 and single["result"]["global_batch"] == 16
     assert mirrored["result"]["replicas"] == 2 and mirrored["result"]["global_batch"] == 32
-    assert mirrored["result"]["steps_per_epoch"] == 1  # 32 training images, one global batch
+    # 40 images: one global batch of 32 and a last one of 8, split 4 + 4 over the devices.
+    assert mirrored["result"]["steps_per_epoch"] == 2
+    assert mirrored["result"]["train_images"] == 40

@@ -46,7 +46,6 @@ def finished_record(
         "status": "ok",
         "reason": None,
         "result": result,
-        **backend.identity(),
         "telemetry": {
             "peak_rss_bytes": telemetry.peak_rss_bytes(),
             "tf_peak_memory_bytes": telemetry.tf_peak_memory_bytes() if on_tensorflow else None,
