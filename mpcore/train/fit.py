@@ -348,10 +348,5 @@ def _make_dataset(index: Any, size: int, batch: int, preprocess: Any, **options:
             return ImageBatches(images, labels, batch, preprocess, order, drop_remainder)
         return ImageBatches(index.x, index.y, batch, None, order, drop_remainder)
     if not isinstance(index, ShipIndex):
-        return index.dataset(
-            batch,
-            options.get("shuffle", True),
-            options.get("seed") or 0,
-            drop_remainder,
-        )
+        return index.dataset(batch, drop_remainder=drop_remainder, order=order)
     return make_dataset(index, size, batch, preprocess, order=order, **options)
