@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mpcore.data.arrays import EpochOrder
+from mpcore.probe import backend
 from mpcore.probe.backend import tf
 
 CLASS_NAMES: tuple[str, ...] = ("Cargo", "Military", "Carrier", "Cruise", "Tankers")
@@ -256,6 +258,11 @@ def _image_problem(path: str) -> str | None:
     image_format, pixels = _header(path)
     if pixels and pixels > MAX_IMAGE_PIXELS:
         return f"{pixels:,} pixels, more than the limit of {MAX_IMAGE_PIXELS:,}"
+    if not backend.is_tensorflow():
+        # The backend-neutral path decodes with PIL (mpcore.data.arrays): ask PIL.
+        if image_format and image_format not in DECODABLE_FORMATS:
+            return f"unsupported format {image_format}"
+        return _pil_problem(path) if image_format else "not an image"
     try:
         raw = tf.io.read_file(path)
         tf.io.decode_image(raw, channels=3, expand_animations=False)
@@ -322,9 +329,16 @@ def fingerprint(index: ShipIndex) -> dict[str, object]:
 
 
 def decode_and_resize(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Read one file, decode JPEG/PNG/GIF/BMP by content to RGB, resize to a float32 square."""
+    """Read one file, decode JPEG/PNG/GIF/BMP by content to RGB, resize to a float32 square
+    (bilinear, half-pixel centres, no antialiasing: :func:`mpcore.data.arrays.resize_bilinear`)."""
     raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+    # JPEG with libjpeg's accurate integer DCT (decode_image's default is the fast one), which is
+    # what PIL uses: the backend-neutral path (mpcore.data.arrays) then sees the same pixels.
+    image = tf.cond(
+        tf.io.is_jpeg(raw),
+        lambda: tf.io.decode_jpeg(raw, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(raw, channels=3, expand_animations=False),
+    )
     image = tf.image.resize(image, (image_size, image_size))
     return tf.ensure_shape(image, (image_size, image_size, 3))
 
@@ -340,9 +354,14 @@ def make_dataset(
     cache: bool = False,
     drop_remainder: bool = False,
     shard_policy: tf.data.experimental.AutoShardPolicy | None = None,
+    order: EpochOrder | None = None,
 ) -> tf.data.Dataset:
-    """The input pipeline: read, decode, resize, preprocess (float32), [cache], shuffle, batch,
+    """The input pipeline: read, decode, resize, preprocess (float32), [cache], order, batch,
     prefetch. Labels are int32 class indices 0..4 for a sparse cross-entropy.
+
+    Each epoch's order is ``order``'s (:class:`mpcore.data.arrays.EpochOrder`: one numpy
+    permutation per epoch, shared with the backend-neutral path); without one, a new pass takes
+    the next epoch's permutation of ``seed``, or file order when not ``shuffle``.
 
     ``shard_policy`` sets how a multi-worker ``tf.distribute`` strategy splits the data: ``DATA``
     (every worker runs the pipeline and keeps its share of each batch) works here; ``FILE`` does
@@ -350,21 +369,40 @@ def make_dataset(
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (list(index.paths), np.asarray(index.labels, dtype=np.int32))
-    )
-    if shuffle and not cache:
-        # Shuffle file names, not decoded images: a full-data shuffle buffer costs nothing.
-        dataset = dataset.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(
-        lambda path, label: (preprocess(decode_and_resize(path, image_size)), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    if cache:
-        dataset = dataset.cache()
-        if shuffle:
-            dataset = dataset.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+    count = len(index)
+    if order is None:
+        order = EpochOrder(count, seed, shuffle)
+    paths = tf.constant(list(index.paths))
+    labels = tf.constant(np.asarray(index.labels, dtype=np.int32))
+
+    def load(position: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = decode_and_resize(tf.gather(paths, position), image_size)
+        return preprocess(image), tf.gather(labels, position)
+
+    def orders() -> tf.data.Dataset:
+        # One element per pass, asked for when the pass's iterator starts: the epoch's order.
+        return tf.data.Dataset.from_generator(
+            lambda: iter([order.next_pass()]),
+            output_signature=tf.TensorSpec([count], tf.int64),
+        )
+
+    parallel = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True}
+    if not order.shuffle:
+        dataset = tf.data.Dataset.range(count).map(load, **parallel)
+        if cache:
+            dataset = dataset.cache()
+    elif not cache:
+        # Ordered file positions are decoded in parallel, in order.
+        dataset = orders().unbatch().map(load, **parallel)
+    else:
+        # Decoded once in file order and cached; each pass gathers the whole cache in its order
+        # (tf.data's own full-size shuffle buffer held the same second copy).
+        cached = tf.data.Dataset.range(count).map(load, **parallel).cache()
+        dataset = tf.data.Dataset.zip(cached.batch(count), orders()).flat_map(
+            lambda batch, positions: tf.data.Dataset.from_tensor_slices(
+                (tf.gather(batch[0], positions), tf.gather(batch[1], positions))
+            )
+        )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     if shard_policy is not None:
         options = tf.data.Options()

@@ -25,6 +25,11 @@ from mpcore.face.common import (
     quiet_native_stderr,
     train_settings,
 )
+from mpcore.face.run_backend import (
+    backend_xla,
+    check_backend_options,
+    keras_backend,
+)
 from mpcore.face.run_distribution import Distribution, parse_distribution
 from mpcore.face.run_guard import (
     check_resumed,
@@ -276,18 +281,14 @@ def _check_batches(batch_size: int, data: dict[str, Any], distribution: Distribu
 
 def cmd_run(args: argparse.Namespace) -> int:
     check_repeat_options(args)
-    keras_backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if keras_backend != "tensorflow":  # docs/backends.md: the data path is tf.data
-        raise UsageError(
-            f"mpbench run trains through tf.data on TensorFlow, but KERAS_BACKEND is "
-            f"{keras_backend!r}: unset it (pytest benchmarks/ and numerics/ run on JAX and torch)"
-        )
+    check_backend_options(args)  # before anything imports the backend's framework
     with contextlib.ExitStack() as held:  # the run folder's lock, released however we leave
         return _run(args, held)
 
 
 def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
-    load_tensorflow()
+    if keras_backend() == "tensorflow":
+        load_tensorflow()
     from mpcore import report
     from mpcore.probe.capability import capability, machine_record
     from mpcore.probe.machine import visible_gpus
@@ -306,7 +307,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     profile = PROFILES[profile_name]
     distribution = parse_distribution(args, gpu_count)
     precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(DEFAULT_PRECISIONS)
-    xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or list(profile.xla)
+    xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or backend_xla(profile.xla)
     comparisons = len(precisions) * len(xla_modes) * (1 + (distribution.strategy != "none")) - 1
     try:
         repeats = planned_repeats(
@@ -392,7 +393,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     print(report.run_table(document))
     files = report.render_run(document, out)
     print(f"\nwritten to {out}: {schema.RESULTS_FILE}, " + ", ".join(f.name for f in files))
-    print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+    if (out / "tensorboard").is_dir():
+        print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     if not completed:
         print(
             f"{'terminated (SIGTERM)' if terminated() else 'interrupted'}: "

@@ -40,6 +40,11 @@ class Distribution:
 
 def parse_distribution(args: argparse.Namespace, gpu_count: int) -> Distribution:
     """Validate the distribution options together; one usage error for a bad combination."""
+    from mpcore.face.run_backend import keras_backend, keras_distribution
+
+    if keras_backend() != "tensorflow":
+        strategy, cpu_replicas, replicas = keras_distribution(args, gpu_count)
+        return Distribution(strategy, 0, cpu_replicas, replicas)
     from mpcore.train.replicas import StrategyError, is_chief, parse_strategy, read_tf_config
 
     try:

@@ -84,6 +84,9 @@ def peak_memory(record: dict[str, Any]) -> tuple[float | None, str]:
     telemetry = record.get("telemetry") or {}
     if telemetry.get("tf_peak_memory_bytes") is not None:
         return telemetry["tf_peak_memory_bytes"], "TensorFlow peak GPU memory"
+    if telemetry.get("backend_peak_memory_bytes") is not None:
+        versions = ((record.get("result") or {}).get("machine") or {}).get("versions") or {}
+        return telemetry["backend_peak_memory_bytes"], f"{versions.get('backend')} peak GPU memory"
     if telemetry.get("peak_rss_bytes") is not None:
         return telemetry["peak_rss_bytes"], "peak host RSS of the worker process"
     return None, "unknown"

@@ -57,9 +57,10 @@ def finished_record(
 ) -> dict[str, Any]:
     """The record of a configuration that trained to the end, with this process's telemetry
     (``sampler`` is the :class:`mpcore.probe.telemetry.Sampler` that ran during training)."""
-    from mpcore.probe import telemetry
+    from mpcore.probe import backend, telemetry
 
     epochs = len(result.get("epoch_seconds") or [])
+    on_tensorflow = backend.is_tensorflow()
     return {
         "name": name,
         "config": dict(config),
@@ -68,7 +69,9 @@ def finished_record(
         "result": {**result, "steady": steady_description(epochs)},
         "telemetry": {
             "peak_rss_bytes": telemetry.peak_rss_bytes(),
-            "tf_peak_memory_bytes": telemetry.tf_peak_memory_bytes(),
+            "tf_peak_memory_bytes": telemetry.tf_peak_memory_bytes() if on_tensorflow else None,
+            # JAX's or torch's own peak GPU memory (None on a CPU, and on TensorFlow).
+            "backend_peak_memory_bytes": None if on_tensorflow else backend.peak_memory_bytes(),
             "gpu": sampler.summary(),
             "gpu_series": sampler.series,
         },

@@ -13,6 +13,7 @@ Fault injection for tests of the harness itself: see :mod:`mpcore.run.process`.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import math
 import os
@@ -315,11 +316,21 @@ def _fault_callbacks(name: str, index: int, repeat: int | None = None) -> list[A
     return callbacks
 
 
-def failure_reason(error: BaseException) -> str:
-    import tensorflow as tf
+def _out_of_memory(error: BaseException) -> bool:
+    """TensorFlow's ResourceExhaustedError; on JAX an XLA runtime error whose status is
+    RESOURCE_EXHAUSTED; on torch ``torch.OutOfMemoryError``."""
+    from mpcore.probe import backend
 
+    if backend.is_tensorflow():
+        import tensorflow as tf
+
+        return isinstance(error, tf.errors.ResourceExhaustedError)
+    return type(error).__name__ == "OutOfMemoryError" or str(error).startswith("RESOURCE_EXHAUSTED")
+
+
+def failure_reason(error: BaseException) -> str:
     first_line = (str(error).strip().splitlines() or [""])[0]
-    if isinstance(error, tf.errors.ResourceExhaustedError):
+    if _out_of_memory(error):
         return f"out of memory: {first_line}"
     if isinstance(error, NonFiniteLossError):
         return f"non-finite loss: {first_line}"
@@ -334,9 +345,8 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
 
     from mpcore.data.ships import BadImage, read_ship_index, stratified_split, without_images
     from mpcore.precision.modes import RunConfig
-    from mpcore.probe import telemetry
+    from mpcore.probe import backend, telemetry
     from mpcore.train.fit import train
-    from mpcore.train.replicas import weight_checksums, weights_checksum
     from mpcore.train.settings import TrainSettings
     from mpcore.user.ownmodel import array_splits, is_array_data, load_float32
 
@@ -344,6 +354,8 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
         # After training, once the replicas' statistics have been averaged (that callback runs
         # before the caller's), so every worker's checksum covers the same weights.
         def on_train_end(self, logs: dict | None = None) -> None:
+            from mpcore.train.replicas import weight_checksums, weights_checksum
+
             report.update(
                 weights_sha256=weights_checksum(self.model),
                 variable_sha256=weight_checksums(self.model),
@@ -368,9 +380,13 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
     callbacks = [*_fault_callbacks(config.name, index, spec.repeat), guard, watch]
     if spec.worker_dir is not None:
         callbacks.append(Checksums())
-    if spec.tensorboard_dir and index == 0:
+    # Keras writes TensorBoard summaries through tf.summary: none where TensorFlow is absent.
+    if spec.tensorboard_dir and index == 0 and importlib.util.find_spec("tensorflow"):
         callbacks.append(epoch_tensorboard(spec.tensorboard_dir))
-    telemetry.reset_tf_peak_memory()
+    if backend.is_tensorflow():
+        telemetry.reset_tf_peak_memory()
+    else:
+        backend.reset_peak_memory()
     with telemetry.Sampler() as sampler:
         result = train(
             config,
@@ -389,6 +405,31 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
     return record
 
 
+def _strategy(spec: WorkerSpec, report: dict[str, Any]) -> tuple[Any, int]:
+    """The spec's strategy and its replica count: a ``tf.distribute`` strategy on TensorFlow; on
+    JAX none, with ``keras.distribution.DataParallel`` set for the process instead."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        from mpcore.train.keras_dist import data_parallel
+
+        return None, data_parallel(spec.strategy, spec.cpu_replicas)
+    # TensorFlow fixes its devices, and a multi-worker cluster its collectives, at the first
+    # op: both must come before any other TensorFlow work in this process.
+    from mpcore.train.replicas import (
+        configure_logical_cpus,
+        is_chief,
+        make_strategy,
+        read_tf_config,
+    )
+
+    if spec.cpu_replicas:
+        configure_logical_cpus(spec.cpu_replicas)
+    if spec.strategy == "multiworker":
+        tf_config = read_tf_config()
+        report["index"], report["chief"] = int(tf_config["task"]["index"]), is_chief(tf_config)
+    strategy = make_strategy(spec.strategy)
+    return strategy, strategy.num_replicas_in_sync if strategy is not None else 1
+
+
 def worker_main(spec_path: str) -> int:
     """Entry point of a worker: train one configuration, write its record, exit 0/1/130."""
     spec = WorkerSpec.read(spec_path)
@@ -396,23 +437,10 @@ def worker_main(spec_path: str) -> int:
     index, chief = 0, True
     report: dict[str, Any] = {"index": 0, "pid": os.getpid(), "status": "failed"}
     try:
-        # TensorFlow fixes its devices, and a multi-worker cluster its collectives, at the first
-        # op: both must come before any other TensorFlow work in this process.
-        from mpcore.train.replicas import (
-            configure_logical_cpus,
-            is_chief,
-            make_strategy,
-            read_tf_config,
-        )
-
-        if spec.cpu_replicas:
-            configure_logical_cpus(spec.cpu_replicas)
-        if spec.strategy == "multiworker":
-            tf_config = read_tf_config()
-            index, chief = int(tf_config["task"]["index"]), is_chief(tf_config)
-            report["index"] = index
-        strategy = make_strategy(spec.strategy)
-        report["replicas"] = strategy.num_replicas_in_sync if strategy is not None else 1
+        strategy, replicas = _strategy(spec, report)
+        index = report["index"]
+        chief = report.pop("chief", True)
+        report["replicas"] = replicas
         with prefixed_stdout(f"[{spec.name}] "):
             record = train_spec(spec, strategy, index, report)
     except KeyboardInterrupt:

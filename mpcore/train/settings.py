@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,7 +83,14 @@ class TrainSettings:
 
 @contextlib.contextmanager
 def op_determinism(enabled: bool) -> Iterator[None]:
-    """Enable TensorFlow op determinism inside the block and switch it back off after."""
+    """Enable TensorFlow op determinism inside the block and switch it back off after.
+
+    On JAX and torch the block changes nothing: XLA's CPU kernels are deterministic, and its GPU
+    switch (``XLA_FLAGS=--xla_gpu_deterministic_ops=true``) must be set before the process starts.
+    """
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        yield
+        return
     from tensorflow.python.framework import config as tf_config  # the only switch-off
 
     was_enabled = tf_config.is_op_determinism_enabled()

@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from mpcore.probe import backend
 from mpcore.probe.backend import tf
 from mpcore.user.loader import (
     LoadError,
@@ -187,9 +188,15 @@ def _from_seed_layout(root: Path, model: keras.Model, batch_size: int, seed: int
     except DataError as error:
         raise LoadError(str(error)) from None
     # Pixels scaled to 0..1: a user model's own preprocessing belongs inside the model.
-    dataset = make_dataset(
-        index, shapes[0][0] or 224, batch_size, lambda images: images / 255.0, seed=seed
-    )
+    size = shapes[0][0] or 224
+    if not backend.is_tensorflow():
+        # The backend-neutral path's decode, on the first batch of the same order only.
+        from mpcore.data.arrays import EpochOrder, decode_resized
+
+        first = EpochOrder(len(index), seed).order(0)[:batch_size]
+        x = np.stack([decode_resized(index.paths[i], size) for i in first]).astype(np.float32)
+        return x / np.float32(255.0), np.asarray(index.labels, dtype=np.int32)[first]
+    dataset = make_dataset(index, size, batch_size, lambda images: images / 255.0, seed=seed)
     try:
         x, y = next(iter(dataset))
     except tf.errors.OpError as error:  # an image in the batch the decoder cannot read
