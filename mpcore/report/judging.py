@@ -58,7 +58,7 @@ def comparisons(document: dict[str, Any], band: float | None = None) -> dict[str
 
 def collapse_note(scaling: dict[str, Any] | None) -> str:
     """``, loss scale collapsed ...`` for a configuration whose dynamic loss scale collapsed
-    (:func:`mpcore.run.worker.summarise_loss_scale`), else nothing."""
+    (:func:`mpcore.run.callbacks.summarise_loss_scale`), else nothing."""
     if not scaling or not scaling.get("collapsed"):
         return ""
     steps = sum(scaling.get("steps") or [])
