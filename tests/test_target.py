@@ -59,12 +59,14 @@ def separable():
     return x, y
 
 
-def _fit(data, target: str, epochs: int):
+def _fit(data, target: str, epochs: int, learning_rate: float = 0.05, seed: int = 0):
     x, y = data
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(
-        keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
     )
     recorder = target_recorder(parse_target(target))
     history = model.fit(
@@ -96,6 +98,24 @@ def test_recorder_names_a_metric_the_model_does_not_log(separable):
     assert len(history["loss"]) == 1  # stopped at once, not trained to the maximum
     with pytest.raises(ValueError, match=r"'val_auc' is not logged.*val_accuracy"):
         recorder.result()
+
+
+@pytest.mark.slow
+def test_parity_flags_a_planted_slow_learner_trained_for_real(separable):
+    """The test's own hook: one configuration learns at a tenth of the rate. Over three seeds
+    each, it needs more epochs to the target and the parity call says so; the same rate does
+    not."""
+
+    def epochs(learning_rate: float) -> list[int | None]:
+        return [
+            _fit(separable, "val_loss=0.3", 60, learning_rate, seed)[0].result()["epochs"]
+            for seed in range(3)
+        ]
+
+    baseline, slow, same = epochs(0.05), epochs(0.005), epochs(0.05)
+    assert epochs_parity(baseline, slow).verdict in ("needs more epochs", "not reached")
+    assert epochs_parity(baseline, slow).p_value <= 0.05
+    assert epochs_parity(baseline, same).verdict == "no more epochs"
 
 
 def test_rank_sum_p_value_exact_small_cases():
