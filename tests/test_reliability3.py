@@ -211,7 +211,7 @@ def umask() -> Iterator[Callable[[int], None]]:
 
 
 def _document() -> dict[str, Any]:
-    return json.loads((Path(__file__).parent / "data" / "results_small_run.json").read_text())
+    return json.loads((Path(__file__).parent / "data" / "small_run_results.json").read_text())
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o002, 0o077])

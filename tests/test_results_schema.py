@@ -2,7 +2,7 @@
 refuses, the generated docs page, and hostile mutations of real files.
 
 The real documents are files made once and checked in under ``tests/data/``:
-``results_small_run.json`` is the results.json of a real small ``mpbench run`` (two precisions,
+``small_run_results.json`` is the results.json of a real small ``mpbench run`` (two precisions,
 two epochs, ``--repeats 2``, synthetic ships on the CPU), ``plain_pytest_benchmark.json`` the
 ``--benchmark-json`` output of a plain project's pytest-benchmark run (a ``benchmark`` fixture
 timing ``fibonacci`` and ``sorted``; no mpbench in it).
@@ -29,7 +29,7 @@ from mpcore.run.schema import SCHEMA, ShapeError, check_results, schema_document
 from mpcore.run.store import store_record
 
 DATA = Path(__file__).resolve().parent / "data"
-REAL_RUN = DATA / "results_small_run.json"
+REAL_RUN = DATA / "small_run_results.json"
 PLAIN_BENCHMARK = DATA / "plain_pytest_benchmark.json"
 REPO = Path(__file__).resolve().parents[1]
 
