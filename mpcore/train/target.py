@@ -42,7 +42,7 @@ class Target:
         return f"{self.metric}{self.direction}{self.value:g}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"metric": self.metric, "direction": self.direction, "value": self.value}
 
 
 def _lower_is_better(metric: str) -> bool:
