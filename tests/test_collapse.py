@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from mpcore.report.tables import run_rows, run_table
+from mpcore.run.lossscale import summarise_loss_scale
 from mpcore.run.schema import ShapeError, check_results
-from mpcore.run.worker import make_loss_scale_watch, summarise_loss_scale
+from mpcore.run.worker import make_loss_scale_watch
 
 
 def test_a_fall_of_2_to_the_10_or_more_is_a_collapse():

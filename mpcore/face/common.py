@@ -68,6 +68,16 @@ def physical_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def target_text(text: str) -> str:
+    """``--target``: checked (:func:`mpcore.train.target.parse_target`), kept as written."""
+    from mpcore.train.target import parse_target
+
+    try:
+        return parse_target(text).text()
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--target ")) from None
+
+
 def check_batch_fits(batch_size: int, image_size: int, batch_option: str = "--batch-size") -> None:
     """Refuse a batch whose float32 input tensor alone (batch x side x side x 3 x 4 bytes) is
     over :data:`INPUT_MEMORY_SHARE` of physical memory: it could never train here, and trying
@@ -162,6 +172,7 @@ def train_settings(args: argparse.Namespace, profile: Any, **fields: Any) -> Any
             batch_size=args.batch_size or profile.batch_size,
             epochs=args.epochs or profile.epochs,
             seed=args.seed,
+            target=getattr(args, "target", None),
             **fields,
         )
     except ValueError as error:

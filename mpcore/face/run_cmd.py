@@ -31,8 +31,10 @@ from mpcore.face.run_guard import (
     refuse_if_locked,
     removed_on_failure,
 )
+from mpcore.face.run_options import AUTO, check_repeat_options, describe_repeats, plan_options
 from mpcore.names import DEFAULT_PRECISIONS, PRECISIONS, VALIDATION_FRACTION, XLA_MODES
 from mpcore.run.process import EXIT_INTERRUPTED, EXIT_TERMINATED, terminated
+from mpcore.run.stats import planned_repeats
 from mpcore.train.placement import cpu_replicas_problem
 
 if TYPE_CHECKING:  # imported lazily at run time: TensorFlow loads only when a command needs it
@@ -49,19 +51,22 @@ class Profile:
     epochs: int
     xla: tuple[str, ...]
     synthetic_per_class: int
-    #: Interleaved runs of each configuration (``--repeats``): enough to tell a real speedup
-    #: from the noise of a shared machine (see :mod:`mpcore.run.stats`).
-    repeats: int = 3
+    #: Interleaved runs of each configuration (``--repeats``): the fewest that can decide the
+    #: run's comparisons at a 5% family-wise error rate (docs/statistics.md).
+    repeats: int = 6
+    #: Whether ``--control`` (the A/A row) is on by default.
+    control: bool = False
 
 
 PROFILES: dict[str, Profile] = {
     # The seed article's experiment: ResNet50 at 224x224, batch 80, 5 epochs.
-    "seed": Profile("resnet50", 224, 80, 5, ("off", "jit", "auto"), 120),
+    # The A/A control adds one row to twelve (8% more time) where GPU users decide on speedups.
+    "seed": Profile("resnet50", 224, 80, 5, ("off", "jit", "auto"), 120, control=True),
     # Small enough that all four precisions finish in well under 3 minutes on a 2-core CPU.
     # XLA stays off: on a CPU its compilation costs more than it saves at this size.
-    # Four repeats: 16 workers of about 5.5 s plus the warm-up, about 100 s at a load average
-    # near 2; fewer would let identical configurations look different (docs/cli.md).
-    "quick": Profile("small", 48, 16, 4, ("off",), 60, repeats=4),
+    # Five repeats, the fewest that can decide its 3 comparisons: 20 workers of about 5.5 s
+    # plus the warm-up, about 2 minutes at a load average near 2 (docs/statistics.md).
+    "quick": Profile("small", 48, 16, 4, ("off",), 60, repeats=5),
 }
 
 
@@ -328,6 +333,7 @@ def _check_batches(batch_size: int, data: dict[str, Any], distribution: Distribu
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    check_repeat_options(args)
     keras_backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if keras_backend != "tensorflow":  # docs/backends.md: the data path is tf.data
         raise UsageError(
@@ -359,6 +365,13 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     distribution = _distribution(args, gpu_count)
     precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(DEFAULT_PRECISIONS)
     xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or list(profile.xla)
+    comparisons = len(precisions) * len(xla_modes) * (1 + (distribution.strategy != "none")) - 1
+    try:
+        repeats = planned_repeats(
+            None if args.repeats == AUTO else args.repeats, profile.repeats, comparisons
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     settings = _settings(args, profile)
     if "float8" in precisions:
         _check_float8_model(settings.model)
@@ -381,16 +394,14 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         out=out,
         data_root=root,
         settings=settings.to_dict(),
-        configs=planning.planned_configs(modes, distribution.strategy),
-        verbose=1 if sys.stdout.isatty() else 2,
+        skipped_images=[image["path"] for image in data["skipped_images"]],
         cpu_replicas=distribution.cpu_replicas,
         workers=distribution.workers,
-        skipped_images=[image["path"] for image in data["skipped_images"]],
-        repeats=args.repeats or profile.repeats,
+        **plan_options(args, repeats, profile.control, modes, distribution.strategy),
     )
     try:
         if args.resume:
-            document = plan.resumed_document()
+            document = plan.resumed_document(distribution.to_dict())
             check_resumed(document, data, plan.names, out)
         else:
             document = plan.new_document(
@@ -408,13 +419,13 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     print(
         f"{len(plan.configs)} configuration(s): {', '.join(plan.names)}; "
         f"model {settings.model}, {settings.image_size} px, batch {settings.batch_size}, "
-        f"{settings.epochs} epoch(s)"
-        + (f", {plan.repeats} repeats each, interleaved" if plan.repeats > 1 else "")
-        + f"; output in {out}",
+        f"{settings.epochs} epoch(s)" + describe_repeats(plan) + f"; output in {out}",
         flush=True,
     )
     try:
         completed = planning.run_all(plan, document, announce=lambda line: print(line, flush=True))
+        document["statistics"] = report.run_statistics(document, args.band)  # kept with the run
+        files.save_results(plan.results_path, document, print)
     except files.ResultsUnsavable as error:
         print(f"mpbench run: error: {error}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from mpcore.report.tables import (
     repeat_times,
     run_columns,
     run_rows,
+    run_statistics,
     run_table,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "repeat_times",
     "run_columns",
     "run_rows",
+    "run_statistics",
     "run_table",
     "write_csv",
 ]

@@ -12,7 +12,22 @@ from mpcore.face.plots import (
     MIB,
 )
 from mpcore.names import BASELINE
-from mpcore.run.stats import chance_of_no_overlap, speedup, spread
+from mpcore.report.target import has_target, target_rows, target_table
+from mpcore.run.stats import (
+    ALPHA,
+    BAND,
+    FASTER,
+    SLOWER,
+    Comparison,
+    compare_all,
+    family_error_rate,
+    is_control,
+    minimum_repeats,
+    noise_floor,
+    spread,
+    spread_warnings,
+)
+from mpcore.run.store import NO_STEADY_EPOCH, collapse_notes, record_status
 
 #: Columns of the run table and CSV: (key, table header, number format).
 RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -47,17 +62,17 @@ REPEAT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ms_per_step_max", "max\nms/step", ".1f"),
     ("speedup_low", "speedup\nlow", "x"),
     ("speedup_high", "speedup\nhigh", "x"),
-    ("significance", "significance", ""),
+    ("verdict", "verdict", ""),
 )
 
 
 #: The run table's ms/step and speedup columns when configurations were repeated: the median
-#: with its min-max, the speedup with its interval, and whether the interval excludes 1.0.
+#: with its min-max, the speedup with its interval, and its verdict (:mod:`mpcore.run.stats`).
 REPEATED_TABLE: dict[str, tuple[tuple[str, str, str], ...]] = {
     "ms_per_step": (("ms_per_step_range", "ms/step median\n(min-max)", ""),),
     "speedup": (
         ("speedup_range", "speedup\n(interval)", ""),
-        ("significance", "significance", ""),
+        ("verdict", "verdict", ""),
     ),
 }
 
@@ -114,8 +129,24 @@ def max_repeats(document: dict[str, Any]) -> int:
     return max((len(repeat_times(r)) for r in document.get("configurations", [])), default=0)
 
 
-def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+def band_of(document: dict[str, Any], band: float | None = None) -> float:
+    """The practical-equivalence band: ``band`` when given, else the run's (``--band``)."""
+    if band is not None:
+        return band
+    return float((document.get("statistics") or {}).get("band", BAND))
+
+
+def comparisons(document: dict[str, Any], band: float | None = None) -> dict[str, Comparison]:
+    """Every configuration with repeats against the baseline, judged as one run's family."""
+    rows = {r.get("name"): repeat_times(r) for r in document.get("configurations", [])}
+    if max_repeats(document) < 2 or not rows.get(BASELINE):
+        return {}
+    return compare_all(rows, BASELINE, band=band_of(document, band))
+
+
+def run_rows(document: dict[str, Any], band: float | None = None) -> list[dict[str, Any]]:
     """One row per configuration, in run order, with the table's values (None = unknown)."""
+    judged = comparisons(document, band)
     records = document.get("configurations", [])
     baseline = next(
         (r for r in records if r.get("name") == BASELINE and r.get("status") == "ok"), None
@@ -131,10 +162,9 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
         )
         row["configuration"] = record.get("name")
         ok = record.get("status") == "ok"
-        row["status"] = "ok" if ok else f"failed: {record.get('reason')}"
+        row["status"] = record_status(record)
         if ok:
             result = record["result"]
-            row["status"] = "ok" + _collapse_note(result.get("loss_scaling"))
             memory, _ = peak_memory(record)
             row.update(
                 first_epoch_s=result["first_epoch_seconds"],
@@ -153,41 +183,13 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
                 images_per_s_per_replica=result["images_per_second"] / result.get("replicas", 1),
                 scaling_efficiency=(record.get("scaling") or {}).get("scaling_efficiency"),
             )
-            _add_repeats(row, repeat_times(record), base_times, record is baseline)
+            _add_repeats(row, repeat_times(record))
+            _add_comparison(row, judged.get(record.get("name")), record is baseline)
         rows.append(row)
     return rows
 
 
-def _collapse_note(scaling: dict[str, Any] | None) -> str:
-    """``, loss scale collapsed ...`` for a configuration whose dynamic loss scale collapsed
-    (:func:`mpcore.run.worker.summarise_loss_scale`), else nothing."""
-    if not scaling or not scaling.get("collapsed"):
-        return ""
-    steps = sum(scaling.get("steps") or [])
-    final = (scaling.get("per_epoch") or [scaling.get("initial_scale")])[-1]
-    return (
-        f", loss scale collapsed: {scaling.get('initial_scale'):g} to {final:g}, "
-        f"{scaling.get('skipped_total', 0)} of {steps} steps skipped"
-    )
-
-
-def collapse_notes(document: dict[str, Any]) -> list[str]:
-    """One footnote per configuration whose loss scale collapsed, naming the rule it broke."""
-    notes = []
-    for record in document.get("configurations", []):
-        scaling = (record.get("result") or {}).get("loss_scaling") or {}
-        if record.get("status") == "ok" and scaling.get("collapsed"):
-            notes.append(
-                f"loss scale collapsed in {record.get('name')}: {scaling.get('collapse_rule')}, "
-                f"{scaling.get('skipped_total', 0)} steps skipped (non-finite gradients, no "
-                "update): its numbers are not a fair comparison; run mpbench check MODEL --steps N"
-            )
-    return notes
-
-
-def _add_repeats(
-    row: dict[str, Any], times: list[float], base_times: list[float], is_baseline: bool
-) -> None:
+def _add_repeats(row: dict[str, Any], times: list[float]) -> None:
     """Put the median over repeats (and what follows from it) and the spread in ``row``."""
     if len(times) < 2:
         return
@@ -203,17 +205,21 @@ def _add_repeats(
         ms_per_step_max=middle.high,
         ms_per_step_range=f"{middle.median:.1f} ({middle.low:.1f}-{middle.high:.1f})",
     )
+
+
+def _add_comparison(row: dict[str, Any], judged: Comparison | None, is_baseline: bool) -> None:
+    """The speedup, its interval and verdict: 1.00x exactly for the baseline itself."""
     if is_baseline:
-        row.update(speedup_range="1.00x", significance="baseline")
-    elif base_times:
-        ratio = speedup(base_times, times)
-        verdict = {True: "significant", False: "not significant", None: "-"}
+        row.update(speedup=1.0, speedup_range="1.00x", verdict="baseline")
+    elif judged is not None:
+        finite = judged.low > 0 and math.isfinite(judged.high)
+        interval = f"{judged.low:.2f}-{judged.high:.2f}" if finite else "no interval"
         row.update(
-            speedup=ratio.ratio,
-            speedup_low=ratio.low,
-            speedup_high=ratio.high,
-            speedup_range=f"{ratio.ratio:.2f}x ({ratio.low:.2f}-{ratio.high:.2f})",
-            significance=verdict[ratio.significant],
+            speedup=judged.speedup,
+            speedup_low=judged.low if finite else None,
+            speedup_high=judged.high if finite else None,
+            speedup_range=f"{judged.speedup:.2f}x ({interval})",
+            verdict=judged.verdict,
         )
 
 
@@ -228,6 +234,8 @@ def benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
 def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if fmt == "d":
@@ -253,10 +261,35 @@ def format_table(
     )
 
 
-def run_table(document: dict[str, Any]) -> str:
-    """The run table plus a footnote saying what speedup and peak memory mean."""
-    rows = run_rows(document)
-    table = format_table(rows, run_columns(document))
+#: The table's cells that a run without a steady epoch (``--epochs 1``) has no figure for.
+STEADY_CELLS = ("steady_epoch_s", "ms_per_step", "ms_per_step_range", "images_per_s")
+
+
+def has_no_steady_epoch(record: dict[str, Any]) -> bool:
+    """Whether an ``ok`` record trained one epoch only, so its steady figures are the first's."""
+    result = record.get("result") or {}
+    steady = result.get("steady")
+    if isinstance(steady, str):
+        return steady.startswith(NO_STEADY_EPOCH)
+    return isinstance(result.get("epoch_seconds"), list) and len(result["epoch_seconds"]) < 2
+
+
+def run_table(document: dict[str, Any], band: float | None = None) -> str:
+    """The run table plus a footnote saying what speedup and peak memory mean, and under it
+    the A/A control's noise floor and the warnings on the repeats' spread."""
+    rows = run_rows(document, band)
+    unsteady = {
+        record.get("name")
+        for record in document.get("configurations", [])
+        if record.get("status") == "ok" and has_no_steady_epoch(record)
+    }
+    shown = [
+        {**row, **dict.fromkeys(STEADY_CELLS, NO_STEADY_EPOCH)}
+        if row["configuration"] in unsteady
+        else row
+        for row in rows
+    ]
+    table = format_table(shown, run_columns(document))
     kinds = {peak_memory(r)[1] for r in document.get("configurations", []) if r.get("result")}
     notes = [
         "ms/step: steady model.fit epochs (after the first) / steps per epoch, the whole fit "
@@ -273,12 +306,7 @@ def run_table(document: dict[str, Any]) -> str:
             f"; the median (min-max) over up to {repeats} repeats of each configuration, run "
             "interleaved after an untimed warm-up"
         )
-        notes[1] += (
-            ' (medians); interval: min/max to max/min over every pair of repeats; "not '
-            'significant": the interval includes 1.00x (with '
-            f"{repeats} repeats each, two identical configurations look significant by chance "
-            f"{chance_of_no_overlap(repeats):.1%} of the time)"
-        )
+        notes[1] = statistics_note(document, band)
     elif repeats == 1 and len(document.get("configurations", [])) > 1:
         notes.append(
             "each configuration ran once: a speedup has no interval and on a busy machine may be "
@@ -291,9 +319,118 @@ def run_table(document: dict[str, Any]) -> str:
             "scaling efficiency: images/s / (replicas x images/s of the same configuration "
             "without a strategy, one replica, in this run); 100% is linear scaling"
         )
-    notes.extend(collapse_notes(document))
-    notes.extend(machine_notes(document.get("machine") or {}))
-    return table + "\n" + "\n".join(notes)
+    if unsteady:
+        notes.append(
+            f"{NO_STEADY_EPOCH} ({', '.join(sorted(unsteady))}): one epoch only, which includes "
+            "tracing and compilation, so there is no steady ms/step; speedups compare those "
+            "first epochs (train 2 epochs or more for steady figures)"
+        )
+    notes += collapse_notes(document) + machine_notes(document.get("machine") or {})
+    notes.extend(control_notes(document, band))
+    notes.extend(f"warning: {line}" for line in spread_warnings(_repeated_times(document)))
+    text = table + "\n" + "\n".join(notes)
+    if has_target(document):
+        judged = comparisons(document, band)
+        text += "\n\n" + target_table(document, judged, band_of(document, band))
+    return text
+
+
+def _repeated_times(document: dict[str, Any]) -> dict[str, list[float]]:
+    times = {r.get("name"): repeat_times(r) for r in document.get("configurations", [])}
+    return {name: values for name, values in times.items() if len(values) > 1}
+
+
+def _family(judged: dict[str, Comparison]) -> list[Comparison]:
+    return [c for name, c in judged.items() if not is_control(name)]
+
+
+def statistics_note(document: dict[str, Any], band: float | None = None) -> str:
+    """The footnote on the speedups of a run with repeats: the method, the band, and the
+    family-wise false-call rate computed from the repeats each comparison actually had."""
+    judged = comparisons(document, band)
+    family = _family(judged)
+    counts = [(c.baseline_count, c.count) for c in family]
+    rate = family_error_rate(counts)
+    note = (
+        f"speedup: {BASELINE}'s steady ms/step over each configuration's, the Hodges-Lehmann "
+        "estimate (median of every repeat-to-repeat ratio); interval: exact distribution-free "
+        "(Moses, from the Mann-Whitney distribution) at each comparison's Holm level; verdict: "
+        f"faster/slower when the interval lies beyond +-{band_of(document, band):.1%}, no "
+        "practical difference inside that band, undecided otherwise"
+    )
+    if not family:
+        return note
+    least = minimum_repeats(len(family))
+    fewest = min(min(pair) for pair in counts)
+    if rate == 0:
+        return note + (
+            f"; with {fewest} repeats no comparison can be decided: {len(family)} comparisons "
+            f"need {least} repeats each (mpbench run --repeats {least})"
+        )
+    most = max(max(pair) for pair in counts)
+    repeats = str(fewest) if fewest == most else f"{fewest} to {most}"
+    return note + (
+        f"; with these repeats ({repeats} a configuration, {len(family)} comparisons) identical "
+        "configurations would get a false faster/slower somewhere in the run with probability "
+        f"at most {rate:.1%} (Holm: {ALPHA:.0%} at most)"
+    )
+
+
+def control_notes(document: dict[str, Any], band: float | None = None) -> list[str]:
+    """The A/A control's noise floor, and a loud warning when it was itself called different."""
+    times = _repeated_times(document)
+    judged = comparisons(document, band)
+    notes = []
+    for name in [name for name in times if is_control(name)]:
+        if not times.get(BASELINE):
+            continue
+        floor = noise_floor(times[BASELINE], times[name])
+        notes.append(
+            f"noise floor: on this machine identical work differed by up to {floor:.1%} "
+            f"({name} against {BASELINE}, repeat against repeat)"
+        )
+        verdict = judged[name].verdict if name in judged else None
+        if verdict in (FASTER, SLOWER):
+            notes.append(
+                f"WARNING: THE A/A CONTROL CAME OUT {verdict.upper()}: identical work looked "
+                "different, so this machine was too noisy to trust the other verdicts of this run"
+            )
+    return notes
+
+
+def run_statistics(document: dict[str, Any], band: float | None = None) -> dict[str, Any]:
+    """What a run's ``statistics`` key in results.json holds: the method's settings, every
+    comparison with the baseline, the family-wise rate, the warnings and the noise floor."""
+    judged = comparisons(document, band)
+    family = _family(judged)
+    times = _repeated_times(document)
+    controls = [name for name in times if is_control(name) and times.get(BASELINE)]
+    return {
+        "alpha": ALPHA,
+        "band": band_of(document, band),
+        "family_error_rate": family_error_rate([(c.baseline_count, c.count) for c in family]),
+        "minimum_repeats": minimum_repeats(len(family)) if family else None,
+        "comparisons": [
+            {
+                "name": name,
+                "speedup": c.speedup,
+                "low": c.low if c.low > 0 else None,
+                "high": c.high if math.isfinite(c.high) else None,
+                "verdict": c.verdict,
+                "p_value": c.p_value,
+                "adjusted_p": c.adjusted_p,
+                "level": c.level,
+                "control": is_control(name),
+            }
+            for name, c in judged.items()
+        ],
+        "warnings": spread_warnings(times),
+        "control": controls[0] if controls else None,
+        "noise_floor": noise_floor(times[BASELINE], times[controls[0]]) if controls else None,
+        "time_to_target": (
+            target_rows(document, judged, band_of(document, band)) if has_target(document) else None
+        ),
+    }
 
 
 def machine_notes(machine: dict[str, Any]) -> list[str]:

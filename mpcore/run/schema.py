@@ -77,6 +77,8 @@ def check_results(document: dict[str, Any]) -> None:
         "data.fingerprint",
         optional=True,
     )
+    statistics = _expect(document.get("statistics", {}), dict, "statistics")
+    _expect(statistics.get("band", 0.0), NUMBER, "statistics.band")  # report judges with it
     for position, name in enumerate(_expect(document.get("planned", []), list, "planned")):
         _expect(name, str, f"planned[{position}]")
     skipped = _expect(

@@ -26,6 +26,7 @@ from typing import Any
 
 from mpcore.run.files import write_json_atomic
 from mpcore.run.launcher import WORKER_REPORT
+from mpcore.run.lossscale import summarise_loss_scale
 from mpcore.run.process import (
     EXIT_INTERRUPTED,
     FAULT_ENV,
@@ -152,43 +153,6 @@ def make_loss_guard(name: str, off_thread: bool = True) -> Any:
     return NonFiniteLossGuard()
 
 
-#: A loss scale that falls by this power of two or more from where it started has collapsed:
-#: dynamic scaling halves it once per skipped step, so 2^10 is ten non-finite steps with no
-#: recovery in between.
-COLLAPSE_FALL_EXPONENT = 10
-#: A loss scale at or below this has collapsed whatever it started at: small gradients are no
-#: longer lifted out of float16's underflow.
-COLLAPSE_FLOOR = 1.0
-
-
-def summarise_loss_scale(
-    initial: float, scales: list[float], skipped: list[int], steps: list[int]
-) -> dict[str, Any]:
-    """The record of a configuration's dynamic loss scaling, from its history: ``initial`` scale,
-    the scale at the end of each epoch, and per epoch the steps skipped (non-finite gradients, the
-    update not applied) out of ``steps``. ``collapsed`` says whether the scale fell by
-    2^:data:`COLLAPSE_FALL_EXPONENT` or more from ``initial``, or to :data:`COLLAPSE_FLOOR` or
-    below; ``collapse_rule`` says which, in words."""
-    lowest = min(scales, default=initial)
-    rule = None
-    if lowest <= COLLAPSE_FLOOR:
-        rule = f"fell to {lowest:g} (at or below {COLLAPSE_FLOOR:g})"
-    elif lowest > 0 and math.log2(initial / lowest) >= COLLAPSE_FALL_EXPONENT:
-        rule = (
-            f"fell by 2^{math.log2(initial / lowest):.0f} from {initial:g} to {lowest:g} "
-            f"(2^{COLLAPSE_FALL_EXPONENT} or more)"
-        )
-    return {
-        "initial_scale": float(initial),
-        "per_epoch": [float(v) for v in scales],
-        "skipped_steps": [int(n) for n in skipped],
-        "steps": [int(n) for n in steps],
-        "skipped_total": int(sum(skipped)),
-        "collapsed": rule is not None,
-        "collapse_rule": rule,
-    }
-
-
 def make_loss_scale_watch() -> Any:
     """A Keras callback that records, per epoch, the ``LossScaleOptimizer``'s dynamic scale and
     the steps it skipped (the steps run less the inner optimizer's applied updates); it reads
@@ -259,15 +223,27 @@ def epoch_tensorboard(log_dir: str) -> Any:
     return EpochTensorBoard(log_dir, write_graph=False, profile_batch=0, update_freq="epoch")
 
 
-def _fault_callbacks(name: str, index: int) -> list[Any]:
+def _fault_callbacks(name: str, index: int, repeat: int | None = None) -> list[Any]:
     """Fail on purpose where the environment plants a fault (testing the harness): on this
-    configuration (``MPBENCH_FAULT``, before training, or ``nan`` at step 2) or on this worker of
-    a cluster (``MPBENCH_WORKER_FAULT``, after its first step)."""
+    configuration (``MPBENCH_FAULT``, before training, ``nan`` at step 2, ``kill@R`` after the
+    first step of repeat R) or on this worker of a cluster (``MPBENCH_WORKER_FAULT``, after its
+    first step)."""
     import keras
     import numpy as np
 
     callbacks: list[Any] = []
     kind = planted_fault(FAULT_ENV, name)
+    if kind.startswith("kill@"):
+        if repeat is None or kind != f"kill@{repeat + 1}":
+            kind = ""
+        else:
+
+            class KillSelf(keras.callbacks.Callback):
+                def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            callbacks.append(KillSelf())
+            kind = ""
     if kind == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "oom":
@@ -353,7 +329,7 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
         )
     guard = make_loss_guard(spec.name, off_thread=spec.worker_dir is None)
     watch = make_loss_scale_watch()
-    callbacks = [*_fault_callbacks(config.name, index), guard, watch]
+    callbacks = [*_fault_callbacks(config.name, index, spec.repeat), guard, watch]
     if spec.worker_dir is not None:
         callbacks.append(Checksums())
     if spec.tensorboard_dir and index == 0:
