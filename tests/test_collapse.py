@@ -101,8 +101,13 @@ def _fit_with_watch(loss_factor: float, epochs: int = 2):
     return watch.summary()
 
 
-def test_a_planted_collapse_is_recorded_with_every_skipped_step():
-    summary = _fit_with_watch(1e35)
+@pytest.fixture(scope="module")
+def planted():
+    return _fit_with_watch(1e35)
+
+
+def test_a_planted_collapse_is_recorded_with_every_skipped_step(planted):
+    summary = planted
     assert summary["initial_scale"] == 32768
     assert summary["steps"] == [8, 8]
     assert summary["skipped_steps"] == [8, 8]  # no update ever applied
@@ -118,3 +123,12 @@ def test_a_healthy_run_counts_exactly_the_halvings():
     assert summary["skipped_total"] == halvings < 10
     assert summary["skipped_steps"][-1] == 0  # settled in the first epoch
     assert not summary["collapsed"]
+
+
+def test_the_planted_collapse_is_flagged_in_the_table(planted):
+    document = _document(planted)
+    check_results(document)
+    assert run_rows(document)[1]["status"] == (
+        "ok, loss scale collapsed: 32768 to 0.5, 16 of 16 steps skipped"
+    )
+    assert "fell to 0.5 (at or below 1), 16 steps skipped" in run_table(document)
