@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from mpcore.report.tables import run_rows, run_table
+from mpcore.run.lossscale import summarise_loss_scale
 from mpcore.run.schema import SCHEMA, ShapeError, check_results
-from mpcore.run.worker import make_loss_scale_watch, summarise_loss_scale
+from mpcore.run.worker import make_loss_scale_watch
 
 
 def test_a_fall_of_2_to_the_10_or_more_is_a_collapse():
@@ -100,8 +101,13 @@ def _fit_with_watch(loss_factor: float, epochs: int = 2):
     return watch.summary()
 
 
-def test_a_planted_collapse_is_recorded_with_every_skipped_step():
-    summary = _fit_with_watch(1e35)
+@pytest.fixture(scope="module")
+def planted():
+    return _fit_with_watch(1e35)
+
+
+def test_a_planted_collapse_is_recorded_with_every_skipped_step(planted):
+    summary = planted
     assert summary["initial_scale"] == 32768
     assert summary["steps"] == [8, 8]
     assert summary["skipped_steps"] == [8, 8]  # no update ever applied
@@ -117,3 +123,12 @@ def test_a_healthy_run_counts_exactly_the_halvings():
     assert summary["skipped_total"] == halvings < 10
     assert summary["skipped_steps"][-1] == 0  # settled in the first epoch
     assert not summary["collapsed"]
+
+
+def test_the_planted_collapse_is_flagged_in_the_table(planted):
+    document = _document(planted)
+    check_results(document)
+    assert run_rows(document)[1]["status"] == (
+        "ok, loss scale collapsed: 32768 to 0.5, 16 of 16 steps skipped"
+    )
+    assert "fell to 0.5 (at or below 1), 16 steps skipped" in run_table(document)

@@ -1,6 +1,6 @@
 """How a run's repeats are judged for its report: the times per configuration, the comparisons
 with the baseline (:func:`mpcore.run.stats.compare_all`), the footnotes on them (the method and
-its family-wise rate, the A/A control's noise floor, a collapsed loss scale) and what
+its family-wise rate, the A/A control's noise floor) and what
 ``results.json`` keeps of them under ``statistics``. No TensorFlow here.
 """
 
@@ -54,33 +54,6 @@ def comparisons(document: dict[str, Any], band: float | None = None) -> dict[str
     if max_repeats(document) < 2 or not rows.get(BASELINE):
         return {}
     return compare_all(rows, BASELINE, band=band_of(document, band))
-
-
-def collapse_note(scaling: dict[str, Any] | None) -> str:
-    """``, loss scale collapsed ...`` for a configuration whose dynamic loss scale collapsed
-    (:func:`mpcore.run.callbacks.summarise_loss_scale`), else nothing."""
-    if not scaling or not scaling.get("collapsed"):
-        return ""
-    steps = sum(scaling.get("steps") or [])
-    final = (scaling.get("per_epoch") or [scaling.get("initial_scale")])[-1]
-    return (
-        f", loss scale collapsed: {scaling.get('initial_scale'):g} to {final:g}, "
-        f"{scaling.get('skipped_total', 0)} of {steps} steps skipped"
-    )
-
-
-def collapse_notes(document: dict[str, Any]) -> list[str]:
-    """One footnote per configuration whose loss scale collapsed, naming the rule it broke."""
-    notes = []
-    for record in document.get("configurations", []):
-        scaling = (record.get("result") or {}).get("loss_scaling") or {}
-        if record.get("status") == "ok" and scaling.get("collapsed"):
-            notes.append(
-                f"loss scale collapsed in {record.get('name')}: {scaling.get('collapse_rule')}, "
-                f"{scaling.get('skipped_total', 0)} steps skipped (non-finite gradients, no "
-                "update): its numbers are not a fair comparison; run mpbench check MODEL --steps N"
-            )
-    return notes
 
 
 def repeated_times(document: dict[str, Any]) -> dict[str, list[float]]:

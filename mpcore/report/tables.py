@@ -14,8 +14,6 @@ from mpcore.face.plots import (
 from mpcore.names import BASELINE
 from mpcore.report.judging import (
     band_of,
-    collapse_note,
-    collapse_notes,
     comparisons,
     control_notes,
     max_repeats,
@@ -25,7 +23,7 @@ from mpcore.report.judging import (
 )
 from mpcore.report.target import has_target, target_table
 from mpcore.run.stats import Comparison, spread, spread_warnings
-from mpcore.run.store import NO_STEADY_EPOCH
+from mpcore.run.store import NO_STEADY_EPOCH, collapse_notes, record_status
 
 #: Columns of the run table and CSV: (key, table header, number format).
 RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -133,10 +131,9 @@ def run_rows(document: dict[str, Any], band: float | None = None) -> list[dict[s
         )
         row["configuration"] = record.get("name")
         ok = record.get("status") == "ok"
-        row["status"] = "ok" if ok else f"failed: {record.get('reason')}"
+        row["status"] = record_status(record)
         if ok:
             result = record["result"]
-            row["status"] = "ok" + collapse_note(result.get("loss_scaling"))
             memory, _ = peak_memory(record)
             row.update(
                 first_epoch_s=result["first_epoch_seconds"],
@@ -368,8 +365,7 @@ def run_table(document: dict[str, Any], band: float | None = None) -> str:
             "tracing and compilation, so there is no steady ms/step; speedups compare those "
             "first epochs (train 2 epochs or more for steady figures)"
         )
-    notes.extend(collapse_notes(document))
-    notes.extend(machine_notes(document.get("machine") or {}))
+    notes += collapse_notes(document) + machine_notes(document.get("machine") or {})
     notes.extend(control_notes(document, band))
     notes.extend(f"warning: {line}" for line in spread_warnings(repeated_times(document)))
     text = table + "\n" + "\n".join(notes)

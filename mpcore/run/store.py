@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mpcore.run.files import RunSetupError, read_results
+from mpcore.run.lossscale import collapse_note
 from mpcore.run.scaling import add_scaling
 from mpcore.run.schema import SCHEMA, ShapeError, check_record, finite_or_null, strategy_of
 
@@ -286,3 +287,25 @@ def warmup_entry(record: Mapping[str, Any], out: Path) -> dict[str, Any]:
         "wall_seconds": record.get("wall_seconds"),
         "log": str(log) if log else None,
     }
+
+
+def record_status(record: Mapping[str, Any]) -> str:
+    """A record's status as the run table shows it: ``ok`` (naming a collapsed loss scale with
+    its skipped steps), or ``failed: why``."""
+    if record.get("status") != "ok":
+        return f"failed: {record.get('reason')}"
+    return "ok" + collapse_note((record.get("result") or {}).get("loss_scaling"))
+
+
+def collapse_notes(document: dict[str, Any]) -> list[str]:
+    """One footnote per configuration whose loss scale collapsed, naming the rule it broke."""
+    notes = []
+    for record in document.get("configurations", []):
+        scaling = (record.get("result") or {}).get("loss_scaling") or {}
+        if record.get("status") == "ok" and scaling.get("collapsed"):
+            notes.append(
+                f"loss scale collapsed in {record.get('name')}: {scaling.get('collapse_rule')}, "
+                f"{scaling.get('skipped_total', 0)} steps skipped (non-finite gradients, no "
+                "update): its numbers are not a fair comparison; run mpbench check MODEL --steps N"
+            )
+    return notes
