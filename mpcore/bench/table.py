@@ -146,6 +146,12 @@ def render_report(rows: Iterable[dict[str, Any]]) -> str:
     if pipelines:
         parts.append(pipeline_table(pipelines))
     parts.extend(_input_bound_notes(groups, pipelines))
+    if groups:
+        parts.append(
+            "speedup: train-step ratios (the compiled step on one resident batch, no input "
+            "pipeline); mpbench run gives whole-epoch ratios, mpbench doctor --measure kernel "
+            "ratios (docs/statistics.md)"
+        )
     return "\n\n".join(parts)
 
 
