@@ -8,25 +8,16 @@ from __future__ import annotations
 import os
 import sys
 
+from mpcore.bench import onednn_setting
+
 # Must be set before TensorFlow is imported anywhere: keep C++/absl log noise out of test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# oneDNN stays off for the tests, but not when pytest is given only paths in benchmarks/: their
-# timings must be what a user's TensorFlow does, and without oneDNN bfloat16 on a CPU runs
-# emulated, 5-10x slower than float32, where TensorFlow's default (oneDNN on) runs it at about
-# float32's speed (docs/statistics.md, "Three ratios").
+# oneDNN stays off for the tests, on for a session of benchmarks/ only (as in a user's TensorFlow).
 os.environ.setdefault(
     "TF_ENABLE_ONEDNN_OPTS",
-    "1"
-    if (given := [os.path.abspath(a.split("::")[0]) for a in sys.argv[1:] if a[:1] != "-"])
-    and all(
-        os.path.join(path, "").startswith(
-            os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "")
-        )
-        for path in given
-        if os.path.exists(path)
-    )
-    and any(os.path.exists(path) for path in given)
-    else "0",
+    onednn_setting(
+        sys.argv[1:], os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks")
+    ),
 )
 # On a GPU host the test process and the mpbench processes it starts share the GPU: by default
 # each TensorFlow process reserves nearly all its memory at the first op, starving the others.
