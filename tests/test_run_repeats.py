@@ -118,7 +118,7 @@ def fake_worker(monkeypatch: pytest.MonkeyPatch):
     calls: list[tuple[str, int, bool]] = []
     fail: set[str] = set()
 
-    def run_configuration(plan, config, workdir) -> dict[str, Any]:
+    def run_configuration(plan, config, workdir, repeat=None) -> dict[str, Any]:
         name = name_of(config)
         calls.append((name, plan.settings["epochs"], plan.out.name == "warmup"))
         if name in fail:

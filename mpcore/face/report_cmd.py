@@ -22,6 +22,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             files = report.render_run(document, out, args.band)
         else:
             table, files = report.render_benchmark(document, out)
+    except report.ReportError as error:
+        raise UsageError(f"{source}: {error}") from None
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise UsageError(
             f"{source}: a field is missing or malformed ({type(error).__name__}: {error})"

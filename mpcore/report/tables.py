@@ -12,20 +12,20 @@ from mpcore.face.plots import (
     MIB,
 )
 from mpcore.names import BASELINE
-from mpcore.run.stats import (
-    ALPHA,
-    BAND,
-    FASTER,
-    SLOWER,
-    Comparison,
-    compare_all,
-    family_error_rate,
-    is_control,
-    minimum_repeats,
-    noise_floor,
-    spread,
-    spread_warnings,
+from mpcore.report.judging import (
+    band_of,
+    collapse_note,
+    collapse_notes,
+    comparisons,
+    control_notes,
+    max_repeats,
+    repeat_times,
+    repeated_times,
+    statistics_note,
 )
+from mpcore.report.target import has_target, target_table
+from mpcore.run.stats import Comparison, spread, spread_warnings
+from mpcore.run.store import NO_STEADY_EPOCH
 
 #: Columns of the run table and CSV: (key, table header, number format).
 RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -84,6 +84,9 @@ def peak_memory(record: dict[str, Any]) -> tuple[float | None, str]:
     telemetry = record.get("telemetry") or {}
     if telemetry.get("tf_peak_memory_bytes") is not None:
         return telemetry["tf_peak_memory_bytes"], "TensorFlow peak GPU memory"
+    if telemetry.get("backend_peak_memory_bytes") is not None:
+        versions = ((record.get("result") or {}).get("machine") or {}).get("versions") or {}
+        return telemetry["backend_peak_memory_bytes"], f"{versions.get('backend')} peak GPU memory"
     if telemetry.get("peak_rss_bytes") is not None:
         return telemetry["peak_rss_bytes"], "peak host RSS of the worker process"
     return None, "unknown"
@@ -112,36 +115,6 @@ def csv_columns(document: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
     return columns + REPEAT_COLUMNS if max_repeats(document) > 1 else columns
 
 
-def repeat_times(record: dict[str, Any]) -> list[float]:
-    """The steady ms/step of every finished repeat of a configuration (its one result when
-    the record has no ``repeats``)."""
-    if record.get("status") != "ok":
-        return []
-    runs = record.get("repeats")
-    if runs is None:
-        return [record["result"]["ms_per_step"]]
-    return [run["ms_per_step"] for run in runs if run.get("status") == "ok"]
-
-
-def max_repeats(document: dict[str, Any]) -> int:
-    return max((len(repeat_times(r)) for r in document.get("configurations", [])), default=0)
-
-
-def band_of(document: dict[str, Any], band: float | None = None) -> float:
-    """The practical-equivalence band: ``band`` when given, else the run's (``--band``)."""
-    if band is not None:
-        return band
-    return float((document.get("statistics") or {}).get("band", BAND))
-
-
-def comparisons(document: dict[str, Any], band: float | None = None) -> dict[str, Comparison]:
-    """Every configuration with repeats against the baseline, judged as one run's family."""
-    rows = {r.get("name"): repeat_times(r) for r in document.get("configurations", [])}
-    if max_repeats(document) < 2 or not rows.get(BASELINE):
-        return {}
-    return compare_all(rows, BASELINE, band=band_of(document, band))
-
-
 def run_rows(document: dict[str, Any], band: float | None = None) -> list[dict[str, Any]]:
     """One row per configuration, in run order, with the table's values (None = unknown)."""
     judged = comparisons(document, band)
@@ -163,6 +136,7 @@ def run_rows(document: dict[str, Any], band: float | None = None) -> list[dict[s
         row["status"] = "ok" if ok else f"failed: {record.get('reason')}"
         if ok:
             result = record["result"]
+            row["status"] = "ok" + collapse_note(result.get("loss_scaling"))
             memory, _ = peak_memory(record)
             row.update(
                 first_epoch_s=result["first_epoch_seconds"],
@@ -229,9 +203,82 @@ def benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     return with_speedups([r for r in rows_from_saved(document) if r.get("kind") != PIPELINE_KIND])
 
 
+#: Columns of any pytest-benchmark file's table and CSV (times in seconds, as the file has them).
+PLAIN_BENCHMARK_COLUMNS = ("name", "group", "median_s", "iqr_s", "rounds")
+
+
+def is_suite_benchmark(document: dict[str, Any]) -> bool:
+    """Whether every benchmark of a pytest-benchmark file is one of mpbench's own suite (its
+    ``extra_info`` holds a training row or an input-pipeline row); any other file is shown as
+    pytest-benchmark's own figures (:func:`plain_benchmark_rows`)."""
+    return all(
+        {"precision", "kind"} & set(bench.get("extra_info") or {})
+        for bench in document.get("benchmarks", [])
+    )
+
+
+def plain_benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per benchmark of a pytest-benchmark file: its name, group and the median,
+    interquartile range (seconds) and rounds of its ``stats`` (None where the file has none)."""
+    rows = []
+    for bench in document.get("benchmarks", []):
+        stats = bench.get("stats") or {}
+        rows.append(
+            {
+                "name": bench.get("name") or bench.get("fullname"),
+                "group": bench.get("group"),
+                "median_s": stats.get("median"),
+                "iqr_s": stats.get("iqr"),
+                "rounds": stats.get("rounds"),
+            }
+        )
+    return rows
+
+
+#: Time units of the plain benchmark table, largest first: (name, seconds).
+TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
+
+
+def magnitude(value: float) -> int:
+    """The decimal exponent of ``value`` (0 for 0: 1 digit before the point)."""
+    return math.floor(math.log10(abs(value))) if value else 0
+
+
+def plain_benchmark_table(rows: list[dict[str, Any]]) -> str:
+    """The table of :func:`plain_benchmark_rows` (tabulate), its times in the unit that suits
+    the fastest median, as pytest-benchmark's own table chooses one."""
+    medians = [row["median_s"] for row in rows if row["median_s"]]
+    unit, scale = next(
+        ((name, size) for name, size in TIME_UNITS if min(medians, default=1.0) >= size),
+        TIME_UNITS[-1],
+    )
+    columns = (
+        ("name", "name", ""),
+        ("group", "group", ""),
+        ("median", f"median ({unit})", ">"),
+        ("iqr", f"IQR ({unit})", ">"),
+        ("rounds", "rounds", "d"),
+    )
+
+    def time(seconds: float | None) -> str | None:
+        # four significant digits without an exponent (12345 ns stays whole), but an absurd
+        # time (1e308 s in ns) as an exponent rather than 300 digits
+        if seconds is None:
+            return None
+        value = seconds / scale
+        if not math.isfinite(value) or abs(value) >= 1e15:
+            return f"{value:.4g}"
+        return f"{value:.{max(0, 3 - magnitude(value))}f}"
+
+    scaled = [{**row, "median": time(row["median_s"]), "iqr": time(row["iqr_s"])} for row in rows]
+    return format_table(scaled, columns)
+
+
 def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if fmt == "d":
@@ -257,11 +304,35 @@ def format_table(
     )
 
 
+#: The table's cells that a run without a steady epoch (``--epochs 1``) has no figure for.
+STEADY_CELLS = ("steady_epoch_s", "ms_per_step", "ms_per_step_range", "images_per_s")
+
+
+def has_no_steady_epoch(record: dict[str, Any]) -> bool:
+    """Whether an ``ok`` record trained one epoch only, so its steady figures are the first's."""
+    result = record.get("result") or {}
+    steady = result.get("steady")
+    if isinstance(steady, str):
+        return steady.startswith(NO_STEADY_EPOCH)
+    return isinstance(result.get("epoch_seconds"), list) and len(result["epoch_seconds"]) < 2
+
+
 def run_table(document: dict[str, Any], band: float | None = None) -> str:
     """The run table plus a footnote saying what speedup and peak memory mean, and under it
     the A/A control's noise floor and the warnings on the repeats' spread."""
     rows = run_rows(document, band)
-    table = format_table(rows, run_columns(document))
+    unsteady = {
+        record.get("name")
+        for record in document.get("configurations", [])
+        if record.get("status") == "ok" and has_no_steady_epoch(record)
+    }
+    shown = [
+        {**row, **dict.fromkeys(STEADY_CELLS, NO_STEADY_EPOCH)}
+        if row["configuration"] in unsteady
+        else row
+        for row in rows
+    ]
+    table = format_table(shown, run_columns(document))
     kinds = {peak_memory(r)[1] for r in document.get("configurations", []) if r.get("result")}
     notes = [
         "ms/step: steady model.fit epochs (after the first) / steps per epoch, the whole fit "
@@ -295,106 +366,21 @@ def run_table(document: dict[str, Any], band: float | None = None) -> str:
             "scaling efficiency: images/s / (replicas x images/s of the same configuration "
             "without a strategy, one replica, in this run); 100% is linear scaling"
         )
+    if unsteady:
+        notes.append(
+            f"{NO_STEADY_EPOCH} ({', '.join(sorted(unsteady))}): one epoch only, which includes "
+            "tracing and compilation, so there is no steady ms/step; speedups compare those "
+            "first epochs (train 2 epochs or more for steady figures)"
+        )
+    notes.extend(collapse_notes(document))
     notes.extend(machine_notes(document.get("machine") or {}))
     notes.extend(control_notes(document, band))
-    notes.extend(f"warning: {line}" for line in spread_warnings(_repeated_times(document)))
-    return table + "\n" + "\n".join(notes)
-
-
-def _repeated_times(document: dict[str, Any]) -> dict[str, list[float]]:
-    times = {r.get("name"): repeat_times(r) for r in document.get("configurations", [])}
-    return {name: values for name, values in times.items() if len(values) > 1}
-
-
-def _family(judged: dict[str, Comparison]) -> list[Comparison]:
-    return [c for name, c in judged.items() if not is_control(name)]
-
-
-def statistics_note(document: dict[str, Any], band: float | None = None) -> str:
-    """The footnote on the speedups of a run with repeats: the method, the band, and the
-    family-wise false-call rate computed from the repeats each comparison actually had."""
-    judged = comparisons(document, band)
-    family = _family(judged)
-    counts = [(c.baseline_count, c.count) for c in family]
-    rate = family_error_rate(counts)
-    note = (
-        f"speedup: {BASELINE}'s steady ms/step over each configuration's, the Hodges-Lehmann "
-        "estimate (median of every repeat-to-repeat ratio); interval: exact distribution-free "
-        "(Moses, from the Mann-Whitney distribution) at each comparison's Holm level; verdict: "
-        f"faster/slower when the interval lies beyond +-{band_of(document, band):.1%}, no "
-        "practical difference inside that band, undecided otherwise"
-    )
-    if not family:
-        return note
-    least = minimum_repeats(len(family))
-    fewest = min(min(pair) for pair in counts)
-    compared = f"{len(family)} comparison{'s' if len(family) > 1 else ''}"
-    if rate == 0:
-        return note + (
-            f"; with {fewest} repeats no comparison can be decided: {compared} need {least} "
-            f"repeats each (mpbench run --repeats {least})"
-        )
-    most = max(max(pair) for pair in counts)
-    repeats = str(fewest) if fewest == most else f"{fewest} to {most}"
-    return note + (
-        f"; with these repeats ({repeats} a configuration, {compared}) identical "
-        "configurations would get a false faster/slower somewhere in the run with probability "
-        f"at most {rate:.1%} (Holm: {ALPHA:.0%} at most)"
-    )
-
-
-def control_notes(document: dict[str, Any], band: float | None = None) -> list[str]:
-    """The A/A control's noise floor, and a loud warning when it was itself called different."""
-    times = _repeated_times(document)
-    judged = comparisons(document, band)
-    notes = []
-    for name in [name for name in times if is_control(name)]:
-        if not times.get(BASELINE):
-            continue
-        floor = noise_floor(times[BASELINE], times[name])
-        notes.append(
-            f"noise floor: on this machine identical work differed by up to {floor:.1%} "
-            f"({name} against {BASELINE}, repeat against repeat)"
-        )
-        verdict = judged[name].verdict if name in judged else None
-        if verdict in (FASTER, SLOWER):
-            notes.append(
-                f"WARNING: THE A/A CONTROL CAME OUT {verdict.upper()}: identical work looked "
-                "different, so this machine was too noisy to trust the other verdicts of this run"
-            )
-    return notes
-
-
-def run_statistics(document: dict[str, Any], band: float | None = None) -> dict[str, Any]:
-    """What a run's ``statistics`` key in results.json holds: the method's settings, every
-    comparison with the baseline, the family-wise rate, the warnings and the noise floor."""
-    judged = comparisons(document, band)
-    family = _family(judged)
-    times = _repeated_times(document)
-    controls = [name for name in times if is_control(name) and times.get(BASELINE)]
-    return {
-        "alpha": ALPHA,
-        "band": band_of(document, band),
-        "family_error_rate": family_error_rate([(c.baseline_count, c.count) for c in family]),
-        "minimum_repeats": minimum_repeats(len(family)) if family else None,
-        "comparisons": [
-            {
-                "name": name,
-                "speedup": c.speedup,
-                "low": c.low if c.low > 0 else None,
-                "high": c.high if math.isfinite(c.high) else None,
-                "verdict": c.verdict,
-                "p_value": c.p_value,
-                "adjusted_p": c.adjusted_p,
-                "level": c.level,
-                "control": is_control(name),
-            }
-            for name, c in judged.items()
-        ],
-        "warnings": spread_warnings(times),
-        "control": controls[0] if controls else None,
-        "noise_floor": noise_floor(times[BASELINE], times[controls[0]]) if controls else None,
-    }
+    notes.extend(f"warning: {line}" for line in spread_warnings(repeated_times(document)))
+    text = table + "\n" + "\n".join(notes)
+    if has_target(document):
+        judged = comparisons(document, band)
+        text += "\n\n" + target_table(document, judged, band_of(document, band))
+    return text
 
 
 def machine_notes(machine: dict[str, Any]) -> list[str]:
