@@ -167,6 +167,12 @@ def render_report(rows: Iterable[dict[str, Any]]) -> str:
     parts.extend(_input_bound_notes(groups, pipelines))
     if any(_memory_mark(row) for group in groups.values() for row in group):
         parts.append(SESSION_MEMORY_NOTE)
+    if groups:
+        parts.append(
+            "speedup: train-step ratios (the compiled step on one resident batch, no input "
+            "pipeline); mpbench run gives whole-epoch ratios, mpbench doctor --measure kernel "
+            "ratios (docs/statistics.md)"
+        )
     return "\n\n".join(parts)
 
 

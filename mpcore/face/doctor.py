@@ -212,6 +212,10 @@ def emit_measurements(entries: list[dict[str, Any]], flags: frozenset[str], emit
         for op, ratio in entry["ratios"].items():
             shown = ", ".join(f"{d}/float32 {_tflops(r)}" for d, r in ratio.items())
             emit(f"  ratios {op}: {shown}")
+        emit(
+            "  these are kernel ratios (one large op each); mpbench run gives whole-epoch ratios, "
+            "pytest benchmarks/ train-step ratios (docs/statistics.md)"
+        )
         for verdict in measured_verdicts(entry, flags):
             emit(f"  {verdict.line()}")
 

@@ -336,6 +336,10 @@ def run_table(document: dict[str, Any], band: float | None = None) -> str:
         "step (metrics, callbacks, input pipeline) included",
         f"speedup: steady ms/step of {BASELINE} divided by each configuration's",
     ]
+    notes.append(
+        "these are whole-epoch ratios (fit epochs, input pipeline included); mpbench doctor "
+        "--measure gives kernel ratios, pytest benchmarks/ train-step ratios (docs/statistics.md)"
+    )
     settings = document.get("settings") or {}
     if settings.get("model"):  # a user's model is named by its spec
         size = f", {settings['image_size']} px" if settings.get("image_size") else ""
