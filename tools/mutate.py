@@ -89,6 +89,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "        os.fsync(handle.fileno())",
         ("tests/test_cli_commands.py", "-k", "write_json_atomic"),
     ),
+    Mutant(  # every repeat and the warm-up share one result file, never removed
+        "repeats-share-a-stale-result-file",
+        "mpcore/run/plan.py",
+        '    path = workdir / f"{name}.{tag}.result.json"\n    path.unlink(missing_ok=True)\n',
+        '    path = workdir / f"{name}.result.json"\n',
+        ("tests/test_run_lifecycle.py", "-k", "killed"),
+    ),
     Mutant(
         "custom-step-skips-model-losses",
         "mpcore/train/custom_step.py",
