@@ -496,3 +496,11 @@ def test_run_batch_size_max_on_a_cpu_needs_a_budget(invoke, tmp_path) -> None:
     code, _, err = invoke(["run", "--batch-size", "max", "--out", str(tmp_path / "run")])
     assert code == 2 and "--batch-size max on a CPU needs --memory-limit" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_another_keras_backend_is_refused_in_one_line(invoke, monkeypatch) -> None:
+    from mpcore.probe import backend
+
+    monkeypatch.setattr(backend, "name", lambda: "jax")
+    code, _, err = invoke(["maxbatch", "small", "--memory-limit", "1GiB"])
+    assert code == 2 and "KERAS_BACKEND is jax" in err and len(err.strip().splitlines()) == 1

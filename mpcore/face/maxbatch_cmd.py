@@ -126,6 +126,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def require_tensorflow(what: str) -> None:
+    """The trials build TensorFlow steps (and read TensorFlow's out-of-memory error and memory
+    counter): refuse another Keras backend in one line."""
+    from mpcore.probe import backend
+
+    if not backend.is_tensorflow():
+        raise UsageError(
+            f"{what} runs its trials on the TensorFlow backend; KERAS_BACKEND is {backend.name()}"
+        )
+
+
 def limit_sentence(on_gpu: bool, device: str, limit: int | None) -> str:
     """Which limit the search used, in words."""
     from mpcore.train.maxbatch import format_bytes
@@ -168,6 +179,7 @@ def cmd_maxbatch(args: argparse.Namespace) -> int:
     xla_modes = parse_names(args.xla, XLA_CHOICES, "--xla") or ["off"]
     if args.start_batch > args.max_batch:
         raise UsageError(f"--start-batch {args.start_batch} is above --max-batch {args.max_batch}")
+    require_tensorflow("mpbench maxbatch")
     load_tensorflow()
     from mpcore.bench.batchtrial import launch_trial, trial_spec
     from mpcore.face.profile_cmd import load
@@ -328,6 +340,7 @@ def largest_batch_for_run(settings: Any, memory_limit: int | None) -> Any:
     from mpcore.probe.capability import capability
     from mpcore.train.maxbatch import format_bytes, search_max_batch
 
+    require_tensorflow("--batch-size max")
     on_gpu = bool(capability().real_gpus)
     if not on_gpu and memory_limit is None:
         raise UsageError(
