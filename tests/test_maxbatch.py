@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 from hypothesis import given
@@ -325,6 +326,8 @@ def test_oom_messages_are_recognised() -> None:
 #: is noisy. Measured here: 1.1-1.4x for small, see docs/maxbatch.md.
 PREDICTION_FACTOR = 2.5
 LIMIT = 2**30
+#: Set to run the real memory-budget search (docs/maxbatch.md gives its last result).
+ACCEPTANCE_ENV = "MPBENCH_ACCEPTANCE"
 
 
 @pytest.fixture(scope="module")
@@ -339,6 +342,10 @@ def small_search() -> tuple[dict, str]:
 
     if capability().real_gpus:
         pytest.skip("a GPU is visible: the CPU's memory budget is what this test checks")
+    if not os.environ.get(ACCEPTANCE_ENV):
+        # About twenty fresh-process trials (5 minutes idle, far more on a busy machine): the
+        # search's logic is proven above on planted thresholds; this is the real acceptance run.
+        pytest.skip(f"the real 1 GiB search takes ~20 trial processes; {ACCEPTANCE_ENV}=1 runs it")
     out, err = io.StringIO(), io.StringIO()
     argv = ["maxbatch", "small", "--memory-limit", "1GiB", "--start-batch", "64", "--json"]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -374,35 +381,24 @@ def test_cpu_search_finds_a_batch_under_the_budget_for_both_precisions(small_sea
 
 
 @pytest.mark.slow
-def test_predicted_memory_per_sample_is_near_the_measured_for_small(small_search) -> None:
-    document, _ = small_search
-    for name, entry in document["configurations"].items():
-        measured = entry["bytes_per_sample"]
-        predicted = entry["predicted"]["activation_bytes_per_sample"]
-        assert 1 / PREDICTION_FACTOR < measured / predicted < PREDICTION_FACTOR, (
-            name,
-            measured,
-            predicted,
-        )
-
-
-@pytest.mark.slow
-def test_predicted_memory_per_sample_is_near_the_measured_for_resnet50() -> None:
-    """Two fresh-process trials of ResNet50 at 64 px: the slope between them against the
-    prediction (one peak over its batch would be 2x off: the runtime and weights are fixed)."""
+@pytest.mark.parametrize(
+    ("model", "size", "batches"), [("small", 48, (8, 64)), ("resnet50", 64, (4, 16))]
+)
+def test_predicted_memory_per_sample_is_near_the_measured(model, size, batches) -> None:
+    """Two fresh-process trials: the slope between them against the prediction (one peak over
+    its batch would be 2x off: the runtime and weights are fixed)."""
     from mpcore.bench.batchtrial import launch_trial, trial_spec
     from mpcore.models.memory import predict_memory
     from mpcore.models.registry import build_model
     from mpcore.precision.modes import RunConfig, applied
 
     small, large = (
-        launch_trial(trial_spec("resnet50", 64, "float32", "off", batch, 1, None))
-        for batch in (4, 16)
+        launch_trial(trial_spec(model, size, "float32", "off", batch, 1, None)) for batch in batches
     )
     assert small.fits and large.fits, (small.detail, large.detail)
     measured = (large.peak_bytes - small.peak_bytes) / (large.batch - small.batch)
     with applied(RunConfig("float32", "off")):
-        predicted = predict_memory(build_model("resnet50", 64), 16).activation_bytes_per_sample
+        predicted = predict_memory(build_model(model, size), batches[1]).activation_bytes_per_sample
     assert 1 / PREDICTION_FACTOR < measured / predicted < PREDICTION_FACTOR, (measured, predicted)
 
 
