@@ -92,8 +92,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(  # every repeat and the warm-up share one result file, never removed
         "repeats-share-a-stale-result-file",
         "mpcore/run/plan.py",
-        '    path = workdir / f"{name}.{tag}.result.json"\n    path.unlink(missing_ok=True)\n',
-        '    path = workdir / f"{name}.result.json"\n',
+        '    path = workdir / f"{file_stem(name)}.{tag}.result.json"\n'
+        "    path.unlink(missing_ok=True)\n",
+        '    path = workdir / f"{file_stem(name)}.result.json"\n',
         ("tests/test_run_lifecycle.py", "-k", "killed"),
     ),
     Mutant(  # a resume that mixes records of different replica counts
