@@ -310,6 +310,39 @@ def test_the_control_row_gives_the_noise_floor_under_the_table(
     assert "TOO NOISY" not in table.upper()
 
 
+def test_the_control_row_has_files_of_its_own_despite_the_slash_in_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker replaced at the launcher, so the run's own paths are used: the spec, the log,
+    the result file and the TensorBoard folder of ``float32+xla_off (A/A)``."""
+    from mpcore.run import launcher
+    from mpcore.run.files import write_json_atomic
+
+    def run_worker(spec, spec_path: Path, log_path: Path) -> int:
+        spec.write(spec_path)  # as the real launcher does, before starting the worker
+        log_path.write_text("log\n")
+        Path(spec.tensorboard_dir).mkdir(parents=True)
+        record = _record(spec.name, {0: 10.0})
+        del record["repeats"]
+        write_json_atomic(Path(spec.result_path), record)
+        return 0
+
+    monkeypatch.setattr(launcher, "run_worker", run_worker)
+    control = A + CONTROL_SUFFIX
+    plan = _plan(tmp_path, [A, control], repeats=2)
+    assert planning.run_all(plan, _document(plan), announce=lambda line: None)
+    saved = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert [(r["name"], r["status"]) for r in saved["configurations"]] == [
+        (A, "ok"),
+        (control, "ok"),
+    ]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
+        f"{A} (A-A).log",
+        f"{A}.log",
+    ]
+    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == [A, f"{A} (A-A)"]
+
+
 def test_an_a_a_row_called_different_says_loudly_the_machine_was_too_noisy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

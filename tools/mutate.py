@@ -92,9 +92,31 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(  # every repeat and the warm-up share one result file, never removed
         "repeats-share-a-stale-result-file",
         "mpcore/run/plan.py",
-        '    path = workdir / f"{name}.{tag}.result.json"\n    path.unlink(missing_ok=True)\n',
-        '    path = workdir / f"{name}.result.json"\n',
+        '    path = workdir / f"{file_stem(name)}.{tag}.result.json"\n'
+        "    path.unlink(missing_ok=True)\n",
+        '    path = workdir / f"{file_stem(name)}.result.json"\n',
         ("tests/test_run_lifecycle.py", "-k", "killed"),
+    ),
+    Mutant(  # a resume that mixes records of different replica counts
+        "resume-ignores-distribution",
+        "mpcore/run/store.py",
+        "    if distribution is not None and isinstance(saved_distribution, Mapping):",
+        "    if False and distribution is not None and isinstance(saved_distribution, Mapping):",
+        ("tests/test_run_lifecycle.py", "-k", "distribution"),
+    ),
+    Mutant(  # resumed repeats back to back: the schedule's own rounds replaced by a plain list
+        "resume-runs-repeats-back-to-back",
+        "mpcore/run/plan.py",
+        "    return [(configs[name], repeat) for name, repeat in interleaved_rounds(wanted)]",
+        "    return [(configs[name], r) for name in wanted for r in wanted[name]]",
+        ("tests/test_run_lifecycle.py", "-k", "interleave"),
+    ),
+    Mutant(  # --repeats auto stops after the first rounds whatever is undecided
+        "auto-never-adds-a-round",
+        "mpcore/run/plan.py",
+        "            if not open_calls:",
+        "            if True:",
+        ("tests/test_run_lifecycle.py", "-k", "auto"),
     ),
     Mutant(
         "custom-step-skips-model-losses",

@@ -122,7 +122,7 @@ class RunPlan:
             result_path=str(result_path),
             validation_fraction=self.validation_fraction,
             skipped_images=tuple(self.skipped_images),
-            tensorboard_dir=str(self.out / "tensorboard" / name_of(config)),
+            tensorboard_dir=str(self.out / "tensorboard" / file_stem(name_of(config))),
             verbose=self.verbose,
             parent_pid=os.getpid(),
             cpu_replicas=self.cpu_replicas if strategy_of(config) == "mirrored" else 0,
@@ -193,12 +193,18 @@ def run_warmup(plan: RunPlan, document: dict[str, Any], workdir: Path) -> dict[s
     return record
 
 
+def file_stem(name: str) -> str:
+    """A configuration's name as a file or folder name: the A/A control's ``(A/A)`` holds a
+    slash, which would make a folder of ``(A``."""
+    return name.replace("/", "-")
+
+
 def fresh_result_file(workdir: Path, name: str, repeat: int | None) -> Path:
     """Where the worker of repeat ``repeat`` of ``name`` (None: the warm-up) writes its record:
     a file of its own, removed now, before the worker starts, so a worker that dies before
     writing leaves no file, never an earlier repeat's."""
     tag = "warmup" if repeat is None else f"r{repeat}"
-    path = workdir / f"{name}.{tag}.result.json"
+    path = workdir / f"{file_stem(name)}.{tag}.result.json"
     path.unlink(missing_ok=True)
     return path
 
@@ -225,7 +231,7 @@ def run_configuration(
     shutil.rmtree(spec.tensorboard_dir, ignore_errors=True)
     started = time.perf_counter()
     if strategy_of(config) == "multiworker" and plan.workers:
-        cluster_dir = plan.out / "logs" / name  # worker-N.log and worker-N.json of each worker
+        cluster_dir = plan.out / "logs" / file_stem(name)  # worker-N.log, worker-N.json
         log_name = str((cluster_dir / "worker-0.log").relative_to(plan.out))
         try:
             outcome = launcher.run_local_multiworker(
@@ -235,10 +241,10 @@ def run_configuration(
         except launcher.WorkerLaunchError as error:
             record, code = failed_record(name, config, str(error)), 1
     else:
-        log_path = plan.out / "logs" / f"{name}.log"
+        log_path = plan.out / "logs" / f"{file_stem(name)}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_name = str(log_path.relative_to(plan.out))
-        code = launcher.run_worker(spec, workdir / f"{name}.spec.json", log_path)
+        code = launcher.run_worker(spec, workdir / f"{file_stem(name)}.spec.json", log_path)
         record = _worker_record(result_path, code, name, config, log_name)
     record.update(wall_seconds=time.perf_counter() - started, log=log_name, exit_code=code)
     return record
