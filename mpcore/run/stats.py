@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mpcore.names import CONTROL_SUFFIX
 from mpcore.run.ranks import (
     holm,
     log_differences,
@@ -206,10 +207,6 @@ def _thinned(values: Sequence[float]) -> np.ndarray:
     if len(array) <= MAX_VALUES:
         return array
     return array[np.linspace(0, len(array) - 1, MAX_VALUES).round().astype(int)]
-
-
-#: The name suffix of an A/A control row: the baseline's work run again as its own row.
-CONTROL_SUFFIX = " (A/A)"
 
 
 def is_control(name: str) -> bool:
