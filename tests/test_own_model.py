@@ -91,6 +91,7 @@ def test_non_image_model_needs_array_data(invoke, tmp_path: Path) -> None:
 # The benchmarks
 
 
+@pytest.mark.slow
 def test_benchmarks_time_the_users_model(pytester: pytest.Pytester, monkeypatch) -> None:
     monkeypatch.setenv("MPBENCH_FAKE_GPU", "none")
     monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
@@ -143,6 +144,7 @@ def test_the_benchmarks_offer_a_factory_the_cpus_size(given: int | None, expecte
 # mpbench run
 
 
+@pytest.mark.slow
 def test_run_trains_the_users_model_in_each_worker(mpbench_process, tmp_path: Path) -> None:
     out = tmp_path / "run"
     completed = mpbench_process(
@@ -177,6 +179,7 @@ def test_run_trains_the_users_model_in_each_worker(mpbench_process, tmp_path: Pa
     assert records[1]["result"]["loss_scale"], "mixed_float16 trained with loss scaling"
 
 
+@pytest.mark.slow
 def test_run_trains_a_non_image_model_on_npz_arrays(mpbench_process, tmp_path: Path) -> None:
     x, y = __import__("own_models").tabular_data()
     np.savez(tmp_path / "table.npz", x=x, y=y)

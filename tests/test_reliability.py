@@ -52,15 +52,6 @@ TINY = (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_ships(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The module's generated data set (32 px); tests damage private copies only."""
-    from mpcore.data.synthetic import write_synthetic_ships
-
-    root = tmp_path_factory.mktemp("tiny-ships")
-    return write_synthetic_ships(root, per_class=PER_CLASS, image_size=32, seed=0)
-
-
 @pytest.fixture
 def ships(tiny_ships: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_ships, tmp_path / "ships"))
@@ -346,7 +337,7 @@ def test_library_api_rejects_bad_settings_with_the_value_named(tmp_path: Path) -
     from mpcore.precision.modes import RunConfig, applied
     from mpcore.train.settings import TrainSettings
 
-    for field in ("epochs", "batch_size"):
+    for field in ("epochs", "batch_size", "image_size"):
         with pytest.raises(ValueError, match=f"{field.replace('_', ' ')} must be positive, got 0"):
             TrainSettings(**{field: 0})
     with pytest.raises(ValueError, match="image size must be positive, got -1"):
@@ -438,21 +429,34 @@ def _guard_message(precision: str, loss: float, scale: float | None = None) -> s
         guard = make_loss_guard(config.name)
         guard.set_model(model)
         guard.on_epoch_begin(0)
+        guard.on_train_batch_end(5, {"loss": 0.7})  # finite: no complaint
         with pytest.raises(NonFiniteLossError) as caught:
             guard.on_train_batch_end(6, {"loss": keras.ops.convert_to_tensor(loss)})
     return str(caught.value)
 
 
-def test_non_finite_loss_in_float32_names_configuration_epoch_and_step() -> None:
-    message = _guard_message("float32", float("inf"))
-    assert message == "float32+xla_off: loss is inf at epoch 1, step 7"
-
-
-def test_collapsed_loss_scale_is_named_as_such() -> None:
-    message = _guard_message("mixed_float16", float("nan"), scale=1.0)
-    assert (
-        message == "mixed_float16+xla_off: loss is nan at epoch 1, step 7, loss scale 1 (collapsed)"
-    )
+@pytest.mark.parametrize(
+    ("precision", "loss", "scale", "expected"),
+    [
+        ("float32", float("inf"), None, "float32+xla_off: loss is inf at epoch 1, step 7"),
+        (
+            "mixed_float16",
+            float("nan"),
+            None,
+            "mixed_float16+xla_off: loss is nan at epoch 1, step 7, loss scale 32768",
+        ),
+        (  # a collapsed loss scale is named as such
+            "mixed_float16",
+            float("nan"),
+            1.0,
+            "mixed_float16+xla_off: loss is nan at epoch 1, step 7, loss scale 1 (collapsed)",
+        ),
+    ],
+)
+def test_the_loss_guard_names_configuration_epoch_step_and_scale(
+    precision: str, loss: float, scale: float | None, expected: str
+) -> None:
+    assert _guard_message(precision, loss, scale) == expected
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,6 +502,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_real_process_bad_input_has_no_traceback(
     ships: Path, tmp_path: Path, mpbench_process
 ) -> None:
