@@ -6,17 +6,17 @@ Before each round, untimed by pytest-benchmark but by us, the same files go thro
 decode+resize pipeline, so the two rates come from interleaved epochs of the same run.
 
 A report, not a gate: the test fails only if the pipeline loses or invents images. Its rate
-against the raw decode+resize rate is recorded (``extra_info``) and shown in the report; below
-:data:`TARGET_RATIO` the report marks the row "(below target)" and the test warns
-(``PipelineBelowTarget``). A speed ratio measured on a shared machine is a finding to read, not a
-pass/fail verdict (on a 2-core CPU it swings by tens of percent from run to run).
+against the raw decode+resize rate is recorded (``extra_info``) and shown in the ``mpbench
+report`` section at the end of the run, where the benchmark's numbers are read; below
+:data:`TARGET_RATIO` that row says "(below target)". A speed ratio measured on a shared machine is
+a finding to read there, not a pass/fail verdict nor a pytest warning (on a 2-core CPU it swings
+by tens of percent from run to run, which made a warning in every test run noise).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -34,10 +34,6 @@ pytestmark = pytest.mark.tensorflow_only
 SOURCE_IMAGE_SIZE = 160
 #: The pipeline should reach this fraction of the raw decode+resize rate.
 TARGET_RATIO = 0.85
-
-
-class PipelineBelowTarget(UserWarning):
-    """The ship pipeline is slower than :data:`TARGET_RATIO` of the raw decode+resize rate."""
 
 
 @pytest.fixture(scope="session")
@@ -114,12 +110,3 @@ def test_input_pipeline(benchmark, bench_options, pipeline_ship_root: Path) -> N
             "target_ratio": TARGET_RATIO,
         }
     )
-    if ratio < TARGET_RATIO:
-        # A finding about the pipeline, not a harness failure; on a shared CPU the ratio is noisy.
-        warnings.warn(
-            PipelineBelowTarget(
-                f"the ship pipeline reaches {ratio:.0%} of the raw decode+resize rate "
-                f"({pipeline_rate:.0f} vs {baseline_rate:.0f} images/s); target {TARGET_RATIO:.0%}"
-            ),
-            stacklevel=1,
-        )

@@ -1,4 +1,6 @@
-"""Fixtures shared by the tests of mpcore and the CLI."""
+"""Fixtures shared by the tests of mpcore and the CLI: the in-process CLI, child ``mpbench``
+processes, the shared small data set and cache, and the session's expensive scenarios
+(tests/scenarios.py), each run once and read by every test that needs it."""
 
 from __future__ import annotations
 
@@ -24,6 +26,18 @@ if TESTS_DIR not in sys.path:
 SCRUBBED_ENV = ("TF_CONFIG", "MPBENCH_FAULT", "MPBENCH_WORKER_FAULT")
 
 
+#: The session's scenario fixtures (below): each is a real run of tens of seconds, so a test that
+#: reads one is ``slow`` (marked here, whichever test happens to run it first).
+SCENARIOS = frozenset({"quick_run", "mirrored_run", "workers_run"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SCENARIOS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def invoke(capsys: pytest.CaptureFixture[str]) -> Callable[[Sequence[str]], tuple[int, str, str]]:
     """Run ``mpbench ARGV`` in-process and return (exit code, stdout, stderr); argparse errors
@@ -41,13 +55,23 @@ def invoke(capsys: pytest.CaptureFixture[str]) -> Callable[[Sequence[str]], tupl
 
 
 @pytest.fixture(scope="session")
-def cli_env() -> Callable[..., dict[str, str]]:
+def child_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary folder (``TMPDIR``) of every child ``mpbench``: a run killed with SIGKILL
+    cannot remove its work folder, which then stays in pytest's own temporary tree (removed
+    with it), never in the system's."""
+    return tmp_path_factory.mktemp("child-tmp")
+
+
+@pytest.fixture(scope="session")
+def cli_env(child_tmp: Path) -> Callable[..., dict[str, str]]:
     """``cli_env(cache, **extra)``: the environment of a child ``mpbench`` with its data cache
-    in ``cache``, the scrubbed variables removed and ``extra`` added."""
+    in ``cache``, its temporary folder in ``child_tmp``, the scrubbed variables removed and
+    ``extra`` added."""
 
     def make(cache: Path, **extra: str) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if key not in SCRUBBED_ENV}
-        return {**env, "MPBENCH_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+        env.update({"MPBENCH_CACHE": str(cache), "TMPDIR": str(child_tmp)})
+        return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
     return make
 
@@ -70,3 +94,45 @@ def mpbench_process(cli_env) -> Callable[..., subprocess.CompletedProcess]:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's data cache (``MPBENCH_CACHE``): the generated ship set is made once."""
+    return tmp_path_factory.mktemp("mpbench-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_ships(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 generated images (8 per class, 32 px, seed 0) on disk: 30 training, 10 validation.
+    Shared: tests that damage or change data work on copies."""
+    from mpcore.data.synthetic import write_synthetic_ships
+
+    root = tmp_path_factory.mktemp("tiny-ships")
+    return write_synthetic_ships(root, per_class=8, image_size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tiny_ships: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The session's finished quick run (tests/scenarios.py): float32 and mixed_float16 ok,
+    mixed_bfloat16 failed, amp_rewrite's worker killed; its data copy in ``out.parent/data``."""
+    from scenarios import quick_run as run
+
+    return run(tiny_ships, tmp_path_factory.mktemp("quick-run"), cache)
+
+
+@pytest.fixture(scope="session")
+def mirrored_run(cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The session's mirrored run over two logical CPUs with repeats and a skipped image
+    (tests/scenarios.py)."""
+    from scenarios import mirrored_run as run
+
+    return run(tmp_path_factory.mktemp("mirrored-run"), cache)
+
+
+@pytest.fixture(scope="session")
+def workers_run(cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The session's two-worker run (``--workers 2``) and its baseline (tests/scenarios.py)."""
+    from scenarios import workers_run as run
+
+    return run(tmp_path_factory.mktemp("workers-run"), cache)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from scenarios import MIRRORED_PRECISION, WORKERS_PRECISION, run_in_process
 
 from mpcore.face.cli import main
 from mpcore.report import SCALING_COLUMNS
@@ -40,16 +42,6 @@ TINY = (
 )
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-def records_by_name(out: Path) -> dict[str, dict]:
-    document = json.loads((out / "results.json").read_text())
-    return {record["name"]: record for record in document["configurations"]}
-
-
 def assert_scaling(record: dict, baseline: dict, replicas: int) -> None:
     """The distributed record's scaling figures, recomputed from the two results."""
     assert record["status"] == "ok", record["reason"]
@@ -69,67 +61,43 @@ def assert_scaling(record: dict, baseline: dict, replicas: int) -> None:
     assert all(math.isfinite(value) for value in result["loss"])
 
 
-@pytest.fixture(scope="module")
-def mirrored_run(tmp_path_factory: pytest.TempPathFactory, cache: Path, mpbench_process):
-    work = tmp_path_factory.mktemp("mirrored")
-    out = work / "run"
-    process = mpbench_process(
-        "run",
-        *TINY,
-        "--precision",
-        "mixed_float16",
-        "--strategy",
-        "mirrored",
-        "--cpu-replicas",
-        "2",
-        "--out",
-        str(out),
-        cache=cache,
-        cwd=work,
-        CUDA_VISIBLE_DEVICES="",  # --cpu-replicas splits the CPU: no GPU in the child
-    )
-    return process, out
+MIRRORED = f"{MIRRORED_PRECISION}+xla_off"
 
 
-@pytest.mark.cpu(reason="--cpu-replicas splits the CPU into logical devices")
 def test_mirrored_run_schedules_its_one_replica_baseline(mirrored_run) -> None:
-    process, out = mirrored_run
-    assert process.returncode == 0, process.stderr[-3000:]
-    document = json.loads((out / "results.json").read_text())
-    assert document["planned"] == ["mixed_float16+xla_off", "mixed_float16+xla_off@mirrored"]
+    """The session's mirrored run (tests/scenarios.py): over two logical CPUs."""
+    assert mirrored_run.code == 0, mirrored_run.stderr[-3000:]
+    document = mirrored_run.document
+    assert document["planned"] == [MIRRORED, f"{MIRRORED}@mirrored"]
     assert document["distribution"]["strategy"] == "mirrored"
     assert document["distribution"]["cpu_replicas"] == 2
-    records = records_by_name(out)
-    assert records["mixed_float16+xla_off@mirrored"]["config"]["strategy"] == "mirrored"
-    assert "strategy" not in records["mixed_float16+xla_off"]["config"]
+    records = mirrored_run.records()
+    assert records[f"{MIRRORED}@mirrored"]["config"]["strategy"] == "mirrored"
+    assert "strategy" not in records[MIRRORED]["config"]
 
 
-@pytest.mark.cpu(reason="--cpu-replicas splits the CPU into logical devices")
 def test_mirrored_results_hold_replicas_global_batch_and_efficiency(mirrored_run) -> None:
-    _, out = mirrored_run
-    records = records_by_name(out)
-    distributed = records["mixed_float16+xla_off@mirrored"]
-    assert_scaling(distributed, records["mixed_float16+xla_off"], replicas=2)
+    records = mirrored_run.records()
+    distributed = records[f"{MIRRORED}@mirrored"]
+    assert_scaling(distributed, records[MIRRORED], replicas=2)
     # Loss scaling ran under the strategy: one (mirrored) scale recorded per epoch.
     assert len(distributed["result"]["loss_scale"]) == 1
 
 
-@pytest.mark.cpu(reason="--cpu-replicas splits the CPU into logical devices")
 def test_mirrored_table_and_csv_have_the_scaling_columns(mirrored_run) -> None:
-    process, out = mirrored_run
-    header = process.stdout.split("configuration  ", 1)[1].split("---", 1)[0]
+    header = mirrored_run.stdout.split("configuration  ", 1)[1].split("---", 1)[0]
     for _, title, _ in SCALING_COLUMNS:
         for word in title.split("\n"):
             assert word in header
-    assert "scaling efficiency: images/s / (replicas x images/s" in process.stdout
-    with open(out / "results.csv", newline="") as handle:
+    assert "scaling efficiency: images/s / (replicas x images/s" in mirrored_run.stdout
+    with open(mirrored_run.out / "results.csv", newline="") as handle:
         rows = {row["configuration"]: row for row in csv.DictReader(handle)}
-    distributed = rows["mixed_float16+xla_off@mirrored"]
+    distributed = rows[f"{MIRRORED}@mirrored"]
     assert distributed["replicas"] == "2"
     assert distributed["global_batch"] == "4"
     assert float(distributed["scaling_efficiency"]) > 0
-    assert rows["mixed_float16+xla_off"]["replicas"] == "1"
-    assert rows["mixed_float16+xla_off"]["scaling_efficiency"] == ""
+    assert rows[MIRRORED]["replicas"] == "1"
+    assert rows[MIRRORED]["scaling_efficiency"] == ""
 
 
 @pytest.mark.cpu(reason="the messages of --cpu-replicas, refused where a GPU is visible")
@@ -165,41 +133,35 @@ def test_bad_distribution_options_are_one_line_and_exit_2(
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-@pytest.mark.slow
-def test_two_local_workers_train_in_sync_and_the_chief_records(
-    tmp_path: Path, cache: Path, mpbench_process
-):
-    out = tmp_path / "run"
-    process = mpbench_process(
-        "run",
-        *TINY,
-        "--precision",
-        "float32",
-        "--workers",
-        "2",
-        "--epochs",
-        "2",  # the short last batch (25 images, 4 a step) broke epoch 2 once: NaN loss
-        "--out",
-        str(out),
-        cache=cache,
-        cwd=tmp_path,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    records = records_by_name(out)
-    assert list(records) == ["float32+xla_off", "float32+xla_off@multiworker"]
-    distributed = records["float32+xla_off@multiworker"]
-    assert_scaling(distributed, records["float32+xla_off"], replicas=2)
-    assert len(distributed["result"]["loss"]) == 2
+def test_two_local_workers_train_in_sync_and_the_chief_records(workers_run) -> None:
+    """The session's two-worker run (tests/scenarios.py): both workers hold identical weights,
+    variable by variable (BatchNormalization's moving statistics included), the chief's are
+    the record's, every worker process is gone, and the loss scale ran in step."""
+    assert workers_run.code == 0, workers_run.stderr[-3000:]
+    name = f"{WORKERS_PRECISION}+xla_off"
+    records = workers_run.records()
+    assert list(records) == [name, f"{name}@multiworker"]
+    distributed = records[f"{name}@multiworker"]
+    assert_scaling(distributed, records[name], replicas=2)
+    result = distributed["result"]
+    assert len(result["loss"]) == 2
     # Multi-worker training drops the short last batch: 6 steps of 4 of the 25 images.
-    assert distributed["result"]["steps_per_epoch"] == 6
-    assert distributed["result"]["train_images"] == 24
+    assert result["steps_per_epoch"] == 6
+    assert result["train_images"] == 24
+    assert len(result["loss_scale"]) == 2
+    assert all(math.log2(scale).is_integer() and scale <= 2**15 for scale in result["loss_scale"])
+    assert distributed["telemetry"]["peak_rss_bytes"] > 0
     workers = distributed["workers"]
     assert [worker["index"] for worker in workers] == [0, 1]
     assert len({worker["pid"] for worker in workers}) == 2
+    assert workers[0]["variable_sha256"] == workers[1]["variable_sha256"]
     assert {worker["weights_sha256"] for worker in workers} == {distributed["weights_sha256"]}
-    logs = out / "logs" / "float32+xla_off@multiworker"
+    for worker in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker["pid"], 0)
+    logs = workers_run.out / "logs" / f"{name}@multiworker"
     assert (logs / "worker-0.log").is_file() and (logs / "worker-1.log").is_file()
-    assert "float32+xla_off@multiworker" in process.stdout
+    assert f"{name}@multiworker" in workers_run.stdout
 
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -283,7 +245,7 @@ def test_benchmark_mirrored_over_two_cpus_records_replicas(tmp_path: Path, cli_e
 
 @pytest.mark.slow
 def test_local_workers_skip_bad_images_and_stop_at_the_first_nan_like_one_process(
-    tmp_path: Path, mpbench_process
+    tmp_path: Path, cache: Path
 ) -> None:
     """The multi-worker path runs the same worker as a lone configuration: it leaves out the
     images --skip-bad-images found and its loss guard names configuration, epoch, step and
@@ -293,21 +255,22 @@ def test_local_workers_skip_bad_images_and_stop_at_the_first_nan_like_one_proces
 
     ships = write_synthetic_ships(tmp_path / "ships", per_class=8, image_size=32)
     (images_dir(ships) / "000003.jpg").write_text("not a picture")
-    out = tmp_path / "run"
-    process = mpbench_process(
-        "run",
-        *("--profile", "quick", "--data", str(ships), "--image-size", "32", "--batch-size", "2"),
-        *("--epochs", "1", "--repeats", "1"),
-        *("--precision", "mixed_float16", "--workers", "2", "--skip-bad-images"),
-        *("--out", str(out)),
-        cwd=tmp_path,
+    # In-process: the workers are the processes that matter here.
+    run = run_in_process(
+        [
+            *("run", "--profile", "quick", "--data", str(ships), "--image-size", "32"),
+            *("--batch-size", "2", "--epochs", "1", "--repeats", "1"),
+            *("--precision", "mixed_float16", "--workers", "2", "--skip-bad-images"),
+        ],
+        tmp_path / "nan",
+        cache,
         MPBENCH_FAULT="mixed_float16+xla_off=nan",
     )
-    assert process.returncode == 1, process.stderr[-3000:]
-    assert "Traceback" not in process.stderr
-    document = json.loads((out / "results.json").read_text())
+    assert run.code == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    document = run.document
     assert [Path(i["path"]).name for i in document["data"]["skipped_images"]] == ["000003.jpg"]
-    records = records_by_name(out)
+    records = run.records()
     alone, clustered = (
         records["mixed_float16+xla_off"],
         records["mixed_float16+xla_off@multiworker"],
@@ -324,23 +287,21 @@ def test_local_workers_skip_bad_images_and_stop_at_the_first_nan_like_one_proces
 
 @pytest.mark.slow
 def test_mirrored_drops_a_last_batch_smaller_than_the_replicas_with_onednn_on(
-    tmp_path: Path, cache: Path, mpbench_process
+    tmp_path: Path, cache: Path
 ) -> None:
     """25 training and 5 validation images in global batches of 4 over 2 replicas: each last
     batch holds 1 image, which would leave replica 1 an empty shard. With oneDNN on (TensorFlow's
     CPU default; the test session turns it off) BatchNormalization fails on an empty shard, so
     those batches are dropped, and counted out."""
-    out = tmp_path / "run"
-    process = mpbench_process(
-        "run",
-        *TINY,
-        *("--precision", "float32", "--strategy", "mirrored", "--cpu-replicas", "2"),
-        *("--out", str(out)),
-        cache=cache,
-        cwd=tmp_path,
+    # In-process: the option reaches the workers, which are the processes that train.
+    run = run_in_process(
+        ["run", *TINY, "--precision", "float32", "--strategy", "mirrored", "--cpu-replicas", "2"],
+        tmp_path / "onednn",
+        cache,
+        cpu_only=True,
         TF_ENABLE_ONEDNN_OPTS="1",
     )
-    assert process.returncode == 0, process.stdout[-2000:]
-    result = records_by_name(out)["float32+xla_off@mirrored"]["result"]
+    assert run.code == 0, run.stdout[-2000:]
+    result = run.records()["float32+xla_off@mirrored"]["result"]
     assert (result["steps_per_epoch"], result["train_images"]) == (6, 24)
     assert result["validation_images"] == 4

@@ -1,9 +1,10 @@
-"""``mpbench run`` and ``mpbench report`` end to end, as subprocesses, with tiny settings.
+"""``mpbench run`` and ``mpbench report`` end to end, with tiny settings.
 
-One module-scoped run trains four configurations on a generated set; the second is made to fail
-(injected out-of-memory) and the worker of the last kills itself (as the kernel's OOM killer
-would), so the same run proves the results of the finished ones, that a failure does not stop
-the others, and how each kind of failure is reported.
+The session's quick run (tests/scenarios.py) trains four configurations on 40 generated images;
+the second is made to fail (injected out-of-memory) and the worker of the last kills itself (as
+the kernel's OOM killer would), so the same run proves the results of the finished ones, that a
+failure does not stop the others, and how each kind of failure is reported. Ctrl-C is sent to a
+real ``mpbench run`` process.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from scenarios import QUICK_CRASHING, QUICK_FAILING, QUICK_OK, QUICK_PRECISIONS
 
 from mpcore.report import RUN_COLUMNS, run_table
-from mpcore.run.process import FAULT_ENV
 from mpcore.run.schema import SCHEMA
 
+#: The Ctrl-C test's own run: generated data, 30 images, two epochs.
 TINY = (
     "--profile",  # explicit: the default profile depends on the machine
     "quick",
@@ -39,41 +41,15 @@ TINY = (
     "--repeats",  # one run each: repeats have their own tests (test_run_repeats.py)
     "1",
 )
-RUN_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "amp_rewrite")
-FAILING = "mixed_bfloat16+xla_off"
-CRASHING = "amp_rewrite+xla_off"
-OK_NAMES = ("float32+xla_off", "mixed_float16+xla_off")
+RUN_PRECISIONS = QUICK_PRECISIONS
+FAILING = QUICK_FAILING
+CRASHING = QUICK_CRASHING
+OK_NAMES = QUICK_OK
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("mpbench-cache")
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory, cache: Path, mpbench_process):
-    """A completed run: float32 ok, mixed_bfloat16 failed (injected OOM), mixed_float16 ok,
-    amp_rewrite's worker killed (SIGKILL)."""
-    work = tmp_path_factory.mktemp("run")
-    out = work / "out"
-    completed = mpbench_process(
-        "run",
-        *TINY,
-        "--precision",
-        *RUN_PRECISIONS,
-        "--out",
-        str(out),
-        cwd=work,
-        cache=cache,
-        **{FAULT_ENV: f"{FAILING}=oom,{CRASHING}=crash"},
-    )
-    return completed, out
-
-
-def test_run_prints_profile_progress_and_table(finished_run) -> None:
-    completed, _ = finished_run
-    assert completed.returncode == 1, completed.stderr  # one configuration failed
-    lines = completed.stdout.splitlines()
+def test_run_prints_profile_progress_and_table(quick_run) -> None:
+    assert quick_run.code == 1, quick_run.stderr  # one configuration failed
+    lines = quick_run.stdout.splitlines()
     assert lines[0] == "profile quick: chosen with --profile"
     assert "[float32+xla_off] Epoch 1/2" in lines
     assert any(line.startswith("[float32+xla_off] 4/4 - ") for line in lines)
@@ -96,19 +72,18 @@ def test_run_prints_profile_progress_and_table(finished_run) -> None:
     header = " ".join(lines[start : start + 2])
     for _, title, _ in RUN_COLUMNS:  # two-line headers: every word is on the first two lines
         assert all(word in header for word in title.split()), title
-    assert "Traceback" not in completed.stderr
+    assert "Traceback" not in quick_run.stderr
 
 
-def test_results_json_records_every_configuration(finished_run) -> None:
-    _, out = finished_run
-    document = json.loads((out / "results.json").read_text())
+def test_results_json_records_every_configuration(quick_run) -> None:
+    document = quick_run.document
     assert document["schema"] == SCHEMA
     assert document["status"] == "complete"
     assert document["planned"] == [f"{p}+xla_off" for p in RUN_PRECISIONS]
     assert document["settings"]["image_size"] == 32
     assert document["settings"]["epochs"] == 2
-    assert document["data"]["synthetic"] is True
-    assert document["data"]["images"] == 30
+    assert document["data"]["synthetic"] is False
+    assert document["data"]["images"] == 40
     assert document["machine"]["versions"]["tensorflow"]
     assert document["command"][:2] == ["mpbench", "run"]
     records = {record["name"]: record for record in document["configurations"]}
@@ -128,7 +103,7 @@ def test_results_json_records_every_configuration(finished_run) -> None:
         assert len(result["epoch_seconds"]) == len(result["loss"]) == 2
         assert len(result["val_accuracy"]) == 2
         assert result["ms_per_step"] > 0 and result["images_per_second"] > 0
-        assert result["train_images"] + result["validation_images"] == 30
+        assert result["train_images"] + result["validation_images"] == 40
         assert record["telemetry"]["peak_rss_bytes"] > 50 * 2**20
         assert record["wall_seconds"] > result["first_epoch_seconds"]
     assert records["float32+xla_off"]["result"]["loss_scale"] is None
@@ -136,8 +111,8 @@ def test_results_json_records_every_configuration(finished_run) -> None:
     assert len(scales) == 2 and all(scale >= 1 for scale in scales)
 
 
-def test_results_csv_has_a_row_per_configuration(finished_run) -> None:
-    _, out = finished_run
+def test_results_csv_has_a_row_per_configuration(quick_run) -> None:
+    out = quick_run.out
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["configuration"] for row in rows] == [f"{p}+xla_off" for p in RUN_PRECISIONS]
@@ -149,8 +124,8 @@ def test_results_csv_has_a_row_per_configuration(finished_run) -> None:
     assert by_name[FAILING]["ms_per_step"] == ""
 
 
-def test_every_plot_is_a_readable_image(finished_run) -> None:
-    _, out = finished_run
+def test_every_plot_is_a_readable_image(quick_run) -> None:
+    out = quick_run.out
     names = sorted(path.name for path in out.glob("*.png"))
     # The GPU telemetry plot exactly when NVML sampled something (never on a CPU-only machine).
     document = json.loads((out / "results.json").read_text())
@@ -183,8 +158,8 @@ def _scalars(folder: Path) -> dict[str, list[float]]:
     return values
 
 
-def test_tensorboard_events_hold_the_epoch_metrics(finished_run) -> None:
-    _, out = finished_run
+def test_tensorboard_events_hold_the_epoch_metrics(quick_run) -> None:
+    out = quick_run.out
     document = json.loads((out / "results.json").read_text())
     for record in document["configurations"]:
         if record["status"] != "ok":
@@ -198,13 +173,13 @@ def test_tensorboard_events_hold_the_epoch_metrics(finished_run) -> None:
     assert not (out / "tensorboard" / FAILING / "train").exists()
 
 
-def test_report_reproduces_the_table(finished_run, tmp_path: Path, mpbench_process) -> None:
-    completed, out = finished_run
-    report = mpbench_process("report", str(out), "--out", str(tmp_path), cwd=tmp_path)
-    assert report.returncode == 0, report.stderr
-    table = run_table(json.loads((out / "results.json").read_text()))
-    assert table in completed.stdout
-    assert report.stdout.startswith(table)
+def test_report_reproduces_the_table(quick_run, tmp_path: Path, invoke) -> None:
+    out = quick_run.out
+    code, stdout, err = invoke(["report", str(out), "--out", str(tmp_path)])
+    assert code == 0, err
+    table = run_table(quick_run.document)
+    assert table in quick_run.stdout
+    assert stdout.startswith(table)
     assert sorted(path.name for path in tmp_path.glob("*.png")) == [
         "curves.png",
         "step_time.png",
@@ -226,6 +201,7 @@ def _wait_for_finished_configuration(results: Path, process: subprocess.Popen) -
     raise AssertionError("no configuration finished within 240 s")
 
 
+@pytest.mark.slow
 def test_sigint_keeps_finished_configurations(tmp_path: Path, cache: Path, cli_env) -> None:
     out = tmp_path / "out"
     command = [sys.executable, "-m", "mpcore", "run", *TINY, "--out", str(out)]

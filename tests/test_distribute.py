@@ -356,35 +356,8 @@ def test_xla_mode_is_verified_under_a_strategy(mirrored: dict) -> None:
 SPEC_SETTINGS = {"model": "small", "image_size": 16, "batch_size": 8, "epochs": 1}
 
 
-@pytest.mark.slow
-def test_two_workers_train_in_sync_and_the_chief_writes_the_result(
-    small_ships: Path, tmp_path: Path
-) -> None:
-    spec = WorkerSpec(
-        config={"precision": "mixed_float16", "xla": "off"},
-        settings=SPEC_SETTINGS,
-        data_root=str(small_ships),
-        result_path="",  # the launcher puts the chief's result in its workdir
-    )
-    outcome = run_local_multiworker(spec, 2, timeout=300, workdir=tmp_path)
-    record = outcome.result
-    assert record["status"] == "ok" and record["name"] == "mixed_float16+xla_off@multiworker"
-    result = record["result"]
-    assert result["replicas"] == 2 and result["global_batch"] == 16
-    # Multi-worker training drops the short last batch (an empty share would make a NaN loss).
-    assert result["steps_per_epoch"] == 50 // 16 and result["train_images"] == 48
-    assert len(result["loss"]) == 1 and math.isfinite(result["loss"][0])
-    assert result["loss_scale"] == [2.0**15]
-    assert record["telemetry"]["peak_rss_bytes"] > 0
-    # Both workers hold identical weights, variable by variable (BatchNormalization's moving
-    # statistics included), and the chief's file is the record returned.
-    workers = record.pop("workers")
-    assert [w["index"] for w in workers] == [0, 1]
-    assert workers[0]["variable_sha256"] == workers[1]["variable_sha256"]
-    assert workers[0]["weights_sha256"] == workers[1]["weights_sha256"] == record["weights_sha256"]
-    assert json.loads((tmp_path / "result.json").read_text()) == record
-    assert sorted(w["pid"] for w in workers) == sorted(outcome.pids)
-    assert_all_gone(outcome.pids)
+# Two workers in sync, the chief recording: tests/test_cli_distribute.py, on the session's
+# two-worker run. Here, the process boundary: a killed worker stops the run.
 
 
 @pytest.mark.slow

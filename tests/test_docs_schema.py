@@ -1,37 +1,40 @@
-"""docs/results-schema.md against the results.json that a real small ``mpbench run`` writes.
+"""docs/results-schema.md against results.json documents that real runs write.
 
-One tiny run covers nearly every key: ``--strategy mirrored`` adds the distributed record (and
-its one-replica baseline), ``--repeats 4`` the warm-up and four repeats of each, and a data
-set with one undecodable image, run with ``--skip-bad-images``, fills ``data.skipped_images``.
-Every key path the run writes must be in the document's table, and every key the table marks
-as present in such a run must be in it.
-Keys that only a GPU or ``--workers`` writes are checked against the run when it has them, and
-otherwise against mpcore's source: the key's name must still appear there.
+The session's mirrored run (tests/scenarios.py) covers nearly every key: ``--strategy mirrored``
+adds the distributed record (and its one-replica baseline), ``--repeats 2`` the warm-up and a
+second repeat of each, and a data set with one undecodable image, run with
+``--skip-bad-images``, fills ``data.skipped_images``. The session's two-worker run adds the
+``--workers`` keys. The ``GPU`` keys come from the very functions a run writes them with, under
+a simulated T4 (``MPBENCH_FAKE_GPU``) and a stand-in NVML. Every key path a run writes must be in
+the document's table, and every key the table documents must be in one of these documents: a
+key a run stops writing fails here (shown by a planted removal).
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tensorflow as tf
-
-# The one place this module names the CLI's entry point.
-from mpcore.face.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DOC = REPO / "docs" / "results-schema.md"
-SOURCE = REPO / "mpcore"
+#: The source that writes ``auto_repeats`` (the ``--repeats auto`` loop).
+AUTO_WRITER = (REPO / "mpcore" / "run" / "plan.py").read_text()
 
-#: The "present" values of the table that the tiny run below must show.
-IN_THE_RUN = {"always", "--strategy", "--skip-bad-images", "--repeats"}
-#: The ones it cannot show on a CPU in a few seconds, or in its float32-only plan (checked against
-#: the source instead).
-ELSEWHERE = {"GPU", "--workers", "--repeats auto", "--target", "loss scaling"}
+#: The "present" values of the table, and which document shows them.
+IN_THE_MIRRORED_RUN = {"always", "--strategy", "--skip-bad-images", "--repeats"}
+IN_THE_WORKERS_RUN = {"--workers"}
+ON_A_GPU = {"GPU"}
+#: Keys written by functions this test calls directly (a float32 run has no loss scale, the
+#: session's runs have no --target).
+FROM_FUNCTIONS = {"loss scaling", "--target"}
+#: Keys of a ``--repeats auto`` run, a loop over whole runs: checked against the writer's source.
+IN_THE_SOURCE = {"--repeats auto"}
 
 #: A table row: | `key.path` | type | present | meaning |
 ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|[^|]*\|\s*`?([^|`]+?)`?\s*\|")
@@ -49,9 +52,14 @@ def documented_keys() -> dict[str, str]:
     return keys
 
 
+#: Objects keyed by data, not by the schema (one entry per variable of the model): their keys
+#: are not key paths.
+MAPS = {"configurations[].workers[].variable_sha256"}
+
+
 def key_paths(value: Any, prefix: str = "") -> Iterator[str]:
     """Every key path of a JSON value: ``a.b`` for objects, ``a[].b`` for lists of objects."""
-    if isinstance(value, dict):
+    if isinstance(value, dict) and prefix not in MAPS:
         for key, item in value.items():
             path = f"{prefix}.{key}" if prefix else key
             yield path
@@ -61,73 +69,141 @@ def key_paths(value: Any, prefix: str = "") -> Iterator[str]:
             yield from key_paths(item, f"{prefix}[]")
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """results.json of ``mpbench run --strategy mirrored --skip-bad-images --repeats 4`` with
-    tiny settings."""
-    from mpcore.data.ships import images_dir
-    from mpcore.data.synthetic import write_synthetic_ships
-
-    work = tmp_path_factory.mktemp("schema")
-    # 10 per class less one bad image: 39 training and 10 validation images. With batch 2 on
-    # each of 2 replicas, neither split ends in a batch of 1, which would leave one replica an
-    # empty shard.
-    root = write_synthetic_ships(work / "ships", per_class=10, image_size=32)
-    (images_dir(root) / "000001.jpg").write_bytes(b"not an image")
-    # With a GPU visible, mirrored replicates over the GPUs (--cpu-replicas is refused there).
-    split_cpu = [] if tf.config.list_physical_devices("GPU") else ["--cpu-replicas", "2"]
-    argv = ["run", "--profile", "quick", "--data", str(root), "--skip-bad-images"]
-    argv += ["--precision", "float32"]
-    argv += ["--epochs", "1", "--image-size", "32", "--batch-size", "2"]
-    argv += ["--strategy", "mirrored", *split_cpu, "--out", str(work / "run")]
-    argv += ["--repeats", "4"]  # the repeats and the warm-up write keys of their own (4: the
-    # fewest that can decide one comparison, the one-replica row against the mirrored one)
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("TF_CONFIG", "MPBENCH_FAULT", "MPBENCH_WORKER_FAULT"):
-            patch.delenv(name, raising=False)
-        patch.setenv("MPBENCH_CACHE", str(work / "cache"))
-        code = main(argv)
-    document = json.loads((work / "run" / "results.json").read_text())
-    assert code == 0, [(r["name"], r["reason"]) for r in document["configurations"]]
-    return document
-
-
-@pytest.mark.slow
-def test_every_key_of_a_run_is_documented(results: dict[str, Any]) -> None:
-    documented = documented_keys()
-    undocumented = sorted(set(key_paths(results)) - set(documented))
-    assert not undocumented, f"add to {SCHEMA_DOC.name}: {undocumented}"
-
-
-@pytest.mark.slow
-def test_every_documented_key_is_in_a_run(results: dict[str, Any]) -> None:
-    documented = documented_keys()
-    unknown = {path: present for path, present in documented.items() if present not in IN_THE_RUN}
-    assert set(unknown.values()) <= ELSEWHERE, f"unknown 'present' values: {unknown}"
-    # The run has what its options promise: the distributed record and a skipped image.
-    assert results["data"]["skipped_images"], "the bad image was not left out"
-    assert any("scaling" in record for record in results["configurations"])
-    written = set(key_paths(results))
-    missing = sorted(path for path, present in documented.items() if present in IN_THE_RUN)
-    missing = [path for path in missing if path not in written]
-    assert not missing, f"documented in {SCHEMA_DOC.name} but not written by a run: {missing}"
-
-
-def test_keys_a_cpu_run_cannot_show_are_still_in_the_source() -> None:
-    """GPU-only and ``--workers``-only keys: a renamed or removed key fails here."""
-    source = "\n".join(path.read_text() for path in sorted(SOURCE.rglob("*.py")))
-    documented = documented_keys()
-    elsewhere = [path for path, present in documented.items() if present in ELSEWHERE]
-    assert elsewhere, "the table marks no GPU or --workers keys"
-    gone = []
-    for path in elsewhere:
-        name = path.rsplit(".", 1)[-1].removesuffix("[]")
-        if not re.search(rf"""["']{re.escape(name)}["']|\b{re.escape(name)}\s*=""", source):
-            gone.append(path)
-    assert not gone, f"documented keys whose names mpcore no longer writes: {gone}"
-
-
 def test_the_table_parser_reads_every_row() -> None:
     """Every table row of the document is parsed (a malformed row would go unchecked)."""
     rows = [line for line in SCHEMA_DOC.read_text().splitlines() if line.startswith("| `")]
     assert len(documented_keys()) == len(rows) > 100
+
+
+def missing(
+    documented: dict[str, str], present: Iterable[str], written: Iterable[str]
+) -> list[str]:
+    """The documented key paths whose "present" value is in ``present`` that ``written`` lacks."""
+    have = set(written)
+    return sorted(p for p, when in documented.items() if when in present and p not in have)
+
+
+@pytest.fixture(scope="module")
+def gpu_keys(monkeypatch_module) -> set[str]:
+    """Key paths of the GPU-only parts of a run's results.json, written by mpcore's own
+    functions under a simulated T4 and an NVML that knows one device (and answers nothing
+    else, which every field allows: null)."""
+    from mpcore.probe import telemetry
+    from mpcore.probe.capability import machine_record
+    from mpcore.run.store import finished_record
+
+    class OneDeviceNvml:
+        def nvmlDeviceGetCount(self) -> int:
+            return 1
+
+    monkeypatch_module.setenv("MPBENCH_FAKE_GPU", "Tesla T4@7.5")
+    monkeypatch_module.setattr(telemetry, "nvml", OneDeviceNvml)
+    with telemetry.Sampler(interval=0.001) as sampler:
+        while not sampler.series:
+            time.sleep(0.001)
+    machine = machine_record()
+    record = finished_record("float32+xla_off", {}, {"machine": machine}, sampler)
+    return set(key_paths({"machine": machine, "configurations": [record]}))
+
+
+@pytest.fixture(scope="module")
+def function_keys() -> set[str]:
+    """Key paths of the parts of results.json that only a float16 configuration or a
+    ``--target`` run writes, from the functions that write them: the loss-scale summary, the
+    target recorder's result and the time-to-target rows of the statistics."""
+    from mpcore.report.target import target_rows
+    from mpcore.run.lossscale import summarise_loss_scale
+    from mpcore.train.target import parse_target, target_recorder
+
+    target = target_recorder(parse_target("val_accuracy=0.9")).result()
+    reached = {**target, "reached": True, "epochs": 2, "seconds": 3.0, "compile_seconds": 1.0}
+    runs = [{"repeat": r, "status": "ok", "target": reached} for r in range(2)]
+    records = [{"name": name, "status": "ok", "repeats": runs} for name in ("float32+xla_off", "x")]
+    document = {"settings": {"target": "val_accuracy>=0.9"}, "configurations": records}
+    result = {"loss_scaling": summarise_loss_scale(32768.0, [4.0], [3], [10]), "target": target}
+    return set(
+        key_paths(
+            {
+                "configurations": [{"result": result}],
+                "statistics": {"time_to_target": target_rows(document)},
+            }
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_every_key_of_a_run_is_documented(
+    mirrored_run, workers_run, gpu_keys, function_keys
+) -> None:
+    documented = documented_keys()
+    written = set(key_paths(mirrored_run.document)) | set(key_paths(workers_run.document))
+    undocumented = sorted((written | gpu_keys | function_keys) - set(documented))
+    assert not undocumented, f"add to {SCHEMA_DOC.name}: {undocumented}"
+
+
+def test_every_documented_key_is_in_a_run(
+    mirrored_run, workers_run, gpu_keys, function_keys
+) -> None:
+    documented = documented_keys()
+    known = IN_THE_MIRRORED_RUN | IN_THE_WORKERS_RUN | ON_A_GPU | FROM_FUNCTIONS | IN_THE_SOURCE
+    unknown = {path: present for path, present in documented.items() if present not in known}
+    assert not unknown, f"unknown 'present' values: {unknown}"
+    results = mirrored_run.document
+    assert mirrored_run.code == 0, [(r["name"], r["reason"]) for r in results["configurations"]]
+    # The runs have what their options promise: a skipped image, the distributed records.
+    assert results["data"]["skipped_images"], "the bad image was not left out"
+    assert any("scaling" in record for record in results["configurations"])
+    assert any("workers" in record for record in workers_run.document["configurations"])
+    gaps = {
+        "the mirrored run": missing(documented, IN_THE_MIRRORED_RUN, key_paths(results)),
+        "the two-worker run": missing(
+            documented, IN_THE_WORKERS_RUN, key_paths(workers_run.document)
+        ),
+        "the GPU records": missing(documented, ON_A_GPU, gpu_keys),
+        "the loss-scale and target records": missing(documented, FROM_FUNCTIONS, function_keys),
+        "--repeats auto's writer": [
+            path
+            for path, when in documented.items()
+            if when in IN_THE_SOURCE and f'"{path.rsplit(".", 1)[-1]}"' not in AUTO_WRITER
+        ],
+    }
+    gaps = {where: keys for where, keys in gaps.items() if keys}
+    assert not gaps, f"documented in {SCHEMA_DOC.name} but not written: {gaps}"
+
+
+@pytest.mark.parametrize(
+    "removed",
+    [
+        "status",  # a name that appears everywhere in the source
+        "configurations[].result.steady_epoch_seconds",
+        "data.skipped_images[].reason",
+        "configurations[].scaling.scaling_efficiency",
+    ],
+)
+def test_a_key_a_run_stops_writing_is_caught(mirrored_run, removed: str) -> None:
+    """A planted removal: the same run's document with one documented key deleted everywhere
+    fails the check above, whatever other places of the source still name the key."""
+    documented = documented_keys()
+    assert removed in documented
+    document = copy.deepcopy(mirrored_run.document)
+    assert not missing(documented, IN_THE_MIRRORED_RUN, key_paths(document))
+    delete_everywhere(document, removed)
+    assert missing(documented, IN_THE_MIRRORED_RUN, key_paths(document)) == [removed]
+
+
+def delete_everywhere(value: Any, path: str) -> None:
+    """Delete the key at ``path`` (``a.b``, ``a[].b``) wherever it occurs in ``value``."""
+    head, _, rest = path.partition(".")
+    key, is_list = head.removesuffix("[]"), head.endswith("[]")
+    if not rest:
+        value.pop(key, None)
+        return
+    child = value.get(key)
+    for item in child if is_list else [child]:
+        if isinstance(item, dict):
+            delete_everywhere(item, rest)

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from scenarios import run_in_process
 
 from mpcore.bench.layerprofile import LayerProfile, profile_layers
 from mpcore.precision.modes import RunConfig, applied
@@ -91,6 +92,7 @@ def test_non_image_model_needs_array_data(invoke, tmp_path: Path) -> None:
 # The benchmarks
 
 
+@pytest.mark.slow
 def test_benchmarks_time_the_users_model(pytester: pytest.Pytester, monkeypatch) -> None:
     monkeypatch.setenv("MPBENCH_FAKE_GPU", "none")
     monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
@@ -143,29 +145,20 @@ def test_the_benchmarks_offer_a_factory_the_cpus_size(given: int | None, expecte
 # mpbench run
 
 
-def test_run_trains_the_users_model_in_each_worker(mpbench_process, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    completed = mpbench_process(
-        "run",
-        *("--profile", "quick", "--repeats", "1"),
-        "--model",
-        SPEC,
-        "--image-size",
-        "16",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--synthetic-per-class",
-        "6",
-        "--precision",
-        "float32",
-        "mixed_float16",
-        "--out",
-        str(out),
-        cwd=tmp_path,
+@pytest.mark.slow
+def test_run_trains_the_users_model_in_each_worker(cache: Path, tmp_path: Path) -> None:
+    # In-process: the workers, which import the user's model themselves, are the point.
+    completed = run_in_process(
+        [
+            *("run", "--profile", "quick", "--repeats", "1", "--model", SPEC),
+            *("--image-size", "16", "--batch-size", "8", "--epochs", "1"),
+            *("--synthetic-per-class", "6", "--precision", "float32", "mixed_float16"),
+        ],
+        tmp_path,
+        cache,
     )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    out = completed.out
+    assert completed.code == 0, completed.stderr[-2000:]
     assert f"model: {SPEC}, 16 px, batch 8" in completed.stdout
     document = json.loads((out / "results.json").read_text())
     assert document["settings"]["model"] == SPEC and document["settings"]["image_size"] == 16
@@ -177,28 +170,21 @@ def test_run_trains_the_users_model_in_each_worker(mpbench_process, tmp_path: Pa
     assert records[1]["result"]["loss_scale"], "mixed_float16 trained with loss scaling"
 
 
-def test_run_trains_a_non_image_model_on_npz_arrays(mpbench_process, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_run_trains_a_non_image_model_on_npz_arrays(cache: Path, tmp_path: Path) -> None:
     x, y = __import__("own_models").tabular_data()
     np.savez(tmp_path / "table.npz", x=x, y=y)
-    out = tmp_path / "run"
-    completed = mpbench_process(
-        "run",
-        *("--profile", "quick", "--repeats", "1"),
-        "--model",
-        "own_models:tabular",
-        "--data",
-        "table.npz",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--precision",
-        "float32",
-        "--out",
-        str(out),
-        cwd=tmp_path,
+    completed = run_in_process(
+        [
+            *("run", "--profile", "quick", "--repeats", "1", "--model", "own_models:tabular"),
+            *("--data", str(tmp_path / "table.npz"), "--batch-size", "8", "--epochs", "1"),
+            *("--precision", "float32"),
+        ],
+        tmp_path,
+        cache,
     )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.code == 0, completed.stderr[-2000:]
+    out = completed.out
     document = json.loads((out / "results.json").read_text())
     assert document["data"]["root"] == str((tmp_path / "table.npz").resolve())
     assert document["data"]["train_images"] + document["data"]["validation_images"] == len(x)

@@ -2,9 +2,10 @@
 
 One test (or one parametrized case) per case, through the CLI. The
 in-process ``invoke`` fixture runs most of them; subprocesses only where a real process matters
-(the run lock, SIGKILL, SIGTERM). One tiny real run (float32, one epoch, 32 px) is made once per
-module; each test that resumes it works on a private copy and, where the command must refuse,
-checks that the copy's results.json and results.csv are byte for byte as they were.
+(the run lock, SIGKILL, SIGTERM). The session's quick run (tests/scenarios.py: four
+configurations, two finished, on 40 images) is what they resume; each test that resumes it
+works on a private copy and, where the command must refuse, checks that the copy's results.json
+and results.csv are byte for byte as they were.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from scenarios import QUICK_FAILING, QUICK_SETTINGS
 
 from mpcore.data.ships import (
     MAX_IMAGE_PIXELS,
@@ -34,16 +36,15 @@ from mpcore.data.ships import (
     images_dir,
     read_ship_index,
 )
-from mpcore.face.cli import main
 from mpcore.run.lock import LOCK_FILE
 from mpcore.run.process import EXIT_TERMINATED, FAULT_ENV
 from mpcore.run.schema import RESULTS_FILE
 
-PER_CLASS = 8  # 40 images: 30 training, 10 validation
-#: Explicit profile (the default depends on the machine) and one run per configuration.
-TINY = ("--profile", "quick", "--repeats", "1", "--image-size", "32", "--batch-size", "8")
-TINY += ("--epochs", "1")
+#: The quick run's settings (a resume must repeat them); its data: 40 images, 30 training.
+TINY = QUICK_SETTINGS
 FLOAT32 = "float32+xla_off"
+#: For the runs of the lock and SIGTERM tests, which are stopped before they end.
+ONE_EPOCH = (*TINY[:-1], "1")
 
 
 def one_line(code: int, err: str, status: int, *expected: str, command: str = "run") -> str:
@@ -61,25 +62,10 @@ def results_files(out: Path) -> dict[str, bytes]:
     return {name: (out / name).read_bytes() for name in (RESULTS_FILE, "results.csv")}
 
 
-@pytest.fixture(scope="module")
-def tiny_ships(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mpcore.data.synthetic import write_synthetic_ships
-
-    root = tmp_path_factory.mktemp("ships2")
-    return write_synthetic_ships(root, per_class=PER_CLASS, image_size=32, seed=0)
-
-
-@pytest.fixture(scope="module")
-def finished(tiny_ships: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete real run of float32 on its own copy of the data (``OUT/data``)."""
-    work = tmp_path_factory.mktemp("finished")
-    data = Path(shutil.copytree(tiny_ships, work / "data"))
-    argv = ["run", "--data", str(data), *TINY, "--precision", "float32", "--out", str(work / "run")]
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("TF_CONFIG", FAULT_ENV, "MPBENCH_WORKER_FAULT"):
-            patch.delenv(name, raising=False)
-        assert main(argv) == 0
-    return work
+@pytest.fixture(scope="session")
+def finished(quick_run) -> Path:
+    """The folder of the session's quick run: its data copy (``data``) and output (``run``)."""
+    return quick_run.out.parent
 
 
 @pytest.fixture
@@ -110,17 +96,22 @@ def test_1_resume_with_another_precision_keeps_finished_work(
     resumable: tuple[Path, Path], invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data, out = resumable
-    before = records(out)[FLOAT32]
-    # The new configuration fails at once (a planted error): the run is quick, exit 1.
-    monkeypatch.setenv(FAULT_ENV, "mixed_bfloat16+xla_off=error")
+    before = records(out)
+    assert before[QUICK_FAILING]["reason"].startswith("out of memory")
+    # The failed configuration runs again and fails at once (a planted error): quick, exit 1.
+    monkeypatch.setenv(FAULT_ENV, f"{QUICK_FAILING}=error")
     code, stdout, _ = invoke(resume_argv(data, out, "--precision", "mixed_bfloat16"))
     assert code == 1
-    assert f"resuming: keeping {FLOAT32} (not in this plan) as recorded" in stdout
+    kept = [FLOAT32, "mixed_float16+xla_off", "amp_rewrite+xla_off"]
+    assert f"resuming: keeping {', '.join(kept)} (not in this plan) as recorded" in stdout
     after = records(out)
-    assert after[FLOAT32] == before
-    assert after["mixed_bfloat16+xla_off"]["status"] == "failed"
+    assert list(after) == list(before)  # every record kept, in its place
+    for name in kept:
+        assert after[name] == before[name]
+    assert after[QUICK_FAILING]["status"] == "failed"
+    assert not after[QUICK_FAILING]["reason"].startswith("out of memory")  # it ran again
     csv_rows = (out / "results.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in csv_rows[1:]] == [FLOAT32, "mixed_bfloat16+xla_off"]
+    assert [row.split(",")[0] for row in csv_rows[1:]] == list(before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,11 +129,13 @@ def _start(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_2_two_runs_on_one_out_and_a_stale_lock(
     tiny_ships: Path, tmp_path: Path, cli_env, invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    argv = ["run", "--data", str(tiny_ships), *TINY, "--precision", "float32", "--out", str(out)]
+    argv = ["run", "--data", str(tiny_ships), *ONE_EPOCH, "--precision", "float32"]
+    argv += ["--out", str(out)]
     env = cli_env(tmp_path)
     first = _start(argv, tmp_path, env)
     time.sleep(0.5)
@@ -333,14 +326,16 @@ def test_7_unwritable_results_are_rescued_to_a_named_file(
     tries: list[Path] = []
 
     def refusing(path: Path, document: Any) -> None:
-        if Path(path).parent == out and document["configurations"][1:]:
+        # Refused from the save that holds the configuration's new (planted) failure on.
+        again = [r for r in document["configurations"] if r.get("name") == QUICK_FAILING]
+        if Path(path).parent == out and not again[0]["reason"].startswith("out of memory"):
             tries.append(path)
             raise OSError(30, "Read-only file system")
         real_write(path, document)
 
     monkeypatch.setattr(files, "write_json_atomic", refusing)
     monkeypatch.setattr(files, "SAVE_PAUSE_SECONDS", 0.0)
-    monkeypatch.setenv(FAULT_ENV, "mixed_bfloat16+xla_off=error")
+    monkeypatch.setenv(FAULT_ENV, f"{QUICK_FAILING}=error")
     code, stdout, err = invoke(resume_argv(data, out, "--precision", "float32", "mixed_bfloat16"))
     line = one_line(
         code,
@@ -356,7 +351,8 @@ def test_7_unwritable_results_are_rescued_to_a_named_file(
     finally:
         rescued.unlink()
     assert saved[FLOAT32]["status"] == "ok"
-    assert saved["mixed_bfloat16+xla_off"]["status"] == "failed"
+    assert saved[QUICK_FAILING]["status"] == "failed"
+    assert not saved[QUICK_FAILING]["reason"].startswith("out of memory")
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,11 +493,13 @@ def test_12_weights_of_another_architecture_and_text_weights(
 # 13. SIGTERM is handled like Ctrl-C: a message, exit 143, no temporary folder left
 
 
+@pytest.mark.slow
 def test_13_sigterm_stops_the_run_cleanly(tiny_ships: Path, tmp_path: Path, cli_env) -> None:
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     out = tmp_path / "out"
-    argv = ["run", "--data", str(tiny_ships), *TINY, "--precision", "float32", "--out", str(out)]
+    argv = ["run", "--data", str(tiny_ships), *ONE_EPOCH, "--precision", "float32"]
+    argv += ["--out", str(out)]
     process = _start(argv, tmp_path, cli_env(tmp_path, TMPDIR=str(private_tmp)))
     try:
         deadline = time.monotonic() + 240
@@ -560,13 +558,17 @@ def test_fuzzed_image_bytes_pass_the_check_only_if_the_pipeline_decodes_them(
     try:
         raw = _image_bytes(kind, mode, size, cut)
     except (OSError, ValueError, KeyError):  # PIL cannot write this mode in this format
-        return
+        raw = None
+    # assume(), not return: hypothesis draws another example, so max_examples counts only
+    # files that reach the check.
+    assume(raw is not None)
     root = tmp_path_factory.mktemp("fuzz-image")
     images_dir(root).mkdir(parents=True)
     (images_dir(root) / "a.jpg").write_bytes(raw)
     csv_path(root).write_text("image,category\na.jpg,1\n")
     index = read_ship_index(root)
     bad = find_bad_images(index)
+    event("refused by the check" if bad else "passed the check")
     if bad:
         assert "\n" not in bad[0].reason and bad[0].reason
         return

@@ -32,6 +32,7 @@ DEVICES = "mpcore/probe/peaks.py"
 RUN_ROUND_TESTS = ("tests/test_benchmarks_stepbench.py", "-k", "syncs_once")
 CHECK_TESTS = ("tests/test_modes.py", "-k", "caught")
 DEVICE_TESTS = ("tests/test_benchmarks_devices.py", "-k", "datasheet")
+LOCK_TESTS = ("tests/test_lock_and_fingerprint.py",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +125,62 @@ MUTANTS: tuple[Mutant, ...] = (
         "            if model.losses:",
         "            if False and model.losses:",
         ("tests/test_training.py", "-k", "own_losses"),
+    ),
+    Mutant(  # a second run on one --out is let in
+        "lock-not-exclusive",
+        "mpcore/run/lock.py",
+        "            if not _flock_soon(descriptor):",
+        "            if False and not _flock_soon(descriptor):",
+        LOCK_TESTS,
+    ),
+    Mutant(  # the lock file outlives its run: every later run reports a stale lock
+        "lock-file-left-behind",
+        "mpcore/run/lock.py",
+        "            os.unlink(self.path)  # while still locked",
+        "            pass  # while still locked",
+        LOCK_TESTS,
+    ),
+    Mutant(  # a resume on rewritten images is let through
+        "fingerprint-ignores-image-bytes",
+        "mpcore/data/ships.py",
+        '            images.update(hashlib.file_digest(handle, "sha256").digest())',
+        "            images.update(handle.name.encode())",
+        LOCK_TESTS,
+    ),
+    Mutant(
+        "data-change-ignores-images",
+        "mpcore/run/store.py",
+        '    if saved.get("images_sha256") != now.get("images_sha256"):',
+        "    if False:",
+        LOCK_TESTS,
+    ),
+    Mutant(  # a resume forgets the repeats a configuration already finished
+        "resume-drops-finished-repeats",
+        "mpcore/run/store.py",
+        '    runs = list(earlier.get("repeats", [])) if kept else []',
+        "    runs = []",
+        ("tests/test_run_repeats.py", "-k", "resume"),
+    ),
+    Mutant(  # the significance call inverted: overlapping intervals called significant
+        "significance-inverted",
+        "mpcore/run/stats.py",
+        "else not low <= 1.0 <= high",
+        "else low <= 1.0 <= high",
+        ("tests/test_run_repeats.py", "-k", "small_exact_cases or interval_holds_one"),
+    ),
+    Mutant(  # efficiency against the replicas' total instead of one replica
+        "scaling-efficiency-no-replicas",
+        "mpcore/run/scaling.py",
+        "    return images_per_second / (replicas * single_replica_images_per_second)",
+        "    return images_per_second / single_replica_images_per_second",
+        ("tests/test_distribute.py", "-k", "scaling_figures"),
+    ),
+    Mutant(  # the census counts a value exactly at the underflow limit as representable
+        "census-underflow-boundary",
+        "mpcore/precision/census.py",
+        "    underflow = int(np.count_nonzero(magnitudes <= fmt.underflow_limit))",
+        "    underflow = int(np.count_nonzero(magnitudes < fmt.underflow_limit))",
+        ("numerics/test_representability.py",),
     ),
     _guarded("check-variable-dtype", "layer.variable_dtype != variable"),
     _guarded("check-output-dtype", 'output.dtype != "float32"'),

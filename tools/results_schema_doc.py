@@ -66,11 +66,13 @@ One row per key. A key path is dotted; `[]` stands for "every element of this li
 
 A configuration that failed has the same keys as one that finished, with `status` `failed`, its
 `reason`, and `result` and `telemetry` `null`. `tests/test_docs_schema.py` checks this table
-against the `results.json` of a real small `mpbench run --strategy mirrored --skip-bad-images`:
-every key the run writes is in the table, and every key of the table marked `always`,
-`--strategy`, `--skip-bad-images` or `--repeats` is in the run (the `GPU`, `--workers`,
-`--repeats auto`, `--target` and `loss scaling` keys are checked against the source, and against
-the run when it has them).
+against the `results.json` of a real small `mpbench run --strategy mirrored --skip-bad-images
+--repeats 4` and of a real `--workers 2` run: every key they write is in the table, and every key
+of the table marked `always`, `--strategy`, `--skip-bad-images` or `--repeats` is in the first,
+every `--workers` key in the second; the `GPU` keys are checked against the records mpcore's
+own functions write under a simulated T4 (`MPBENCH_FAKE_GPU`) and an NVML that knows one
+device, the `loss scaling` and `--target` keys against what the loss-scale summary and the target
+recorder write, and the `--repeats auto` keys against the source of the loop that writes them.
 """
 
 OUTRO = """

@@ -1,0 +1,165 @@
+"""The suite's expensive scenarios, each run once per session (tests/conftest.py) and read by many
+tests: a real ``mpbench run`` costs a TensorFlow start-up and training in every worker process,
+so tests that only read what a run wrote share one.
+
+Each scenario runs ``mpbench run`` in-process (``main()``), with the process's file descriptors 1
+and 2 sent to files, so that what the parent prints and what its workers (which inherit them)
+print are kept together, in order, as a subprocess's output would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mpcore.face.cli import main
+from mpcore.run.process import FAULT_ENV
+
+#: Variables of the test session's environment a run must not see: a cluster spec or a planted
+#: fault would change what it does.
+SCRUBBED_ENV = ("TF_CONFIG", FAULT_ENV, "MPBENCH_WORKER_FAULT")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished ``mpbench run``: its exit code, output, folder and results.json."""
+
+    code: int
+    stdout: str
+    stderr: str
+    out: Path
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """A fresh copy of results.json each time (tests may change what they read)."""
+        return json.loads((self.out / "results.json").read_text())
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        return {record["name"]: record for record in self.document["configurations"]}
+
+
+@contextlib.contextmanager
+def output_to(folder: Path) -> Iterator[tuple[Path, Path]]:
+    """Send file descriptors 1 and 2 (and ``sys.stdout``/``sys.stderr`` with them) to
+    ``folder/stdout.txt`` and ``folder/stderr.txt`` while the block runs."""
+    paths = folder / "stdout.txt", folder / "stderr.txt"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fds = os.dup(1), os.dup(2)
+    saved_streams = sys.stdout, sys.stderr
+    files = [open(path, "wb") for path in paths]  # noqa: SIM115 - closed below
+    try:
+        for fd, handle in zip((1, 2), files, strict=True):
+            os.dup2(handle.fileno(), fd)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        yield paths
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved_streams
+        for fd, saved in zip((1, 2), saved_fds, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+        for handle in files:
+            handle.close()
+
+
+def run_in_process(
+    argv: Sequence[str], folder: Path, cache: Path, cpu_only: bool = False, **env: str
+) -> Run:
+    """``mpbench run ARGV --out folder/run`` in this process, with the data cache in ``cache``,
+    ``env`` added to the environment and the scrubbed variables removed. ``cpu_only``: every
+    decision made for no GPU and the workers shown none (as the ``cpu`` marker does)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        for name in SCRUBBED_ENV:
+            patch.delenv(name, raising=False)
+        patch.setenv("MPBENCH_CACHE", str(cache))
+        for name, value in env.items():
+            patch.setenv(name, value)
+        if cpu_only:
+            from mpcore.probe.machine import visible_gpus
+
+            patch.setenv("MPBENCH_FAKE_GPU", "none")
+            patch.setenv("CUDA_VISIBLE_DEVICES", "")
+            for module in [m for name, m in sys.modules.items() if name.startswith("mpcore")]:
+                if getattr(module, "visible_gpus", None) is visible_gpus:
+                    patch.setattr(module, "visible_gpus", lambda: ())
+        with output_to(folder) as (stdout, stderr):
+            try:
+                code = main([*argv, "--out", str(out)])
+            except SystemExit as stop:  # argparse's errors
+                code = stop.code
+    return Run(code, stdout.read_text(), stderr.read_text(), out)
+
+
+# --------------------------------------------------------------------------------------------
+# The scenarios
+
+#: The quick run: four configurations on 40 generated images (30 training, 10 validation, 4
+#: steps of 8), two epochs; mixed_bfloat16 fails (a planted out-of-memory error) and
+#: amp_rewrite's worker SIGKILLs itself, as the kernel's OOM killer would.
+QUICK_SETTINGS = ("--profile", "quick", "--repeats", "1", "--image-size", "32")
+QUICK_SETTINGS += ("--batch-size", "8", "--epochs", "2")
+QUICK_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "amp_rewrite")
+QUICK_FAILING = "mixed_bfloat16+xla_off"
+QUICK_CRASHING = "amp_rewrite+xla_off"
+QUICK_OK = ("float32+xla_off", "mixed_float16+xla_off")
+
+
+def quick_run(ships: Path, folder: Path, cache: Path) -> Run:
+    """The quick run on a private copy of ``ships`` in ``folder/data`` (tests that resume it
+    change that copy's copies)."""
+    data = Path(shutil.copytree(ships, folder / "data"))
+    argv = ["run", "--data", str(data), *QUICK_SETTINGS, "--precision", *QUICK_PRECISIONS]
+    return run_in_process(
+        argv, folder, cache, **{FAULT_ENV: f"{QUICK_FAILING}=oom,{QUICK_CRASHING}=crash"}
+    )
+
+
+#: The mirrored run: mixed_float16 (loss scaling under the strategy) over two logical CPUs, its
+#: one-replica baseline, four repeats after a warm-up, and one undecodable image left out with
+#: --skip-bad-images: nearly every key results.json can hold on a CPU.
+MIRRORED_PRECISION = "mixed_float16"
+
+
+def mirrored_run(folder: Path, cache: Path) -> Run:
+    from mpcore.data.ships import images_dir
+    from mpcore.data.synthetic import write_synthetic_ships
+
+    # 10 per class less one bad image: 39 training and 10 validation images. With batch 2 on
+    # each of 2 replicas, neither split ends in a batch of 1, which would leave one replica an
+    # empty shard.
+    root = write_synthetic_ships(folder / "ships", per_class=10, image_size=32)
+    (images_dir(root) / "000001.jpg").write_bytes(b"not an image")
+    argv = ["run", "--profile", "quick", "--data", str(root), "--skip-bad-images"]
+    argv += ["--precision", MIRRORED_PRECISION, "--epochs", "1", "--image-size", "32"]
+    argv += ["--batch-size", "2", "--strategy", "mirrored", "--cpu-replicas", "2"]
+    # The repeats and the warm-up write keys of their own; 4 is the fewest `run` accepts for a
+    # plan with one comparison (the one-replica row against the mirrored one).
+    argv += ["--repeats", "4"]
+    return run_in_process(argv, folder, cache, cpu_only=True)
+
+
+#: The two-worker run: mixed_float16 on two local worker processes (a TF_CONFIG cluster), after
+#: its one-replica baseline; 30 generated images (25 training), batch 2 per worker, two epochs
+#: (the short last batch of 25 images, 4 a step, broke epoch 2 once: a NaN loss).
+WORKERS_PRECISION = "mixed_float16"
+
+
+def workers_run(folder: Path, cache: Path) -> Run:
+    argv = ["run", "--profile", "quick", "--data", "synthetic", "--synthetic-per-class", "6"]
+    argv += ["--image-size", "32", "--batch-size", "2", "--epochs", "2", "--repeats", "1"]
+    argv += ["--precision", WORKERS_PRECISION, "--workers", "2"]
+    return run_in_process(argv, folder, cache)
