@@ -32,7 +32,7 @@ IN_THE_WORKERS_RUN = {"--workers"}
 ON_A_GPU = {"GPU"}
 #: Keys written by functions this test calls directly (a float32 run has no loss scale, the
 #: session's runs have no --target).
-FROM_FUNCTIONS = {"loss scaling", "--target"}
+FROM_FUNCTIONS = {"loss scaling", "--target", "--repeats + baseline"}
 #: Keys of a ``--repeats auto`` run, a loop over whole runs: checked against the writer's source.
 IN_THE_SOURCE = {"--repeats auto"}
 
@@ -111,13 +111,16 @@ def function_keys() -> set[str]:
     """Key paths of the parts of results.json that only a float16 configuration or a
     ``--target`` run writes, from the functions that write them: the loss-scale summary, the
     target recorder's result and the time-to-target rows of the statistics."""
+    from mpcore.report.judging import run_statistics
     from mpcore.report.target import target_rows
     from mpcore.run.lossscale import summarise_loss_scale
     from mpcore.train.target import parse_target, target_recorder
 
     target = target_recorder(parse_target("val_accuracy=0.9")).result()
     reached = {**target, "reached": True, "epochs": 2, "seconds": 3.0, "compile_seconds": 1.0}
-    runs = [{"repeat": r, "status": "ok", "target": reached} for r in range(2)]
+    runs = [
+        {"repeat": r, "status": "ok", "target": reached, "ms_per_step": 10.0 + r} for r in range(4)
+    ]
     records = [{"name": name, "status": "ok", "repeats": runs} for name in ("float32+xla_off", "x")]
     document = {"settings": {"target": "val_accuracy>=0.9"}, "configurations": records}
     result = {"loss_scaling": summarise_loss_scale(32768.0, [4.0], [3], [10]), "target": target}
@@ -125,7 +128,10 @@ def function_keys() -> set[str]:
         key_paths(
             {
                 "configurations": [{"result": result}],
-                "statistics": {"time_to_target": target_rows(document)},
+                "statistics": {
+                    **run_statistics(document),
+                    "time_to_target": target_rows(document),
+                },
             }
         )
     )
