@@ -5,6 +5,11 @@ Layout (the Analytics Vidhya "Game of Deep Learning" ships set used by the seed 
     ROOT/train/train.csv        columns image,category; categories 1..5
     ROOT/train/images/<image>   JPEG (PNG content is accepted too)
 
+or, as the seed article's own repository keeps it (``Data/``)::
+
+    ROOT/train.csv
+    ROOT/train/<image>
+
 Categories 1..5 (Cargo, Military, Carrier, Cruise, Tankers) become labels 0..4. The seed's own
 code one-hot encoded 1..5 into five slots, which silently made every Tanker an all-zero target.
 """
@@ -57,12 +62,34 @@ class ShipIndex:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a ship data set keeps its table and its images, relative to its root."""
+
+    csv: str
+    images: str
+
+    def describe(self) -> str:
+        return f"{self.csv} + {self.images}/"
+
+
+#: The layouts read, in the order they are looked for: the data set's own (the article's), then
+#: the article's repository's, which keeps the table beside the image folder.
+LAYOUTS = (Layout("train/train.csv", "train/images"), Layout("train.csv", "train"))
+
+
+def layout_of(root: str | Path) -> Layout:
+    """The layout whose ``train.csv`` is in ``root`` (the first of :data:`LAYOUTS` when neither
+    is, the one a new data set is written in)."""
+    return next((layout for layout in LAYOUTS if (Path(root) / layout.csv).is_file()), LAYOUTS[0])
+
+
 def csv_path(root: str | Path) -> Path:
-    return Path(root) / "train" / "train.csv"
+    return Path(root) / layout_of(root).csv
 
 
 def images_dir(root: str | Path) -> Path:
-    return Path(root) / "train" / "images"
+    return Path(root) / layout_of(root).images
 
 
 def _parse_category(raw: str, where: str) -> int:
@@ -88,7 +115,8 @@ def _image_path(folder: Path, name: str, where: str) -> Path:
 
 
 def read_ship_index(root: str | Path) -> ShipIndex:
-    """Read and validate ``ROOT/train/train.csv``; every listed image must exist.
+    """Read and validate the data set's ``train.csv`` (in either of :data:`LAYOUTS`); every
+    listed image must exist.
 
     A UTF-8 byte-order mark and whitespace around names and values are accepted. Errors name the
     file and the line (the header is line 1).
@@ -98,7 +126,8 @@ def read_ship_index(root: str | Path) -> ShipIndex:
         raise DataError(f"data folder not found: {root}")
     table = csv_path(root)
     if not table.is_file():
-        raise DataError(f"{table}: file not found")
+        looked = " nor ".join(f"{layout.csv} (images in {layout.images}/)" for layout in LAYOUTS)
+        raise DataError(f"{table}: file not found; {root} has neither {looked}")
     try:
         text = table.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
@@ -123,7 +152,7 @@ def read_ship_index(root: str | Path) -> ShipIndex:
     paths: list[str] = []
     labels: list[int] = []
     seen: dict[str, int] = {}
-    files: dict[str, tuple[int, str]] = {}
+    files: dict[tuple[int, int], tuple[int, str]] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -140,9 +169,10 @@ def read_ship_index(root: str | Path) -> ShipIndex:
         image = _image_path(folder, name, where)
         if not image.is_file():
             raise DataError(f"{where}: image {name!r} not found in {folder}")
-        # Two names for one file (``./x.jpg`` beside ``x.jpg``, a link) would put one image in
-        # both splits; compare the files the names resolve to.
-        key = str(image.resolve())
+        # Two names for one file (``./x.jpg`` beside ``x.jpg``, a symbolic or a hard link)
+        # would put one image in both splits: compare the files themselves (device, inode).
+        facts = image.stat()
+        key = (facts.st_dev, facts.st_ino)
         if key in files:
             first_line, first_name = files[key]
             raise DataError(

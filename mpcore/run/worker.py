@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import math
 import os
 import re
 import signal
@@ -25,8 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mpcore.run.callbacks import NonFiniteLossError as NonFiniteLossError
+from mpcore.run.callbacks import epoch_tensorboard, make_loss_guard, make_loss_scale_watch
 from mpcore.run.files import write_json_atomic
 from mpcore.run.launcher import WORKER_REPORT
+from mpcore.run.lossscale import summarise_loss_scale as summarise_loss_scale
 from mpcore.run.process import (
     EXIT_INTERRUPTED,
     FAULT_ENV,
@@ -82,99 +84,27 @@ def prefixed_stdout(prefix: str) -> Iterator[None]:
         sys.stdout = original
 
 
-class NonFiniteLossError(ArithmeticError):
-    """Training produced a NaN or infinite loss."""
-
-
-def make_loss_guard(name: str, off_thread: bool = True) -> Any:
-    """A Keras callback that stops training at the first non-finite loss, naming the
-    configuration, epoch, step and (float16 modes) the loss scale that step ran with.
-
-    Reading the loss on the host after every batch would make every step wait for the device,
-    so the host could never run ahead and a GPU's ms/step would bend toward a synchronous step.
-    With ``off_thread`` the callback is ``async_safe``: Keras then runs every batch-end hook on
-    a worker thread (only when *all* the fit's callbacks are async-safe), the training thread
-    never reads a value back, and a non-finite loss found there stops training at the next step
-    and is raised on the training thread (validation or the epoch's end, whichever comes first).
-    The loss scale is snapshotted on the device before each step (an asynchronous copy), so the
-    scale named is the one the failing step ran with, however late the hook reads it. A cluster
-    worker passes ``off_thread=False``: every worker must stop at the same step, or the others
-    wait forever in the next collective."""
-    import threading
-
-    import keras
-
-    from mpcore.train.fit import current_loss_scale
-
-    class NonFiniteLossGuard(keras.callbacks.Callback):
-        async_safe = off_thread
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.epoch = 0
-            self._scales: dict[tuple[int, int], Any] = {}
-            self._failure: tuple[tuple[int, int], str] | None = None
-            self._lock = threading.Lock()
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.epoch = epoch
-
-        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-            optimizer = self.model.optimizer
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and optimizer.built:
-                self._scales[(self.epoch, batch)] = keras.ops.copy(optimizer.dynamic_scale)
-
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            snapshot = self._scales.pop((self.epoch, batch), None)
-            loss = float(keras.ops.convert_to_numpy((logs or {}).get("loss", 0.0)))
-            if math.isfinite(loss):
-                return
-            message = f"{name}: loss is {loss} at epoch {self.epoch + 1}, step {batch + 1}"
-            if snapshot is not None:
-                scale: float | None = float(keras.ops.convert_to_numpy(snapshot))
-            else:
-                scale = current_loss_scale(self.model.optimizer)
-            if scale is not None:
-                collapsed = " (collapsed)" if scale <= 1.0 else ""
-                message += f", loss scale {scale:g}{collapsed}"
-            with self._lock:
-                if self._failure is None or (self.epoch, batch) < self._failure[0]:
-                    self._failure = ((self.epoch, batch), message)
-            self.model.stop_training = True
-            if threading.current_thread() is threading.main_thread():
-                raise NonFiniteLossError(message)
-
-        def _raise_recorded(self, *_args: Any, **_kwargs: Any) -> None:
-            if self._failure is not None:
-                raise NonFiniteLossError(self._failure[1])
-
-        on_test_begin = on_epoch_end = on_train_end = _raise_recorded
-
-    return NonFiniteLossGuard()
-
-
-def epoch_tensorboard(log_dir: str) -> Any:
-    """Keras's TensorBoard callback writing epoch summaries only. Its batch hook writes nothing
-    then (no profiling, no graph, no per-batch writer), so it is marked async-safe like the loss
-    guard: one callback that is not would make Keras read every batch's logs on the training
-    thread, a device sync per step."""
-    import keras
-
-    class EpochTensorBoard(keras.callbacks.TensorBoard):
-        async_safe = True
-
-    return EpochTensorBoard(log_dir, write_graph=False, profile_batch=0, update_freq="epoch")
-
-
-def _fault_callbacks(name: str, index: int) -> list[Any]:
+def _fault_callbacks(name: str, index: int, repeat: int | None = None) -> list[Any]:
     """Fail on purpose where the environment plants a fault (testing the harness): on this
-    configuration (``MPBENCH_FAULT``, before training, or ``nan`` at step 2) or on this worker of
-    a cluster (``MPBENCH_WORKER_FAULT``, after its first step)."""
+    configuration (``MPBENCH_FAULT``, before training, ``nan`` at step 2, ``kill@R`` after the
+    first step of repeat R) or on this worker of a cluster (``MPBENCH_WORKER_FAULT``, after its
+    first step)."""
     import keras
     import numpy as np
 
     callbacks: list[Any] = []
     kind = planted_fault(FAULT_ENV, name)
+    if kind.startswith("kill@"):
+        if repeat is None or kind != f"kill@{repeat + 1}":
+            kind = ""
+        else:
+
+            class KillSelf(keras.callbacks.Callback):
+                def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            callbacks.append(KillSelf())
+            kind = ""
     if kind == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "oom":
@@ -270,7 +200,8 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
             seed=settings.seed,
         )
     guard = make_loss_guard(spec.name, off_thread=spec.worker_dir is None)
-    callbacks = [*_fault_callbacks(config.name, index), guard]
+    watch = make_loss_scale_watch()
+    callbacks = [*_fault_callbacks(config.name, index, spec.repeat), guard, watch]
     if spec.worker_dir is not None:
         callbacks.append(Checksums())
     # Keras writes TensorBoard summaries through tf.summary: none where TensorFlow is absent.
@@ -291,6 +222,7 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
             strategy=strategy,
         )
     record = finished_record(spec.name, spec.config, result.to_dict(), sampler)
+    record["result"]["loss_scaling"] = watch.summary()
     if spec.worker_dir is not None:
         report["status"] = "ok"
         record["weights_sha256"] = report["weights_sha256"]

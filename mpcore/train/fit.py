@@ -26,6 +26,7 @@ from mpcore.probe.backend import tf
 from mpcore.probe.capability import machine_record
 from mpcore.train.keras_dist import replicas as keras_replicas
 from mpcore.train.settings import TrainSettings, op_determinism
+from mpcore.train.target import parse_target, target_recorder
 from mpcore.user.ownmodel import (
     build_user_model,
     is_user_model,
@@ -58,6 +59,8 @@ class RunResult:
     global_batch: int | None = None
     #: CPU seconds the process used in each epoch's training span (see :class:`EpochTimer`).
     epoch_cpu_seconds: list[float] = dataclasses.field(default_factory=list)
+    #: Under ``--target``: the target, whether and when it was reached (:mod:`mpcore.train.target`).
+    target: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.global_batch is None:
@@ -274,18 +277,18 @@ def train(
         len(validation_index) % global_batch if drop_last_validation else 0
     )
     with applied(config), op_determinism(settings.resolved_deterministic):
-        keras.utils.set_random_seed(settings.seed)
+        keras.utils.set_random_seed(settings.resolved_init_seed)
         model = build_compiled(config, settings, strategy)
         # One numpy permutation per epoch, set by Keras at each epoch's start, orders the
         # training data on either input path (mpcore.data.arrays.EpochOrder).
-        order = EpochOrder(len(train_index), settings.seed)
+        order = EpochOrder(len(train_index), settings.resolved_init_seed)
         train_data = _make_dataset(
             train_index,
             size,
             global_batch,
             preprocess,
             order=order,
-            seed=settings.seed,
+            seed=settings.resolved_init_seed,
             cache=settings.cache,
             drop_remainder=drop_last,
             shard_policy=shard_policy,
@@ -307,12 +310,15 @@ def train(
             from mpcore.train.replicas import ReplicaStatisticsAverager
 
             replica_sync.append(ReplicaStatisticsAverager(strategy))
+        # Stops fit at the end of the epoch (validation included) that reaches --target.
+        recorder = target_recorder(parse_target(settings.target)) if settings.target else None
+        stopper = [recorder] if recorder is not None else []
         history = model.fit(
             train_data,
             validation_data=validation_data,
             epochs=settings.epochs,
             shuffle=False,  # the input pipeline orders the data, seeded
-            callbacks=[order.callback(), timer, scales, *replica_sync, *callbacks],
+            callbacks=[order.callback(), timer, scales, *replica_sync, *callbacks, *stopper],
             verbose=verbose,
         )
         logs = history.history
@@ -333,6 +339,7 @@ def train(
             machine=machine_record(),
             replicas=replicas,
             global_batch=global_batch,
+            target=recorder.result() if recorder else None,
         )
 
 
