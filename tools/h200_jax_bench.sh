@@ -2,7 +2,7 @@
 # The mpbench GPU check on a borrowed H200 (or H100) with JAX and no TensorFlow (docs/gpu.md).
 #
 #   tools/h200_jax_bench.sh prepare   here, with network: the wheels the GPU image lacks into .whl/
-#                                     (keras and its small pure-Python dependencies, mpbench itself)
+#                                     (keras and its small dependencies, jsonschema's, mpbench itself)
 #   tools/h200_jax_bench.sh plan      here: what `run` would do, each phase's time limit, the wheels
 #                                     it would carry and their total size against the carry limit
 #   tools/h200_jax_bench.sh run       there, from the repository root, everything into $OUT:
@@ -15,12 +15,16 @@
 #
 # The device call: run(command="bash tools/h200_jax_bench.sh run", carry=[".whl"], timeout_s=600).
 # The image has Python 3.12, jax/jaxlib 0.11 (CUDA 13), numpy, ml-dtypes, pillow, matplotlib,
-# tabulate, nvidia-ml-py, pytest, pytest-benchmark, hypothesis, rich, h5py, absl-py; it lacks
-# keras, namex, optree and mpbench.
+# tabulate, nvidia-ml-py, pytest, pytest-benchmark, hypothesis, rich, h5py, absl-py, attrs; it
+# lacks keras, namex, optree, jsonschema (and its referencing, jsonschema-specifications, rpds-py)
+# and mpbench.
 set -uo pipefail
 
 WHEEL_DIR=${WHEEL_DIR:-.whl}
 KERAS_WHEELS=("keras==3.15.1" "namex==0.1.0" "optree==0.20.0")
+#: mpbench checks every results.json against its JSON Schema; attrs is on the image already.
+SCHEMA_WHEELS=("jsonschema==4.26.0" "jsonschema-specifications==2025.9.1" "referencing==0.37.0"
+    "rpds-py==2026.9.1")
 #: The device tool carries at most 64 MiB of working tree, the wheels included.
 CARRY_LIMIT_BYTES=$((64 * 1024 * 1024))
 #: One device command runs at most 600 s; the phases' limits must leave room for the setup.
@@ -57,7 +61,7 @@ seed_command() {
 }
 
 wheel_specs() {
-    printf '%s\n' "${KERAS_WHEELS[@]}" "mpbench (built from this tree)"
+    printf '%s\n' "${KERAS_WHEELS[@]}" "${SCHEMA_WHEELS[@]}" "mpbench (built from this tree)"
 }
 
 prepare() {
@@ -65,7 +69,7 @@ prepare() {
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$WHEEL_DIR" \
-        "${KERAS_WHEELS[@]}" || exit 1
+        "${KERAS_WHEELS[@]}" "${SCHEMA_WHEELS[@]}" || exit 1
     # mpbench itself, pure Python; installed there with --no-deps (it names TensorFlow).
     python3 -m pip wheel --no-deps -q -w "$WHEEL_DIR" . || exit 1
     plan
