@@ -40,11 +40,12 @@ from mpcore.check.shadow import (
     shadow,
 )
 from mpcore.models.flops import layer_forward_flops
+from mpcore.models.trace import output_shapes
 from mpcore.names import HALF_PRECISIONS
 from mpcore.precision.census import float_format
 from mpcore.precision.modes import KERAS_POLICY
 from mpcore.user.data import load_batch, loss_function, resolve_loss
-from mpcore.user.loader import LoadedModel, convert, float32_clone, load_model
+from mpcore.user.loader import LoadedModel, convert, float32_clone, is_graph_model, load_model
 
 CHECK_PRECISIONS: tuple[str, ...] = HALF_PRECISIONS
 #: Relative error of the model's output (and of the loss) against float32 worth a warning. A
@@ -85,6 +86,8 @@ class CheckReport:
     loss: str
     data: str
     precisions: list[PrecisionReport]
+    #: What the per-layer rows are (a subclassed model's are recorded as its call() runs)
+    layers_shown: str = ""
 
     @property
     def exit_status(self) -> int:
@@ -114,30 +117,34 @@ def check(
     batch_size: int = 8,
     precisions: Sequence[str] = ("mixed_float16",),
     seed: int = 0,
+    unknown_size: int | None = None,
 ) -> CheckReport:
     """Check ``model`` (a model, a :class:`~mpcore.user.loader.LoadedModel` or a spec) on one batch.
 
     ``data`` is an ``(x, y)`` pair, a data spec for :func:`mpcore.user.data.load_batch`, or None
-    for a seeded random batch. Raises :class:`mpcore.user.loader.LoadError` for unusable input.
+    for a seeded random batch (``unknown_size``: the side of an axis the model leaves unknown,
+    such as a fully convolutional model's image side). Raises
+    :class:`mpcore.user.loader.LoadError` for unusable input.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     for precision in precisions:
         if precision not in CHECK_PRECISIONS:
             raise ValueError(f"precision {precision!r}: valid: {', '.join(CHECK_PRECISIONS)}")
     loss_object, loss_label = resolve_loss(loaded.model, loss)
-    loss_name = loss or loss_label
     if isinstance(data, tuple) and len(data) == 2:
         batch, data_label = data, "given (x, y)"
     else:
-        batch = load_batch(data, loaded.model, batch_size, loss_name, seed)
+        batch = load_batch(data, loaded.model, batch_size, loss_object, seed, unknown_size)
         data_label = str(data) if data is not None else f"random batch (seed {seed})"
     size = int(np.shape(keras.tree.flatten(batch[0])[0])[0])
-    float32 = float32_clone(loaded.model)
+    float32 = float32_clone(loaded.model, loaded.remake)
+    # Output sizes from the batch itself: a fully convolutional model's are unknown until then.
+    shapes = output_shapes(float32, batch[0])
     reports = [
-        _check_one(loaded.model, float32, precision, batch, loss_function(loss_object), size)
+        _check_one(loaded, float32, precision, batch, loss_function(loss_object), shapes)
         for precision in precisions
     ]
-    flops = sum(_flops(layer) for layer in float32.layers)
+    flops = sum(_flops(layer, shapes) for layer in float32.layers)
     return CheckReport(
         model=loaded.model.name,
         source=loaded.source,
@@ -147,25 +154,44 @@ def check(
         loss=loss_label,
         data=data_label,
         precisions=reports,
+        layers_shown=layers_shown(float32),
     )
 
 
-def _flops(layer: keras.layers.Layer) -> int:
+def layers_shown(model: keras.Model) -> str:
+    """What the per-layer rows of ``model`` are."""
+    if is_graph_model(model):
+        return "every layer of the model's graph (a nested model is one row)"
+    return (
+        f"the direct layers of the subclassed {type(model).__name__}, recorded as its call() "
+        "runs them; a layer called more than once, and the layers inside a custom layer, "
+        "cannot be isolated and are not shown"
+    )
+
+
+def _flops(layer: keras.layers.Layer, shapes: dict[str, tuple] | None = None) -> int:
     try:
-        return layer_forward_flops(layer)
+        return layer_forward_flops(layer, shapes)
     except (AttributeError, ValueError):  # a shared layer has no single output shape
         return 0
 
 
 def _check_one(
-    model: keras.Model, float32: keras.Model, precision: str, batch: tuple, loss_fn: Any, size: int
+    loaded: LoadedModel,
+    float32: keras.Model,
+    precision: str,
+    batch: tuple,
+    loss_fn: Any,
+    shapes: dict[str, tuple],
 ) -> PrecisionReport:
     from mpcore.user.loader import model_precision
 
+    model = loaded.model
+    size = int(np.shape(keras.tree.flatten(batch[0])[0])[0])
     dtype = precision.removeprefix("mixed_")
     converted = model_precision(model) != KERAS_POLICY[precision]
-    half = convert(model, precision) if converted else model
-    shares = _flop_shares(float32)
+    half = convert(model, precision, remake=loaded.remake) if converted else model
+    shares = _flop_shares(float32, shapes)
     passes = shadow(float32, half, batch, loss_fn, dtype, shares)
     optimizer = getattr(half, "optimizer", None) if getattr(half, "compiled", False) else None
     census, window = gradients(float32, batch, loss_fn, dtype, optimizer)
@@ -203,8 +229,8 @@ def _fixed_scale(optimizer: Any) -> bool:
     )
 
 
-def _flop_shares(model: keras.Model) -> dict[str, float]:
-    flops = {layer.name: _flops(layer) for layer in model.layers}
+def _flop_shares(model: keras.Model, shapes: dict[str, tuple]) -> dict[str, float]:
+    flops = {layer.name: _flops(layer, shapes) for layer in model.layers}
     total = sum(flops.values()) or 1
     return {name: value / total for name, value in flops.items()}
 

@@ -51,7 +51,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="NAME",
         help="mixed_float16 (default) and/or mixed_bfloat16",
     )
-    parser.add_argument("--image-size", type=positive_int, help="passed to a factory asking")
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="passed to a factory asking; the image side of the random batch of a model whose "
+        "input size is unknown, e.g. (None, None, 3) (default 8)",
+    )
     parser.add_argument("--num-classes", type=positive_int, help="passed to a factory asking")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random batch")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         precisions=list(dict.fromkeys(args.precision)),
         seed=args.seed,
+        unknown_size=args.image_size,
     )
     document = report.to_dict()
     (out / "check.json").write_text(json.dumps(document, indent=2))
@@ -128,6 +134,7 @@ def render(document: dict[str, Any]) -> str:
         f"model {document['model']} ({document['source']}): {document['parameters']:,} "
         f"parameters, {document['forward_flops'] / 1e9:.3g} GFLOPs per sample forward",
         f"batch of {document['batch_size']} from {document['data']}; loss {document['loss']}",
+        f"per-layer rows: {document.get('layers_shown') or 'every layer of the graph'}",
     ]
     for item in document["precisions"]:
         lines += ["", *_render_precision(item, tabulate)]
