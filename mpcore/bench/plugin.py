@@ -72,6 +72,8 @@ class BenchOptions:
     replicas: int = 1
     step_kinds: tuple[str, ...] = ("fit",)
     steps_per_execution: int = 1
+    #: Whether the model has a Dense/EinsumDense layer besides its head (float8 quantizes those)
+    float8_layers: bool = True
 
     @property
     def device(self) -> str:
@@ -214,9 +216,12 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
     defaults = CPU_DEFAULTS if on_cpu else GPU_DEFAULTS
     model = config.getoption("mp_model") or defaults["model"]
     if is_user_model(model):
-        image_size, classes = _user_model_shape(config, model, defaults["image_size"])
+        image_size, classes, float8_layers = _user_model_shape(
+            config, model, defaults["image_size"]
+        )
     else:
         image_size, classes = _registry_size(config, model, defaults), None
+        float8_layers = model_spec(model).float8_layers
     strategy = config.getoption("mp_strategy")
     if classes is not None and strategy != "none":
         raise pytest.UsageError(f"--mp-model {model}: a user's model is timed without a strategy")
@@ -251,23 +256,37 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
         replicas=_replicas(config, strategy, len(visible_gpus())),
         step_kinds=_names(config.getoption("mp_step"), STEP_KINDS, "--mp-step"),
         steps_per_execution=steps_per_execution,
+        float8_layers=float8_layers,
     )
 
 
 def _user_model_shape(
     config: pytest.Config, model: str, default_size: int | None
-) -> tuple[int | None, int]:
-    """A user's model's image side (None: not an image model) and output width, from the model
-    itself (a factory taking ``image_size`` is offered ``--mp-image-size``, else the device's
-    default size: the CPU's small one, none on a GPU)."""
+) -> tuple[int | None, int, bool]:
+    """A user's model's image side (None: not an image model), output width and whether float8
+    has layers to quantize, from the model itself (a factory taking ``image_size`` is offered
+    ``--mp-image-size``, else the device's default size: the CPU's small one, none on a GPU).
+    A model that cannot be converted under a precision asked for is refused here, before any
+    benchmark runs."""
     from mpcore.user.loader import LoadError
-    from mpcore.user.ownmodel import image_side, load_float32, output_classes
+    from mpcore.user.ownmodel import (
+        conversion_problem,
+        has_float8_layers,
+        image_side,
+        load_float32,
+        output_classes,
+    )
 
     try:
         loaded = load_float32(model, config.getoption("mp_image_size") or default_size)
+        precisions = _names(config.getoption("mp_precision"), PRECISIONS, "--mp-precision")
+        problem = conversion_problem(loaded, precisions, float8_needs_layers=False)
     except LoadError as error:
         raise pytest.UsageError(f"--mp-model: {error}") from None
-    return image_side(loaded.model), output_classes(loaded.model) or 1
+    if problem:
+        raise pytest.UsageError(f"--mp-model: {problem}")
+    model_ = loaded.model
+    return image_side(model_), output_classes(model_) or 1, has_float8_layers(model_)
 
 
 def _registry_size(config: pytest.Config, model: str, defaults: dict) -> int:
@@ -308,7 +327,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             reason = backend.unsupported_reason(precision, xla) or skip_reason(
                 precision, xla, options.gpu, options.allow_cpu
             )
-            if not reason and precision == "float8" and not model_spec(options.model).float8_layers:
+            if not reason and precision == "float8" and not options.float8_layers:
                 reason = f"{options.model} has no Dense or EinsumDense layer for float8 to quantize"
             if not reason and options.strategy == "mirrored" and options.replicas < 2:
                 split = "" if options.real_gpu else " (--mp-cpu-replicas 2 splits the CPU)"

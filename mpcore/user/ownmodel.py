@@ -116,6 +116,46 @@ def verify(model: keras.Model, config: RunConfig) -> bool:
     return True
 
 
+def conversion_problem(
+    loaded: LoadedModel, precisions: Any, float8_needs_layers: bool = True
+) -> str | None:
+    """Why ``loaded`` cannot run under one of ``precisions`` (one line), or None: each mode's
+    copy is made as training makes it (and quantized for ``float8``), so that a model that
+    cannot be converted is refused before the first configuration trains. Without
+    ``float8_needs_layers`` a model with nothing for float8 to quantize passes (the benchmarks
+    skip float8 for it)."""
+    from mpcore.precision.fp8 import quantize_float8
+    from mpcore.user.loader import first_line
+
+    for precision in dict.fromkeys(precisions):
+        try:
+            with applied(RunConfig(precision, "off")):
+                model = under_precision(loaded, precision)
+                if precision == "float8":
+                    if not has_float8_layers(model):
+                        if not float8_needs_layers:
+                            continue
+                        return (
+                            f"{loaded.source}: has no Dense or EinsumDense layer besides its "
+                            "head, so float8 would change nothing"
+                        )
+                    quantize_float8(model)
+        except LoadError as error:
+            return str(error)
+        except Exception as error:  # Keras's own errors while cloning or quantizing
+            return f"{loaded.source}: cannot be converted to {precision} ({first_line(error)})"
+    return None
+
+
+def has_float8_layers(model: keras.Model) -> bool:
+    """Whether ``model`` has a Dense or EinsumDense layer besides its heads: something for
+    ``float8`` to quantize (the heads stay float32)."""
+    from mpcore.precision.fp8 import float8_candidates
+
+    heads = {id(layer) for layer in head_layers(model)}
+    return any(id(layer) not in heads for layer in float8_candidates(model))
+
+
 def is_array_data(spec: str | None) -> bool:
     """Whether ``--data`` names arrays (``.npz`` or ``package.module:fn``), not ship images."""
     from mpcore.user.loader import is_python_spec
