@@ -337,7 +337,7 @@ ZOO: dict[str, Entry] = {
     "resnet50_v2": Entry(resnet50_v2, heavy=True, dense=False),
 }
 
-#: Samples of each ``data_NAME`` function (``mpbench run --model NAME --data zoo_models:data_NAME``).
+#: Samples of each ``data_NAME`` function (``run --model NAME --data zoo_models:data_NAME``).
 DATA_SAMPLES = 24
 
 

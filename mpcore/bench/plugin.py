@@ -279,7 +279,8 @@ def _user_model_shape(
 
     try:
         loaded = load_float32(model, config.getoption("mp_image_size") or default_size)
-        precisions = _names(config.getoption("mp_precision"), PRECISIONS, "--mp-precision")
+        raw = config.getoption("mp_precision")
+        precisions = _names(raw, PRECISIONS, "--mp-precision") if raw else PRECISIONS
         problem = conversion_problem(loaded, precisions, float8_needs_layers=False)
     except LoadError as error:
         raise pytest.UsageError(f"--mp-model: {error}") from None
