@@ -112,6 +112,17 @@ def test_subclassed_model_check_names_its_layers_and_matches_its_functional_twin
     assert subclassed.forward_flops == twin.forward_flops > 0
 
 
+def test_subclassed_object_is_made_again_from_its_config_or_refused_in_one_line() -> None:
+    from mpcore.user.loader import LoadError, convert
+
+    half = convert(zoo_models.subclassed(), "mixed_float16", compile=False)  # from_config
+    assert [layer.compute_dtype for layer in half.layers] == ["float16"] * 3 + ["float32"]
+    with pytest.raises(LoadError, match=r"^opaque: the subclassed Opaque cannot be made again"):
+        convert(zoo_models.opaque(), "mixed_float16")
+    # Given as a factory it is called again under the policy instead.
+    assert check("zoo_models:opaque", batch_size=4).precisions[0].verdict
+
+
 def test_embedding_lstm_gets_a_gradient_census_and_a_loss_scale_window() -> None:
     loaded = load_model("zoo_models:text_lstm")
     loss, _ = resolve_loss(loaded.model, None)

@@ -69,6 +69,26 @@ def subclassed_unbuilt(num_classes: int = CLASSES) -> keras.Model:
     return SubCNN(num_classes, name="subclassed_unbuilt")
 
 
+class Opaque(keras.Model):
+    """A subclassed model whose constructor takes a function: Keras cannot rebuild it from a
+    config, so only its factory can make it again under another policy."""
+
+    def __init__(self, activation: Callable, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(8, activation=activation, name="hidden")
+        self.probs = keras.layers.Dense(CLASSES, activation="softmax", name="probs")
+
+    def call(self, inputs):
+        return self.probs(self.hidden(inputs))
+
+
+def opaque() -> keras.Model:
+    """:class:`Opaque` on 6 features, built: as a factory spec it converts (called again)."""
+    model = Opaque(lambda t: keras.ops.maximum(t, 0.0), name="opaque")
+    model(np.zeros((1, 6), "float32"))
+    return model
+
+
 def functional_twin(image_size: int = SIDE, num_classes: int = CLASSES) -> keras.Model:
     """:class:`SubCNN`'s architecture written as a Functional model (same layer names)."""
     inputs = _image(image_size)
@@ -314,6 +334,7 @@ class Entry:
 ZOO: dict[str, Entry] = {
     "subclassed": Entry(subclassed),
     "subclassed_unbuilt": Entry(subclassed_unbuilt, expected="the model is not built"),
+    "opaque": Entry(opaque, ship_images=False),
     "functional_twin": Entry(functional_twin),
     "with_lambda": Entry(with_lambda, dense=False),
     "fully_convolutional": Entry(fully_convolutional, dense=False, ship_images=False),

@@ -379,9 +379,9 @@ def _remade(
         if remake is not None:
             copy = remake()
         else:
-            config = model.get_config()
-            config.pop("dtype", None)  # the model's own policy: the global one
             try:
+                config = model.get_config()
+                config.pop("dtype", None)  # the model's own policy: the global one
                 copy = model.__class__.from_config(config)
                 copy.build_from_config(model.get_build_config())
             except Exception as error:  # NotImplementedError from get_config, the user's code
