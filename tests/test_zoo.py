@@ -298,3 +298,18 @@ def test_run_trains_every_zoo_model_or_refuses(mpbench_process, tmp_path: Path, 
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     records = json.loads((tmp_path / "run" / "results.json").read_text())["runs"]
     assert {r["status"] for r in records} == {"ok"}, records
+
+
+def test_every_head_is_held_to_float32_whatever_its_activation() -> None:
+    from mpcore.precision.modes import ModeMismatchError, RunConfig, applied
+    from mpcore.train.fit import compile_for
+    from mpcore.user.ownmodel import build_user_model, verify
+
+    config = RunConfig("mixed_float16", "off")
+    with applied(config):
+        model, loss, metrics = build_user_model(config, "zoo_models:multi_output", None)
+        compile_for(model, config, 1e-3, loss=loss, metrics=metrics)
+        assert verify(model, config)
+        model.get_layer("box").dtype_policy = "mixed_float16"  # the linear head, in half
+        with pytest.raises(ModeMismatchError, match="layer box computes in float16"):
+            verify(model, config)

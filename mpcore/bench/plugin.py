@@ -216,9 +216,7 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
     defaults = CPU_DEFAULTS if on_cpu else GPU_DEFAULTS
     model = config.getoption("mp_model") or defaults["model"]
     if is_user_model(model):
-        image_size, classes, float8_layers = _user_model_shape(
-            config, model, defaults["image_size"]
-        )
+        image_size, classes, float8_layers = _user_model(config, model, defaults["image_size"])
     else:
         image_size, classes = _registry_size(config, model, defaults), None
         float8_layers = model_spec(model).float8_layers
@@ -261,6 +259,15 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
 
 
 def _user_model_shape(
+    config: pytest.Config, model: str, default_size: int | None
+) -> tuple[int | None, int]:
+    """A user's model's image side (None: not an image model) and output width (see
+    :func:`_user_model`)."""
+    side, classes, _ = _user_model(config, model, default_size)
+    return side, classes
+
+
+def _user_model(
     config: pytest.Config, model: str, default_size: int | None
 ) -> tuple[int | None, int, bool]:
     """A user's model's image side (None: not an image model), output width and whether float8

@@ -107,12 +107,14 @@ def user_loss(model: keras.Model, class_labels: bool = False) -> tuple[Any, list
 
 
 def verify(model: keras.Model, config: RunConfig) -> bool:
-    """:func:`mpcore.precision.modes.check_model` where it applies (the model's one head is its last
-    layer, the layout the check expects); return whether it was checked."""
-    layers = model.layers
-    if not layers or head_layers(model) != [layers[-1]]:
+    """:func:`mpcore.precision.modes.check_model` with the model's heads (the layers producing
+    its outputs, whatever their activation) as the float32 layers, where they are among its
+    direct layers (not inside a nested model); return whether it was checked."""
+    heads = head_layers(model)
+    direct = {id(layer) for layer in model.layers}
+    if not heads or any(id(head) not in direct for head in heads):
         return False
-    check_model(model, config)
+    check_model(model, config, heads)
     return True
 
 
