@@ -38,7 +38,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--image-size",
         type=positive_int,
         help="image side of a registry model (default: its own) or of a factory that takes "
-        "image_size (default: the factory's); a .keras file keeps its own",
+        "image_size (default: the factory's); a .keras file keeps its own; the side of the "
+        "random batch where a model's input size is unknown, e.g. (None, None, 3) (default 8)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
@@ -107,6 +108,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         steps=args.steps,
         rounds=args.rounds,
         announce=lambda line: say(f"timed {line}"),
+        unknown_size=args.image_size,
     )
     document = profile.to_dict()
     (out / "profile.json").write_text(json.dumps(document, indent=2))
