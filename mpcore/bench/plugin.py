@@ -261,10 +261,8 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
 def _user_model_shape(
     config: pytest.Config, model: str, default_size: int | None
 ) -> tuple[int | None, int]:
-    """A user's model's image side (None: not an image model) and output width (see
-    :func:`_user_model`)."""
-    side, classes, _ = _user_model(config, model, default_size)
-    return side, classes
+    """A user's model's image side and output width (see :func:`_user_model`)."""
+    return _user_model(config, model, default_size)[:2]
 
 
 def _user_model(
@@ -275,26 +273,20 @@ def _user_model(
     ``--mp-image-size``, else the device's default size: the CPU's small one, none on a GPU).
     A model that cannot be converted under a precision asked for is refused here, before any
     benchmark runs."""
+    from mpcore.user import ownmodel
     from mpcore.user.loader import LoadError
-    from mpcore.user.ownmodel import (
-        conversion_problem,
-        has_float8_layers,
-        image_side,
-        load_float32,
-        output_classes,
-    )
 
     try:
-        loaded = load_float32(model, config.getoption("mp_image_size") or default_size)
+        loaded = ownmodel.load_float32(model, config.getoption("mp_image_size") or default_size)
         raw = config.getoption("mp_precision")
         precisions = _names(raw, PRECISIONS, "--mp-precision") if raw else PRECISIONS
-        problem = conversion_problem(loaded, precisions, float8_needs_layers=False)
+        problem = ownmodel.conversion_problem(loaded, precisions, float8_needs_layers=False)
     except LoadError as error:
         raise pytest.UsageError(f"--mp-model: {error}") from None
     if problem:
         raise pytest.UsageError(f"--mp-model: {problem}")
-    model_ = loaded.model
-    return image_side(model_), output_classes(model_) or 1, has_float8_layers(model_)
+    side, classes = ownmodel.image_side(loaded.model), ownmodel.output_classes(loaded.model)
+    return side, classes or 1, ownmodel.has_float8_layers(loaded.model)
 
 
 def _registry_size(config: pytest.Config, model: str, defaults: dict) -> int:
