@@ -100,6 +100,9 @@ class Scale(keras.layers.Layer):
     def call(self, inputs):
         return inputs * self.factor
 
+    def get_config(self) -> dict:
+        return super().get_config()  # without "factor": from_config cannot call __init__
+
 
 def unconvertible(image_size: int = SIDE, num_classes: int = CLASSES) -> keras.Model:
     inputs = _image(image_size)
