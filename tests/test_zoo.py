@@ -201,12 +201,11 @@ def test_linear_head_on_class_labels_is_read_as_logits() -> None:
     assert loss.get_config()["from_logits"] and metrics == ["accuracy"]
 
 
-def test_unconvertible_subclassed_model_is_refused_before_training(invoke, tmp_path) -> None:
-    code, out, err = invoke(
-        ["run", "--model", "zoo_models:subclassed_unbuilt", "--out", str(tmp_path / "r")]
-    )
-    assert_refused(ZOO["subclassed_unbuilt"], code, out, err)
-    assert not (tmp_path / "r" / "results.json").exists()
+@pytest.mark.parametrize("name", [n for n in LIGHT if ZOO[n].refused])
+def test_unusable_model_is_refused_before_training(invoke, tmp_path: Path, name: str) -> None:
+    code, out, err = invoke(["run", "--model", f"zoo_models:{name}", "--out", str(tmp_path / "r")])
+    assert_refused(ZOO[name], code, out, err)
+    assert not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +236,19 @@ def test_benchmarks_collect_a_users_model_with_float8_where_it_has_dense_layers(
         assert float8 is None  # runs: on the CPU emulated, on the H100 on its FP8 tensor cores
     else:
         assert "no Dense or EinsumDense layer" in float8
+
+
+@pytest.mark.parametrize("name", [n for n in LIGHT if ZOO[n].refused])
+def test_benchmarks_refuse_an_unusable_model_in_one_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(FAKE_GPU_ENV, "none")
+    result = pytester.runpytest(
+        TRAIN_STEP, *PLUGIN, f"--mp-model=zoo_models:{name}", "--mp-allow-cpu", *TINY
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --mp-model: *{ZOO[name].expected}*"])
+    assert "Traceback" not in result.stderr.str()
 
 
 @pytest.mark.slow
@@ -296,8 +308,8 @@ def test_run_trains_every_zoo_model_or_refuses(mpbench_process, tmp_path: Path, 
         assert entry.expected in result.stderr and "Traceback" not in result.stderr
         return
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    records = json.loads((tmp_path / "run" / "results.json").read_text())["runs"]
-    assert {r["status"] for r in records} == {"ok"}, records
+    records = json.loads((tmp_path / "run" / "results.json").read_text())["configurations"]
+    assert [r["status"] for r in records] == ["ok", "ok"], records
 
 
 def test_every_head_is_held_to_float32_whatever_its_activation() -> None:

@@ -89,6 +89,28 @@ def opaque() -> keras.Model:
     return model
 
 
+class Scale(keras.layers.Layer):
+    """A custom layer whose get_config() leaves out its constructor's argument: Keras cannot
+    rebuild it from its config, so the model cannot be cloned under another policy."""
+
+    def __init__(self, factor: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, inputs):
+        return inputs * self.factor
+
+    def get_config(self) -> dict:
+        return super().get_config()  # without "factor": from_config cannot call __init__
+
+
+def unconvertible(image_size: int = SIDE, num_classes: int = CLASSES) -> keras.Model:
+    inputs = _image(image_size)
+    x = Scale(0.5, name="scale")(inputs)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs")(_trunk(x))
+    return keras.Model(inputs, outputs, name="unconvertible")
+
+
 def functional_twin(image_size: int = SIDE, num_classes: int = CLASSES) -> keras.Model:
     """:class:`SubCNN`'s architecture written as a Functional model (same layer names)."""
     inputs = _image(image_size)
@@ -335,6 +357,7 @@ ZOO: dict[str, Entry] = {
     "subclassed": Entry(subclassed),
     "subclassed_unbuilt": Entry(subclassed_unbuilt, expected="the model is not built"),
     "opaque": Entry(opaque, ship_images=False),
+    "unconvertible": Entry(unconvertible, expected="layer scale (Scale) cannot be rebuilt"),
     "functional_twin": Entry(functional_twin),
     "with_lambda": Entry(with_lambda, dense=False),
     "fully_convolutional": Entry(fully_convolutional, dense=False, ship_images=False),

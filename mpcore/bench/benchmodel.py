@@ -25,26 +25,20 @@ def user_model(
     ``--mp-image-size``, else the device's default size: the CPU's small one, none on a GPU).
     A model that cannot be converted under a precision asked for is refused here, before any
     benchmark runs."""
+    from mpcore.user import ownmodel
     from mpcore.user.loader import LoadError
-    from mpcore.user.ownmodel import (
-        conversion_problem,
-        has_float8_layers,
-        image_side,
-        load_float32,
-        output_classes,
-    )
 
     try:
-        loaded = load_float32(model, config.getoption("mp_image_size") or default_size)
+        loaded = ownmodel.load_float32(model, config.getoption("mp_image_size") or default_size)
         raw = config.getoption("mp_precision")
         precisions = names(raw, PRECISIONS, "--mp-precision") if raw else PRECISIONS
-        problem = conversion_problem(loaded, precisions, float8_needs_layers=False)
+        problem = ownmodel.conversion_problem(loaded, precisions, float8_needs_layers=False)
     except LoadError as error:
         raise pytest.UsageError(f"--mp-model: {error}") from None
     if problem:
         raise pytest.UsageError(f"--mp-model: {problem}")
-    model_ = loaded.model
-    return image_side(model_), output_classes(model_) or 1, has_float8_layers(model_)
+    side, classes = ownmodel.image_side(loaded.model), ownmodel.output_classes(loaded.model)
+    return side, classes or 1, ownmodel.has_float8_layers(loaded.model)
 
 
 def registry_size(config: pytest.Config, model: str, defaults: dict) -> int:

@@ -266,10 +266,9 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
 def _user_model_shape(
     config: pytest.Config, model: str, default_size: int | None
 ) -> tuple[int | None, int]:
-    """A user's model's image side (None: not an image model) and output width (see
+    """A user's model's image side and output width (see
     :func:`mpcore.bench.benchmodel.user_model`)."""
-    side, classes, _ = user_model(config, model, default_size)
-    return side, classes
+    return user_model(config, model, default_size)[:2]
 
 
 def pytest_configure(config: pytest.Config) -> None:
