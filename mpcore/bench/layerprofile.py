@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
-import numpy as np
 
 from mpcore.bench.stepbench import sync_device
 from mpcore.models.flops import layer_forward_flops
@@ -96,14 +95,6 @@ class LayerProfile:
         }
 
 
-def _random(shape: Sequence[int | None], dtype: str, batch_size: int, seed: int) -> tf.Tensor:
-    full = (batch_size, *(d if d is not None else 8 for d in shape[1:]))
-    rng = np.random.default_rng(seed)
-    if "int" in str(dtype):
-        return tf.constant(np.zeros(full, dtype=str(dtype)))
-    return tf.cast(tf.constant(rng.standard_normal(full).astype(np.float32)), dtype)
-
-
 def interleaved_ms(steps_by_config: dict[str, Callable[[], Any]], steps: int, rounds: int):
     """Milliseconds per call of each step: one untimed call each (tracing, compilation), then
     ``rounds`` rounds in which every step runs ``steps`` calls ending in a device sync, in turn,
@@ -123,37 +114,67 @@ def interleaved_ms(steps_by_config: dict[str, Callable[[], Any]], steps: int, ro
     return {name: 1000.0 * seconds for name, seconds in best.items()}
 
 
-def layer_step(layer: keras.layers.Layer, batch_size: int, jit: bool, seed: int = 0) -> Callable:
-    """The layer's forward and backward pass on a random batch of its own input, compiled."""
-    structure = layer.input
-    tensors = keras.tree.flatten(structure)
-    inputs = [_random(t.shape, t.dtype, batch_size, seed + i) for i, t in enumerate(tensors)]
+def recorded_calls(
+    model: keras.Model, batch_size: int, seed: int = 0, unknown_size: int | None = None
+) -> dict[str, tuple[keras.layers.Layer, tuple, dict]]:
+    """Each direct layer of ``model`` that runs once, with the ``(args, kwargs)`` it was called
+    with in a forward pass on a random batch (:mod:`mpcore.models.trace`): any model, a
+    subclassed one or a layer taking several tensors (attention's query and value) included."""
+    from mpcore.models.trace import recording
+    from mpcore.user.data import random_batch
+
+    x, _ = random_batch(model, batch_size, "mean_squared_error", seed, unknown_size)
+    arguments: dict[int, tuple] = {}
+    with recording(model, arguments) as calls:
+        model(keras.tree.map_structure(tf.constant, x), training=False)
+    return {layer.name: (layer, *arguments[id(layer)]) for layer, _ in calls}
+
+
+def layer_step(layer: keras.layers.Layer, args: tuple, kwargs: dict, jit: bool) -> Callable:
+    """The layer's forward and backward pass on the tensors it was called with, compiled."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "training"}
+    structure = (args, kwargs)
+    flat = keras.tree.flatten(structure)
+    tensors = [i for i, item in enumerate(flat) if tf.is_tensor(item)]
+    inputs = [tf.identity(flat[i]) for i in tensors]
 
     @tf.function(jit_compile=jit)
     def step(*xs: tf.Tensor) -> list[tf.Tensor]:
+        filled = list(flat)
+        for i, x in zip(tensors, xs, strict=True):
+            filled[i] = x
+        call_args, call_kwargs = keras.tree.pack_sequence_as(structure, filled)
         with tf.GradientTape() as tape:
             tape.watch([x for x in xs if x.dtype.is_floating])
-            outputs = layer(keras.tree.pack_sequence_as(structure, list(xs)), training=True)
+            outputs = layer(*call_args, **call_kwargs, training=True)
         outputs = keras.tree.flatten(outputs)
         sources = [x for x in xs if x.dtype.is_floating] + list(layer.trainable_variables)
         gradients = tape.gradient(
             outputs, sources, output_gradients=[tf.ones_like(o) for o in outputs]
         )
         # Returned so that nothing is pruned from the graph.
-        return outputs + [g for g in gradients if g is not None]
+        return outputs + [tf.convert_to_tensor(g) for g in gradients if g is not None]
 
     return lambda: step(*inputs)
 
 
-def whole_step(model: keras.Model, config: RunConfig, batch_size: int, seed: int = 0) -> Callable:
-    """The whole training step as the benchmark times it: Adam (loss-scaled for float16)."""
+def whole_step(
+    model: keras.Model,
+    config: RunConfig,
+    batch_size: int,
+    seed: int = 0,
+    original: Any = None,
+    unknown_size: int | None = None,
+) -> Callable:
+    """The whole training step as the benchmark times it: Adam (loss-scaled for float16), the
+    loss of ``original`` (the model as the user gave it: its compiled loss, else chosen from
+    its heads)."""
     from mpcore.user.data import loss_function, random_batch
     from mpcore.user.ownmodel import user_loss
 
-    loss, metrics = user_loss(model)
+    loss, metrics = user_loss(original if original is not None else model)
     compile_for(model, config, 1e-3, loss=loss, metrics=metrics)
-    name = getattr(loss, "__name__", None) or getattr(loss, "name", "")
-    x, y = random_batch(model, batch_size, name, seed)
+    x, y = random_batch(model, batch_size, loss, seed, unknown_size)
     x, y = keras.tree.map_structure(tf.constant, (x, y))
     step = make_train_step(model, model.optimizer, loss_function(loss), config.compile_jit)
     return lambda: step(x, y)
@@ -168,12 +189,19 @@ def profile_layers(
     rounds: int = 3,
     device: str = "/CPU:0",
     announce: Callable[[str], None] = lambda line: None,
+    unknown_size: int | None = None,
 ) -> LayerProfile:
     """Time every layer of ``loaded`` and its whole training step under each precision x XLA
     mode (``off`` or ``jit``); the model is converted under each precision (float32 head, layers
     with explicit dtype policies, so they keep them outside :func:`applied`). Each layer's
     configurations are timed interleaved (:func:`interleaved_ms`)."""
+    from mpcore.models.trace import output_shapes
+    from mpcore.user.data import random_batch
+
     configs = [RunConfig(p, x) for p in precisions for x in xla_modes]
+    # Output sizes on a real batch: a fully convolutional model's are unknown in its graph.
+    sample, _ = random_batch(loaded.model, batch_size, "mean_squared_error", 0, unknown_size)
+    traced = output_shapes(loaded.model, sample)
     models: dict[str, keras.Model] = {}
     for precision in precisions:
         with applied(RunConfig(precision, "off")):
@@ -181,24 +209,26 @@ def profile_layers(
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     with tf.device(device):
-        for index, layer in enumerate(loaded.model.layers):
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            try:
-                timed = {
-                    c.name: layer_step(
-                        models[c.precision].get_layer(layer.name), batch_size, c.compile_jit, index
-                    )
-                    for c in configs
-                }
-            except (AttributeError, ValueError):  # a shared layer has no one input
-                continue
+        # Each precision's copy is run once on the same random batch and its layers' calls
+        # recorded: every layer is then timed on the inputs it really gets, in its dtype.
+        calls = {p: recorded_calls(models[p], batch_size, 0, unknown_size) for p in precisions}
+        for layer in loaded.model.layers:
+            if any(layer.name not in calls[p] for p in precisions):
+                continue  # an input layer, or a shared layer: no one input to time it on
+            timed = {
+                c.name: layer_step(*calls[c.precision][layer.name], c.compile_jit) for c in configs
+            }
+            _, args, kwargs = calls["float32" if "float32" in calls else precisions[0]][layer.name]
             rows.append(
                 {
                     "name": layer.name,
                     "class": type(layer).__name__,
-                    "input_shape": [list(t.shape) for t in keras.tree.flatten(layer.input)],
-                    "forward_flops": layer_forward_flops(layer),
+                    "input_shape": [
+                        [None, *t.shape[1:]]
+                        for t in keras.tree.flatten((args, kwargs))
+                        if tf.is_tensor(t)
+                    ],
+                    "forward_flops": layer_forward_flops(layer, traced),
                     "ms": interleaved_ms(timed, steps, rounds),
                 }
             )
@@ -206,7 +236,9 @@ def profile_layers(
         whole = {}
         for config in configs:
             with applied(config):
-                whole[config.name] = whole_step(models[config.precision], config, batch_size)
+                whole[config.name] = whole_step(
+                    models[config.precision], config, batch_size, 0, loaded.model, unknown_size
+                )
         step_ms = interleaved_ms(whole, steps, rounds)
     announce(f"whole steps, {time.perf_counter() - started:.1f} s in all")
     return LayerProfile(

@@ -29,10 +29,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 
 from mpcore.bench.backendstep import prepared_keras_step
+from mpcore.bench.benchmodel import names as _names
+from mpcore.bench.benchmodel import registry_size, user_model
 from mpcore.bench.stepbench import PreparedStep, prepared_step
 from mpcore.bench.table import render_report
 from mpcore.models.registry import model_spec
-from mpcore.names import PRECISIONS, STEP_KINDS, XLA_MODES, parse_names
+from mpcore.names import PRECISIONS, STEP_KINDS, XLA_MODES
 from mpcore.precision.modes import RunConfig
 from mpcore.probe import backend, telemetry
 from mpcore.probe.capability import capability
@@ -74,6 +76,8 @@ class BenchOptions:
     steps_per_execution: int = 1
     #: ``session``: the in-session probe; ``fresh``: on a CPU, each row's memory in its own process.
     memory: str = "session"
+    #: Whether the model has a Dense/EinsumDense layer besides its head (float8 quantizes those)
+    float8_layers: bool = True
 
     @property
     def device(self) -> str:
@@ -172,14 +176,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _names(raw: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]:
-    """Comma-separated names, parsed as ``mpbench run`` parses its own (one vocabulary)."""
-    try:
-        return tuple(parse_names([raw], valid, option))
-    except ValueError as error:
-        raise pytest.UsageError(str(error)) from None
-
-
 def _positive(option: str, value: int, minimum: int = 1) -> int:
     if value < minimum:
         raise pytest.UsageError(f"{option} must be at least {minimum}, got {value}")
@@ -224,9 +220,10 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
     defaults = CPU_DEFAULTS if on_cpu else GPU_DEFAULTS
     model = config.getoption("mp_model") or defaults["model"]
     if is_user_model(model):
-        image_size, classes = _user_model_shape(config, model, defaults["image_size"])
+        image_size, classes, float8_layers = user_model(config, model, defaults["image_size"])
     else:
-        image_size, classes = _registry_size(config, model, defaults), None
+        image_size, classes = registry_size(config, model, defaults), None
+        float8_layers = model_spec(model).float8_layers
     strategy = config.getoption("mp_strategy")
     if classes is not None and strategy != "none":
         raise pytest.UsageError(f"--mp-model {model}: a user's model is timed without a strategy")
@@ -262,38 +259,16 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
         step_kinds=_names(config.getoption("mp_step"), STEP_KINDS, "--mp-step"),
         steps_per_execution=steps_per_execution,
         memory=config.getoption("mp_memory"),
+        float8_layers=float8_layers,
     )
 
 
 def _user_model_shape(
     config: pytest.Config, model: str, default_size: int | None
 ) -> tuple[int | None, int]:
-    """A user's model's image side (None: not an image model) and output width, from the model
-    itself (a factory taking ``image_size`` is offered ``--mp-image-size``, else the device's
-    default size: the CPU's small one, none on a GPU)."""
-    from mpcore.user.loader import LoadError
-    from mpcore.user.ownmodel import image_side, load_float32, output_classes
-
-    try:
-        loaded = load_float32(model, config.getoption("mp_image_size") or default_size)
-    except LoadError as error:
-        raise pytest.UsageError(f"--mp-model: {error}") from None
-    return image_side(loaded.model), output_classes(loaded.model) or 1
-
-
-def _registry_size(config: pytest.Config, model: str, defaults: dict) -> int:
-    try:
-        spec = model_spec(model)
-    except ValueError as error:
-        raise pytest.UsageError(f"--mp-model: {error}") from None
-    image_size = config.getoption("mp_image_size")
-    if image_size is None:
-        image_size = defaults["image_size"] or spec.default_image_size
-    if image_size < spec.min_image_size:
-        raise pytest.UsageError(
-            f"--mp-image-size {image_size} is too small for {model} (minimum {spec.min_image_size})"
-        )
-    return image_size
+    """A user's model's image side and output width (see
+    :func:`mpcore.bench.benchmodel.user_model`)."""
+    return user_model(config, model, default_size)[:2]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -319,7 +294,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             reason = backend.unsupported_reason(precision, xla) or skip_reason(
                 precision, xla, options.gpu, options.allow_cpu
             )
-            if not reason and precision == "float8" and not model_spec(options.model).float8_layers:
+            if not reason and precision == "float8" and not options.float8_layers:
                 reason = f"{options.model} has no Dense or EinsumDense layer for float8 to quantize"
             if not reason and options.strategy == "mirrored" and options.replicas < 2:
                 split = "" if options.real_gpu else " (--mp-cpu-replicas 2 splits the CPU)"

@@ -67,6 +67,9 @@ class PreparedStep:
     replicas: int = 1
     kind: str = "fit"
     steps_per_execution: int = 1
+    #: Each layer's output shape on the batch, for FLOPs where the graph's sizes are unknown
+    #: (a user's fully convolutional or subclassed model); None: the graph's sizes serve.
+    layer_shapes: dict[str, tuple] | None = None
 
     @property
     def global_batch(self) -> int:
@@ -88,10 +91,16 @@ class PreparedStep:
         """The prepared step once its first call (which began at ``started``, a
         ``time.perf_counter()``) has run: its time is the compile time, and the rewrite and
         auto-clustering switches are read as the step was built under them."""
+        shapes = None
+        if is_user_model(settings.model) and fields.get("strategy", "none") == "none":
+            from mpcore.models.trace import output_shapes
+
+            shapes = output_shapes(model, batch[0])
         return cls(
             config=config,
             settings=settings,
             model=model,
+            layer_shapes=shapes,
             step=step,
             images=batch[0],
             labels=batch[1],
@@ -130,7 +139,7 @@ class PreparedStep:
             "image_size": self.settings.resolved_image_size,
             "parameters": self.model.count_params(),
             "model_source": model_source(self.settings.model),
-            "forward_flops_per_sample": forward_flops(self.model),
+            "forward_flops_per_sample": forward_flops(self.model, self.layer_shapes),
             "steps_per_round": self.steps_per_round,
             "compile_seconds": self.compile_seconds,
             "amp_rewrite_enabled": self.amp_rewrite_on,
@@ -189,9 +198,8 @@ def user_model_step(
     from mpcore.user.data import loss_function, random_batch, resolve_loss
 
     model = build_compiled(config, settings)
-    loss, _ = resolve_loss(model, None)  # the compiled one: chosen from the head
-    name = getattr(loss, "__name__", None) or getattr(loss, "name", "")  # labels to fit it
-    x, y = random_batch(model, settings.batch_size, name, settings.seed)
+    loss, _ = resolve_loss(model, None)  # the compiled one: the user's, or chosen from the head
+    x, y = random_batch(model, settings.batch_size, loss, settings.seed)  # labels to fit it
     with tf.device(device):
         batch = keras.tree.map_structure(lambda a: tf.identity(tf.constant(a)), (x, y))
     return model, loss_function(loss), batch
@@ -390,7 +398,7 @@ def throughput_fields(
 ) -> dict[str, Any]:
     """Rates of a measured round: ms/step, images/s, FLOPs, TFLOP/s and fraction of peak."""
     seconds_per_step = seconds_per_round / prepared.steps_per_round
-    flops = training_flops_per_step(prepared.model, prepared.global_batch)
+    flops = training_flops_per_step(prepared.model, prepared.global_batch, prepared.layer_shapes)
     achieved = flops / seconds_per_step / 1e12
     peak = peak_tflops(device_peak(device_name), prepared.config.precision, tf32_enabled)
     return {

@@ -30,8 +30,8 @@ import keras
 import numpy as np
 
 from mpcore.check.audit import SEVERITIES, Finding, audit
+from mpcore.check.findings import gradient_findings, shadow_findings
 from mpcore.check.shadow import (
-    DEFAULT_LOSS_SCALE,
     UNDERFLOW_LIMIT,
     LayerRow,
     LossScaleWindow,
@@ -41,18 +41,14 @@ from mpcore.check.shadow import (
 )
 from mpcore.check.warmup import Training, train_steps, training_findings
 from mpcore.models.flops import layer_forward_flops
+from mpcore.models.trace import output_shapes
 from mpcore.names import HALF_PRECISIONS
-from mpcore.precision.census import float_format
 from mpcore.precision.modes import KERAS_POLICY
-from mpcore.user.data import load_batch, loss_function, resolve_loss
-from mpcore.user.loader import LoadedModel, convert, float32_clone, load_model
+from mpcore.user.data import load_batch, loss_function, loss_names, resolve_loss
+from mpcore.user.loader import LoadedModel, convert, float32_clone, is_graph_model, load_model
 from mpcore.user.values import check_values
 
 CHECK_PRECISIONS: tuple[str, ...] = HALF_PRECISIONS
-#: Relative error of the model's output (and of the loss) against float32 worth a warning. A
-#: randomly initialised ResNet50 in training mode (batch statistics over a 2x2 last feature map)
-#: shows 4-8% in float16 and about 21% in bfloat16 on random batches; the limits are ~2.5x that.
-OUTPUT_ERROR_LIMIT = {"float16": 0.2, "bfloat16": 0.5}
 
 
 @dataclasses.dataclass
@@ -89,6 +85,8 @@ class CheckReport:
     loss: str
     data: str
     precisions: list[PrecisionReport]
+    #: What the per-layer rows are (a subclassed model's are recorded as its call() runs)
+    layers_shown: str = ""
 
     @property
     def exit_status(self) -> int:
@@ -119,33 +117,37 @@ def check(
     precisions: Sequence[str] = ("mixed_float16",),
     seed: int = 0,
     steps: int = 0,
+    unknown_size: int | None = None,
 ) -> CheckReport:
     """Check ``model`` (a model, a :class:`~mpcore.user.loader.LoadedModel` or a spec) on one batch.
 
     ``data`` is an ``(x, y)`` pair, a data spec for :func:`mpcore.user.data.load_batch`, or None
-    for a seeded random batch. With ``steps`` a copy trains that many steps on the batch under
-    each policy first (:mod:`mpcore.check.warmup`) and is judged as trained; the user's model is
-    left as it was. Raises :class:`mpcore.user.loader.LoadError` for unusable input.
+    for a seeded random batch (``unknown_size``: the side of an axis the model leaves unknown,
+    such as a fully convolutional model's image side). With ``steps`` a copy trains that many
+    steps on the batch under each policy first (:mod:`mpcore.check.warmup`) and is judged as
+    trained; the user's model is left as it was. Raises :class:`mpcore.user.loader.LoadError`
+    for unusable input.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     for precision in precisions:
         if precision not in CHECK_PRECISIONS:
             raise ValueError(f"precision {precision!r}: valid: {', '.join(CHECK_PRECISIONS)}")
     loss_object, loss_label = resolve_loss(loaded.model, loss)
-    loss_name = loss or loss_label
     if isinstance(data, tuple) and len(data) == 2:
         batch, data_label = data, "given (x, y)"
     else:
-        batch = load_batch(data, loaded.model, batch_size, loss_name, seed)
+        batch = load_batch(data, loaded.model, batch_size, loss_object, seed, unknown_size)
         data_label = str(data) if data is not None else f"random batch (seed {seed})"
-    check_values(data_label, loaded.model, *batch, loss_name)
+    check_values(data_label, loaded.model, *batch, loss or loss_names(loss_object))
     size = int(np.shape(keras.tree.flatten(batch[0])[0])[0])
-    float32 = float32_clone(loaded.model)
+    float32 = float32_clone(loaded.model, loaded.remake)
+    # Output sizes from the batch itself: a fully convolutional model's are unknown until then.
+    shapes = output_shapes(float32, batch[0])
     reports = [
-        _check_one(loaded.model, float32, precision, batch, loss_function(loss_object), size, steps)
+        _check_one(loaded, float32, precision, batch, loss_function(loss_object), shapes, steps)
         for precision in precisions
     ]
-    flops = sum(_flops(layer) for layer in float32.layers)
+    flops = sum(_flops(layer, shapes) for layer in float32.layers)
     return CheckReport(
         model=loaded.model.name,
         source=loaded.source,
@@ -155,41 +157,55 @@ def check(
         loss=loss_label,
         data=data_label,
         precisions=reports,
+        layers_shown=layers_shown(float32),
     )
 
 
-def _flops(layer: keras.layers.Layer) -> int:
+def layers_shown(model: keras.Model) -> str:
+    """What the per-layer rows of ``model`` are."""
+    if is_graph_model(model):
+        return "every layer of the model's graph (a nested model is one row)"
+    return (
+        f"the direct layers of the subclassed {type(model).__name__}, recorded as its call() "
+        "runs them; a layer called more than once, and the layers inside a custom layer, "
+        "cannot be isolated and are not shown"
+    )
+
+
+def _flops(layer: keras.layers.Layer, shapes: dict[str, tuple] | None = None) -> int:
     try:
-        return layer_forward_flops(layer)
+        return layer_forward_flops(layer, shapes)
     except (AttributeError, ValueError):  # a shared layer has no single output shape
         return 0
 
 
 def _check_one(
-    model: keras.Model,
+    loaded: LoadedModel,
     float32: keras.Model,
     precision: str,
     batch: tuple,
     loss_fn: Any,
-    size: int,
+    shapes: dict[str, tuple],
     steps: int = 0,
 ) -> PrecisionReport:
     from mpcore.user.loader import model_precision
 
+    model = loaded.model
     dtype = precision.removeprefix("mixed_")
     converted = model_precision(model) != KERAS_POLICY[precision]
-    half = convert(model, precision) if converted else model
+    half = convert(model, precision, remake=loaded.remake) if converted else model
     saved = half.get_weights() if steps and not converted else None
     try:
         training = None
         if steps:
             optimizer, training = train_steps(half, batch, loss_fn, dtype, steps)
-            float32 = convert(half, "float32", compile=False)  # the trained weights' shadow
+            # The trained weights' shadow
+            float32 = convert(half, "float32", compile=False, remake=loaded.remake)
         else:
             optimizer = (
                 getattr(half, "optimizer", None) if getattr(half, "compiled", False) else None
             )
-        report = _judge(half, float32, precision, batch, loss_fn, size, converted, optimizer)
+        report = _judge(half, float32, precision, batch, loss_fn, shapes, converted, optimizer)
     finally:
         if saved is not None:  # the user's own model trained in place: put its weights back
             half.set_weights(saved)
@@ -209,19 +225,20 @@ def _judge(
     precision: str,
     batch: tuple,
     loss_fn: Any,
-    size: int,
+    shapes: dict[str, tuple],
     converted: bool,
     optimizer: Any,
 ) -> PrecisionReport:
     dtype = precision.removeprefix("mixed_")
-    shares = _flop_shares(float32)
+    size = int(np.shape(keras.tree.flatten(batch[0])[0])[0])
+    shares = _flop_shares(float32, shapes)
     passes = shadow(float32, half, batch, loss_fn, dtype, shares)
     census, window = gradients(float32, batch, loss_fn, dtype, optimizer, passes)
     pinned = _pinned_by_convert(half) if converted else frozenset()
     # What broke comes before what the policy risks: the verdict names the first error.
     findings = [
-        *_shadow_findings(passes, dtype),
-        *_gradient_findings(window, dtype, census, _fixed_scale(optimizer)),
+        *shadow_findings(passes, dtype),
+        *gradient_findings(window, dtype, census, _fixed_scale(optimizer)),
         *audit(half, precision, shares, size, pinned),
     ]
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
@@ -260,149 +277,10 @@ def _fixed_scale(optimizer: Any) -> bool:
     )
 
 
-def _flop_shares(model: keras.Model) -> dict[str, float]:
-    flops = {layer.name: _flops(layer) for layer in model.layers}
+def _flop_shares(model: keras.Model, shapes: dict[str, tuple]) -> dict[str, float]:
+    flops = {layer.name: _flops(layer, shapes) for layer in model.layers}
     total = sum(flops.values()) or 1
     return {name: value / total for name, value in flops.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# Findings
-
-
-def _shadow_findings(passes: Any, dtype: str) -> list[Finding]:
-    fmt = float_format(dtype)
-    findings: list[Finding] = []
-    first = passes.first_nonfinite
-    if first is not None:
-        where = "its gradient" if first.pass_name == "backward" else "its output"
-        findings.append(
-            Finding(
-                "error",
-                "nonfinite",
-                first.layer,
-                f"first inf/NaN in the {first.pass_name} pass under {dtype} ({where}; float32 "
-                f"values there span [{first.low:.3g}, {first.high:.3g}], {dtype} holds "
-                f"±{fmt.largest:.5g})",
-                "scale the values down before it (normalise), or give it dtype='float32'",
-            )
-        )
-    for row in passes.rows:
-        if row.compute_dtype != dtype or (first is not None and row.name == first.layer):
-            continue
-        if row.overflow > 0:
-            findings.append(
-                Finding(
-                    "error",
-                    "activation_overflow",
-                    row.name,
-                    f"{row.overflow:.2%} of its activations exceed {dtype}'s {fmt.largest:.5g} "
-                    f"(amax {row.amax:.3g})",
-                    "normalise its input, or give it dtype='float32'",
-                )
-            )
-        elif row.underflow > UNDERFLOW_LIMIT:
-            findings.append(
-                Finding(
-                    "warning",
-                    "activation_underflow",
-                    row.name,
-                    f"{row.underflow:.1%} of its non-zero activations flush to zero in {dtype}",
-                    "rescale its input or give it dtype='float32'",
-                )
-            )
-    limit = OUTPUT_ERROR_LIMIT[dtype]
-    if first is None and passes.output_error > limit:
-        # Named by its own error: the accumulated one is large for every layer after it too.
-        owned = [row for row in passes.rows if row.own_error is not None]
-        worst = max(owned, key=lambda row: row.own_error, default=None)
-        where = f"; the largest own error is this layer's, {worst.own_error:.1%}" if worst else ""
-        findings.append(
-            Finding(
-                "warning",
-                "output_error",
-                worst.name if worst else None,
-                f"the output differs from float32 by {passes.output_error:.1%} (relative){where}",
-                "compute the layer with the largest own error in float32 (dtype='float32')",
-            )
-        )
-    relative = abs(passes.loss_half - passes.loss_float32) / max(abs(passes.loss_float32), 1e-12)
-    if first is None and relative > limit:
-        findings.append(
-            Finding(
-                "warning",
-                "loss_error",
-                None,
-                f"the loss is {passes.loss_half:.5g} under {dtype}, {passes.loss_float32:.5g} "
-                "in float32",
-                "compute the loss from float32 outputs (a float32 head)",
-            )
-        )
-    return findings
-
-
-def _gradient_findings(
-    window: LossScaleWindow, dtype: str, census: dict, fixed_scale: bool
-) -> list[Finding]:
-    findings: list[Finding] = []
-    if window.low is None and window.nonzero:
-        findings.append(
-            Finding(
-                "error",
-                "no_loss_scale_window",
-                window.worst_variable,
-                f"no power-of-two loss scale keeps the gradients finite with under "
-                f"{UNDERFLOW_LIMIT:.0%} flushed to zero in {dtype}",
-                "compute the layers with extreme gradients in float32, or use mixed_bfloat16",
-            )
-        )
-    elif not window.nonzero:
-        findings.append(
-            Finding(
-                "warning",
-                "zero_gradients",
-                None,
-                "every gradient is zero on this batch: nothing to judge",
-                "check with real data (--data) and the training loss (--loss)",
-            )
-        )
-    elif window.underflow_at_1 > UNDERFLOW_LIMIT and dtype == "float16":
-        findings.append(
-            Finding(
-                "info",
-                "needs_loss_scaling",
-                window.worst_variable,
-                f"{window.underflow_at_1:.1%} of the gradient values flush to zero without loss "
-                f"scaling (loss scale 1); scales 2^{window.low}..2^{window.high} keep them",
-                "train with a LossScaleOptimizer (compile does it under mixed_float16)",
-            )
-        )
-    scale = census.get("loss_scale", DEFAULT_LOSS_SCALE)
-    if window.low is not None and not window.low <= math.log2(scale) <= window.high:
-        span = f"2^{window.low}..2^{window.high}"
-        if fixed_scale:
-            # A fixed scale is never lowered: every step overflows or flushes gradients.
-            findings.append(
-                Finding(
-                    "error",
-                    "loss_scale_outside_window",
-                    None,
-                    f"the fixed loss scale {scale:g} is outside {span}",
-                    f"use a dynamic LossScaleOptimizer or a fixed scale of 2**{window.settle}",
-                )
-            )
-        elif dtype == "float16":
-            findings.append(
-                Finding(
-                    "info",
-                    "loss_scale_adjusts",
-                    None,
-                    f"the dynamic loss scale starts at {scale:g}, outside {span}: it settles near "
-                    f"2^{window.settle} after a few skipped steps",
-                    f"optional: LossScaleOptimizer(optimizer, initial_scale=2**{window.settle})",
-                )
-            )
-    return findings
 
 
 def _verdict(report: PrecisionReport) -> str:

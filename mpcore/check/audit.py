@@ -57,7 +57,10 @@ def audit(
         activation = getattr(getattr(head, "activation", None), "__name__", None)
         if isinstance(head, keras.layers.Softmax):
             activation = "softmax"
-        output_dtype = keras.tree.flatten(head.output)[0].dtype
+        try:
+            output_dtype = keras.tree.flatten(head.output)[0].dtype
+        except (AttributeError, ValueError):  # a subclassed model's layer: no graph output
+            output_dtype = head.compute_dtype
         if head.compute_dtype == dtype and activation in ("softmax", "sigmoid"):
             findings.append(
                 Finding(

@@ -19,15 +19,18 @@ import keras
 import numpy as np
 
 from mpcore.check.layererror import merge_histograms, own_outputs
+from mpcore.models.trace import recording
 from mpcore.precision.census import (
     GradientCensus,
     Log2Histogram,
     cast_census,
+    dense_gradient,
     float_format,
     gradient_census,
 )
 from mpcore.probe.backend import tf
 from mpcore.train.fit import current_loss_scale
+from mpcore.user.loader import is_graph_model
 
 DEFAULT_LOSS_SCALE = 2.0**15
 #: Gradient underflow above this fraction needs loss scaling.
@@ -166,6 +169,27 @@ def _probe(model: keras.Model) -> tuple[list[tuple[Any, list[int]]], Any, list[i
         )
 
 
+def _forward(
+    model: keras.Model, x: Any
+) -> tuple[list[tuple[Any, list[int]]], list[Any], list[int]]:
+    """One training-mode pass: (layers with their flat output positions, all outputs, positions
+    of the model's outputs). A graph model's layers come from its graph (:func:`_probe`); a
+    subclassed model's are recorded as its call() runs them (:mod:`mpcore.models.trace`)."""
+    if is_graph_model(model):
+        rows, probe, positions = _probe(model)
+        return rows, list(probe(x, training=True)), positions
+    with recording(model) as calls:
+        outputs = keras.tree.flatten(model(x, training=True))
+    rows: list[tuple[Any, list[int]]] = []
+    tensors: list[Any] = []
+    for layer, produced in calls:
+        flat = keras.tree.flatten(produced)
+        rows.append((layer, list(range(len(tensors), len(tensors) + len(flat)))))
+        tensors.extend(flat)
+    positions = list(range(len(tensors), len(tensors) + len(outputs)))
+    return rows, tensors + outputs, positions
+
+
 def _float64(values: Any) -> np.ndarray | None:
     if not tf.as_dtype(values.dtype).is_floating:
         return None
@@ -207,20 +231,23 @@ def shadow(
     """Per-layer comparison of ``half`` against ``float32`` on ``batch`` in training mode, and the
     first inf/NaN of the half forward pass, else of its backward pass at loss scale 1."""
     x, y = batch
-    rows32, probe32, outs32 = _probe(float32)
-    rows16, probe16, outs16 = _probe(half)
     with quiet_noise(float32, half):
         with tf.GradientTape() as tape32:
-            outputs32 = list(probe32(x, training=True))
+            rows32, outputs32, outs32 = _forward(float32, x)
             loss32_tensor = loss_fn(y, _structured([outputs32[i] for i in outs32]))
-        grads32 = tape32.gradient(loss32_tensor, outputs32)
+        grads32 = [dense_gradient(g) for g in tape32.gradient(loss32_tensor, outputs32)]
         acts32 = [a.numpy() for a in outputs32]
         with tf.GradientTape() as tape:
-            acts16 = list(probe16(x, training=True))
+            rows16, acts16, outs16 = _forward(half, x)
             loss16 = loss_fn(y, _structured([acts16[i] for i in outs16]))
         variables = list(half.trainable_variables)
-        grads = tape.gradient(loss16, acts16 + variables)
-        own = own_outputs(float32, rows32, acts32, x, {twin.name: twin for twin, _ in rows16})
+        grads = [dense_gradient(g) for g in tape.gradient(loss16, acts16 + variables)]
+        # A layer of a subclassed model has no graph node to feed it the float32 inputs alone.
+        own = (
+            own_outputs(float32, rows32, acts32, x, {twin.name: twin for twin, _ in rows16})
+            if is_graph_model(float32)
+            else {}
+        )
     loss32 = float(loss32_tensor)
     acts16_np = [a.numpy() for a in acts16]
 

@@ -58,7 +58,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="NAME",
         help="mixed_float16 (default) and/or mixed_bfloat16",
     )
-    parser.add_argument("--image-size", type=positive_int, help="passed to a factory asking")
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="passed to a factory asking; the image side of the random batch of a model whose "
+        "input size is unknown, e.g. (None, None, 3) (default 8)",
+    )
     parser.add_argument("--num-classes", type=positive_int, help="passed to a factory asking")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of the random batch")
     parser.add_argument(
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             precisions=list(dict.fromkeys(args.precision)),
             seed=args.seed,
             steps=args.steps or 0,
+            unknown_size=args.image_size,
         )
     document = report.to_dict()
     document["predicted_memory"] = predicted_memory(
@@ -169,6 +175,7 @@ def render(document: dict[str, Any]) -> str:
         f"model {document['model']} ({document['source']}): {document['parameters']:,} "
         f"parameters, {document['forward_flops'] / 1e9:.3g} GFLOPs per sample forward",
         f"batch of {document['batch_size']} from {document['data']}; loss {document['loss']}",
+        f"per-layer rows: {document.get('layers_shown') or 'every layer of the graph'}",
     ]
     for item in document["precisions"]:
         lines += ["", *_render_precision(item, tabulate)]
@@ -187,7 +194,12 @@ def predicted_memory(loaded: Any, precisions: list[str], batch_size: int) -> dic
     for precision in dict.fromkeys(["float32", *precisions]):
         with applied(RunConfig(precision, "off")):
             model = under_precision(loaded, precision)
-            estimates[precision] = predict_memory(model, batch_size).to_dict()
+            try:
+                estimates[precision] = predict_memory(model, batch_size).to_dict()
+            except (AttributeError, ValueError):
+                # A subclassed model has no graph to read its activations from, a fully
+                # convolutional one no sizes before a batch: no prediction, not a failed check.
+                return {}
     return estimates
 
 

@@ -33,8 +33,18 @@ def user_settings(args: argparse.Namespace, profile: Any) -> TrainSettings:
     is offered to a factory taking one); the model is loaded once here to check it against the
     data."""
     from mpcore.data.ships import NUM_CLASSES
+    from mpcore.names import DEFAULT_PRECISIONS, PRECISIONS, parse_names
+    from mpcore.user.data import check_class_labels
     from mpcore.user.loader import LoadError
-    from mpcore.user.ownmodel import image_side, is_array_data, load_float32, output_classes
+    from mpcore.user.ownmodel import (
+        conversion_problem,
+        image_side,
+        input_specs,
+        is_array_data,
+        load_float32,
+        output_classes,
+        user_loss,
+    )
 
     spec = args.model
     if args.weights:
@@ -43,14 +53,21 @@ def user_settings(args: argparse.Namespace, profile: Any) -> TrainSettings:
         raise UsageError(f"--model {spec}: a user's model runs without --strategy and --workers")
     arrays = is_array_data(args.data)
     try:
-        model = load_float32(spec, None if arrays else args.image_size or profile.image_size).model
+        loaded = load_float32(spec, None if arrays else args.image_size or profile.image_size)
     except LoadError as error:
         raise UsageError(str(error)) from None
+    model = loaded.model
+    # Every mode's copy is made now: a model that cannot be converted is refused before float32
+    # has trained, not after.
+    precisions = parse_names(args.precision, PRECISIONS, "--precision") or DEFAULT_PRECISIONS
+    problem = conversion_problem(loaded, precisions)
+    if problem:
+        raise UsageError(problem)
     side = None
     if not arrays:
         side = image_side(model)
         if side is None:
-            shapes = [tuple(t.shape[1:]) for t in model.inputs]
+            shapes = [shape for shape, _ in input_specs(model)]
             raise UsageError(
                 f"{spec}: takes {shapes}, not one square RGB image; give --data as an .npz with "
                 "x and y or as package.module:fn returning (x, y)"
@@ -63,6 +80,10 @@ def user_settings(args: argparse.Namespace, profile: Any) -> TrainSettings:
                 f"{spec}: outputs {classes} values per sample; the ship set has {NUM_CLASSES} "
                 "classes (a factory taking num_classes is given it)"
             )
+        try:
+            check_class_labels(model, user_loss(model, class_labels=True)[0])
+        except LoadError as error:
+            raise UsageError(str(error)) from None
     return train_settings(args, profile, model=spec, image_size=side)
 
 

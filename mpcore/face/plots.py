@@ -91,18 +91,27 @@ def plot_curves(document: dict[str, Any], path: Path) -> Path:
         style = {"color": colour, **_marker(position), "markerfacecolor": "none"}
         loss_axes.plot(epochs, result["loss"], "-", label=f"{name} train", **style)
         loss_axes.plot(epochs, result["val_loss"], "--", label=f"{name} val", **style)
-        accuracy_axes.plot(epochs, result["accuracy"], "-", label=f"{name} train", **style)
-        accuracy_axes.plot(epochs, result["val_accuracy"], "--", label=f"{name} val", **style)
+        # A user's model trained with a loss other than one cross-entropy records no accuracy.
+        if len(result.get("accuracy") or []) == len(epochs):
+            accuracy_axes.plot(epochs, result["accuracy"], "-", label=f"{name} train", **style)
+        if len(result.get("val_accuracy") or []) == len(epochs):
+            accuracy_axes.plot(epochs, result["val_accuracy"], "--", label=f"{name} val", **style)
+    accuracy = any(record["result"].get("accuracy") for record in records)
     loss_axes.set_title("Loss per epoch (solid: training, dashed: validation)", fontsize=10)
-    loss_axes.set_ylabel("sparse categorical cross-entropy")
-    accuracy_axes.set_title("Accuracy per epoch (solid: training, dashed: validation)", fontsize=10)
+    loss_axes.set_ylabel("sparse categorical cross-entropy" if accuracy else "the model's loss")
+    accuracy_axes.set_title(
+        "Accuracy per epoch (solid: training, dashed: validation)"
+        if accuracy
+        else "no accuracy recorded (the model's loss is not one cross-entropy)",
+        fontsize=10,
+    )
     accuracy_axes.set_ylabel("accuracy (fraction correct)")
     accuracy_axes.set_ylim(0, 1.02)
     for axes in (loss_axes, accuracy_axes):
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
-    if records:
+    if records and accuracy:
         accuracy_axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.suptitle(f"Learning curves: {subtitle(document)}", fontsize=11)
     return _save(figure, path)

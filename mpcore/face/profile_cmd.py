@@ -38,7 +38,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--image-size",
         type=positive_int,
         help="image side of a registry model (default: its own) or of a factory that takes "
-        "image_size (default: the factory's); a .keras file keeps its own",
+        "image_size (default: the factory's); a .keras file keeps its own; the side of the "
+        "random batch where a model's input size is unknown, e.g. (None, None, 3) (default 8)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
@@ -99,15 +100,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
     except OSError as error:
         raise UsageError(f"--out {out}: {error.strerror or error}") from None
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    profile = profile_layers(
-        loaded,
-        args.batch_size,
-        precisions=["float32", *dict.fromkeys(args.precision)],
-        xla_modes=list(dict.fromkeys(args.xla)),
-        steps=args.steps,
-        rounds=args.rounds,
-        announce=lambda line: say(f"timed {line}"),
-    )
+    from mpcore.user.loader import LoadError
+
+    try:  # every precision's copy is made before any timing: one line if one cannot be
+        profile = profile_layers(
+            loaded,
+            args.batch_size,
+            precisions=["float32", *dict.fromkeys(args.precision)],
+            xla_modes=list(dict.fromkeys(args.xla)),
+            steps=args.steps,
+            rounds=args.rounds,
+            announce=lambda line: say(f"timed {line}"),
+            unknown_size=args.image_size,
+        )
+    except LoadError as error:
+        raise UsageError(str(error)) from None
     document = profile.to_dict()
     (out / "profile.json").write_text(json.dumps(document, indent=2))
     files = [out / "profile.json", plot(document, out / "profile.png", args.top)]

@@ -250,8 +250,11 @@ def _data(
 
 def _check_float8_model(model: str) -> None:
     """Refuse ``float8`` for a model with nothing for it to quantize, before any worker starts."""
+    from mpcore.face import own_run
     from mpcore.models.registry import model_spec
 
+    if own_run.is_user_model(model):
+        return  # checked with the model itself (own_run.user_settings)
     if not model_spec(model).float8_layers:
         raise UsageError(
             f"--precision float8: model {model} has no Dense or EinsumDense layer besides its "

@@ -245,7 +245,15 @@ def _loss_and_gradients(
         return loss.detach(), [None if g is None else g.detach().cpu() for g in gradients]
     with tf.GradientTape() as tape:
         loss = loss_of(labels, model(inputs, training=True))
-    return loss, tape.gradient(loss, variables)
+    return loss, [dense_gradient(g) for g in tape.gradient(loss, variables)]
+
+
+def dense_gradient(gradient: Any) -> Any:
+    """``gradient`` as a dense tensor: an Embedding's gradient is ``tf.IndexedSlices`` (the rows
+    a batch touched); the rows it leaves out are exact zeros, as the census counts them."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
 
 
 def gradient_census(

@@ -35,12 +35,20 @@ def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
 
 def float8_candidates(model: keras.Model) -> list[keras.layers.Layer]:
     """The layers Keras can quantize to float8: exactly ``Dense`` or ``EinsumDense`` (their
-    subclasses refuse), other than the head."""
+    subclasses refuse), other than the head: the registry's ``predictions``, or a layer pinned
+    to the plain float32 policy (a user's model converted to a half policy keeps its output
+    layers so; a quantized layer's policy is ``float8_from_...``, so it stays a candidate)."""
     return [
         layer
         for layer in _all_layers(model)
-        if type(layer) in (keras.layers.Dense, keras.layers.EinsumDense) and layer.name != HEAD_NAME
+        if type(layer) in (keras.layers.Dense, keras.layers.EinsumDense)
+        and layer.name != HEAD_NAME
+        and not (layer.dtype_policy.name == "float32" and _computes_in_half(model))
     ]
+
+
+def _computes_in_half(model: keras.Model) -> bool:
+    return any(layer.compute_dtype in ("float16", "bfloat16") for layer in _all_layers(model))
 
 
 def quantize_float8(model: keras.Model) -> list[str]:

@@ -159,7 +159,9 @@ def _expected_dtypes(precision: str) -> tuple[str, str]:
     return compute, "float32"
 
 
-def check_model(model: keras.Model, config: RunConfig) -> None:
+def check_model(
+    model: keras.Model, config: RunConfig, heads: list[keras.layers.Layer] | None = None
+) -> None:
     """Raise :class:`ModeMismatchError` unless a built, compiled ``model`` matches ``config``.
 
     Checked: every layer's variable dtype is float32 (master weights); the compute dtype of every
@@ -171,11 +173,12 @@ def check_model(model: keras.Model, config: RunConfig) -> None:
     """
     problems: list[str] = []
     compute, variable = _expected_dtypes(config.precision)
-    head = model.layers[-1]
+    # The layers producing the outputs (default: the last one, the registry's layout).
+    head_ids = {id(layer) for layer in heads or model.layers[-1:]}
     for layer in model.layers:
         if not layer.weights:
             continue
-        want = "float32" if layer is head else compute
+        want = "float32" if id(layer) in head_ids else compute
         if layer.compute_dtype != want:
             problems.append(
                 f"layer {layer.name} computes in {layer.compute_dtype}, expected {want}"
@@ -192,7 +195,8 @@ def check_model(model: keras.Model, config: RunConfig) -> None:
             for layer in float8_candidates(model)
             if layer.quantization_mode == "float8"
         )
-    for output in model.outputs:
+    # A subclassed model has no graph outputs to read (its head layer is checked above).
+    for output in getattr(model, "outputs", None) or []:
         if output.dtype != "float32":
             problems.append(f"model output {output.name} is {output.dtype}, expected float32")
 

@@ -31,7 +31,6 @@ from mpcore.user.ownmodel import (
     build_user_model,
     is_user_model,
     preprocess_pixels,
-    user_loss,
     verify,
 )
 
@@ -199,8 +198,7 @@ def build_compiled(
     """
     if is_user_model(settings.model):
         # A user's model, loaded fresh and converted under the mode (float32 head).
-        model = build_user_model(config, settings.model, settings.image_size)
-        loss, metrics = user_loss(model)
+        model, loss, metrics = build_user_model(config, settings.model, settings.image_size)
         compile_for(model, config, settings.learning_rate, loss=loss, metrics=metrics)
         verify(model, config)
         return model

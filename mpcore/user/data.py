@@ -23,65 +23,142 @@ from mpcore.user.loader import (
     accepted_keywords,
     first_line,
     head_layers,
+    input_specs,
+    is_graph_model,
     is_python_spec,
     leaf_layers,
+    output_shapes,
     resolve_attribute,
     users_code,
 )
 
 
-def resolve_loss(model: keras.Model, name: str | None) -> tuple[Any, str]:
-    """The loss to check with and how it was chosen: ``name``, else the compiled loss, else one
-    suited to the head (softmax: sparse cross-entropy, sigmoid: binary, otherwise MSE)."""
+def resolve_loss(
+    model: keras.Model, name: str | None, class_labels: bool = False
+) -> tuple[Any, str]:
+    """The loss to check or train with and how it was chosen: ``name``, else the compiled loss
+    (one per output if compiled so), else one per output suited to its head (softmax: sparse
+    cross-entropy, sigmoid: binary, linear: MSE). Several outputs give losses structured like
+    the outputs (a list, or a dict for dict outputs).
+
+    ``class_labels``: the labels will be class indices (the ship set): a linear head is read
+    as logits (sparse cross-entropy ``from_logits``).
+    """
     if name:
         try:
             return keras.losses.get(name), name
         except (ValueError, TypeError):
             raise LoadError(f"--loss {name}: not a Keras loss name") from None
     compiled = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
-    if compiled is not None and not isinstance(compiled, (dict, list, tuple)):
-        label = compiled if isinstance(compiled, str) else getattr(compiled, "name", None)
-        return keras.losses.get(compiled), f"compiled: {label or type(compiled).__name__}"
-    activation = _final_activation(model)
-    chosen = {
-        "softmax": "sparse_categorical_crossentropy",
-        "sigmoid": "binary_crossentropy",
-    }.get(activation or "", "mean_squared_error")
-    return keras.losses.get(chosen), f"{chosen} (chosen for a {activation or 'linear'} head)"
+    if compiled is not None:
+        try:
+            loss = keras.tree.map_structure(keras.losses.get, compiled)
+        except (ValueError, TypeError) as error:
+            raise LoadError(
+                f"{model.name}: its compiled loss is unusable ({first_line(error)})"
+            ) from None
+        label = f"compiled: {', '.join(loss_names(loss))}"
+    else:
+        chosen = []
+        for activation in _output_activations(model):
+            if activation == "softmax":
+                chosen.append(keras.losses.SparseCategoricalCrossentropy())
+            elif activation == "sigmoid":
+                chosen.append(keras.losses.BinaryCrossentropy())
+            elif class_labels:
+                chosen.append(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            else:
+                chosen.append(keras.losses.MeanSquaredError())
+        heads = ", ".join(a or "linear" for a in _output_activations(model))
+        loss = _like_outputs(model, chosen)
+        label = f"{', '.join(loss_names(loss))} (chosen for a {heads} head)"
+    return loss, label
 
 
-def _final_activation(model: keras.Model) -> str | None:
+def check_class_labels(model: keras.Model, loss: Any) -> None:
+    """Refuse (:class:`LoadError`) a loss that cannot take class indices (the ship set's)."""
+    wrong = [name for name in loss_names(loss) if not name.startswith("sparse_categorical")]
+    if wrong:
+        raise LoadError(
+            f"{model.name}: its loss {', '.join(wrong)} does not take the ship set's class "
+            "indices; give --data arrays with labels that fit it"
+        )
+
+
+def loss_names(loss: Any) -> list[str]:
+    """The name of each loss in ``loss`` (one, or a structure of them), ``from_logits`` noted."""
+    names = []
+    for item in keras.tree.flatten(loss):
+        if isinstance(item, str):
+            names.append(item)
+            continue
+        name = getattr(item, "name", None) or getattr(item, "__name__", type(item).__name__)
+        logits = getattr(item, "from_logits", None)
+        if logits is None:
+            logits = (getattr(item, "_fn_kwargs", None) or {}).get("from_logits")
+        names.append(f"{name} (from_logits)" if logits else name)
+    return names
+
+
+def _like_outputs(model: keras.Model, losses: list[Any]) -> Any:
+    if len(losses) == 1:
+        return losses[0]
+    structure = getattr(model, "output", None) if is_graph_model(model) else None
+    return keras.tree.pack_sequence_as(structure, losses) if structure is not None else losses
+
+
+def _output_activations(model: keras.Model) -> list[str | None]:
+    """The final activation of each output (None: linear or unknown)."""
     heads = head_layers(model)
-    if len(heads) != 1:
-        return None
-    head = heads[0]
+    count = max(len(output_shapes(model)), 1)
+    if len(heads) != count:
+        return [None] * count
+    return [_activation(head) for head in heads]
+
+
+def _activation(head: keras.layers.Layer) -> str | None:
     if isinstance(head, keras.layers.Softmax):
         return "softmax"
     activation = getattr(head, "activation", None)
-    return getattr(activation, "__name__", None) if activation is not None else None
+    name = getattr(activation, "__name__", None) if activation is not None else None
+    return None if name == "linear" else name
 
 
 def loss_function(loss: Any) -> Callable[[Any, Any], tf.Tensor]:
-    """``loss`` as ``fn(labels, predictions)`` returning a float32 scalar, whatever the
-    prediction dtype; several outputs add up."""
-    fn = keras.losses.get(loss)
+    """``loss`` (one, or one per output) as ``fn(labels, predictions)`` returning a float32
+    scalar, whatever the prediction dtype; several outputs add up."""
+    functions = [keras.losses.get(item) for item in keras.tree.flatten(loss)]
 
     def total(labels: Any, predictions: Any) -> tf.Tensor:
-        pairs = zip(keras.tree.flatten(labels), keras.tree.flatten(predictions), strict=True)
-        values = [keras.ops.mean(fn(y, keras.ops.cast(p, "float32"))) for y, p in pairs]
+        pairs = list(zip(keras.tree.flatten(labels), keras.tree.flatten(predictions), strict=True))
+        fns = functions if len(functions) == len(pairs) else functions[:1] * len(pairs)
+        values = [
+            keras.ops.mean(fn(y, keras.ops.cast(p, "float32")))
+            for fn, (y, p) in zip(fns, pairs, strict=True)
+        ]
         return keras.ops.sum(keras.ops.stack(values))
 
     return total
 
 
 def _input_shapes(model: keras.Model) -> list[tuple[int | None, ...]]:
-    return [tuple(tensor.shape[1:]) for tensor in model.inputs]
+    return [shape for shape, _ in input_specs(model)]
 
 
-def random_batch(model: keras.Model, batch_size: int, loss_name: str, seed: int = 0) -> tuple:
+#: The size given to an axis a model leaves unknown (a fully convolutional model's image side)
+#: when nothing else says it.
+UNKNOWN_SIZE = 8
+
+
+def random_batch(
+    model: keras.Model, batch_size: int, loss: Any, seed: int = 0, unknown_size: int | None = None
+) -> tuple:
     """A seeded batch shaped by the model: standard-normal float inputs (integer inputs in
     ``[0, n)`` with ``n`` the smallest Embedding vocabulary, else 2), labels drawn to fit the loss
-    and the output shape (class indices, one-hot, 0/1 or standard normal)."""
+    (a name, a loss, or one per output) and the output shape (class indices, one-hot, 0/1 or
+    standard normal), structured like the outputs. An axis of unknown size gets
+    ``unknown_size`` (default :data:`UNKNOWN_SIZE`)."""
+    fill = unknown_size or UNKNOWN_SIZE
     rng = np.random.default_rng(seed)
     vocabulary = [
         int(layer.input_dim)
@@ -89,14 +166,20 @@ def random_batch(model: keras.Model, batch_size: int, loss_name: str, seed: int 
         if isinstance(layer, keras.layers.Embedding)
     ]
     inputs = []
-    for tensor in model.inputs:
-        shape = (batch_size, *(d if d is not None else 8 for d in tensor.shape[1:]))
-        if "int" in str(tensor.dtype):
-            inputs.append(rng.integers(0, min(vocabulary, default=2), shape).astype(tensor.dtype))
+    for input_shape, dtype in input_specs(model):
+        shape = (batch_size, *(d if d is not None else fill for d in input_shape))
+        if "int" in dtype:
+            inputs.append(rng.integers(0, min(vocabulary, default=2), shape).astype(dtype))
         else:
             inputs.append(rng.standard_normal(shape).astype(np.float32))
-    labels = [_labels(rng, tuple(out.shape), batch_size, loss_name) for out in model.outputs]
-    return (inputs[0] if len(inputs) == 1 else inputs), (labels[0] if len(labels) == 1 else labels)
+    shapes = output_shapes(model)
+    names = loss_names(loss)
+    names = names if len(names) == len(shapes) else names[:1] * len(shapes)
+    labels = [
+        _labels(rng, (None, *shape), batch_size, name)
+        for shape, name in zip(shapes, names, strict=True)
+    ]
+    return (inputs[0] if len(inputs) == 1 else inputs), _like_outputs(model, labels)
 
 
 def _labels(rng: np.random.Generator, shape: tuple, batch_size: int, loss_name: str) -> Any:
@@ -115,13 +198,14 @@ def load_batch(
     spec: str | os.PathLike[str] | None,
     model: keras.Model,
     batch_size: int,
-    loss_name: str,
+    loss: Any,
     seed: int = 0,
+    unknown_size: int | None = None,
 ) -> tuple[Any, Any]:
     """One ``(x, y)`` batch of at most ``batch_size`` samples from ``spec`` (see the module
     docstring), checked against the model's input shapes."""
     if spec is None:
-        return random_batch(model, batch_size, loss_name, seed)
+        return random_batch(model, batch_size, loss, seed, unknown_size)
     text = os.fspath(spec)
     if is_python_spec(text):
         x, y = _from_function(text, batch_size)

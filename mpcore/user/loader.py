@@ -12,81 +12,28 @@ gave is one :class:`LoadError` whose message is one line naming the spec or file
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
-import inspect
 import os
-import re
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
+from keras.src.saving.serialization_lib import SafeModeScope
 
 from mpcore.precision.modes import KERAS_POLICY, RunConfig, applied
+from mpcore.user.spec import (
+    LoadError,
+    accepted_keywords,
+    first_line,
+    is_python_spec,
+    resolve_attribute,
+    users_code,
+)
 
-#: ``package.module:attribute`` (the attribute may be dotted, e.g. ``Class.method``).
-_SPEC = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
 HALF_DTYPES: frozenset[str] = frozenset({"float16", "bfloat16"})
-
-
-class LoadError(ValueError):
-    """A model or data spec that cannot be used; the message is one line naming it."""
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
-
-
-def is_python_spec(spec: str) -> bool:
-    """Whether ``spec`` reads as ``package.module:attribute`` rather than a path."""
-    return bool(_SPEC.match(spec)) and not Path(spec).exists()
-
-
-def resolve_attribute(spec: str) -> Any:
-    """Import ``package.module`` and return its (possibly dotted) attribute."""
-    match = _SPEC.match(spec)
-    if not match:
-        raise LoadError(f"{spec}: not a package.module:attribute spec")
-    module_name, attribute = match.groups()
-    try:
-        with users_code(spec, f"importing {module_name}"):
-            target: Any = importlib.import_module(module_name)
-    except LoadError:
-        raise
-    except Exception as error:  # anything the user's module raises while importing
-        raise LoadError(f"{spec}: cannot import {module_name} ({first_line(error)})") from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise LoadError(f"{spec}: {module_name} has no attribute {attribute!r}")
-        target = getattr(target, part)
-    return target
-
-
-@contextlib.contextmanager
-def users_code(spec: str, doing: str) -> Any:
-    """Run the user's code (a module import, a factory, a data function): what it prints goes to
-    stderr (a ``--json`` report on stdout stays JSON), and a ``sys.exit()`` in it is a
-    :class:`LoadError` naming ``spec`` instead of ending the command with no message."""
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    except SystemExit as stop:
-        raise LoadError(
-            f"{spec}: called sys.exit({stop.code!r}) while {doing}; a factory must return a model"
-        ) from None
-
-
-def accepted_keywords(function: Callable[..., Any], offered: dict[str, Any]) -> dict[str, Any]:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):  # builtins and C callables have no signature
-        return {}
-    return {name: value for name, value in offered.items() if name in parameters}
 
 
 @dataclasses.dataclass
@@ -96,19 +43,20 @@ class LoadedModel:
     model: keras.Model
     source: str
     kind: str  # "file", "factory" or "object"
+    #: Makes the model afresh under the current dtype policy (a factory called again with the
+    #: same keywords); how a subclassed model is rebuilt under another policy.
+    remake: Callable[[], keras.Model] | None = None
 
     @property
     def precision(self) -> str:
         return model_precision(self.model)
 
-    def build(self, precision: str) -> keras.Model:
+    def build(self, precision: str, compile: bool = True) -> keras.Model:
         """The model as it runs under ``precision``: itself if it already does, else
-        :func:`convert`'s clone."""
-        return (
-            self.model
-            if self.precision == KERAS_POLICY[precision]
-            else convert(self.model, precision)
-        )
+        :func:`convert`'s copy."""
+        if self.precision == KERAS_POLICY[precision]:
+            return self.model
+        return convert(self.model, precision, compile, remake=self.remake)
 
 
 def _ensure_built(model: keras.Model, spec: str, input_shape: Any) -> keras.Model:
@@ -184,16 +132,20 @@ def _from_factory(
         raise LoadError(f"{spec}: is a {type(target).__name__}, not a callable or a model")
     offered = {"image_size": image_size, "num_classes": num_classes, "input_shape": input_shape}
     keywords = accepted_keywords(target, {k: v for k, v in offered.items() if v is not None})
-    try:
-        with users_code(spec, "building the model"):
-            model = target(**keywords)
-    except LoadError:
-        raise
-    except Exception as error:  # the user's factory may raise anything
-        raise LoadError(f"{spec}: the factory raised {first_line(error)}") from None
-    if not isinstance(model, keras.Model):
-        raise LoadError(f"{spec}: returned a {type(model).__name__}, not a Keras model")
-    return LoadedModel(_ensure_built(model, spec, input_shape), spec, "factory")
+
+    def remake() -> keras.Model:
+        try:
+            with users_code(spec, "building the model"):
+                model = target(**keywords)
+        except LoadError:
+            raise
+        except Exception as error:  # the user's factory may raise anything
+            raise LoadError(f"{spec}: the factory raised {first_line(error)}") from None
+        if not isinstance(model, keras.Model):
+            raise LoadError(f"{spec}: returned a {type(model).__name__}, not a Keras model")
+        return _ensure_built(model, spec, input_shape)
+
+    return LoadedModel(remake(), spec, "factory", remake)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,12 +173,71 @@ def leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 def head_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers that produce the model's outputs (inside nested models, their last layers)."""
+    """The layers that produce the model's outputs (inside nested models, their last layers;
+    for a subclassed model, the direct layers whose outputs ``call()`` returns)."""
+    if not is_graph_model(model):
+        return _subclassed_heads(model)
     heads: list[keras.layers.Layer] = []
     for output in _graph_outputs(model):
         layer = output._keras_history.operation
         heads.extend(head_layers(layer) if isinstance(layer, keras.Model) else [layer])
     return list(dict.fromkeys(heads))
+
+
+def _subclassed_heads(model: keras.Model) -> list[keras.layers.Layer]:
+    # One forward pass on a small batch of zeros, its layers recorded: those whose output
+    # tensors are the model's. Kept on the model (object.__setattr__: not tracked by Keras).
+    cached = model.__dict__.get("_mpbench_heads")
+    if cached is not None:
+        return cached
+    from mpcore.models.trace import recording
+
+    try:
+        inputs = [
+            np.zeros((1, *(d or 8 for d in shape)), dtype) for shape, dtype in input_specs(model)
+        ]
+        with recording(model) as calls:
+            outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=False)
+    except Exception:  # a model that cannot run on zeros: no head to name
+        return []
+    returned = {id(t) for t in keras.tree.flatten(outputs)}
+    heads = [layer for layer, out in calls if returned & {id(t) for t in keras.tree.flatten(out)}]
+    object.__setattr__(model, "_mpbench_heads", heads)
+    return heads
+
+
+def is_graph_model(model: keras.Model) -> bool:
+    """Whether ``model`` is Sequential or Functional (it has a graph of layers); a subclassed
+    model (its own ``call``) has none."""
+    return isinstance(model, keras.Sequential) or _is_functional(model)
+
+
+def input_specs(model: keras.Model) -> list[tuple[tuple[int | None, ...], str]]:
+    """``(shape without the batch axis, dtype)`` of each input: the graph's, or a built
+    subclassed model's build shapes (float32: a subclassed model does not say more)."""
+    if _has_graph(model):
+        return [(tuple(t.shape[1:]), str(t.dtype)) for t in model.inputs]
+    config = model.get_build_config() or {}
+    shapes = config.get("input_shape")
+    if shapes is None:
+        raise LoadError(f"{model.name}: the model is not built; call model.build(shape)")
+    if isinstance(shapes, dict):
+        shapes = list(shapes.values())
+    if not shapes or not isinstance(shapes[0], (list, tuple)):
+        shapes = [shapes]
+    return [(tuple(shape)[1:], "float32") for shape in shapes]
+
+
+def output_shapes(model: keras.Model) -> list[tuple[int | None, ...]]:
+    """Each output's shape without the batch axis (a subclassed model's from its output spec)."""
+    if _has_graph(model):
+        return [tuple(t.shape[1:]) for t in model.outputs]
+    tensors = [keras.KerasTensor((None, *shape), dtype) for shape, dtype in input_specs(model)]
+    try:
+        spec = model.compute_output_spec(tensors[0] if len(tensors) == 1 else tensors)
+    except Exception as error:  # the user's call() may raise anything
+        raise LoadError(f"{model.name}: cannot infer its outputs ({first_line(error)})") from None
+    return [tuple(t.shape[1:]) for t in keras.tree.flatten(spec)]
 
 
 def _graph_outputs(model: keras.Model) -> list[Any]:
@@ -236,33 +247,54 @@ def _graph_outputs(model: keras.Model) -> list[Any]:
         return []
 
 
-def convert(model: keras.Model, precision: str, compile: bool = True) -> keras.Model:
-    """A clone of a Functional or Sequential ``model`` that computes under ``precision``'s Keras
-    policy, with the weights copied and float32 outputs: the layers that produce the outputs
-    (and any layer the model already pins to float32 while computing in half) run in float32, so
-    a final softmax or sigmoid is never computed in half precision. A compiled model's clone is
-    compiled alike (under mixed_float16 Keras wraps its optimizer in a ``LossScaleOptimizer``).
+def convert(
+    model: keras.Model,
+    precision: str,
+    compile: bool = True,
+    remake: Callable[[], keras.Model] | None = None,
+) -> keras.Model:
+    """A copy of ``model`` that computes under ``precision``'s Keras policy, with the weights
+    copied and float32 outputs: the layers that produce the outputs (and any layer the model
+    already pins to float32 while computing in half) run in float32, so a final softmax or
+    sigmoid is never computed in half precision. A compiled model's copy is compiled alike
+    (under mixed_float16 Keras wraps its optimizer in a ``LossScaleOptimizer``).
+
+    A Functional or Sequential model is cloned layer by layer. A subclassed model follows the
+    global policy when it is built, so it is made again under the policy: by ``remake`` (its
+    factory) or from its config, then built alike. What cannot be converted is one
+    :class:`LoadError` line naming the layer or the class and why.
     """
-    policy = KERAS_POLICY[RunConfig(precision).precision]
-    if not isinstance(model, keras.Sequential) and not _is_functional(model):
+    RunConfig(precision)  # an unknown precision is a ValueError here, before any work
+    if not _has_graph(model) and model.built and not is_graph_model(model):
+        return _remade(model, precision, compile, remake)
+    if not is_graph_model(model):
         raise LoadError(
-            f"{model.name}: convert() clones Functional and Sequential models; build the "
-            f"subclassed {type(model).__name__} under the dtype policy instead"
+            f"{model.name}: a subclassed {type(model).__name__} that is not built cannot be "
+            "converted; call it on a batch or model.build(shape) first"
         )
     if not _has_graph(model):
         raise LoadError(f"{model.name}: cannot convert a model that is not built")
-    pinned = {id(layer) for layer in head_layers(model)}
-    if model_precision(model) != "float32":
-        pinned |= {
-            id(layer)
-            for layer in leaf_layers(model)
-            if layer.weights and layer.compute_dtype == "float32"
-        }
+    policy = KERAS_POLICY[RunConfig(precision).precision]
+    pinned = _pinned(model)
 
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+    def clone(layer: Any) -> Any:
         config = layer.get_config()
-        config["dtype"] = "float32" if id(layer) in pinned else policy
-        return layer.__class__.from_config(config)
+        try:
+            if not isinstance(layer, keras.layers.Layer):
+                # A keras.ops operation in the graph (``x + y``): it takes no dtype and
+                # computes in its inputs' dtype.
+                return layer.__class__.from_config(config)
+            config["dtype"] = "float32" if id(layer) in pinned else policy
+            # A Lambda's function comes from the user's own process, not from a file: Keras's
+            # safe mode (which refuses to rebuild it from config) guards against files.
+            with SafeModeScope(False):
+                return layer.__class__.from_config(config)
+        except Exception as error:
+            raise LoadError(
+                f"{model.name}: layer {layer.name} ({type(layer).__name__}) cannot be rebuilt "
+                f"under {policy} from its config ({first_line(error)}); its get_config() must "
+                "return its constructor's arguments"
+            ) from None
 
     weights = model.get_weights()
     # applied() clears the Keras session (the original's variables live on) and sets the policy
@@ -288,6 +320,57 @@ def convert(model: keras.Model, precision: str, compile: bool = True) -> keras.M
         copy.set_weights(weights)
         if compile and getattr(model, "compiled", False):
             _compile_like(copy, model, precision)
+    return copy
+
+
+def _pinned(model: keras.Model) -> set[int]:
+    pinned = {id(layer) for layer in head_layers(model)}
+    if model_precision(model) != "float32":
+        pinned |= {
+            id(layer)
+            for layer in leaf_layers(model)
+            if layer.weights and layer.compute_dtype == "float32"
+        }
+    return pinned
+
+
+def _remade(
+    model: keras.Model, precision: str, compile: bool, remake: Callable[[], keras.Model] | None
+) -> keras.Model:
+    """A subclassed ``model`` made again under ``precision``'s policy, weights copied, its head
+    layers (and the layers it pins to float32) computing in float32."""
+    name = type(model).__name__
+    pinned_names = {layer.name for layer in leaf_layers(model) if id(layer) in _pinned(model)}
+    weights = model.get_weights()
+    with applied(RunConfig(precision)):
+        if remake is not None:
+            copy = remake()
+        else:
+            try:
+                config = model.get_config()
+                config.pop("dtype", None)  # the model's own policy: the global one
+                copy = model.__class__.from_config(config)
+                copy.build_from_config(model.get_build_config())
+            except Exception as error:  # NotImplementedError from get_config, the user's code
+                raise LoadError(
+                    f"{model.name}: the subclassed {name} cannot be made again under "
+                    f"{KERAS_POLICY[precision]} ({first_line(error)}); give it as a "
+                    "package.module:factory, or give it a get_config()"
+                ) from None
+        for layer in leaf_layers(copy):
+            if layer.name in pinned_names:
+                # Its variables are float32 under any mixed policy: only the compute changes.
+                layer.dtype_policy = "float32"
+        try:
+            copy.set_weights(weights)
+        except ValueError as error:
+            raise LoadError(
+                f"{model.name}: the {name} made again under {KERAS_POLICY[precision]} does not "
+                f"take the original's weights ({first_line(error)})"
+            ) from None
+        if compile and getattr(model, "compiled", False):
+            _compile_like(copy, model, precision)
+    object.__setattr__(copy, "_mpbench_heads", None)
     return copy
 
 
@@ -324,6 +407,10 @@ def compute_dtype_of(model: keras.Model) -> str:
     return precision.removeprefix("mixed_") if precision != "float32" else "float32"
 
 
-def float32_clone(model: keras.Model) -> keras.Model:
-    """``model`` itself if it computes in float32, else a float32 clone (weights copied)."""
-    return model if model_precision(model) == "float32" else convert(model, "float32", False)
+def float32_clone(
+    model: keras.Model, remake: Callable[[], keras.Model] | None = None
+) -> keras.Model:
+    """``model`` itself if it computes in float32, else a float32 copy (weights copied)."""
+    if model_precision(model) == "float32":
+        return model
+    return convert(model, "float32", False, remake=remake)

@@ -27,8 +27,10 @@ from mpcore.user.loader import (
     LoadError,
     convert,
     head_layers,
+    input_specs,
     load_model,
     model_precision,
+    output_shapes,
 )
 
 #: The most samples ``mpbench run`` takes from ``--data`` arrays (a function with a
@@ -48,7 +50,7 @@ def is_user_model(name: str) -> bool:
 
 def image_side(model: keras.Model) -> int | None:
     """The side of the model's one square RGB image input, or None if it takes something else."""
-    shapes = [tuple(tensor.shape[1:]) for tensor in model.inputs]
+    shapes = [shape for shape, _ in input_specs(model)]
     if len(shapes) != 1 or len(shapes[0]) != 3:
         return None
     height, width, channels = shapes[0]
@@ -57,8 +59,8 @@ def image_side(model: keras.Model) -> int | None:
 
 def output_classes(model: keras.Model) -> int | None:
     """The width of the model's one output's last axis, or None for several outputs."""
-    outputs = model.outputs
-    return int(outputs[0].shape[-1]) if len(outputs) == 1 and outputs[0].shape[-1] else None
+    outputs = output_shapes(model)
+    return int(outputs[0][-1]) if len(outputs) == 1 and outputs[0] and outputs[0][-1] else None
 
 
 def preprocess_pixels(images: tf.Tensor) -> tf.Tensor:
@@ -78,34 +80,83 @@ def load_float32(source: str, image_size: int | None = None) -> LoadedModel:
 
 def under_precision(loaded: LoadedModel, precision: str) -> keras.Model:
     """The loaded model as it runs under ``precision``: itself for a float32 model in a float32
-    mode, else :func:`mpcore.user.loader.convert`'s clone (float32 head), uncompiled."""
+    mode, else :func:`mpcore.user.loader.convert`'s copy (float32 head), uncompiled."""
     if KERAS_POLICY[precision] == "float32" and model_precision(loaded.model) == "float32":
         return loaded.model
-    return convert(loaded.model, precision, compile=False)
+    return convert(loaded.model, precision, compile=False, remake=loaded.remake)
 
 
-def build_user_model(config: RunConfig, source: str, image_size: int | None) -> keras.Model:
-    """A fresh copy of the user's model for ``config``; call inside :func:`applied`."""
-    return under_precision(load_float32(source, image_size), config.precision)
+def build_user_model(
+    config: RunConfig, source: str, image_size: int | None
+) -> tuple[keras.Model, Any, list[str]]:
+    """A fresh copy of the user's model for ``config``, with the loss and metrics to train it
+    with (from the model as the user gave it: its compiled loss, else chosen from its heads;
+    an image model's labels are class indices). Call inside :func:`applied`."""
+    loaded = load_float32(source, image_size)
+    loss, metrics = user_loss(loaded.model, class_labels=image_size is not None)
+    return under_precision(loaded, config.precision), loss, metrics
 
 
-def user_loss(model: keras.Model) -> tuple[Any, list[str]]:
-    """The loss to train with (chosen from the head, see :func:`mpcore.user.data.resolve_loss`)
-    and the metrics: accuracy for a cross-entropy loss, none otherwise."""
-    from mpcore.user.data import resolve_loss
+def user_loss(model: keras.Model, class_labels: bool = False) -> tuple[Any, list[str]]:
+    """The loss to train with (see :func:`mpcore.user.data.resolve_loss`) and the metrics:
+    accuracy for one cross-entropy loss, none otherwise."""
+    from mpcore.user.data import loss_names, resolve_loss
 
-    loss, label = resolve_loss(model, None)
-    return loss, (["accuracy"] if "crossentropy" in label else [])
+    loss, _ = resolve_loss(model, None, class_labels)
+    names = loss_names(loss)
+    return loss, (["accuracy"] if len(names) == 1 and "crossentropy" in names[0] else [])
 
 
 def verify(model: keras.Model, config: RunConfig) -> bool:
-    """:func:`mpcore.precision.modes.check_model` where it applies (the model's one head is its last
-    layer, the layout the check expects); return whether it was checked."""
-    layers = model.layers
-    if not layers or head_layers(model) != [layers[-1]]:
+    """:func:`mpcore.precision.modes.check_model` with the model's heads (the layers producing
+    its outputs, whatever their activation) as the float32 layers, where they are among its
+    direct layers (not inside a nested model); return whether it was checked."""
+    heads = head_layers(model)
+    direct = {id(layer) for layer in model.layers}
+    if not heads or any(id(head) not in direct for head in heads):
         return False
-    check_model(model, config)
+    check_model(model, config, heads)
     return True
+
+
+def conversion_problem(
+    loaded: LoadedModel, precisions: Any, float8_needs_layers: bool = True
+) -> str | None:
+    """Why ``loaded`` cannot run under one of ``precisions`` (one line), or None: each mode's
+    copy is made as training makes it (and quantized for ``float8``), so that a model that
+    cannot be converted is refused before the first configuration trains. Without
+    ``float8_needs_layers`` a model with nothing for float8 to quantize passes (the benchmarks
+    skip float8 for it)."""
+    from mpcore.precision.fp8 import quantize_float8
+    from mpcore.user.loader import first_line
+
+    for precision in dict.fromkeys(precisions):
+        try:
+            with applied(RunConfig(precision, "off")):
+                model = under_precision(loaded, precision)
+                if precision == "float8":
+                    if not has_float8_layers(model):
+                        if not float8_needs_layers:
+                            continue
+                        return (
+                            f"{loaded.source}: has no Dense or EinsumDense layer besides its "
+                            "head, so float8 would change nothing"
+                        )
+                    quantize_float8(model)
+        except LoadError as error:
+            return str(error)
+        except Exception as error:  # Keras's own errors while cloning or quantizing
+            return f"{loaded.source}: cannot be converted to {precision} ({first_line(error)})"
+    return None
+
+
+def has_float8_layers(model: keras.Model) -> bool:
+    """Whether ``model`` has a Dense or EinsumDense layer besides its heads: something for
+    ``float8`` to quantize (the heads stay float32)."""
+    from mpcore.precision.fp8 import float8_candidates
+
+    heads = {id(layer) for layer in head_layers(model)}
+    return any(id(layer) not in heads for layer in float8_candidates(model))
 
 
 def is_array_data(spec: str | None) -> bool:
@@ -165,8 +216,8 @@ def array_splits(
     returning a ``tf.data.Dataset`` gives its first element."""
     from mpcore.user.data import load_batch, resolve_loss
 
-    _, label = resolve_loss(model, None)
-    x, y = load_batch(spec, model, MAX_SAMPLES, label, seed)
+    loss, _ = resolve_loss(model, None)
+    x, y = load_batch(spec, model, MAX_SAMPLES, loss, seed)
     total = len(ArraySplit(x, y))
     held_out = max(1, round(total * validation_fraction))
     if total - held_out < 1:

@@ -7,6 +7,7 @@ check meaningless (a NaN loss blamed on the precision, or a TensorFlow error dee
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -21,9 +22,12 @@ def _nonfinite(array: np.ndarray) -> int:
     return int(array.size - np.count_nonzero(np.isfinite(array)))
 
 
-def check_values(source: str, model: keras.Model, x: Any, y: Any, loss_name: str) -> None:
+def check_values(
+    source: str, model: keras.Model, x: Any, y: Any, loss_name: str | Sequence[str]
+) -> None:
     """Refuse ``(x, y)`` from ``source`` when an input or label holds inf/NaN, or when a sparse
-    loss's labels are not class indices of the model's output (``0..classes-1``)."""
+    loss's labels are not class indices of the model's output (``0..classes-1``). ``loss_name``
+    is one loss for every output, or one per output (a multi-output model's compiled losses)."""
     for role, part in (("x", x), ("y", y)):
         for array in (np.asarray(a) for a in keras.tree.flatten(part)):
             bad = _nonfinite(array)
@@ -33,18 +37,26 @@ def check_values(source: str, model: keras.Model, x: Any, y: Any, loss_name: str
                     f"{array.size:,}: clean the data (a check on it would judge nothing)"
                 )
     try:
-        outputs = list(model.outputs)
+        # Flattened as the labels and the losses are (a dict by sorted key).
+        outputs = keras.tree.flatten(model.output)
     except (AttributeError, ValueError):  # no graph: the output width is unknown here
         return
-    labels = [np.asarray(a) for a in keras.tree.flatten(y)]
-    for array, output in zip(labels, outputs, strict=False):
-        _check_label_shape(source, array, output, loss_name)
-    if "sparse" not in loss_name:
+    names = [loss_name] if isinstance(loss_name, str) else list(loss_name)
+    if len(names) == 1:
+        names *= len(outputs)
+    if len(names) != len(outputs):  # losses not one per output: which label goes where is unknown
         return
-    for array, output in zip(labels, outputs, strict=False):
-        classes = output.shape[-1]
-        if classes is None or array.size == 0:
-            continue
+    labels = [np.asarray(a) for a in keras.tree.flatten(y)]
+    for array, output, name in zip(labels, outputs, names, strict=False):
+        _check_label_shape(source, array, output, name)
+    for array, output, name in zip(labels, outputs, names, strict=False):
+        if "sparse" in name:
+            _check_class_indices(source, array, output, name)
+
+
+def _check_class_indices(source: str, array: np.ndarray, output: Any, loss_name: str) -> None:
+    classes = output.shape[-1]
+    if classes is not None and array.size:
         if not np.array_equal(array, np.round(array)):
             raise LoadError(
                 f"{source}: labels are not whole numbers, but the loss ({loss_name}) takes "

@@ -1,0 +1,327 @@
+"""Every model of the zoo (``tests/zoo_models.py``) through every command that takes a model:
+``check``, ``profile``, ``run --model`` and ``pytest benchmarks/ --mp-model``. Each either gives
+a real answer or refuses in one line (exit 2) naming what is unsupported.
+
+The cheap models run ``check`` in the default suite; the Keras Applications builders, the
+``profile`` of every model and ``run --model`` (worker processes) are marked slow, but for one
+representative each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zoo_models
+from zoo_models import ZOO
+
+from mpcore.check.api import check
+from mpcore.precision.census import gradient_census
+from mpcore.probe.peaks import FAKE_GPU_ENV
+from mpcore.user.data import loss_function, random_batch, resolve_loss
+from mpcore.user.loader import load_model
+
+pytest_plugins = ("pytester",)
+pytestmark = pytest.mark.cpu(reason="the zoo's models are checked and timed on the CPU")
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TRAIN_STEP = str(BENCHMARKS / "test_train_step.py")
+PLUGIN = ("-p", "mpcore.bench.plugin", "--noconftest", "--import-mode=importlib")
+TINY = ("--mp-batch=4", "--mp-steps=1", "--mp-rounds=1", "--mp-warmup-rounds=0")
+
+LIGHT = [name for name, entry in ZOO.items() if not entry.heavy]
+HEAVY = [name for name, entry in ZOO.items() if entry.heavy]
+#: Profiled in the default suite: the shapes the profile could not time before.
+PROFILED_CHEAPLY = ("subclassed",)
+
+
+@pytest.fixture(autouse=True)
+def zoo_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``zoo_models:NAME`` specs import in this process (conftest.py) and in children."""
+    paths = [str(Path(zoo_models.__file__).parent), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+
+
+def _params(names: list[str], cheap: tuple[str, ...] = ()) -> list:
+    return [pytest.param(n, marks=[] if n in cheap else [pytest.mark.slow], id=n) for n in names]
+
+
+def assert_refused(entry: zoo_models.Entry, code: int, out: str, err: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and entry.expected in lines[0], err
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("name", [*_params(LIGHT, tuple(LIGHT)), *_params(HEAVY)])
+def test_check_answers_or_refuses_in_one_line(invoke, tmp_path: Path, name: str) -> None:
+    entry = ZOO[name]
+    code, out, err = invoke(
+        ["check", f"zoo_models:{name}", "--batch-size", "4", "--json", "--out", str(tmp_path)]
+    )
+    if entry.refused:
+        assert_refused(entry, code, out, err)
+        return
+    assert code in (0, 1), err
+    document = json.loads(out)
+    (report,) = document["precisions"]
+    assert report["verdict"] and report["layers"], name
+    assert math.isfinite(report["loss_float32"])
+    assert report["census"]["overall"]["count"] > 0  # gradients reached the census
+    assert document["forward_flops"] > 0 or not entry.dense
+
+
+@pytest.mark.parametrize("name", [*_params(LIGHT, PROFILED_CHEAPLY), *_params(HEAVY)])
+def test_profile_answers_or_refuses_in_one_line(invoke, tmp_path: Path, name: str) -> None:
+    entry = ZOO[name]
+    argv = ["profile", f"zoo_models:{name}", "--batch-size", "2", "--steps", "1", "--rounds", "1"]
+    argv += ["--xla", "off", "--precision", "mixed_bfloat16", "--json", "--out", str(tmp_path)]
+    code, out, err = invoke(argv)
+    if entry.refused:
+        assert_refused(entry, code, out, err)
+        return
+    assert code == 0, err
+    document = json.loads(out)
+    timed = {layer["name"] for layer in document["layers"]}
+    assert timed, f"{name}: no layer timed"
+    assert set(document["step_ms"]) == {"float32+xla_off", "mixed_bfloat16+xla_off"}
+
+
+# ---------------------------------------------------------------------------------------------
+# What the issue's table broke, one test each
+
+
+def test_subclassed_model_check_names_its_layers_and_matches_its_functional_twin() -> None:
+    subclassed = check("zoo_models:subclassed", batch_size=4, seed=1)
+    twin = check("zoo_models:functional_twin", batch_size=4, seed=1)
+    (sub,), (fun,) = subclassed.precisions, twin.precisions
+    assert [r.name for r in sub.layers] == [r.name for r in fun.layers]
+    assert [r.name for r in sub.layers] == ["conv", "pool", "hidden", "probs"]
+    assert sub.verdict == fun.verdict
+    assert [(f.kind, f.layer) for f in sub.findings] == [(f.kind, f.layer) for f in fun.findings]
+    # The head computes in float32, the rest in float16, as for the Functional clone.
+    assert {r.name: r.compute_dtype for r in sub.layers} == {
+        r.name: r.compute_dtype for r in fun.layers
+    }
+    assert sub.layers[-1].compute_dtype == "float32"
+    assert "subclassed SubCNN" in subclassed.layers_shown
+    assert subclassed.forward_flops == twin.forward_flops > 0
+
+
+def test_subclassed_object_is_made_again_from_its_config_or_refused_in_one_line() -> None:
+    from mpcore.user.loader import LoadError, convert
+
+    half = convert(zoo_models.subclassed(), "mixed_float16", compile=False)  # from_config
+    assert [layer.compute_dtype for layer in half.layers] == ["float16"] * 3 + ["float32"]
+    with pytest.raises(LoadError, match=r"^opaque: the subclassed Opaque cannot be made again"):
+        convert(zoo_models.opaque(), "mixed_float16")
+    # Given as a factory it is called again under the policy instead.
+    assert check("zoo_models:opaque", batch_size=4).precisions[0].verdict
+
+
+def test_embedding_lstm_gets_a_gradient_census_and_a_loss_scale_window() -> None:
+    loaded = load_model("zoo_models:text_lstm")
+    loss, _ = resolve_loss(loaded.model, None)
+    batch = random_batch(loaded.model, 4, loss)
+    census = gradient_census(loaded.model, batch, 2.0**15, "float16", loss_function(loss))
+    embedding = next(v for v in census.per_variable if "embed" in v.name)
+    assert embedding.shape == [zoo_models.VOCABULARY, 16]
+    assert embedding.census["count"] > 0  # the IndexedSlices rows the batch touched
+    (report,) = check(loaded, batch).precisions
+    assert report.window.low is not None and report.window.low <= report.window.high
+
+
+def test_fully_convolutional_model_gets_flops_for_the_batch_shape() -> None:
+    def expected(side: int) -> int:
+        conv1 = 2 * side * side * 8 * (3 * 3 * 3)  # 'same' padding
+        after = (side - 3) // 2 + 1  # 3x3 stride 2, 'valid'
+        conv2 = 2 * after * after * 16 * (3 * 3 * 8)
+        return conv1 + conv2 + 2 * zoo_models.CLASSES * 16
+
+    for side in (16, 24):
+        report = check("zoo_models:fully_convolutional", batch_size=2, unknown_size=side)
+        assert report.forward_flops == expected(side)
+
+
+def test_convnext_converts_with_its_add_operations() -> None:
+    from mpcore.user.loader import convert
+
+    model = zoo_models.convnext_tiny()
+    half = convert(model, "mixed_float16", compile=False)
+    assert half.layers[-1].compute_dtype == "float32"
+    assert {layer.compute_dtype for layer in half.layers if layer.weights} == {
+        "float16",
+        "float32",
+    }
+    np.testing.assert_array_equal(half.get_weights()[0], model.get_weights()[0])
+
+
+def test_lambda_model_converts_in_process() -> None:
+    from mpcore.user.loader import convert
+
+    half = convert(zoo_models.with_lambda(), "mixed_bfloat16", compile=False)
+    assert half.get_layer("scale").compute_dtype == "bfloat16"
+
+
+def test_legacy_h5_gets_labels_for_its_sparse_loss(tmp_path: Path) -> None:
+    path = zoo_models.legacy_h5(str(tmp_path / "model.h5"))
+    report = check(path, batch_size=4)
+    assert "sparse_categorical_crossentropy" in report.loss
+    assert report.precisions[0].verdict
+
+
+@pytest.mark.parametrize(
+    ("name", "loss"),
+    [
+        ("logits_head", "sparse_categorical_crossentropy (from_logits)"),
+        ("binary_head", "binary_crossentropy"),
+        ("multi_label", "binary_crossentropy"),
+        ("regression", "mean_squared_error"),
+        ("multi_output", "sparse_categorical_crossentropy, mean_squared_error"),
+        ("dict_outputs", "sparse_categorical_crossentropy, binary_crossentropy"),
+    ],
+)
+def test_heads_get_their_loss_and_labels_that_fit_it(name: str, loss: str) -> None:
+    model = ZOO[name].factory()
+    chosen, label = resolve_loss(model, None)
+    assert loss in label
+    x, y = random_batch(model, 4, chosen)
+    value = float(loss_function(chosen)(y, model(x)))
+    assert math.isfinite(value) and value > 0
+
+
+def test_linear_head_on_class_labels_is_read_as_logits() -> None:
+    from mpcore.user.ownmodel import user_loss
+
+    loss, metrics = user_loss(zoo_models.logits_uncompiled(), class_labels=True)
+    assert loss.get_config()["from_logits"] and metrics == ["accuracy"]
+
+
+@pytest.mark.parametrize("name", [n for n in LIGHT if ZOO[n].refused])
+def test_unusable_model_is_refused_before_training(invoke, tmp_path: Path, name: str) -> None:
+    code, out, err = invoke(["run", "--model", f"zoo_models:{name}", "--out", str(tmp_path / "r")])
+    assert_refused(ZOO[name], code, out, err)
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# pytest benchmarks/ --mp-model=zoo_models:NAME
+
+
+def collected(pytester: pytest.Pytester, name: str) -> dict[str, str | None]:
+    items, _ = pytester.inline_genitems(
+        TRAIN_STEP, *PLUGIN, f"--mp-model=zoo_models:{name}", "--mp-allow-cpu", *TINY
+    )
+    skips = {}
+    for item in items:
+        mark = item.get_closest_marker("skip")
+        skips[item.callspec.id] = mark.kwargs["reason"] if mark else None
+    return skips
+
+
+@pytest.mark.parametrize("gpu", ["none", "NVIDIA H100 80GB HBM3@9.0"])
+@pytest.mark.parametrize("name", ["subclassed", "fully_convolutional", "text_gru"])
+def test_benchmarks_collect_a_users_model_with_float8_where_it_has_dense_layers(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, gpu: str, name: str
+) -> None:
+    monkeypatch.setenv(FAKE_GPU_ENV, gpu)
+    skips = collected(pytester, name)
+    assert len(skips) == 15, skips
+    float8 = skips["float8-off-fit"]
+    if ZOO[name].dense:
+        assert float8 is None  # runs: on the CPU emulated, on the H100 on its FP8 tensor cores
+    else:
+        assert "no Dense or EinsumDense layer" in float8
+
+
+@pytest.mark.parametrize("name", [n for n in LIGHT if ZOO[n].refused])
+def test_benchmarks_refuse_an_unusable_model_in_one_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(FAKE_GPU_ENV, "none")
+    result = pytester.runpytest(
+        TRAIN_STEP, *PLUGIN, f"--mp-model=zoo_models:{name}", "--mp-allow-cpu", *TINY
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --mp-model: *{ZOO[name].expected}*"])
+    assert "Traceback" not in result.stderr.str()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIGHT)
+def test_benchmarks_run_every_zoo_model(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(FAKE_GPU_ENV, "none")
+    argv = [TRAIN_STEP, *PLUGIN, f"--mp-model=zoo_models:{name}", "--mp-allow-cpu", *TINY]
+    argv += ["--mp-xla=off", "--mp-precision=float32,mixed_float16,float8", "-p", "no:random_order"]
+    result = pytester.runpytest(*argv)
+    if ZOO[name].refused:
+        result.stderr.fnmatch_lines([f"ERROR: --mp-model: *{ZOO[name].expected}*"])
+        return
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) == 3 - (not ZOO[name].dense), result.stdout.str()[-3000:]
+    assert "error" not in outcomes and "failed" not in outcomes
+
+
+# ---------------------------------------------------------------------------------------------
+# mpbench run --model zoo_models:NAME (worker processes)
+
+
+def run_model(mpbench_process, tmp_path: Path, name: str, *extra: str):
+    entry = ZOO[name]
+    data = [] if entry.ship_images else ["--data", f"zoo_models:data_{name}"]
+    return mpbench_process(
+        "run",
+        "--model",
+        f"zoo_models:{name}",
+        *data,
+        "--epochs",
+        "1",
+        "--repeats",
+        "1",
+        "--batch-size",
+        "8",
+        "--xla",
+        "off",
+        "--precision",
+        "float32,mixed_float16",
+        "--out",
+        str(tmp_path / "run"),
+        *extra,
+        cwd=tmp_path,
+        cache=tmp_path / "cache",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIGHT)
+def test_run_trains_every_zoo_model_or_refuses(mpbench_process, tmp_path: Path, name: str) -> None:
+    entry = ZOO[name]
+    result = run_model(mpbench_process, tmp_path, name, "--synthetic-per-class", "4")
+    if entry.refused:
+        assert result.returncode == 2, result.stderr
+        assert entry.expected in result.stderr and "Traceback" not in result.stderr
+        return
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    records = json.loads((tmp_path / "run" / "results.json").read_text())["configurations"]
+    assert [r["status"] for r in records] == ["ok", "ok"], records
+
+
+def test_every_head_is_held_to_float32_whatever_its_activation() -> None:
+    from mpcore.precision.modes import ModeMismatchError, RunConfig, applied
+    from mpcore.train.fit import compile_for
+    from mpcore.user.ownmodel import build_user_model, verify
+
+    config = RunConfig("mixed_float16", "off")
+    with applied(config):
+        model, loss, metrics = build_user_model(config, "zoo_models:multi_output", None)
+        compile_for(model, config, 1e-3, loss=loss, metrics=metrics)
+        assert verify(model, config)
+        model.get_layer("box").dtype_policy = "mixed_float16"  # the linear head, in half
+        with pytest.raises(ModeMismatchError, match="layer box computes in float16"):
+            verify(model, config)
