@@ -8,9 +8,17 @@ from __future__ import annotations
 import os
 import sys
 
+from mpcore.bench import onednn_setting
+
 # Must be set before TensorFlow is imported anywhere: keep C++/absl log noise out of test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# oneDNN stays off for the tests, on for a session of benchmarks/ only (as in a user's TensorFlow).
+os.environ.setdefault(
+    "TF_ENABLE_ONEDNN_OPTS",
+    onednn_setting(
+        sys.argv[1:], os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks")
+    ),
+)
 # On a GPU host the test process and the mpbench processes it starts share the GPU: by default
 # each TensorFlow process reserves nearly all its memory at the first op, starving the others.
 # TensorFlow's own multi-process tests set this too (tensorflow/python/distribute/

@@ -40,6 +40,24 @@ def test_train_step(
             iterations=1,
         )
     benchmark.extra_info.update(memory.fields)
+    if options.memory == "fresh" and not options.real_gpu and options.strategy == "none":
+        # The session's RSS peak only grows down the rows: measure this row on its own.
+        from mpcore.bench.batchtrial import fresh_memory_fields, trial_spec
+
+        benchmark.extra_info.update(
+            fresh_memory_fields(
+                trial_spec(
+                    options.model,
+                    options.image_size,
+                    combination.precision,
+                    combination.xla,
+                    options.batch,
+                    options.steps,
+                    None,
+                    prepared.kind,
+                )
+            )
+        )
     if benchmark.stats is not None:  # None under --benchmark-disable: one untimed round
         benchmark.extra_info.update(
             throughput_fields(

@@ -64,9 +64,16 @@ def config_name(precision: str, xla: str, strategy: str = "none") -> str:
     return f"{precision}+xla_{xla}{suffix}"
 
 
+#: Added to the name of the A/A control: the baseline's configuration planned a second time
+#: (``"control": "A/A"`` in its configuration dict), a row of its own.
+CONTROL_SUFFIX = " (A/A)"
+
+
 def name_of(config: Mapping[str, str]) -> str:
-    """:func:`config_name` of a configuration dict (``precision``, ``xla``, maybe ``strategy``)."""
-    return config_name(config["precision"], config["xla"], config.get("strategy", "none"))
+    """:func:`config_name` of a configuration dict (``precision``, ``xla``, maybe ``strategy``;
+    an A/A control's name ends in :data:`CONTROL_SUFFIX`)."""
+    name = config_name(config["precision"], config["xla"], config.get("strategy", "none"))
+    return name + CONTROL_SUFFIX if config.get("control") else name
 
 
 BASELINE = config_name(BASELINE_PRECISION, BASELINE_XLA)

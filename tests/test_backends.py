@@ -157,17 +157,3 @@ def test_speedups_are_over_the_baseline_of_the_same_backend() -> None:
     table = training_table(rows)
     assert table.splitlines()[0].split()[:4] == ["precision", "xla", "step", "backend"]
     assert any(line.split()[:3] == ["mixed_float16", "jit", "jax"] for line in table.splitlines())
-
-
-def test_mpbench_run_refuses_another_keras_backend_in_one_line(
-    invoke, monkeypatch, tmp_path: Path
-) -> None:
-    # The command reads KERAS_BACKEND itself (before anything imports a backend), so the refusal
-    # is proven in-process; no second TensorFlow start-up is needed. Were the check gone, the
-    # missing data folder would stop the run at once with another message.
-    monkeypatch.setenv("KERAS_BACKEND", "jax")
-    code, out, err = invoke(["run", "--precision", "float32", "--data", str(tmp_path / "none")])
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "KERAS_BACKEND is 'jax'" in lines[0], err
-    assert not out

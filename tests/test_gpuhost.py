@@ -191,7 +191,7 @@ def smoke():
 
 def test_smoke_plan_writes_everything_into_one_folder(smoke, tmp_path) -> None:
     plan = dict(smoke.steps(tmp_path))
-    assert list(plan) == ["gpu-tests", "benchmarks", "doctor", "run"]
+    assert list(plan) == ["gpu-tests", "benchmarks", "doctor", "run", "maxbatch"]
     assert "-m" in plan["gpu-tests"] and "gpu" in plan["gpu-tests"]
     assert f"--benchmark-json={tmp_path / 'benchmarks.json'}" in plan["benchmarks"]
     assert plan["run"][plan["run"].index("--out") + 1] == str(tmp_path / "run")
@@ -200,6 +200,8 @@ def test_smoke_plan_writes_everything_into_one_folder(smoke, tmp_path) -> None:
     assert doctor.measure and doctor.json
     run = build_parser().parse_args(plan["run"][3:])
     assert (run.profile, run.epochs, run.repeats, run.xla) == ("seed", 1, 1, ["off"])
+    maxbatch = build_parser().parse_args(plan["maxbatch"][3:])
+    assert (maxbatch.model, maxbatch.memory_limit, maxbatch.json) == ("resnet50", None, True)
 
 
 def test_smoke_refuses_without_a_gpu(smoke, monkeypatch, tmp_path, capsys) -> None:

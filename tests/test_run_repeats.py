@@ -1,5 +1,5 @@
 """``mpbench run --repeats N``: the interleaved order, the warm-up, every repeat kept, resuming
-with repeats, the spread and significance figures and how the table marks them.
+with repeats, the spread figures and how the table marks the verdicts.
 
 No TensorFlow and no worker process: the runs go through ``run_all`` with the worker replaced by
 a function that returns a record, so these tests take milliseconds. A real run with repeats is
@@ -18,7 +18,7 @@ from mpcore import report
 from mpcore.names import name_of
 from mpcore.run import plan as planning
 from mpcore.run.schema import RESULTS_FILE
-from mpcore.run.stats import chance_of_no_overlap, speedup, spread
+from mpcore.run.stats import chance_of_no_overlap, compare_all, spread
 from mpcore.run.store import finished_repeats
 
 A, B, C = "float32+xla_off", "amp_rewrite+xla_off", "mixed_float16+xla_off"
@@ -45,22 +45,10 @@ def test_schedule_rotates_each_round() -> None:
         planning.interleaved_schedule([A], 0)
 
 
-def test_spread_and_speedup_small_exact_cases() -> None:
+def test_spread_small_exact_cases() -> None:
     assert spread([3.0, 1.0, 2.0]).median == 2.0
     middle = spread([12.0, 10.0, 11.0, 30.0])
     assert (middle.median, middle.low, middle.high, middle.count) == (11.5, 10.0, 30.0, 4)
-    # Every repeat of the second is faster than every repeat of the baseline: significant.
-    faster = speedup([10.0, 11.0, 12.0], [5.0, 6.0, 7.0])
-    assert faster.ratio == pytest.approx(11 / 6)
-    assert (faster.low, faster.high) == pytest.approx((10 / 7, 12 / 5))
-    assert faster.significant is True
-    # Overlapping repeats: the interval [10/13, 12/11] holds 1.0.
-    overlap = speedup([10.0, 12.0], [11.0, 13.0])
-    assert (overlap.low, overlap.high, overlap.significant) == pytest.approx((10 / 13, 12 / 11, 0))
-    assert overlap.significant is False
-    # Slower without overlap is significant too; one repeat a side cannot be judged.
-    assert speedup([5.0, 6.0], [7.0, 8.0]).significant is True
-    assert speedup([5.0], [7.0, 8.0]).significant is None
     assert chance_of_no_overlap(3) == pytest.approx(0.1)
     assert chance_of_no_overlap(4) == pytest.approx(2 / 70)
     with pytest.raises(ValueError):
@@ -86,32 +74,36 @@ def _record(name: str, times: list[float], status: str = "ok") -> dict[str, Any]
     return {"name": name, "config": {}, "status": status, "result": result, "repeats": runs}
 
 
-def test_table_marks_speedups_whose_interval_holds_one() -> None:
-    document = {
-        "configurations": [
-            _record(A, [10.0, 12.0, 11.0]),
-            _record(B, [11.5, 10.5, 11.0]),  # the same work: overlapping repeats
-            _record(C, [22.0, 20.0, 21.0]),  # twice as slow in every repeat
-        ]
+def test_table_gives_each_speedup_its_interval_and_verdict() -> None:
+    times = {
+        A: [10.0, 12.0, 11.0, 10.5, 11.5],
+        B: [11.5, 10.5, 11.0, 11.2, 10.8],  # the same work: overlapping repeats
+        C: [22.0, 20.0, 21.0, 21.5, 20.5],  # twice as slow in every repeat
     }
+    document = {"configurations": [_record(name, values) for name, values in times.items()]}
+    judged = compare_all(times, A)
     rows = {row["configuration"]: row for row in report.run_rows(document)}
-    assert rows[A]["significance"] == "baseline"
-    assert rows[B]["significance"] == "not significant"
-    assert rows[B]["speedup"] == pytest.approx(1.0)
-    assert rows[C]["significance"] == "significant"
-    assert rows[C]["speedup_range"] == "0.52x (0.45-0.60)"
+    assert (rows[A]["verdict"], rows[A]["speedup"]) == ("baseline", 1.0)
+    assert rows[B]["verdict"] == judged[B].verdict == "undecided"
+    assert rows[B]["speedup"] == pytest.approx(judged[B].speedup)
+    assert rows[C]["verdict"] == "slower"
+    low, high = judged[C].low, judged[C].high
+    assert rows[C]["speedup_range"] == f"{judged[C].speedup:.2f}x ({low:.2f}-{high:.2f})"
     assert rows[C]["ms_per_step_range"] == "21.0 (20.0-22.0)"
     # images/s follow the median, not the last repeat's figure.
     assert rows[C]["images_per_s"] == pytest.approx(240 / (21.0 * 15 / 1000))
     table = report.run_table(document)
-    assert "not significant" in table and "21.0 (20.0-22.0)" in table
-    assert "10.0%" in table  # the chance of a false "significant" at 3 repeats
+    assert "undecided" in table and "21.0 (20.0-22.0)" in table and "+-3.0%" in table
+    # Two comparisons at 5 repeats each: at most 2 x 2 P(U <= 1) = 3.2% false calls.
+    assert "at most 3.2%" in table
+    few = {"configurations": [_record(name, values[:3]) for name, values in times.items()]}
+    assert "with 3 repeats no comparison can be decided" in report.run_table(few)
 
 
 def test_table_of_single_runs_warns_that_speedups_have_no_interval() -> None:
     document = {"configurations": [_record(A, [10.0]), _record(C, [20.0])]}
     table = report.run_table(document)
-    assert "significan" not in table.split("\n")[0]
+    assert "verdict" not in table.split("\n")[0]
     assert "each configuration ran once" in table
 
 
@@ -126,7 +118,7 @@ def fake_worker(monkeypatch: pytest.MonkeyPatch):
     calls: list[tuple[str, int, bool]] = []
     fail: set[str] = set()
 
-    def run_configuration(plan, config, workdir) -> dict[str, Any]:
+    def run_configuration(plan, config, workdir, repeat=None) -> dict[str, Any]:
         name = name_of(config)
         calls.append((name, plan.settings["epochs"], plan.out.name == "warmup"))
         if name in fail:

@@ -9,7 +9,10 @@ Runs, one after the other, each writing into one folder (default ``gpu-smoke-<UT
 3. ``doctor``: ``mpbench doctor --measure --json`` (measured TFLOP/s and ratios);
 4. ``run``: a one-epoch ``mpbench run --profile seed --repeats 1`` (four ResNet50 workers, one
    per precision: XLA off, and no repeats or warm-up, which would make 13 workers, or 37 with
-   every XLA mode; the benchmarks cover XLA).
+   every XLA mode; the benchmarks cover XLA);
+5. ``maxbatch``: ``mpbench maxbatch resnet50 --json`` at 224 px, float32 and both half
+   precisions: the largest batch until TensorFlow's real out-of-memory error, each trial in a
+   fresh process (``maxbatch.json``; the bound of 1024 keeps it to about 12 trials each).
 
 Each step's output goes to ``<step>.log`` (the doctor's JSON to ``doctor.json``);
 ``summary.json`` lists the commands, exit statuses and seconds. The exit status is 0 only when
@@ -50,6 +53,9 @@ BENCH_ARGS = (
 #: The seed run, cut to one worker per precision (no XLA, no repeats, no warm-up).
 SEED_RUN_ARGS = ("--profile", "seed", "--epochs", "1", "--xla", "off", "--repeats", "1")
 
+#: The largest ResNet50 batch per precision on the real device memory (no budget).
+MAXBATCH_ARGS = ("resnet50", "--max-batch", "1024", "--json")
+
 
 def steps(out: Path, allow_cpu: bool = False) -> list[tuple[str, list[str]]]:
     """``(name, argv)`` of each step, in order; every file a step writes is under ``out``."""
@@ -72,6 +78,7 @@ def steps(out: Path, allow_cpu: bool = False) -> list[tuple[str, list[str]]]:
             "run",
             [*mpbench, "run", *SEED_RUN_ARGS, "--out", run],
         ),
+        ("maxbatch", [*mpbench, "maxbatch", *MAXBATCH_ARGS]),
     ]
 
 
@@ -102,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for name, command in plan:
         start = time.perf_counter()
-        # The doctor's stdout is its JSON document; every other step's goes to its log.
-        stdout_file = out / ("doctor.json" if name == "doctor" else f"{name}.log")
+        # The doctor's and maxbatch's stdout is a JSON document; every other step's goes to its log.
+        json_steps = {"doctor": "doctor.json", "maxbatch": "maxbatch.json"}
+        stdout_file = out / json_steps.get(name, f"{name}.log")
         with open(out / f"{name}.log", "a") as log, open(stdout_file, "a") as stdout:
             code = subprocess.run(command, stdout=stdout, stderr=log, env=env).returncode
         seconds = time.perf_counter() - start

@@ -90,6 +90,35 @@ MUTANTS: tuple[Mutant, ...] = (
         "        os.fsync(handle.fileno())",
         ("tests/test_cli_commands.py", "-k", "write_json_atomic"),
     ),
+    Mutant(  # every repeat and the warm-up share one result file, never removed
+        "repeats-share-a-stale-result-file",
+        "mpcore/run/plan.py",
+        '    path = workdir / f"{file_stem(name)}.{tag}.result.json"\n'
+        "    path.unlink(missing_ok=True)\n",
+        '    path = workdir / f"{file_stem(name)}.result.json"\n',
+        ("tests/test_run_lifecycle.py", "-k", "killed"),
+    ),
+    Mutant(  # a resume that mixes records of different replica counts
+        "resume-ignores-distribution",
+        "mpcore/run/store.py",
+        "    if distribution is not None and isinstance(saved_distribution, Mapping):",
+        "    if False and distribution is not None and isinstance(saved_distribution, Mapping):",
+        ("tests/test_run_lifecycle.py", "-k", "distribution"),
+    ),
+    Mutant(  # resumed repeats back to back: the schedule's own rounds replaced by a plain list
+        "resume-runs-repeats-back-to-back",
+        "mpcore/run/plan.py",
+        "    return [(configs[name], repeat) for name, repeat in interleaved_rounds(wanted)]",
+        "    return [(configs[name], r) for name in wanted for r in wanted[name]]",
+        ("tests/test_run_lifecycle.py", "-k", "interleave"),
+    ),
+    Mutant(  # --repeats auto stops after the first rounds whatever is undecided
+        "auto-never-adds-a-round",
+        "mpcore/run/plan.py",
+        "            if not open_calls:",
+        "            if True:",
+        ("tests/test_run_lifecycle.py", "-k", "auto"),
+    ),
     Mutant(
         "custom-step-skips-model-losses",
         "mpcore/train/custom_step.py",
@@ -164,6 +193,34 @@ MUTANTS: tuple[Mutant, ...] = (
         'DevicePeak("H100 SXM", fp32=67.0, tf32=494.5, fp16=1979.0,',
         DEVICE_TESTS,
     ),
+    Mutant(  # a hard link resolves to another path: the file compared by its name again
+        "same-file-by-resolved-path",
+        "mpcore/data/ships.py",
+        "        key = (facts.st_dev, facts.st_ino)",
+        "        key = str(image.resolve())",
+        ("tests/test_reliability3.py", "-k", "hard_link"),
+    ),
+    Mutant(  # mkstemp's 0600 left as it is
+        "results-mode-0600",
+        "mpcore/run/files.py",
+        "                os.fchmod(handle.fileno(), 0o666 & ~current_umask())",
+        "                pass",
+        ("tests/test_reliability3.py", "-k", "umask"),
+    ),
+    Mutant(  # the rename not made durable
+        "no-folder-fsync",
+        "mpcore/run/files.py",
+        "    fsync_folder(path.parent)\n",
+        "",
+        ("tests/test_reliability3.py", "-k", "fsynced"),
+    ),
+    Mutant(  # Python's json reads NaN: a schema number that took it would pass a NaN median
+        "schema-number-takes-nan",
+        "mpcore/run/schema.py",
+        "    return isinstance(value, int) or math.isfinite(value)",
+        "    return True",
+        ("tests/test_results_schema.py", "-k", "hostile"),
+    ),
 )
 
 _PEAK_LINE = re.compile(r'DevicePeak\("(?P<name>[^"]+)", (?P<fields>[^)]*)\)')
@@ -193,6 +250,18 @@ def device_table_mutants(source: str) -> list[Mutant]:
 
 def all_mutants() -> list[Mutant]:
     return [*MUTANTS, *device_table_mutants((ROOT / DEVICES).read_text())]
+
+
+_NEVER_COPIED = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".tox")
+
+
+def _ignored(folder: str, names: list[str]) -> set[str]:
+    """What the copy leaves out: caches, and run outputs (``results*``) at the top only, not
+    mpcore's own ``results.schema.json``."""
+    skipped = set(_NEVER_COPIED(folder, names))
+    if Path(folder) == ROOT:
+        skipped |= {name for name in names if name.startswith("results")}
+    return skipped
 
 
 def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int | None, str]:
@@ -250,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     survived = 0
     with tempfile.TemporaryDirectory(prefix="mpbench-mutate-") as folder:
         copy = Path(folder) / "repo"
-        ignored = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", ".tox", "results*")
-        shutil.copytree(ROOT, copy, ignore=ignored)
+        shutil.copytree(ROOT, copy, ignore=_ignored)
         if not args.no_baseline:
             # A selection that fails unmutated would "kill" every mutant: check each once.
             for tests in dict.fromkeys(m.tests for m in chosen):

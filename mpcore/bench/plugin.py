@@ -72,6 +72,8 @@ class BenchOptions:
     replicas: int = 1
     step_kinds: tuple[str, ...] = ("fit",)
     steps_per_execution: int = 1
+    #: ``session``: the in-session probe; ``fresh``: on a CPU, each row's memory in its own process.
+    memory: str = "session"
 
     @property
     def device(self) -> str:
@@ -154,6 +156,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("none", "mirrored"),
         help="none (default), or mirrored: MirroredStrategy over the GPUs (--mp-cpu-replicas "
         "logical CPUs without one), --mp-batch per replica; skipped with fewer than 2 replicas",
+    )
+    group.addoption(
+        "--mp-memory",
+        default="session",
+        choices=("session", "fresh"),
+        help="session (default): the peak memory seen in this pytest process (on a CPU its peak "
+        "RSS so far, which only grows down the rows); fresh: on a CPU, also measure each row's "
+        "peak RSS in a process of its own (comparable between rows, one process per row)",
     )
     group.addoption(
         "--mp-cpu-replicas",
@@ -251,6 +261,7 @@ def resolve_options(config: pytest.Config) -> BenchOptions:
         replicas=_replicas(config, strategy, len(visible_gpus())),
         step_kinds=_names(config.getoption("mp_step"), STEP_KINDS, "--mp-step"),
         steps_per_execution=steps_per_execution,
+        memory=config.getoption("mp_memory"),
     )
 
 

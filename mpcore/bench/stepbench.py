@@ -340,6 +340,9 @@ class MemoryProbe:
     ``peak_memory_bytes`` is the Keras backend's peak (TensorFlow's, JAX's or torch's) on a GPU
     and the process's peak RSS otherwise
     (``ru_maxrss`` only grows, so on the CPU it is the session's peak up to this run).
+    ``peak_memory_comparable`` says whether rows measured one after another can be compared: an
+    allocator counter reset at the start of the block can, a session's RSS peak cannot
+    (:func:`mpcore.bench.batchtrial.fresh_memory_fields` measures a row on its own instead).
     """
 
     def __init__(self, on_gpu: bool, device: str = "GPU:0") -> None:
@@ -372,6 +375,7 @@ class MemoryProbe:
         self.fields = {
             "peak_memory_bytes": framework_peak if self.on_gpu else rss,
             "peak_memory_source": backend.name() if self.on_gpu else "process_rss",
+            "peak_memory_comparable": self.on_gpu and framework_peak is not None,
             "tf_peak_memory_bytes": tf_peak,
             "nvml_peak_used_bytes": None if nvml_peak is None else int(nvml_peak),
             "peak_rss_bytes": rss,

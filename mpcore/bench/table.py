@@ -67,6 +67,25 @@ def with_speedups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return speeded
 
 
+#: Marks a peak memory that cannot be compared with the other rows' (a session's RSS peak).
+SESSION_MEMORY_MARK = " *"
+SESSION_MEMORY_NOTE = (
+    "* peak memory: the pytest process's peak RSS so far, which only grows down the rows: not "
+    "comparable between rows (pytest --mp-memory fresh measures each row in its own process)"
+)
+
+
+def _memory_mark(row: dict[str, Any]) -> str:
+    """:data:`SESSION_MEMORY_MARK` for a row whose peak memory is a session's RSS peak, not
+    comparable with the other rows (files saved before ``peak_memory_comparable`` included)."""
+    if row.get("peak_memory_bytes") is None:
+        return ""
+    comparable = row.get("peak_memory_comparable")
+    if comparable is None:
+        comparable = row.get("peak_memory_source") != "process_rss"
+    return "" if comparable else SESSION_MEMORY_MARK
+
+
 def training_table(rows: Sequence[dict[str, Any]]) -> str:
     """The table of one group; speedup is float32/off's ms/step over the row's."""
     lines = []
@@ -84,7 +103,7 @@ def training_table(rows: Sequence[dict[str, Any]]) -> str:
                 "" if "error" in row else _number(ms),
                 "" if "error" in row else _number(row.get("images_per_second"), digits=1),
                 "" if speedup is None else f"{speedup:.2f}x",
-                "" if "error" in row else _number(memory, 1 / 2**20, 0),
+                "" if "error" in row else _number(memory, 1 / 2**20, 0) + _memory_mark(row),
                 "" if "error" in row else _number(row.get("achieved_tflops"), digits=3),
                 "" if "error" in row else _number(row.get("fraction_of_peak"), 100.0, 1),
                 _number(row.get("compile_seconds"), digits=1),
@@ -146,6 +165,14 @@ def render_report(rows: Iterable[dict[str, Any]]) -> str:
     if pipelines:
         parts.append(pipeline_table(pipelines))
     parts.extend(_input_bound_notes(groups, pipelines))
+    if any(_memory_mark(row) for group in groups.values() for row in group):
+        parts.append(SESSION_MEMORY_NOTE)
+    if groups:
+        parts.append(
+            "speedup: train-step ratios (the compiled step on one resident batch, no input "
+            "pipeline); mpbench run gives whole-epoch ratios, mpbench doctor --measure kernel "
+            "ratios (docs/statistics.md)"
+        )
     return "\n\n".join(parts)
 
 

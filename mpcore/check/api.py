@@ -39,12 +39,14 @@ from mpcore.check.shadow import (
     gradients,
     shadow,
 )
+from mpcore.check.warmup import Training, train_steps, training_findings
 from mpcore.models.flops import layer_forward_flops
 from mpcore.names import HALF_PRECISIONS
 from mpcore.precision.census import float_format
 from mpcore.precision.modes import KERAS_POLICY
 from mpcore.user.data import load_batch, loss_function, resolve_loss
 from mpcore.user.loader import LoadedModel, convert, float32_clone, load_model
+from mpcore.user.values import check_values
 
 CHECK_PRECISIONS: tuple[str, ...] = HALF_PRECISIONS
 #: Relative error of the model's output (and of the loss) against float32 worth a warning. A
@@ -69,6 +71,8 @@ class PrecisionReport:
     window: LossScaleWindow
     first_nonfinite: NonFinite | None
     verdict: str = ""
+    #: ``--steps N``: the training steps taken before judging (None: judged at initialisation).
+    training: Training | None = None
 
     @property
     def errors(self) -> list[Finding]:
@@ -114,11 +118,14 @@ def check(
     batch_size: int = 8,
     precisions: Sequence[str] = ("mixed_float16",),
     seed: int = 0,
+    steps: int = 0,
 ) -> CheckReport:
     """Check ``model`` (a model, a :class:`~mpcore.user.loader.LoadedModel` or a spec) on one batch.
 
     ``data`` is an ``(x, y)`` pair, a data spec for :func:`mpcore.user.data.load_batch`, or None
-    for a seeded random batch. Raises :class:`mpcore.user.loader.LoadError` for unusable input.
+    for a seeded random batch. With ``steps`` a copy trains that many steps on the batch under
+    each policy first (:mod:`mpcore.check.warmup`) and is judged as trained; the user's model is
+    left as it was. Raises :class:`mpcore.user.loader.LoadError` for unusable input.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     for precision in precisions:
@@ -131,10 +138,11 @@ def check(
     else:
         batch = load_batch(data, loaded.model, batch_size, loss_name, seed)
         data_label = str(data) if data is not None else f"random batch (seed {seed})"
+    check_values(data_label, loaded.model, *batch, loss_name)
     size = int(np.shape(keras.tree.flatten(batch[0])[0])[0])
     float32 = float32_clone(loaded.model)
     reports = [
-        _check_one(loaded.model, float32, precision, batch, loss_function(loss_object), size)
+        _check_one(loaded.model, float32, precision, batch, loss_function(loss_object), size, steps)
         for precision in precisions
     ]
     flops = sum(_flops(layer) for layer in float32.layers)
@@ -158,22 +166,63 @@ def _flops(layer: keras.layers.Layer) -> int:
 
 
 def _check_one(
-    model: keras.Model, float32: keras.Model, precision: str, batch: tuple, loss_fn: Any, size: int
+    model: keras.Model,
+    float32: keras.Model,
+    precision: str,
+    batch: tuple,
+    loss_fn: Any,
+    size: int,
+    steps: int = 0,
 ) -> PrecisionReport:
     from mpcore.user.loader import model_precision
 
     dtype = precision.removeprefix("mixed_")
     converted = model_precision(model) != KERAS_POLICY[precision]
     half = convert(model, precision) if converted else model
+    saved = half.get_weights() if steps and not converted else None
+    try:
+        training = None
+        if steps:
+            optimizer, training = train_steps(half, batch, loss_fn, dtype, steps)
+            float32 = convert(half, "float32", compile=False)  # the trained weights' shadow
+        else:
+            optimizer = (
+                getattr(half, "optimizer", None) if getattr(half, "compiled", False) else None
+            )
+        report = _judge(half, float32, precision, batch, loss_fn, size, converted, optimizer)
+    finally:
+        if saved is not None:  # the user's own model trained in place: put its weights back
+            half.set_weights(saved)
+    if training is not None:
+        report.training = training
+        report.findings = sorted(
+            [*training_findings(training), *report.findings],
+            key=lambda f: SEVERITIES.index(f.severity),
+        )
+        report.verdict = _verdict(report)
+    return report
+
+
+def _judge(
+    half: keras.Model,
+    float32: keras.Model,
+    precision: str,
+    batch: tuple,
+    loss_fn: Any,
+    size: int,
+    converted: bool,
+    optimizer: Any,
+) -> PrecisionReport:
+    dtype = precision.removeprefix("mixed_")
     shares = _flop_shares(float32)
     passes = shadow(float32, half, batch, loss_fn, dtype, shares)
-    optimizer = getattr(half, "optimizer", None) if getattr(half, "compiled", False) else None
-    census, window = gradients(float32, batch, loss_fn, dtype, optimizer)
+    census, window = gradients(float32, batch, loss_fn, dtype, optimizer, passes)
+    pinned = _pinned_by_convert(half) if converted else frozenset()
     # What broke comes before what the policy risks: the verdict names the first error.
     findings = [
         *_shadow_findings(passes, dtype),
         *_gradient_findings(window, dtype, census, _fixed_scale(optimizer)),
-        *audit(half, precision, shares, size),
+        *audit(half, precision, shares, size, pinned),
     ]
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     report = PrecisionReport(
@@ -191,6 +240,14 @@ def _check_one(
     )
     report.verdict = _verdict(report)
     return report
+
+
+def _pinned_by_convert(half: keras.Model) -> frozenset[str]:
+    """The layers :func:`mpcore.user.loader.convert` computes in float32: those that produce the
+    outputs (a float32 head)."""
+    from mpcore.user.loader import head_layers
+
+    return frozenset(layer.name for layer in head_layers(half) if layer.compute_dtype == "float32")
 
 
 def _fixed_scale(optimizer: Any) -> bool:
@@ -256,13 +313,17 @@ def _shadow_findings(passes: Any, dtype: str) -> list[Finding]:
             )
     limit = OUTPUT_ERROR_LIMIT[dtype]
     if first is None and passes.output_error > limit:
+        # Named by its own error: the accumulated one is large for every layer after it too.
+        owned = [row for row in passes.rows if row.own_error is not None]
+        worst = max(owned, key=lambda row: row.own_error, default=None)
+        where = f"; the largest own error is this layer's, {worst.own_error:.1%}" if worst else ""
         findings.append(
             Finding(
                 "warning",
                 "output_error",
-                None,
-                f"the output differs from float32 by {passes.output_error:.1%} (relative)",
-                "find the layer where the per-layer relative error jumps; compute it in float32",
+                worst.name if worst else None,
+                f"the output differs from float32 by {passes.output_error:.1%} (relative){where}",
+                "compute the layer with the largest own error in float32 (dtype='float32')",
             )
         )
     relative = abs(passes.loss_half - passes.loss_float32) / max(abs(passes.loss_float32), 1e-12)

@@ -40,9 +40,17 @@ def _half_severity(dtype: str) -> str:
     return "error" if dtype == "float16" else "warning"
 
 
-def audit(half: keras.Model, precision: str, shares: dict[str, float], size: int) -> list[Finding]:
+def audit(
+    half: keras.Model,
+    precision: str,
+    shares: dict[str, float],
+    size: int,
+    pinned: frozenset[str] = frozenset(),
+) -> list[Finding]:
     """The audit's findings for ``half``, the model as it runs under ``precision``; ``shares``
-    maps layer names to their share of the forward FLOPs, ``size`` is the batch size."""
+    maps layer names to their share of the forward FLOPs, ``size`` is the batch size, ``pinned``
+    names the layers :func:`mpcore.user.loader.convert` itself put in float32 (its head): no
+    finding blames the user for those."""
     dtype = precision.removeprefix("mixed_")
     findings: list[Finding] = []
     for head in head_layers(half):
@@ -90,6 +98,8 @@ def audit(half: keras.Model, precision: str, shares: dict[str, float], size: int
         )
     for layer in half.layers:
         share = shares.get(layer.name, 0.0)
+        if layer.name in pinned:
+            continue
         if layer.weights and layer.compute_dtype == "float32" and share >= FLOAT32_SHARE_LIMIT:
             findings.append(
                 Finding(

@@ -18,7 +18,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from mpcore.precision.census import GradientCensus, cast_census, float_format, gradient_census
+from mpcore.check.layererror import merge_histograms, own_outputs
+from mpcore.precision.census import (
+    GradientCensus,
+    Log2Histogram,
+    cast_census,
+    float_format,
+    gradient_census,
+)
 from mpcore.probe.backend import tf
 from mpcore.train.fit import current_loss_scale
 
@@ -43,6 +50,10 @@ class LayerRow:
     underflow: float
     relative_error: float
     finite: bool
+    #: The layer's own error: the half layer run on the float32 shadow's input, against the
+    #: float32 output (``relative_error`` is accumulated: the half layer is fed half inputs, so
+    #: it inherits every error before it). None where the layer cannot be run alone.
+    own_error: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +72,9 @@ class NonFinite:
 class LossScaleWindow:
     """Power-of-two exponents: ``low..high`` keeps every gradient finite with under
     :data:`UNDERFLOW_LIMIT` flushed to zero (None: no such scale); ``settle`` is the highest scale
-    without overflow, where dynamic loss scaling ends up. ``curve`` holds (exponent, underflow,
-    overflow) fractions around the window, for plotting."""
+    without overflow, where dynamic loss scaling ends up, judged on ``based_on``'s gradients;
+    ``underflow_at_1`` is the weight gradients' share flushed at scale 1. ``curve`` holds
+    (exponent, underflow, overflow) fractions around the window, for plotting."""
 
     low: int | None
     high: int | None
@@ -71,6 +83,8 @@ class LossScaleWindow:
     nonzero: bool
     worst_variable: str | None
     curve: list[tuple[int, float, float]]
+    #: Which gradients the window was judged on.
+    based_on: str = "weight gradients"
 
 
 @dataclasses.dataclass
@@ -80,6 +94,10 @@ class ShadowResult:
     loss_half: float
     output_error: float
     first_nonfinite: NonFinite | None
+    #: The float32 gradients of the loss for the outputs of the layers that compute in the half
+    #: type (loss scale 1): the values the half backward pass carries between layers.
+    activation_gradients: Log2Histogram | None = None
+    activation_layers: int = 0
 
 
 #: Layers whose training-mode output is random; switched off so both passes compute alike.
@@ -192,24 +210,32 @@ def shadow(
     rows32, probe32, outs32 = _probe(float32)
     rows16, probe16, outs16 = _probe(half)
     with quiet_noise(float32, half):
-        acts32 = [a.numpy() for a in probe32(x, training=True)]
+        with tf.GradientTape() as tape32:
+            outputs32 = list(probe32(x, training=True))
+            loss32_tensor = loss_fn(y, _structured([outputs32[i] for i in outs32]))
+        grads32 = tape32.gradient(loss32_tensor, outputs32)
+        acts32 = [a.numpy() for a in outputs32]
         with tf.GradientTape() as tape:
             acts16 = list(probe16(x, training=True))
             loss16 = loss_fn(y, _structured([acts16[i] for i in outs16]))
         variables = list(half.trainable_variables)
         grads = tape.gradient(loss16, acts16 + variables)
-    loss32 = float(loss_fn(y, _structured([acts32[i] for i in outs32])))
+        own = own_outputs(float32, rows32, acts32, x, {twin.name: twin for twin, _ in rows16})
+    loss32 = float(loss32_tensor)
     acts16_np = [a.numpy() for a in acts16]
 
     half_rows = {layer.name: (layer, positions) for layer, positions in rows16}
     rows: list[LayerRow] = []
     first: NonFinite | None = None
     paired: list[tuple[Any, list[int]]] = []
+    halves: list[list[int]] = []  # output positions of the layers computing in the half type
     for layer, positions in rows32:
         if layer.name not in half_rows:
             continue
         layer16, positions16 = half_rows[layer.name]
         paired.append((layer16, positions16))
+        if _compute_dtype(layer16) == dtype:
+            halves.append(positions)
         f, h = _joined(acts32, positions), _joined(acts16_np, positions16)
         if f is None or h is None:
             continue
@@ -229,17 +255,26 @@ def shadow(
                 underflow=census["underflow"],
                 relative_error=relative_error(h, f),
                 finite=finite,
+                own_error=relative_error(own[layer.name], f) if layer.name in own else None,
             )
         )
     if first is None:
         first = _first_backward(paired, grads, len(acts16), variables)
     out32, out16 = _joined(acts32, outs32), _joined(acts16_np, outs16)
+    histograms = [
+        Log2Histogram.of(np.asarray(grads32[i], dtype=np.float64))
+        for positions in halves
+        for i in positions
+        if grads32[i] is not None and tf.as_dtype(grads32[i].dtype).is_floating
+    ]
     return ShadowResult(
         rows=rows,
         loss_float32=loss32,
         loss_half=float(loss16),
         output_error=relative_error(out16, out32) if out32 is not None else 0.0,
         first_nonfinite=first,
+        activation_gradients=merge_histograms(histograms) if histograms else None,
+        activation_layers=len(halves),
     )
 
 
@@ -270,26 +305,51 @@ def _first_backward(
 
 
 def loss_scale_of(optimizer: Any, dtype: str) -> float:
-    """The optimizer's current dynamic loss scale, or its static ``loss_scale_factor``, else
-    2**15 for float16 and 1 for bfloat16."""
-    scale = current_loss_scale(optimizer) if optimizer is not None else None
-    scale = scale or getattr(optimizer, "loss_scale_factor", None)
-    return scale or (DEFAULT_LOSS_SCALE if dtype == "float16" else 1.0)
+    """The loss scale the first training step would use: a ``LossScaleOptimizer``'s current
+    dynamic scale (its ``initial_scale`` before it has been built), or a static
+    ``loss_scale_factor``, else 2**15 for float16 and 1 for bfloat16."""
+    return loss_scale_source(optimizer, dtype)[0]
+
+
+def loss_scale_source(optimizer: Any, dtype: str) -> tuple[float, str]:
+    """:func:`loss_scale_of` and where it comes from, in words for the report."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        scale = current_loss_scale(optimizer)
+        if scale is not None:
+            return scale, "the LossScaleOptimizer's current scale"
+        return float(optimizer.initial_scale), "the LossScaleOptimizer's initial_scale"
+    factor = getattr(optimizer, "loss_scale_factor", None) if optimizer is not None else None
+    if factor:
+        return float(factor), "the optimizer's fixed loss_scale_factor"
+    if dtype == "float16":
+        return DEFAULT_LOSS_SCALE, "Keras's default initial scale, no LossScaleOptimizer given"
+    return 1.0, "bfloat16 needs no loss scaling"
 
 
 def gradients(
-    float32: keras.Model, batch: tuple[Any, Any], loss_fn: Any, dtype: str, optimizer: Any
+    float32: keras.Model,
+    batch: tuple[Any, Any],
+    loss_fn: Any,
+    dtype: str,
+    optimizer: Any,
+    passes: ShadowResult | None = None,
 ) -> tuple[dict[str, Any], LossScaleWindow]:
     """The gradient census at the optimizer's loss scale (see :func:`loss_scale_of`) and the
-    loss-scale window derived from the census at scale 1."""
-    scale = loss_scale_of(optimizer, dtype)
+    loss-scale window derived from the census at scale 1, with the activation gradients of
+    ``passes`` (the shadow comparison) where it has them."""
+    scale, source = loss_scale_source(optimizer, dtype)
     with quiet_noise(float32):
         at_scale = gradient_census(float32, batch, scale, dtype, loss_fn)
     with quiet_noise(float32):
         at_one = at_scale if scale == 1.0 else gradient_census(float32, batch, 1.0, dtype, loss_fn)
     census = at_scale.to_dict()
     census["overall_at_1"] = at_one.overall
-    return census, loss_scale_window(at_one)
+    census["loss_scale_source"] = source
+    if passes is None or passes.activation_gradients is None:
+        return census, loss_scale_window(at_one)
+    return census, loss_scale_window(
+        at_one, passes.activation_gradients, f"{passes.activation_layers} layers'"
+    )
 
 
 def scaled_fractions(census: GradientCensus, exponent: int) -> tuple[float, float]:
@@ -308,14 +368,25 @@ def scaled_fractions(census: GradientCensus, exponent: int) -> tuple[float, floa
     return under / total, over / total
 
 
-def loss_scale_window(census: GradientCensus) -> LossScaleWindow:
-    """The :class:`LossScaleWindow` of the gradients in ``census`` (taken at loss scale 1)."""
+def loss_scale_window(
+    census: GradientCensus, activations: Log2Histogram | None = None, layers: str = ""
+) -> LossScaleWindow:
+    """The :class:`LossScaleWindow` of the gradients in ``census`` (taken at loss scale 1) and,
+    when given, of the ``activations``' gradients too (the half backward pass scales both)."""
     if census.loss_scale != 1.0:
         raise ValueError(
             f"loss_scale_window needs a census at loss scale 1, got {census.loss_scale}"
         )
     worst = max(census.per_variable, key=lambda v: v.census["underflow"], default=None)
     worst_name = worst.name.rsplit("/", 1)[0] if worst and worst.census["underflow"] else None
+    based_on = "weight gradients"
+    # Flushed without loss scaling: of the weight gradients, the census's own figure; the bounds
+    # below consider the activation gradients too.
+    underflow_at_1 = scaled_fractions(census, 0)[0] if sum(census.histogram.counts) else 0.0
+    if activations is not None:
+        histogram = merge_histograms([census.histogram, activations])
+        census = dataclasses.replace(census, histogram=histogram)
+        based_on = f"weight gradients and the {layers} activation gradients".replace("  ", " ")
     if not census.histogram.counts or not sum(census.histogram.counts):
         return LossScaleWindow(None, None, None, 0.0, False, None, [])
     fractions = {k: scaled_fractions(census, k) for k in SCALE_EXPONENTS}
@@ -328,8 +399,9 @@ def loss_scale_window(census: GradientCensus) -> LossScaleWindow:
         low=min(good) if good else None,
         high=max(good) if good else None,
         settle=settle,
-        underflow_at_1=fractions[0][0],
+        underflow_at_1=underflow_at_1,
         nonzero=True,
         worst_variable=worst_name,
         curve=curve,
+        based_on=based_on,
     )

@@ -5,6 +5,11 @@ Layout (the Analytics Vidhya "Game of Deep Learning" ships set used by the seed 
     ROOT/train/train.csv        columns image,category; categories 1..5
     ROOT/train/images/<image>   JPEG (PNG content is accepted too)
 
+or, as the seed article's own repository keeps it (``Data/``)::
+
+    ROOT/train.csv
+    ROOT/train/<image>
+
 Categories 1..5 (Cargo, Military, Carrier, Cruise, Tankers) become labels 0..4. The seed's own
 code one-hot encoded 1..5 into five slots, which silently made every Tanker an all-zero target.
 """
@@ -22,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mpcore.data.arrays import EpochOrder
+from mpcore.probe import backend
 from mpcore.probe.backend import tf
 
 CLASS_NAMES: tuple[str, ...] = ("Cargo", "Military", "Carrier", "Cruise", "Tankers")
@@ -55,12 +62,34 @@ class ShipIndex:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a ship data set keeps its table and its images, relative to its root."""
+
+    csv: str
+    images: str
+
+    def describe(self) -> str:
+        return f"{self.csv} + {self.images}/"
+
+
+#: The layouts read, in the order they are looked for: the data set's own (the article's), then
+#: the article's repository's, which keeps the table beside the image folder.
+LAYOUTS = (Layout("train/train.csv", "train/images"), Layout("train.csv", "train"))
+
+
+def layout_of(root: str | Path) -> Layout:
+    """The layout whose ``train.csv`` is in ``root`` (the first of :data:`LAYOUTS` when neither
+    is, the one a new data set is written in)."""
+    return next((layout for layout in LAYOUTS if (Path(root) / layout.csv).is_file()), LAYOUTS[0])
+
+
 def csv_path(root: str | Path) -> Path:
-    return Path(root) / "train" / "train.csv"
+    return Path(root) / layout_of(root).csv
 
 
 def images_dir(root: str | Path) -> Path:
-    return Path(root) / "train" / "images"
+    return Path(root) / layout_of(root).images
 
 
 def _parse_category(raw: str, where: str) -> int:
@@ -86,7 +115,8 @@ def _image_path(folder: Path, name: str, where: str) -> Path:
 
 
 def read_ship_index(root: str | Path) -> ShipIndex:
-    """Read and validate ``ROOT/train/train.csv``; every listed image must exist.
+    """Read and validate the data set's ``train.csv`` (in either of :data:`LAYOUTS`); every
+    listed image must exist.
 
     A UTF-8 byte-order mark and whitespace around names and values are accepted. Errors name the
     file and the line (the header is line 1).
@@ -96,7 +126,8 @@ def read_ship_index(root: str | Path) -> ShipIndex:
         raise DataError(f"data folder not found: {root}")
     table = csv_path(root)
     if not table.is_file():
-        raise DataError(f"{table}: file not found")
+        looked = " nor ".join(f"{layout.csv} (images in {layout.images}/)" for layout in LAYOUTS)
+        raise DataError(f"{table}: file not found; {root} has neither {looked}")
     try:
         text = table.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
@@ -121,7 +152,7 @@ def read_ship_index(root: str | Path) -> ShipIndex:
     paths: list[str] = []
     labels: list[int] = []
     seen: dict[str, int] = {}
-    files: dict[str, tuple[int, str]] = {}
+    files: dict[tuple[int, int], tuple[int, str]] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -138,9 +169,10 @@ def read_ship_index(root: str | Path) -> ShipIndex:
         image = _image_path(folder, name, where)
         if not image.is_file():
             raise DataError(f"{where}: image {name!r} not found in {folder}")
-        # Two names for one file (``./x.jpg`` beside ``x.jpg``, a link) would put one image in
-        # both splits; compare the files the names resolve to.
-        key = str(image.resolve())
+        # Two names for one file (``./x.jpg`` beside ``x.jpg``, a symbolic or a hard link)
+        # would put one image in both splits: compare the files themselves (device, inode).
+        facts = image.stat()
+        key = (facts.st_dev, facts.st_ino)
         if key in files:
             first_line, first_name = files[key]
             raise DataError(
@@ -226,6 +258,11 @@ def _image_problem(path: str) -> str | None:
     image_format, pixels = _header(path)
     if pixels and pixels > MAX_IMAGE_PIXELS:
         return f"{pixels:,} pixels, more than the limit of {MAX_IMAGE_PIXELS:,}"
+    if not backend.is_tensorflow():
+        # The backend-neutral path decodes with PIL (mpcore.data.arrays): ask PIL.
+        if image_format and image_format not in DECODABLE_FORMATS:
+            return f"unsupported format {image_format}"
+        return _pil_problem(path) if image_format else "not an image"
     try:
         raw = tf.io.read_file(path)
         tf.io.decode_image(raw, channels=3, expand_animations=False)
@@ -292,9 +329,16 @@ def fingerprint(index: ShipIndex) -> dict[str, object]:
 
 
 def decode_and_resize(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Read one file, decode JPEG/PNG/GIF/BMP by content to RGB, resize to a float32 square."""
+    """Read one file, decode JPEG/PNG/GIF/BMP by content to RGB, resize to a float32 square
+    (bilinear, half-pixel centres, no antialiasing: :func:`mpcore.data.arrays.resize_bilinear`)."""
     raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+    # JPEG with libjpeg's accurate integer DCT (decode_image's default is the fast one), which is
+    # what PIL uses: the backend-neutral path (mpcore.data.arrays) then sees the same pixels.
+    image = tf.cond(
+        tf.io.is_jpeg(raw),
+        lambda: tf.io.decode_jpeg(raw, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(raw, channels=3, expand_animations=False),
+    )
     image = tf.image.resize(image, (image_size, image_size))
     return tf.ensure_shape(image, (image_size, image_size, 3))
 
@@ -310,9 +354,14 @@ def make_dataset(
     cache: bool = False,
     drop_remainder: bool = False,
     shard_policy: tf.data.experimental.AutoShardPolicy | None = None,
+    order: EpochOrder | None = None,
 ) -> tf.data.Dataset:
-    """The input pipeline: read, decode, resize, preprocess (float32), [cache], shuffle, batch,
+    """The input pipeline: read, decode, resize, preprocess (float32), [cache], order, batch,
     prefetch. Labels are int32 class indices 0..4 for a sparse cross-entropy.
+
+    Each epoch's order is ``order``'s (:class:`mpcore.data.arrays.EpochOrder`: one numpy
+    permutation per epoch, shared with the backend-neutral path); without one, a new pass takes
+    the next epoch's permutation of ``seed``, or file order when not ``shuffle``.
 
     ``shard_policy`` sets how a multi-worker ``tf.distribute`` strategy splits the data: ``DATA``
     (every worker runs the pipeline and keeps its share of each batch) works here; ``FILE`` does
@@ -320,21 +369,40 @@ def make_dataset(
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (list(index.paths), np.asarray(index.labels, dtype=np.int32))
-    )
-    if shuffle and not cache:
-        # Shuffle file names, not decoded images: a full-data shuffle buffer costs nothing.
-        dataset = dataset.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(
-        lambda path, label: (preprocess(decode_and_resize(path, image_size)), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    if cache:
-        dataset = dataset.cache()
-        if shuffle:
-            dataset = dataset.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+    count = len(index)
+    if order is None:
+        order = EpochOrder(count, seed, shuffle)
+    paths = tf.constant(list(index.paths))
+    labels = tf.constant(np.asarray(index.labels, dtype=np.int32))
+
+    def load(position: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = decode_and_resize(tf.gather(paths, position), image_size)
+        return preprocess(image), tf.gather(labels, position)
+
+    def orders() -> tf.data.Dataset:
+        # One element per pass, asked for when the pass's iterator starts: the epoch's order.
+        return tf.data.Dataset.from_generator(
+            lambda: iter([order.next_pass()]),
+            output_signature=tf.TensorSpec([count], tf.int64),
+        )
+
+    parallel = {"num_parallel_calls": tf.data.AUTOTUNE, "deterministic": True}
+    if not order.shuffle:
+        dataset = tf.data.Dataset.range(count).map(load, **parallel)
+        if cache:
+            dataset = dataset.cache()
+    elif not cache:
+        # Ordered file positions are decoded in parallel, in order.
+        dataset = orders().unbatch().map(load, **parallel)
+    else:
+        # Decoded once in file order and cached; each pass gathers the whole cache in its order
+        # (tf.data's own full-size shuffle buffer held the same second copy).
+        cached = tf.data.Dataset.range(count).map(load, **parallel).cache()
+        dataset = tf.data.Dataset.zip(cached.batch(count), orders()).flat_map(
+            lambda batch, positions: tf.data.Dataset.from_tensor_slices(
+                (tf.gather(batch[0], positions), tf.gather(batch[1], positions))
+            )
+        )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     if shard_policy is not None:
         options = tf.data.Options()

@@ -9,13 +9,20 @@ loss scaling), 1 error findings. Nothing here imports TensorFlow until :func:`ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from mpcore.face.common import UsageError, load_tensorflow, positive_int
+from mpcore.face.common import (
+    UsageError,
+    check_activations_fit,
+    load_tensorflow,
+    positive_int,
+    seed_int,
+)
 from mpcore.names import HALF_PRECISIONS
 
 #: The policies ``--precision`` accepts (mpcore.check.api.CHECK_PRECISIONS, without importing it).
@@ -53,7 +60,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--image-size", type=positive_int, help="passed to a factory asking")
     parser.add_argument("--num-classes", type=positive_int, help="passed to a factory asking")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random batch")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the random batch")
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        metavar="N",
+        help="train a copy N real steps on the batch under each policy before judging (the "
+        "loss scale it reaches, skipped steps); default: judge at initialisation",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--out", metavar="DIR", help="default: runs/check-<model>")
     parser.set_defaults(handler=cmd_check)
@@ -62,9 +76,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """``mpbench check``: bad input (a :class:`mpcore.user.loader.LoadError`) is one usage line."""
+    load_tensorflow()  # before anything imports Keras, so its start-up logging stays quiet
     from mpcore.user.loader import LoadError
 
-    load_tensorflow()
     try:
         return run(args)
     except LoadError as error:
@@ -77,20 +91,28 @@ def run(args: argparse.Namespace) -> int:
     from mpcore.user.loader import LoadError, load_model
 
     loaded = load_model(args.model, image_size=args.image_size, num_classes=args.num_classes)
+    check_activations_fit(loaded.model, args.batch_size)
     out = Path(args.out) if args.out else Path("runs") / f"check-{Path(args.model).stem}"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise LoadError(f"--out {out}: {error.strerror or error}") from None
-    report = check(
-        loaded,
-        args.data,
-        loss=args.loss,
-        batch_size=args.batch_size,
-        precisions=list(dict.fromkeys(args.precision)),
-        seed=args.seed,
-    )
+    # Under --json stdout carries the one document: anything else printed on the way (Keras,
+    # the user's data function) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        report = check(
+            loaded,
+            args.data,
+            loss=args.loss,
+            batch_size=args.batch_size,
+            precisions=list(dict.fromkeys(args.precision)),
+            seed=args.seed,
+            steps=args.steps or 0,
+        )
     document = report.to_dict()
+    document["predicted_memory"] = predicted_memory(
+        loaded, [item["precision"] for item in document["precisions"]], document["batch_size"]
+    )
     (out / "check.json").write_text(json.dumps(document, indent=2))
     files = [out / "check.json"]
     files += [plot_precision(document, item, out) for item in document["precisions"]]
@@ -116,8 +138,27 @@ def _percent(value: float | None) -> str:
     return "inf/NaN" if value is None else ("0" if value == 0 else f"{100 * value:.3g}%")
 
 
+def _own(row: dict[str, Any]) -> float:
+    """A row's own error for sorting: inf/NaN first; the accumulated one where there is none."""
+    value = row.get("own_error")
+    value = row["relative_error"] if value is None else value
+    return math.inf if value is None else value
+
+
 def _power(exponent: int | None) -> str:
     return "none" if exponent is None else f"2^{exponent}"
+
+
+def _training_line(training: dict[str, Any] | None) -> str:
+    if not training:
+        return "judged at initialisation, on one batch (--steps N trains N real steps first)"
+    scales = training["loss_scales"]
+    scale = f": loss scale {scales[0]:g} -> {scales[-1]:g}" if scales else ""
+    return (
+        f"judged after {training['steps']} training steps on this batch "
+        f"({training['optimizer']}){scale}, {training['skipped_steps']} of {training['steps']} "
+        "steps skipped"
+    )
 
 
 def render(document: dict[str, Any]) -> str:
@@ -131,7 +172,45 @@ def render(document: dict[str, Any]) -> str:
     ]
     for item in document["precisions"]:
         lines += ["", *_render_precision(item, tabulate)]
+    lines += _render_memory(document.get("predicted_memory") or {})
     return "\n".join(lines)
+
+
+def predicted_memory(loaded: Any, precisions: list[str], batch_size: int) -> dict[str, Any]:
+    """:func:`mpcore.models.memory.predict_memory` of the model under float32 and each checked
+    precision (the converted clone, as the check runs it), by precision."""
+    from mpcore.models.memory import predict_memory
+    from mpcore.precision.modes import RunConfig, applied
+    from mpcore.user.ownmodel import under_precision
+
+    estimates = {}
+    for precision in dict.fromkeys(["float32", *precisions]):
+        with applied(RunConfig(precision, "off")):
+            model = under_precision(loaded, precision)
+            estimates[precision] = predict_memory(model, batch_size).to_dict()
+    return estimates
+
+
+def _render_memory(estimates: dict[str, Any]) -> list[str]:
+    """How much activation memory each half precision saves per sample, predicted."""
+    from mpcore.train.maxbatch import format_bytes
+
+    full = estimates.get("float32")
+    if not full:
+        return []
+    lines = ["", "predicted memory (model alone; mpbench maxbatch measures it):"]
+    for precision, estimate in estimates.items():
+        saved = full["activation_bytes_per_sample"] - estimate["activation_bytes_per_sample"]
+        lines.append(
+            f"  {precision}: {format_bytes(estimate['activation_bytes_per_sample'])} of "
+            f"activations per sample, {format_bytes(estimate['fixed_bytes'])} fixed"
+            + (
+                f"; saves {format_bytes(saved)} of activations per sample"
+                if precision != "float32"
+                else ""
+            )
+        )
+    return lines
 
 
 def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
@@ -152,11 +231,15 @@ def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
         f"loss: float32 {_number(item['loss_float32'], '.5g')}, {dtype} "
         f"{_number(item['loss_half'], '.5g')}; output relative error "
         f"{_percent(item['output_error'])}",
-        f"gradients cast to {dtype}: at loss scale {census['loss_scale']:g} "
+        f"gradients cast to {dtype}: at loss scale {census['loss_scale']:g}"
+        + (f" ({census['loss_scale_source']})" if census.get("loss_scale_source") else "")
+        + ": "
         f"{_percent(overall['underflow'])} flush to zero, {_percent(overall['overflow'])} "
         f"overflow; at scale 1 {_percent(at_one['underflow'])} flush to zero",
         f"loss-scale window: {_power(window['low'])}..{_power(window['high'])} (no overflow, "
-        f"under 1% flushed); dynamic scaling settles near {_power(window['settle'])}",
+        f"under 1% flushed); dynamic scaling settles near {_power(window['settle'])}; judged "
+        f"on the {window.get('based_on', 'weight gradients')}",
+        _training_line(item.get("training")),
     ]
     first = item["first_nonfinite"]
     lines.append(
@@ -172,7 +255,9 @@ def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
         ]
         lines += ["", tabulate(rows, ["severity", "layer", "finding", "fix"], maxcolwidths=48)]
     named = {f["layer"] for f in item["findings"]}
-    worst = sorted(item["layers"], key=lambda r: -(r["relative_error"] or math.inf))
+    # The layer that loses precision is the one whose own error is large; the accumulated error
+    # of every layer after it is large too.
+    worst = sorted(item["layers"], key=lambda r: -_own(r))
     chosen = {r["name"] for r in worst[:TABLE_LAYERS]} | (named & {r["name"] for r in worst})
     table = [
         [
@@ -183,6 +268,7 @@ def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
             _number(r["amax"], ".3g"),
             _percent(r["overflow"]),
             _percent(r["underflow"]),
+            "-" if r.get("own_error") is None else _percent(r["own_error"]),
             _percent(r["relative_error"]),
         ]
         for r in item["layers"]
@@ -191,11 +277,22 @@ def _render_precision(item: dict[str, Any], tabulate: Any) -> list[str]:
     if table:
         lines += [
             "",
-            f"layers named above and the {TABLE_LAYERS} with the largest relative error "
-            f"(all {len(item['layers'])} in check.json):",
+            f"layers named above and the {TABLE_LAYERS} with the largest own error (all "
+            f"{len(item['layers'])} in check.json); own: the layer alone in {dtype} on the "
+            "float32 input, accum.: fed the half model's own outputs",
             tabulate(
                 table,
-                ["layer", "class", "compute", "FLOPs", "amax", "overflow", "flushed", "rel.err"],
+                [
+                    "layer",
+                    "class",
+                    "compute",
+                    "FLOPs",
+                    "amax",
+                    "overflow",
+                    "flushed",
+                    "own err",
+                    "accum. err",
+                ],
             ),
         ]
     lines += ["", f"verdict ({item['precision']}): {item['verdict']}"]
@@ -228,7 +325,23 @@ def plot_precision(document: dict[str, Any], item: dict[str, Any], out: Path) ->
     fractions.plot(positions, [100 * r["underflow"] for r in rows], ".-", label="flushed to zero")
     fractions.set_ylabel(f"% of activations\ncast to {item['dtype']}")
     fractions.legend(loc="upper left", fontsize="small")
-    error.semilogy(positions, [max(e, 1e-12) for e in finite], ".-", lw=0.8, color="#c0392b")
+    error.semilogy(
+        positions,
+        [max(e, 1e-12) for e in finite],
+        ".-",
+        lw=0.8,
+        color="#c0392b",
+        label="accumulated",
+    )
+    own = [r.get("own_error") for r in rows]
+    error.semilogy(
+        positions,
+        [max(e, 1e-12) if e is not None else math.nan for e in own],
+        "x",
+        color="#2c3e50",
+        label="own (the layer alone on the float32 input)",
+    )
+    error.legend(loc="upper left", fontsize="small")
     error.set_ylabel("relative error\nvs float32")
     error.set_xlabel("layer (execution order)")
     first = item["first_nonfinite"]

@@ -5,7 +5,8 @@ process) and prints a side-by-side table; ``report`` re-renders a saved run or a
 file; ``doctor`` says what to expect from this machine; ``numerics`` shows what a float16 cast
 does to a model's gradients with and without loss scaling; ``check`` says whether mixed
 precision is safe for a user's own model; ``profile`` times each layer of a model in float32 and
-half precision.
+half precision; ``compare`` says what changed between two saved runs, noise taken into account;
+``maxbatch`` finds the largest batch each precision fits.
 """
 
 from __future__ import annotations
@@ -15,19 +16,27 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mpcore.face import check_cmd, profile_cmd
+from mpcore.face import check_cmd, compare_cmd, maxbatch_cmd, profile_cmd
 from mpcore.face.common import (
     CACHE_ENV,
     EXIT_USAGE,
     OneLineParser,
     UsageError,
     positive_int,
+    prepare_process,
     seed_int,
+    target_text,
 )
 from mpcore.face.doctor_cmd import cmd_doctor
 from mpcore.face.numerics_cmd import cmd_numerics
 from mpcore.face.report_cmd import cmd_report
 from mpcore.face.run_cmd import PROFILES, cmd_run
+from mpcore.face.run_options import (
+    DEFAULT_BUDGET_MINUTES,
+    MAX_REPEATS,
+    budget_minutes,
+    repeats_value,
+)
 from mpcore.names import DEFAULT_PRECISIONS, PRECISIONS
 from mpcore.run.process import (
     EXIT_INTERRUPTED,
@@ -52,7 +61,8 @@ def build_parser() -> OneLineParser:
     run.add_argument(
         "--data",
         metavar="DIR|synthetic|FILE.npz|MOD:FN",
-        help="ship data set in the seed layout (DIR/train/train.csv, DIR/train/images/), or for "
+        help="ship data set in the seed layout (DIR/train/train.csv, DIR/train/images/) or the "
+        "article repository's (DIR/train.csv, DIR/train/), or for "
         "your own --model arrays: an .npz with x and y, or package.module:fn returning (x, y); "
         f"default: a generated synthetic set cached in ${CACHE_ENV} or ~/.cache/mpbench",
     )
@@ -74,8 +84,27 @@ def build_parser() -> OneLineParser:
         metavar="MODE",
         help="off, jit, auto, or all (default: seed profile all, quick profile off)",
     )
-    run.add_argument("--epochs", type=positive_int)
-    run.add_argument("--batch-size", type=positive_int)
+    run.add_argument("--epochs", type=positive_int, help="epochs (with --target: at most)")
+    run.add_argument(
+        "--target",
+        type=target_text,
+        metavar="METRIC=VALUE",
+        help="train each configuration until a logged metric reaches VALUE (val_accuracy=0.9, "
+        "val_loss<=0.3; --epochs at most), each repeat with its own seed; the table adds epochs "
+        "and time to target and whether an epoch count exceeds the baseline's",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=maxbatch_cmd.batch_size_or_max,
+        help="a positive integer, or max: the largest batch float32 fits, less a 10%% margin "
+        "(mpbench maxbatch's search, docs/maxbatch.md)",
+    )
+    run.add_argument(
+        "--memory-limit",
+        type=maxbatch_cmd.memory_size,
+        metavar="SIZE",
+        help="with --batch-size max on a CPU (required there): the memory budget, e.g. 2GiB",
+    )
     run.add_argument("--image-size", type=positive_int, help="square image side in pixels")
     run.add_argument("--weights", metavar="FILE", help="initial weights file, or imagenet")
     run.add_argument(
@@ -84,11 +113,38 @@ def build_parser() -> OneLineParser:
     run.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>)")
     run.add_argument(
         "--repeats",
-        type=positive_int,
-        metavar="N",
-        help="train each configuration N times, interleaved, after an untimed warm-up; the "
-        "table gives the median ms/step (min-max) and marks speedups that are not significant "
-        "(default: from the profile, 4 for quick, 3 for seed)",
+        type=repeats_value,
+        metavar="N|auto",
+        help=f"train each configuration N times (at most {MAX_REPEATS}), interleaved, after an "
+        "untimed warm-up; the table gives the median ms/step (min-max) and each speedup's "
+        "interval and verdict (default: from the profile, 5 for quick, 6 for seed); auto: the "
+        "profile's rounds, then more until every comparison is decided or --budget is spent",
+    )
+    run.add_argument(
+        "--budget",
+        type=budget_minutes,
+        metavar="MINUTES",
+        help="with --repeats auto: the minutes the whole run may take (default: "
+        f"{DEFAULT_BUDGET_MINUTES:g})",
+    )
+    run.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        help="also run the baseline float32+xla_off a second time as its own interleaved row, "
+        "'float32+xla_off (A/A)': the machine's own noise floor (default: on for the seed "
+        "profile, off for quick)",
+    )
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="hide Keras's per-epoch lines; the progress lines between runs stay",
+    )
+    run.add_argument(
+        "--band",
+        type=compare_cmd.band_percent,
+        default="3",  # a string, so argparse passes it through the type as it would "--band 3"
+        metavar="PCT",
+        help="speedups within +-PCT percent are reported as no practical difference (default 3)",
     )
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out, skipping finished ones"
@@ -140,6 +196,12 @@ def build_parser() -> OneLineParser:
         "path", help="run folder or results.json, pytest-benchmark JSON, or a .benchmarks folder"
     )
     report.add_argument("--out", metavar="DIR", help="where to write (default: beside the input)")
+    report.add_argument(
+        "--band",
+        type=compare_cmd.band_percent,
+        metavar="PCT",
+        help="judge the speedups with this band instead of the run's own --band",
+    )
     report.set_defaults(handler=cmd_report)
 
     doctor = commands.add_parser(
@@ -171,6 +233,8 @@ def build_parser() -> OneLineParser:
 
     check_cmd.add_parser(commands)
     profile_cmd.add_parser(commands)
+    compare_cmd.add_parser(commands)
+    maxbatch_cmd.add_parser(commands)
     return parser
 
 
@@ -180,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
+        prepare_process()
         with sigterm_as_interrupt():
             return args.handler(args)
     except UsageError as error:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import math
 import os
 import sys
 import tempfile
@@ -66,6 +68,16 @@ def physical_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def target_text(text: str) -> str:
+    """``--target``: checked (:func:`mpcore.train.target.parse_target`), kept as written."""
+    from mpcore.train.target import parse_target
+
+    try:
+        return parse_target(text).text()
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--target ")) from None
+
+
 def check_batch_fits(batch_size: int, image_size: int, batch_option: str = "--batch-size") -> None:
     """Refuse a batch whose float32 input tensor alone (batch x side x side x 3 x 4 bytes) is
     over :data:`INPUT_MEMORY_SHARE` of physical memory: it could never train here, and trying
@@ -81,6 +93,62 @@ def check_batch_fits(batch_size: int, image_size: int, batch_option: str = "--ba
         f"{needed / gib:,.1f} GiB as float32, more than {INPUT_MEMORY_SHARE:.0%} of this "
         f"machine's {physical_memory_bytes() / gib:.1f} GiB memory"
         + (f" (largest image size at this batch: {largest} px)" if largest >= 1 else "")
+    )
+
+
+#: A batch's activations (float32 and half passes, and their gradients) may take at most this
+#: share of the machine's memory in ``check`` and ``profile``.
+ACTIVATION_MEMORY_SHARE = 0.5
+#: Copies of every activation a check or profile step holds at once: the float32 and half
+#: forward passes and a gradient for each.
+ACTIVATION_COPIES = 4
+
+
+def _elements(shape: Sequence[int | None], unknown: int) -> int:
+    return math.prod(unknown if d is None else int(d) for d in shape[1:])
+
+
+def activation_elements(model: Any, unknown: int = 8) -> int:
+    """Values one sample puts through ``model``: its inputs and every layer's outputs (a size the
+    graph leaves open counts as ``unknown``, the random batch's choice); a model without a graph
+    counts its inputs only."""
+    total = 0
+    try:
+        total += sum(_elements(t.shape, unknown) for t in model.inputs)
+        for layer in model.layers:
+            try:
+                outputs = _flat(layer.output)
+            except (AttributeError, ValueError, RuntimeError):  # a shared or unbuilt layer
+                continue
+            total += sum(_elements(t.shape, unknown) for t in outputs)
+    except (AttributeError, ValueError, TypeError):
+        pass
+    return max(total, 1)
+
+
+def _flat(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _flat(item)]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _flat(item)]
+    return [value]
+
+
+def check_activations_fit(model: Any, batch_size: int) -> None:
+    """Refuse a ``--batch-size`` whose activations (4 bytes a value, :data:`ACTIVATION_COPIES`
+    copies) would exceed :data:`ACTIVATION_MEMORY_SHARE` of physical memory, before anything is
+    allocated: trying would swap the machine or end in an allocation traceback."""
+    per_sample = activation_elements(model) * 4 * ACTIVATION_COPIES
+    limit = ACTIVATION_MEMORY_SHARE * physical_memory_bytes()
+    if batch_size * per_sample <= limit:
+        return
+    gib = 2**30
+    largest = int(limit // per_sample)
+    raise UsageError(
+        f"--batch-size {batch_size}: the activations of one batch need about "
+        f"{batch_size * per_sample / gib:,.1f} GiB, more than {ACTIVATION_MEMORY_SHARE:.0%} of "
+        f"this machine's {physical_memory_bytes() / gib:.1f} GiB memory"
+        + (f" (largest batch here: about {largest:,})" if largest >= 1 else "")
     )
 
 
@@ -104,6 +172,7 @@ def train_settings(args: argparse.Namespace, profile: Any, **fields: Any) -> Any
             batch_size=args.batch_size or profile.batch_size,
             epochs=args.epochs or profile.epochs,
             seed=args.seed,
+            target=getattr(args, "target", None),
             **fields,
         )
     except ValueError as error:
@@ -139,12 +208,61 @@ def quiet_native_stderr() -> Iterator[None]:
 
 
 def load_tensorflow() -> None:
-    """Import TensorFlow and probe the GPUs quietly, once, before any command uses them."""
+    """Import TensorFlow and Keras and probe the GPUs quietly, once, before any command uses
+    them: call it before the first import of anything that imports Keras."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with quiet_native_stderr():
+        import keras  # noqa: F401  (its start-up logging lands in the sink too)
+
         from mpcore.probe.machine import visible_gpus
 
         visible_gpus()
+
+
+#: The Keras backends and the module each needs installed.
+KERAS_BACKENDS: dict[str, str] = {
+    "tensorflow": "tensorflow",
+    "jax": "jax",
+    "torch": "torch",
+    "numpy": "numpy",
+    "openvino": "openvino",
+}
+
+
+def check_keras_backend() -> None:
+    """Refuse a ``KERAS_BACKEND`` that Keras does not know or whose framework is not installed,
+    before Keras is imported (importing it would end in a traceback)."""
+    backend = os.environ.get("KERAS_BACKEND")
+    if not backend:
+        return
+    module = KERAS_BACKENDS.get(backend.lower())
+    if module is None:
+        raise UsageError(
+            f"KERAS_BACKEND={backend!r} is not a Keras backend "
+            f"(valid: {', '.join(KERAS_BACKENDS)}); unset it to use tensorflow"
+        )
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(
+            f"KERAS_BACKEND={backend!r} but {module} is not installed: install it or unset "
+            "KERAS_BACKEND to use tensorflow"
+        )
+
+
+def working_folder_on_path() -> None:
+    """Put the working folder first on ``sys.path``, as ``python -m`` does, so that
+    ``mpbench check mod:fn`` imports ``mod`` from where the user stands (the console script
+    puts only its own folder there)."""
+    here = os.getcwd()
+    if not any(entry in ("", here) for entry in sys.path):
+        sys.path.insert(0, here)
+
+
+def prepare_process() -> None:
+    """What every command needs before it imports anything: TensorFlow's start-up logging
+    quietened, the Keras backend checked, the working folder importable."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    working_folder_on_path()
+    check_keras_backend()
 
 
 def cache_dir() -> Path:

@@ -212,6 +212,10 @@ def emit_measurements(entries: list[dict[str, Any]], flags: frozenset[str], emit
         for op, ratio in entry["ratios"].items():
             shown = ", ".join(f"{d}/float32 {_tflops(r)}" for d, r in ratio.items())
             emit(f"  ratios {op}: {shown}")
+        emit(
+            "  these are kernel ratios (one large op each); mpbench run gives whole-epoch ratios, "
+            "pytest benchmarks/ train-step ratios (docs/statistics.md)"
+        )
         for verdict in measured_verdicts(entry, flags):
             emit(f"  {verdict.line()}")
 
@@ -239,6 +243,11 @@ def run_doctor(
             "measured_verdicts": None
             if entries is None
             else [dataclasses.asdict(v) for v in measured_verdicts(entries[0], flags)],
+            "predicted_memory": None
+            if model is None
+            else {
+                p: e.to_dict() for p, e in predicted_memory(model, batch_size, image_size).items()
+            },
         }
         emit(json.dumps(document, indent=2))
         return 0
@@ -250,7 +259,58 @@ def run_doctor(
         emit_measurements(measure(cap), flags, emit)
     if model is not None or batch_size is not None:
         emit_multiples_of_8(model, batch_size, image_size, emit)
+    if model is not None:
+        emit_predicted_memory(model, batch_size, image_size, emit)
     return 0
+
+
+#: The batch the memory prediction is told at when ``--batch-size`` is not given.
+PREDICTION_BATCH = 32
+
+
+def predicted_memory(
+    model_name: str, batch_size: int | None, image_size: int | None
+) -> dict[str, Any]:
+    """The training memory :func:`mpcore.models.memory.predict_memory` predicts for the registry
+    model under float32 and each half precision, by precision."""
+    from mpcore.models.memory import predict_memory
+    from mpcore.models.registry import build_model
+    from mpcore.names import HALF_PRECISIONS
+    from mpcore.precision.modes import RunConfig, applied
+
+    estimates = {}
+    for precision in ("float32", *HALF_PRECISIONS):
+        with applied(RunConfig(precision, "off")):
+            built = build_model(model_name, image_size)
+            estimates[precision] = predict_memory(built, batch_size or PREDICTION_BATCH)
+    return estimates
+
+
+def emit_predicted_memory(
+    model_name: str, batch_size: int | None, image_size: int | None, emit
+) -> None:
+    """Before any run: how much activation memory half precision saves for the model."""
+    from mpcore.models.memory import half_precision_saving
+    from mpcore.train.maxbatch import format_bytes
+
+    estimates = predicted_memory(model_name, batch_size, image_size)
+    first = next(iter(estimates.values()))
+    emit("")
+    emit(
+        f"predicted training memory of {model_name} at batch {first.batch_size} (weights, "
+        "gradients, Adam slots, activations kept for the backward pass; mpbench maxbatch "
+        "measures it):"
+    )
+    for precision, estimate in estimates.items():
+        emit(
+            f"  {precision}: {format_bytes(estimate.total_bytes)} = "
+            f"{format_bytes(estimate.fixed_bytes)} fixed + "
+            f"{format_bytes(estimate.activation_bytes_per_sample)} of activations per sample"
+        )
+    float32 = estimates["float32"]
+    for precision, estimate in estimates.items():
+        if precision != "float32":
+            emit(f"  {precision} {half_precision_saving(float32, estimate)}")
 
 
 def describe(cap: Capability, flags: frozenset[str], emit: Callable[[str], None]) -> None:

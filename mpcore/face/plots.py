@@ -116,20 +116,37 @@ def plot_bars(
     title: str,
     xlabel: str,
     unit: str = "ms",
+    points: list[list[float]] | None = None,
+    intervals: list[tuple[float, float] | None] | None = None,
 ) -> Path:
-    """Horizontal bars of a time per configuration, each annotated with its speedup."""
+    """Horizontal bars of a time per configuration, each annotated with its speedup (and its
+    interval); ``points``: every repeat's time, drawn as dots over its bar."""
     figure = Figure(figsize=(8, 1.2 + 0.55 * max(1, len(labels))))
     axes = figure.subplots()
     positions = range(len(labels))
     axes.barh(positions, values, color=_colours(len(labels)))
     axes.set_yticks(list(positions), labels, fontsize=9)
     axes.invert_yaxis()
-    for position, value, speedup in zip(positions, values, speedups, strict=True):
-        note = f"{value:.1f} {unit}" + (f"  ({speedup:.2f}x)" if speedup is not None else "")
-        axes.text(value, position, "  " + note, va="center", fontsize=9)
+    spans = intervals or [None] * len(labels)
+    repeats = points or [[] for _ in labels]
+    for position, value, speedup, span in zip(positions, values, speedups, spans, strict=True):
+        note = f"{value:.1f} {unit}"
+        if speedup is not None:
+            note += f"  ({speedup:.2f}x" + (f", {span[0]:.2f}-{span[1]:.2f}" if span else "") + ")"
+        right = max([value, *repeats[position]])  # right of the bar and of its dots
+        axes.text(right, position, "  " + note, va="center", fontsize=9)
+    label: str | None = "a repeat"  # on the first row drawn only: one legend entry
+    for position, times in enumerate(repeats):
+        if len(times) > 1:
+            axes.plot(times, [position] * len(times), "o", color="black", markersize=3.5,
+                      alpha=0.7, label=label)  # fmt: skip
+            label = None
+    if label is None:
+        axes.legend(fontsize=8, loc="upper right")
     axes.set_xlabel(xlabel)
     axes.set_title(title, fontsize=11)
-    axes.set_xlim(0, max(values, default=1.0) * 1.35 or 1.0)
+    longest = max([*values, *(t for times in repeats for t in times)], default=1.0)
+    axes.set_xlim(0, longest * 1.45 or 1.0)
     axes.grid(axis="x", alpha=0.3)
     return _save(figure, path)
 

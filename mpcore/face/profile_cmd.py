@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mpcore.face.common import UsageError, load_tensorflow, positive_int
+from mpcore.face.common import UsageError, check_activations_fit, load_tensorflow, positive_int
 from mpcore.names import HALF_PRECISIONS
 
 HALF_CHOICES: tuple[str, ...] = HALF_PRECISIONS
@@ -92,6 +92,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     tf.get_logger().setLevel("ERROR")
 
     loaded = load(args.model, args.image_size)
+    check_activations_fit(loaded.model, args.batch_size)
     out = Path(args.out) if args.out else Path("runs") / f"profile-{Path(args.model).stem}"
     try:
         out.mkdir(parents=True, exist_ok=True)

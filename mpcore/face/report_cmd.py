@@ -18,10 +18,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else source.parent
     try:
         if kind == "run":
-            table = report.run_table(document)
-            files = report.render_run(document, out)
+            table = report.run_table(document, args.band)
+            files = report.render_run(document, out, args.band)
         else:
             table, files = report.render_benchmark(document, out)
+    except report.ReportError as error:
+        raise UsageError(f"{source}: {error}") from None
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise UsageError(
             f"{source}: a field is missing or malformed ({type(error).__name__}: {error})"

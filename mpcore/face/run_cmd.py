@@ -25,15 +25,22 @@ from mpcore.face.common import (
     quiet_native_stderr,
     train_settings,
 )
+from mpcore.face.run_backend import (
+    backend_xla,
+    check_backend_options,
+    keras_backend,
+)
+from mpcore.face.run_distribution import Distribution, parse_distribution
 from mpcore.face.run_guard import (
     check_resumed,
     locked_out,
     refuse_if_locked,
     removed_on_failure,
 )
+from mpcore.face.run_options import AUTO, check_repeat_options, describe_repeats, plan_options
 from mpcore.names import DEFAULT_PRECISIONS, PRECISIONS, VALIDATION_FRACTION, XLA_MODES
 from mpcore.run.process import EXIT_INTERRUPTED, EXIT_TERMINATED, terminated
-from mpcore.train.placement import cpu_replicas_problem
+from mpcore.run.stats import planned_repeats
 
 if TYPE_CHECKING:  # imported lazily at run time: TensorFlow loads only when a command needs it
     from mpcore.train.settings import TrainSettings
@@ -49,19 +56,22 @@ class Profile:
     epochs: int
     xla: tuple[str, ...]
     synthetic_per_class: int
-    #: Interleaved runs of each configuration (``--repeats``): enough to tell a real speedup
-    #: from the noise of a shared machine (see :mod:`mpcore.run.stats`).
-    repeats: int = 3
+    #: Interleaved runs of each configuration (``--repeats``): the fewest that can decide the
+    #: run's comparisons at a 5% family-wise error rate (docs/statistics.md).
+    repeats: int = 6
+    #: Whether ``--control`` (the A/A row) is on by default.
+    control: bool = False
 
 
 PROFILES: dict[str, Profile] = {
     # The seed article's experiment: ResNet50 at 224x224, batch 80, 5 epochs.
-    "seed": Profile("resnet50", 224, 80, 5, ("off", "jit", "auto"), 120),
+    # The A/A control adds one row to twelve (8% more time) where GPU users decide on speedups.
+    "seed": Profile("resnet50", 224, 80, 5, ("off", "jit", "auto"), 120, control=True),
     # Small enough that all four precisions finish in well under 3 minutes on a 2-core CPU.
     # XLA stays off: on a CPU its compilation costs more than it saves at this size.
-    # Four repeats: 16 workers of about 5.5 s plus the warm-up, about 100 s at a load average
-    # near 2; fewer would let identical configurations look different (docs/cli.md).
-    "quick": Profile("small", 48, 16, 4, ("off",), 60, repeats=4),
+    # Five repeats, the fewest that can decide its 3 comparisons: 20 workers of about 5.5 s
+    # plus the warm-up, about 2 minutes at a load average near 2 (docs/statistics.md).
+    "quick": Profile("small", 48, 16, 4, ("off",), 60, repeats=5),
 }
 
 
@@ -238,64 +248,6 @@ def _data(
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class Distribution:
-    """How ``mpbench run`` distributes each configuration (``--strategy``, ``--workers``,
-    ``--cpu-replicas``) and how many replicas that is, when known before training."""
-
-    strategy: str
-    workers: int
-    cpu_replicas: int
-    replicas: int | None
-    #: False on the hosts of a multi-host cluster other than the chief (their results are
-    #: not the run's).
-    chief: bool = True
-    task_index: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def describe(self, batch_size: int) -> str:
-        return (
-            f"strategy {self.strategy}: "
-            + (f"{self.workers} local worker(s), " if self.workers else "")
-            + (f"{self.replicas} replica(s), " if self.replicas else "")
-            + f"batch {batch_size} per replica; each configuration also runs without "
-            "a strategy (one replica) for the scaling efficiency"
-        )
-
-
-def _distribution(args: argparse.Namespace, gpu_count: int) -> Distribution:
-    """Validate the distribution options together; one usage error for a bad combination."""
-    from mpcore.train.replicas import StrategyError, is_chief, parse_strategy, read_tf_config
-
-    try:
-        strategy = parse_strategy(args.strategy or ("multiworker" if args.workers else "none"))
-    except StrategyError as error:
-        raise UsageError(f"--strategy: {error}") from None
-    if args.workers and strategy != "multiworker":
-        raise UsageError(
-            f"--workers {args.workers} runs local multiworker workers; it cannot be combined "
-            f"with --strategy {strategy}"
-        )
-    problem = cpu_replicas_problem(args.cpu_replicas, strategy, gpu_count)
-    if problem:
-        raise UsageError(f"--cpu-replicas {problem}")
-    if strategy == "mirrored":
-        replicas = args.cpu_replicas or gpu_count or 1
-        return Distribution(strategy, 0, args.cpu_replicas or 0, replicas)
-    if strategy != "multiworker":
-        return Distribution(strategy, 0, 0, 1)
-    if args.workers:
-        return Distribution(strategy, args.workers, 0, args.workers * max(gpu_count, 1))
-    try:
-        tf_config = read_tf_config()  # fail here, not in every worker
-    except StrategyError as error:
-        raise UsageError(str(error)) from None
-    index = int(tf_config["task"]["index"])
-    return Distribution(strategy, 0, 0, None, chief=is_chief(tf_config), task_index=index)
-
-
 def _check_float8_model(model: str) -> None:
     """Refuse ``float8`` for a model with nothing for it to quantize, before any worker starts."""
     from mpcore.models.registry import model_spec
@@ -328,18 +280,15 @@ def _check_batches(batch_size: int, data: dict[str, Any], distribution: Distribu
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    keras_backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if keras_backend != "tensorflow":  # docs/backends.md: the data path is tf.data
-        raise UsageError(
-            f"mpbench run trains through tf.data on TensorFlow, but KERAS_BACKEND is "
-            f"{keras_backend!r}: unset it (pytest benchmarks/ and numerics/ run on JAX and torch)"
-        )
+    check_repeat_options(args)
+    check_backend_options(args)  # before anything imports the backend's framework
     with contextlib.ExitStack() as held:  # the run folder's lock, released however we leave
         return _run(args, held)
 
 
 def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
-    load_tensorflow()
+    if keras_backend() == "tensorflow":
+        load_tensorflow()
     from mpcore import report
     from mpcore.probe.capability import capability, machine_record
     from mpcore.probe.machine import visible_gpus
@@ -356,10 +305,27 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         reason += decided.simulated_tag()
     print(f"profile {profile_name}: {reason}", flush=True)
     profile = PROFILES[profile_name]
-    distribution = _distribution(args, gpu_count)
+    distribution = parse_distribution(args, gpu_count)
     precisions = parse_names(args.precision, PRECISIONS, "--precision") or list(DEFAULT_PRECISIONS)
-    xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or list(profile.xla)
+    xla_modes = parse_names(args.xla, XLA_MODES, "--xla") or backend_xla(profile.xla)
+    comparisons = len(precisions) * len(xla_modes) * (1 + (distribution.strategy != "none")) - 1
+    try:
+        repeats = planned_repeats(
+            None if args.repeats == AUTO else args.repeats, profile.repeats, comparisons
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    largest = args.batch_size == "max"
+    if args.memory_limit is not None and not largest:
+        raise UsageError("--memory-limit is the budget of --batch-size max; give both")
+    if largest:
+        args.batch_size = None  # the profile's, until the search has found one
     settings = _settings(args, profile)
+    if largest:
+        from mpcore.face.maxbatch_cmd import largest_batch_for_run
+
+        settings = largest_batch_for_run(settings, args.memory_limit)
+        args.batch_size = settings.batch_size
     if "float8" in precisions:
         _check_float8_model(settings.model)
     out = _out_folder(args, distribution)
@@ -371,9 +337,15 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     except files.RunSetupError as error:
         raise UsageError(str(error)) from None
     held.enter_context(locked_out(out, args.resume, created))
+    from mpcore.data.ships import layout_of
+
+    found = layout_of(root)  # which of the two ship layouts (none for a user's arrays)
+    shipped = not data["synthetic"] and (Path(root) / found.csv).is_file()
+    layout = f"layout {found.describe()}; " if shipped else ""
     print(
         f"data: {'synthetic ship set' if data['synthetic'] else 'ship set'} at {root} "
-        f"({data['train_images']} training, {data['validation_images']} validation images)",
+        f"({layout}{data['train_images']} training, {data['validation_images']} validation "
+        "images)",
         flush=True,
     )
     modes = [{"precision": p, "xla": x} for p in precisions for x in xla_modes]
@@ -381,16 +353,14 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         out=out,
         data_root=root,
         settings=settings.to_dict(),
-        configs=planning.planned_configs(modes, distribution.strategy),
-        verbose=1 if sys.stdout.isatty() else 2,
+        skipped_images=[image["path"] for image in data["skipped_images"]],
         cpu_replicas=distribution.cpu_replicas,
         workers=distribution.workers,
-        skipped_images=[image["path"] for image in data["skipped_images"]],
-        repeats=args.repeats or profile.repeats,
+        **plan_options(args, repeats, profile.control, modes, distribution.strategy),
     )
     try:
         if args.resume:
-            document = plan.resumed_document()
+            document = plan.resumed_document(distribution.to_dict())
             check_resumed(document, data, plan.names, out)
         else:
             document = plan.new_document(
@@ -408,13 +378,13 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     print(
         f"{len(plan.configs)} configuration(s): {', '.join(plan.names)}; "
         f"model {settings.model}, {settings.image_size} px, batch {settings.batch_size}, "
-        f"{settings.epochs} epoch(s)"
-        + (f", {plan.repeats} repeats each, interleaved" if plan.repeats > 1 else "")
-        + f"; output in {out}",
+        f"{settings.epochs} epoch(s)" + describe_repeats(plan) + f"; output in {out}",
         flush=True,
     )
     try:
         completed = planning.run_all(plan, document, announce=lambda line: print(line, flush=True))
+        document["statistics"] = report.run_statistics(document, args.band)  # kept with the run
+        files.save_results(plan.results_path, document, print)
     except files.ResultsUnsavable as error:
         print(f"mpbench run: error: {error}", file=sys.stderr)
         return 1
@@ -423,7 +393,8 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     print(report.run_table(document))
     files = report.render_run(document, out)
     print(f"\nwritten to {out}: {schema.RESULTS_FILE}, " + ", ".join(f.name for f in files))
-    print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+    if (out / "tensorboard").is_dir():
+        print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     if not completed:
         print(
             f"{'terminated (SIGTERM)' if terminated() else 'interrupted'}: "

@@ -14,8 +14,10 @@ import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
+import numpy as np
 
 from mpcore.probe.backend import tf
 
@@ -41,21 +43,28 @@ class ModelSpec:
     float8_layers: bool = False
 
 
+def _float32(images: Any) -> Any:
+    """``images`` as float32: a numpy batch (the backend-neutral input path) stays numpy."""
+    if isinstance(images, np.ndarray):
+        return images.astype(np.float32, copy=False)
+    return tf.cast(images, tf.float32)
+
+
 def _resnet50_preprocess(images: tf.Tensor) -> tf.Tensor:
     """Caffe-style ResNet50 preprocessing (RGB->BGR, ImageNet mean subtraction) in float32."""
-    return keras.applications.resnet50.preprocess_input(tf.cast(images, tf.float32))
+    return keras.applications.resnet50.preprocess_input(_float32(images))
 
 
 def _unit_preprocess(images: tf.Tensor) -> tf.Tensor:
     """Scale 0..255 pixels to 0..1 in float32."""
-    return tf.cast(images, tf.float32) / 255.0
+    return _float32(images) / np.float32(255.0)
 
 
 def _signed_unit_preprocess(images: tf.Tensor) -> tf.Tensor:
     """Scale 0..255 pixels to -1..1 in float32. Zero-centred pixels matter to vit_tiny: with
     0..1 it sat at chance (20%) for two or three epochs on the generated set, with -1..1 it
     passes 85% in the third."""
-    return tf.cast(images, tf.float32) / 127.5 - 1.0
+    return _float32(images) / np.float32(127.5) - np.float32(1.0)
 
 
 def _softmax_head(x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:

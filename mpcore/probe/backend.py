@@ -102,6 +102,16 @@ def sync() -> None:
             torch.cuda.synchronize()
 
 
+def wait_for(values: Any) -> None:
+    """Wait until the device has computed ``values`` (arrays or Keras variables), then
+    :func:`sync`: on JAX reading a result is the only wait for a computation."""
+    if name() == "jax":
+        import jax
+
+        jax.block_until_ready([getattr(value, "value", value) for value in values])
+    sync()
+
+
 @functools.cache
 def accelerators() -> tuple[tuple[str, tuple[int, int] | None], ...]:
     """``(name, compute capability)`` of each GPU the backend sees (detected once)."""

@@ -2,9 +2,11 @@
 
 ``import mpcore.report`` imports no TensorFlow: ``mpbench report`` re-renders a saved run in a
 second. Reading the file is :mod:`~mpcore.report.load`, the rows and tables
-:mod:`~mpcore.report.tables`, the files written :mod:`~mpcore.report.render`.
+:mod:`~mpcore.report.tables` (the verdicts :mod:`~mpcore.report.judging`), the files written
+:mod:`~mpcore.report.render`.
 """
 
+from mpcore.report.judging import repeat_times, run_statistics
 from mpcore.report.load import ReportError, is_benchmark_json, is_results_json, load, locate
 from mpcore.report.render import plot_step_time, render_benchmark, render_run, write_csv
 from mpcore.report.tables import (
@@ -16,7 +18,6 @@ from mpcore.report.tables import (
     format_table,
     machine_notes,
     peak_memory,
-    repeat_times,
     run_columns,
     run_rows,
     run_table,
@@ -42,6 +43,7 @@ __all__ = [
     "repeat_times",
     "run_columns",
     "run_rows",
+    "run_statistics",
     "run_table",
     "write_csv",
 ]

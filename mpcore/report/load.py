@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mpcore.run.schema import ShapeError, check_benchmarks, check_results
+from mpcore.run.schema import SCHEMA_PREFIX, ShapeError, check_benchmarks, check_results
 
 
 class ReportError(Exception):
@@ -29,9 +29,7 @@ def is_benchmark_json(document: Any) -> bool:
 
 
 def is_results_json(document: Any) -> bool:
-    return isinstance(document, dict) and str(document.get("schema", "")).startswith(
-        "mpbench-results/"
-    )
+    return isinstance(document, dict) and str(document.get("schema", "")).startswith(SCHEMA_PREFIX)
 
 
 def locate(path: str | Path) -> Path:

@@ -16,7 +16,18 @@ from mpcore.face.plots import (
     subtitle,
 )
 from mpcore.names import BASELINE
-from mpcore.report.tables import RUN_COLUMNS, benchmark_rows, csv_columns, run_rows
+from mpcore.report.judging import repeat_times
+from mpcore.report.load import ReportError
+from mpcore.report.tables import (
+    PLAIN_BENCHMARK_COLUMNS,
+    RUN_COLUMNS,
+    benchmark_rows,
+    csv_columns,
+    is_suite_benchmark,
+    plain_benchmark_rows,
+    plain_benchmark_table,
+    run_rows,
+)
 
 
 def write_csv(
@@ -33,27 +44,54 @@ def write_csv(
     return path
 
 
-def plot_step_time(document: dict[str, Any], path: Path) -> Path:
-    """Steady-state ms/step per configuration, annotated with the speedup over the baseline."""
-    rows = [row for row in run_rows(document) if row["ms_per_step"] is not None]
+def step_time_data(document: dict[str, Any], band: float | None = None) -> list[dict[str, Any]]:
+    """What ``step_time.png`` draws, one entry per configuration with a time: its label, the
+    bar (the table's ms/step), the speedup and its interval (the table's), and every repeat's
+    ms/step as points. The table's own rows, as ``results.csv``'s, so the three cannot
+    disagree."""
+    records = {record.get("name"): record for record in document.get("configurations", [])}
+    data = []
+    for row in run_rows(document, band):
+        if row["ms_per_step"] is None:
+            continue
+        low, high = row.get("speedup_low"), row.get("speedup_high")
+        data.append(
+            {
+                "configuration": row["configuration"],
+                "ms_per_step": row["ms_per_step"],
+                "speedup": row["speedup"],
+                "interval": (low, high) if low is not None and high is not None else None,
+                "repeats": repeat_times(records[row["configuration"]]),
+            }
+        )
+    return data
+
+
+def plot_step_time(document: dict[str, Any], path: Path, band: float | None = None) -> Path:
+    """Steady-state ms/step per configuration (the median over repeats, each repeat a dot),
+    annotated with the table's speedup over the baseline and its interval."""
+    data = step_time_data(document, band)
     return plot_bars(
-        [row["configuration"] for row in rows],
-        [row["ms_per_step"] for row in rows],
-        [row["speedup"] for row in rows],
+        [entry["configuration"] for entry in data],
+        [entry["ms_per_step"] for entry in data],
+        [entry["speedup"] for entry in data],
         path,
         f"Steady training step time (speedup over {BASELINE})\n{subtitle(document)}",
-        "milliseconds per training step (median of epochs after the first)",
+        "milliseconds per training step (median of epochs after the first; of repeats: median)",
+        points=[entry["repeats"] for entry in data],
+        intervals=[entry["interval"] for entry in data],
     )
 
 
-def render_run(document: dict[str, Any], out: Path) -> list[Path]:
-    """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files."""
+def render_run(document: dict[str, Any], out: Path, band: float | None = None) -> list[Path]:
+    """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files
+    (``band``: the verdicts' band instead of the run's own)."""
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        write_csv(run_rows(document), out / "results.csv", csv_columns(document)),
+        write_csv(run_rows(document, band), out / "results.csv", csv_columns(document)),
         plot_time_vs_loss(document, out / "time_vs_loss.png"),
         plot_curves(document, out / "curves.png"),
-        plot_step_time(document, out / "step_time.png"),
+        plot_step_time(document, out / "step_time.png", band),
     ]
     gpu = plot_gpu_telemetry(document, out / "gpu_telemetry.png")
     return [*written, *([gpu] if gpu else [])]
@@ -61,11 +99,18 @@ def render_run(document: dict[str, Any], out: Path) -> list[Path]:
 
 def render_benchmark(document: dict[str, Any], out: Path) -> tuple[str, list[Path]]:
     """The benchmark suite's table of a pytest-benchmark file, and its CSV and step-time plot
-    written to ``out``."""
+    written to ``out``; for a file of any other project's benchmarks, pytest-benchmark's own
+    figures (name, group, median, IQR, rounds) and their CSV."""
     from mpcore.bench.table import render_report, rows_from_saved
 
-    rows = benchmark_rows(document)
     out.mkdir(parents=True, exist_ok=True)
+    if not is_suite_benchmark(document):
+        plain = plain_benchmark_rows(document)
+        if all(row["median_s"] is None for row in plain):
+            raise ReportError("no benchmark in this pytest-benchmark file has stats.median")
+        columns = tuple((key, key, "") for key in PLAIN_BENCHMARK_COLUMNS)
+        return plain_benchmark_table(plain), [write_csv(plain, out / "benchmark.csv", columns)]
+    rows = benchmark_rows(document)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with open(out / "benchmark.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")

@@ -12,7 +12,18 @@ from mpcore.face.plots import (
     MIB,
 )
 from mpcore.names import BASELINE
-from mpcore.run.stats import chance_of_no_overlap, speedup, spread
+from mpcore.report.judging import (
+    band_of,
+    comparisons,
+    control_notes,
+    max_repeats,
+    repeat_times,
+    repeated_times,
+    statistics_note,
+)
+from mpcore.report.target import has_target, target_table
+from mpcore.run.stats import Comparison, spread, spread_warnings
+from mpcore.run.store import NO_STEADY_EPOCH, collapse_notes, record_status
 
 #: Columns of the run table and CSV: (key, table header, number format).
 RUN_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -47,17 +58,17 @@ REPEAT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ms_per_step_max", "max\nms/step", ".1f"),
     ("speedup_low", "speedup\nlow", "x"),
     ("speedup_high", "speedup\nhigh", "x"),
-    ("significance", "significance", ""),
+    ("verdict", "verdict", ""),
 )
 
 
 #: The run table's ms/step and speedup columns when configurations were repeated: the median
-#: with its min-max, the speedup with its interval, and whether the interval excludes 1.0.
+#: with its min-max, the speedup with its interval, and its verdict (:mod:`mpcore.run.stats`).
 REPEATED_TABLE: dict[str, tuple[tuple[str, str, str], ...]] = {
     "ms_per_step": (("ms_per_step_range", "ms/step median\n(min-max)", ""),),
     "speedup": (
         ("speedup_range", "speedup\n(interval)", ""),
-        ("significance", "significance", ""),
+        ("verdict", "verdict", ""),
     ),
 }
 
@@ -71,6 +82,9 @@ def peak_memory(record: dict[str, Any]) -> tuple[float | None, str]:
     telemetry = record.get("telemetry") or {}
     if telemetry.get("tf_peak_memory_bytes") is not None:
         return telemetry["tf_peak_memory_bytes"], "TensorFlow peak GPU memory"
+    if telemetry.get("backend_peak_memory_bytes") is not None:
+        versions = ((record.get("result") or {}).get("machine") or {}).get("versions") or {}
+        return telemetry["backend_peak_memory_bytes"], f"{versions.get('backend')} peak GPU memory"
     if telemetry.get("peak_rss_bytes") is not None:
         return telemetry["peak_rss_bytes"], "peak host RSS of the worker process"
     return None, "unknown"
@@ -99,23 +113,9 @@ def csv_columns(document: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
     return columns + REPEAT_COLUMNS if max_repeats(document) > 1 else columns
 
 
-def repeat_times(record: dict[str, Any]) -> list[float]:
-    """The steady ms/step of every finished repeat of a configuration (its one result when
-    the record has no ``repeats``)."""
-    if record.get("status") != "ok":
-        return []
-    runs = record.get("repeats")
-    if runs is None:
-        return [record["result"]["ms_per_step"]]
-    return [run["ms_per_step"] for run in runs if run.get("status") == "ok"]
-
-
-def max_repeats(document: dict[str, Any]) -> int:
-    return max((len(repeat_times(r)) for r in document.get("configurations", [])), default=0)
-
-
-def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+def run_rows(document: dict[str, Any], band: float | None = None) -> list[dict[str, Any]]:
     """One row per configuration, in run order, with the table's values (None = unknown)."""
+    judged = comparisons(document, band)
     records = document.get("configurations", [])
     baseline = next(
         (r for r in records if r.get("name") == BASELINE and r.get("status") == "ok"), None
@@ -131,7 +131,7 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
         )
         row["configuration"] = record.get("name")
         ok = record.get("status") == "ok"
-        row["status"] = "ok" if ok else f"failed: {record.get('reason')}"
+        row["status"] = record_status(record)
         if ok:
             result = record["result"]
             memory, _ = peak_memory(record)
@@ -152,14 +152,13 @@ def run_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
                 images_per_s_per_replica=result["images_per_second"] / result.get("replicas", 1),
                 scaling_efficiency=(record.get("scaling") or {}).get("scaling_efficiency"),
             )
-            _add_repeats(row, repeat_times(record), base_times, record is baseline)
+            _add_repeats(row, repeat_times(record))
+            _add_comparison(row, judged.get(record.get("name")), record is baseline)
         rows.append(row)
     return rows
 
 
-def _add_repeats(
-    row: dict[str, Any], times: list[float], base_times: list[float], is_baseline: bool
-) -> None:
+def _add_repeats(row: dict[str, Any], times: list[float]) -> None:
     """Put the median over repeats (and what follows from it) and the spread in ``row``."""
     if len(times) < 2:
         return
@@ -175,17 +174,21 @@ def _add_repeats(
         ms_per_step_max=middle.high,
         ms_per_step_range=f"{middle.median:.1f} ({middle.low:.1f}-{middle.high:.1f})",
     )
+
+
+def _add_comparison(row: dict[str, Any], judged: Comparison | None, is_baseline: bool) -> None:
+    """The speedup, its interval and verdict: 1.00x exactly for the baseline itself."""
     if is_baseline:
-        row.update(speedup_range="1.00x", significance="baseline")
-    elif base_times:
-        ratio = speedup(base_times, times)
-        verdict = {True: "significant", False: "not significant", None: "-"}
+        row.update(speedup=1.0, speedup_range="1.00x", verdict="baseline")
+    elif judged is not None:
+        finite = judged.low > 0 and math.isfinite(judged.high)
+        interval = f"{judged.low:.2f}-{judged.high:.2f}" if finite else "no interval"
         row.update(
-            speedup=ratio.ratio,
-            speedup_low=ratio.low,
-            speedup_high=ratio.high,
-            speedup_range=f"{ratio.ratio:.2f}x ({ratio.low:.2f}-{ratio.high:.2f})",
-            significance=verdict[ratio.significant],
+            speedup=judged.speedup,
+            speedup_low=judged.low if finite else None,
+            speedup_high=judged.high if finite else None,
+            speedup_range=f"{judged.speedup:.2f}x ({interval})",
+            verdict=judged.verdict,
         )
 
 
@@ -197,9 +200,82 @@ def benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     return with_speedups([r for r in rows_from_saved(document) if r.get("kind") != PIPELINE_KIND])
 
 
+#: Columns of any pytest-benchmark file's table and CSV (times in seconds, as the file has them).
+PLAIN_BENCHMARK_COLUMNS = ("name", "group", "median_s", "iqr_s", "rounds")
+
+
+def is_suite_benchmark(document: dict[str, Any]) -> bool:
+    """Whether every benchmark of a pytest-benchmark file is one of mpbench's own suite (its
+    ``extra_info`` holds a training row or an input-pipeline row); any other file is shown as
+    pytest-benchmark's own figures (:func:`plain_benchmark_rows`)."""
+    return all(
+        {"precision", "kind"} & set(bench.get("extra_info") or {})
+        for bench in document.get("benchmarks", [])
+    )
+
+
+def plain_benchmark_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per benchmark of a pytest-benchmark file: its name, group and the median,
+    interquartile range (seconds) and rounds of its ``stats`` (None where the file has none)."""
+    rows = []
+    for bench in document.get("benchmarks", []):
+        stats = bench.get("stats") or {}
+        rows.append(
+            {
+                "name": bench.get("name") or bench.get("fullname"),
+                "group": bench.get("group"),
+                "median_s": stats.get("median"),
+                "iqr_s": stats.get("iqr"),
+                "rounds": stats.get("rounds"),
+            }
+        )
+    return rows
+
+
+#: Time units of the plain benchmark table, largest first: (name, seconds).
+TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9))
+
+
+def magnitude(value: float) -> int:
+    """The decimal exponent of ``value`` (0 for 0: 1 digit before the point)."""
+    return math.floor(math.log10(abs(value))) if value else 0
+
+
+def plain_benchmark_table(rows: list[dict[str, Any]]) -> str:
+    """The table of :func:`plain_benchmark_rows` (tabulate), its times in the unit that suits
+    the fastest median, as pytest-benchmark's own table chooses one."""
+    medians = [row["median_s"] for row in rows if row["median_s"]]
+    unit, scale = next(
+        ((name, size) for name, size in TIME_UNITS if min(medians, default=1.0) >= size),
+        TIME_UNITS[-1],
+    )
+    columns = (
+        ("name", "name", ""),
+        ("group", "group", ""),
+        ("median", f"median ({unit})", ">"),
+        ("iqr", f"IQR ({unit})", ">"),
+        ("rounds", "rounds", "d"),
+    )
+
+    def time(seconds: float | None) -> str | None:
+        # four significant digits without an exponent (12345 ns stays whole), but an absurd
+        # time (1e308 s in ns) as an exponent rather than 300 digits
+        if seconds is None:
+            return None
+        value = seconds / scale
+        if not math.isfinite(value) or abs(value) >= 1e15:
+            return f"{value:.4g}"
+        return f"{value:.{max(0, 3 - magnitude(value))}f}"
+
+    scaled = [{**row, "median": time(row["median_s"]), "iqr": time(row["iqr_s"])} for row in rows]
+    return format_table(scaled, columns)
+
+
 def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if fmt == "d":
@@ -225,16 +301,45 @@ def format_table(
     )
 
 
-def run_table(document: dict[str, Any]) -> str:
-    """The run table plus a footnote saying what speedup and peak memory mean."""
-    rows = run_rows(document)
-    table = format_table(rows, run_columns(document))
+#: The table's cells that a run without a steady epoch (``--epochs 1``) has no figure for.
+STEADY_CELLS = ("steady_epoch_s", "ms_per_step", "ms_per_step_range", "images_per_s")
+
+
+def has_no_steady_epoch(record: dict[str, Any]) -> bool:
+    """Whether an ``ok`` record trained one epoch only, so its steady figures are the first's."""
+    result = record.get("result") or {}
+    steady = result.get("steady")
+    if isinstance(steady, str):
+        return steady.startswith(NO_STEADY_EPOCH)
+    return isinstance(result.get("epoch_seconds"), list) and len(result["epoch_seconds"]) < 2
+
+
+def run_table(document: dict[str, Any], band: float | None = None) -> str:
+    """The run table plus a footnote saying what speedup and peak memory mean, and under it
+    the A/A control's noise floor and the warnings on the repeats' spread."""
+    rows = run_rows(document, band)
+    unsteady = {
+        record.get("name")
+        for record in document.get("configurations", [])
+        if record.get("status") == "ok" and has_no_steady_epoch(record)
+    }
+    shown = [
+        {**row, **dict.fromkeys(STEADY_CELLS, NO_STEADY_EPOCH)}
+        if row["configuration"] in unsteady
+        else row
+        for row in rows
+    ]
+    table = format_table(shown, run_columns(document))
     kinds = {peak_memory(r)[1] for r in document.get("configurations", []) if r.get("result")}
     notes = [
         "ms/step: steady model.fit epochs (after the first) / steps per epoch, the whole fit "
         "step (metrics, callbacks, input pipeline) included",
         f"speedup: steady ms/step of {BASELINE} divided by each configuration's",
     ]
+    notes.append(
+        "these are whole-epoch ratios (fit epochs, input pipeline included); mpbench doctor "
+        "--measure gives kernel ratios, pytest benchmarks/ train-step ratios (docs/statistics.md)"
+    )
     settings = document.get("settings") or {}
     if settings.get("model"):  # a user's model is named by its spec
         size = f", {settings['image_size']} px" if settings.get("image_size") else ""
@@ -245,12 +350,7 @@ def run_table(document: dict[str, Any]) -> str:
             f"; the median (min-max) over up to {repeats} repeats of each configuration, run "
             "interleaved after an untimed warm-up"
         )
-        notes[1] += (
-            ' (medians); interval: min/max to max/min over every pair of repeats; "not '
-            'significant": the interval includes 1.00x (with '
-            f"{repeats} repeats each, two identical configurations look significant by chance "
-            f"{chance_of_no_overlap(repeats):.1%} of the time)"
-        )
+        notes[1] = statistics_note(document, band)
     elif repeats == 1 and len(document.get("configurations", [])) > 1:
         notes.append(
             "each configuration ran once: a speedup has no interval and on a busy machine may be "
@@ -263,8 +363,20 @@ def run_table(document: dict[str, Any]) -> str:
             "scaling efficiency: images/s / (replicas x images/s of the same configuration "
             "without a strategy, one replica, in this run); 100% is linear scaling"
         )
-    notes.extend(machine_notes(document.get("machine") or {}))
-    return table + "\n" + "\n".join(notes)
+    if unsteady:
+        notes.append(
+            f"{NO_STEADY_EPOCH} ({', '.join(sorted(unsteady))}): one epoch only, which includes "
+            "tracing and compilation, so there is no steady ms/step; speedups compare those "
+            "first epochs (train 2 epochs or more for steady figures)"
+        )
+    notes += collapse_notes(document) + machine_notes(document.get("machine") or {})
+    notes.extend(control_notes(document, band))
+    notes.extend(f"warning: {line}" for line in spread_warnings(repeated_times(document)))
+    text = table + "\n" + "\n".join(notes)
+    if has_target(document):
+        judged = comparisons(document, band)
+        text += "\n\n" + target_table(document, judged, band_of(document, band))
+    return text
 
 
 def machine_notes(machine: dict[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
 """Writing and reading the run's files so that a reader never sees a partial one.
 
-Every write goes to a temporary file in the same folder, is fsynced, then renamed over; saving
-the results retries and falls back to a named file rather than lose a finished run.
+Every write goes to a temporary file in the same folder, is fsynced, then renamed over, and the
+folder is fsynced so the new name survives a power cut; saving the results retries and falls
+back to a named file rather than lose a finished run.
 """
 
 from __future__ import annotations
@@ -13,17 +14,44 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mpcore.run.schema import SCHEMA, ShapeError, check_results
+from mpcore.run.schema import SCHEMA_PREFIX, ShapeError, check_results, finite_or_null
 
 
 class RunSetupError(Exception):
     """The run cannot start as asked (bad ``--out``, unresumable folder); one line for the user."""
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, so it is never changed)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old or the new file, never a partial
-    one: write a temporary file in the same folder, fsync it, then rename over; on any error the
-    temporary file is removed and the old file is left as it was."""
+    one: write a temporary file in the same folder, fsync it, rename over, then fsync the folder;
+    on any error the temporary file is removed and the old file is left as it was. The file is
+    readable as the umask allows, like any other new file (``mkstemp`` alone makes it 0600,
+    unreadable to the rest of a team sharing the folder)."""
     path = Path(path)
     descriptor, temporary = tempfile.mkstemp(
         dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
@@ -32,18 +60,35 @@ def write_text_atomic(path: Path, text: str) -> None:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
             handle.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle.fileno(), 0o666 & ~current_umask())
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+    fsync_folder(path.parent)
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
     """:func:`write_text_atomic` of ``document`` as indented JSON (serialised before the file is
     touched, so an unserialisable document leaves nothing behind)."""
     write_text_atomic(path, json.dumps(document, indent=2, allow_nan=True) + "\n")
+
+
+def checked_results(document: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``document`` as a results.json holds it: every number that is not finite as
+    null, checked against the schema the reader uses (:class:`ShapeError` names the first key
+    that breaks it), so no file is written that ``mpbench report`` would refuse."""
+    document = finite_or_null(document)
+    check_results(document)
+    return document
+
+
+def write_results(path: Path, document: dict[str, Any]) -> None:
+    """:func:`write_json_atomic` of :func:`checked_results`."""
+    write_json_atomic(path, checked_results(document))
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -54,8 +99,8 @@ def read_results(path: Path) -> dict[str, Any]:
         raise RunSetupError(f"cannot read {path}: {error.strerror or error}") from None
     except ValueError as error:
         raise RunSetupError(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-        raise RunSetupError(f"{path} is not an mpbench results file (schema {SCHEMA})")
+    if not isinstance(document, dict) or not str(document.get("schema")).startswith(SCHEMA_PREFIX):
+        raise RunSetupError(f"{path} is not an mpbench results file (no schema {SCHEMA_PREFIX}N)")
     try:
         check_results(document)
     except ShapeError as error:
@@ -106,9 +151,17 @@ def save_results(
 
     attempts = attempts or SAVE_ATTEMPTS
     pause = SAVE_PAUSE_SECONDS if pause is None else pause
+    try:
+        checked = checked_results(document)
+    except ShapeError as error:  # a bug of mpbench's: keep the run, say where it went
+        rescue = fallback_path(path)
+        write_json_atomic(rescue, document)
+        raise ResultsUnsavable(
+            f"not writing {path}: {error}; the run so far is saved in {rescue}"
+        ) from None
     for attempt in range(1, attempts + 1):
         try:
-            write_json_atomic(path, document)
+            write_json_atomic(path, checked)
             return
         except OSError as error:
             problem = error.strerror or str(error)

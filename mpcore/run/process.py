@@ -22,7 +22,9 @@ EXIT_TERMINATED = 143
 
 #: ``MPBENCH_FAULT="NAME=KIND[,NAME=KIND]"`` makes the worker of configuration NAME fail: KIND
 #: ``error`` (an exception), ``oom`` (TensorFlow's ``ResourceExhaustedError``) or ``crash`` (the
-#: worker kills itself) just before training, or ``nan`` (every weight set to NaN before step 2).
+#: worker kills itself) just before training, ``nan`` (every weight set to NaN before step 2), or
+#: ``kill@R`` (the worker of repeat R, counted from 1, SIGKILLs itself after its first step, as
+#: the kernel's OOM killer would; the warm-up and the other repeats train normally).
 FAULT_ENV = "MPBENCH_FAULT"
 #: ``MPBENCH_WORKER_FAULT="INDEX=KIND"``: worker INDEX of a local multi-worker cluster kills
 #: itself (``crash``) or raises (``error``) after its first training step.

@@ -40,6 +40,8 @@ class WorkerSpec:
     cpu_replicas: int = 0
     #: Multi-worker only: the folder where every worker writes ``worker-INDEX.json``.
     worker_dir: str | None = None
+    #: The index of the repeat this worker trains (0-based; None: the warm-up or a cluster).
+    repeat: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skipped_images", tuple(self.skipped_images))

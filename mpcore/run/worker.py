@@ -13,8 +13,8 @@ Fault injection for tests of the harness itself: see :mod:`mpcore.run.process`.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
-import math
 import os
 import re
 import signal
@@ -24,8 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mpcore.run.callbacks import NonFiniteLossError as NonFiniteLossError
+from mpcore.run.callbacks import epoch_tensorboard, make_loss_guard, make_loss_scale_watch
 from mpcore.run.files import write_json_atomic
 from mpcore.run.launcher import WORKER_REPORT
+from mpcore.run.lossscale import summarise_loss_scale as summarise_loss_scale
 from mpcore.run.process import (
     EXIT_INTERRUPTED,
     FAULT_ENV,
@@ -81,99 +84,27 @@ def prefixed_stdout(prefix: str) -> Iterator[None]:
         sys.stdout = original
 
 
-class NonFiniteLossError(ArithmeticError):
-    """Training produced a NaN or infinite loss."""
-
-
-def make_loss_guard(name: str, off_thread: bool = True) -> Any:
-    """A Keras callback that stops training at the first non-finite loss, naming the
-    configuration, epoch, step and (float16 modes) the loss scale that step ran with.
-
-    Reading the loss on the host after every batch would make every step wait for the device,
-    so the host could never run ahead and a GPU's ms/step would bend toward a synchronous step.
-    With ``off_thread`` the callback is ``async_safe``: Keras then runs every batch-end hook on
-    a worker thread (only when *all* the fit's callbacks are async-safe), the training thread
-    never reads a value back, and a non-finite loss found there stops training at the next step
-    and is raised on the training thread (validation or the epoch's end, whichever comes first).
-    The loss scale is snapshotted on the device before each step (an asynchronous copy), so the
-    scale named is the one the failing step ran with, however late the hook reads it. A cluster
-    worker passes ``off_thread=False``: every worker must stop at the same step, or the others
-    wait forever in the next collective."""
-    import threading
-
-    import keras
-
-    from mpcore.train.fit import current_loss_scale
-
-    class NonFiniteLossGuard(keras.callbacks.Callback):
-        async_safe = off_thread
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.epoch = 0
-            self._scales: dict[tuple[int, int], Any] = {}
-            self._failure: tuple[tuple[int, int], str] | None = None
-            self._lock = threading.Lock()
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.epoch = epoch
-
-        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-            optimizer = self.model.optimizer
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and optimizer.built:
-                self._scales[(self.epoch, batch)] = keras.ops.copy(optimizer.dynamic_scale)
-
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            snapshot = self._scales.pop((self.epoch, batch), None)
-            loss = float(keras.ops.convert_to_numpy((logs or {}).get("loss", 0.0)))
-            if math.isfinite(loss):
-                return
-            message = f"{name}: loss is {loss} at epoch {self.epoch + 1}, step {batch + 1}"
-            if snapshot is not None:
-                scale: float | None = float(keras.ops.convert_to_numpy(snapshot))
-            else:
-                scale = current_loss_scale(self.model.optimizer)
-            if scale is not None:
-                collapsed = " (collapsed)" if scale <= 1.0 else ""
-                message += f", loss scale {scale:g}{collapsed}"
-            with self._lock:
-                if self._failure is None or (self.epoch, batch) < self._failure[0]:
-                    self._failure = ((self.epoch, batch), message)
-            self.model.stop_training = True
-            if threading.current_thread() is threading.main_thread():
-                raise NonFiniteLossError(message)
-
-        def _raise_recorded(self, *_args: Any, **_kwargs: Any) -> None:
-            if self._failure is not None:
-                raise NonFiniteLossError(self._failure[1])
-
-        on_test_begin = on_epoch_end = on_train_end = _raise_recorded
-
-    return NonFiniteLossGuard()
-
-
-def epoch_tensorboard(log_dir: str) -> Any:
-    """Keras's TensorBoard callback writing epoch summaries only. Its batch hook writes nothing
-    then (no profiling, no graph, no per-batch writer), so it is marked async-safe like the loss
-    guard: one callback that is not would make Keras read every batch's logs on the training
-    thread, a device sync per step."""
-    import keras
-
-    class EpochTensorBoard(keras.callbacks.TensorBoard):
-        async_safe = True
-
-    return EpochTensorBoard(log_dir, write_graph=False, profile_batch=0, update_freq="epoch")
-
-
-def _fault_callbacks(name: str, index: int) -> list[Any]:
+def _fault_callbacks(name: str, index: int, repeat: int | None = None) -> list[Any]:
     """Fail on purpose where the environment plants a fault (testing the harness): on this
-    configuration (``MPBENCH_FAULT``, before training, or ``nan`` at step 2) or on this worker of
-    a cluster (``MPBENCH_WORKER_FAULT``, after its first step)."""
+    configuration (``MPBENCH_FAULT``, before training, ``nan`` at step 2, ``kill@R`` after the
+    first step of repeat R) or on this worker of a cluster (``MPBENCH_WORKER_FAULT``, after its
+    first step)."""
     import keras
     import numpy as np
 
     callbacks: list[Any] = []
     kind = planted_fault(FAULT_ENV, name)
+    if kind.startswith("kill@"):
+        if repeat is None or kind != f"kill@{repeat + 1}":
+            kind = ""
+        else:
+
+            class KillSelf(keras.callbacks.Callback):
+                def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            callbacks.append(KillSelf())
+            kind = ""
     if kind == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "oom":
@@ -209,11 +140,21 @@ def _fault_callbacks(name: str, index: int) -> list[Any]:
     return callbacks
 
 
-def failure_reason(error: BaseException) -> str:
-    import tensorflow as tf
+def _out_of_memory(error: BaseException) -> bool:
+    """TensorFlow's ResourceExhaustedError; on JAX an XLA runtime error whose status is
+    RESOURCE_EXHAUSTED; on torch ``torch.OutOfMemoryError``."""
+    from mpcore.probe import backend
 
+    if backend.is_tensorflow():
+        import tensorflow as tf
+
+        return isinstance(error, tf.errors.ResourceExhaustedError)
+    return type(error).__name__ == "OutOfMemoryError" or str(error).startswith("RESOURCE_EXHAUSTED")
+
+
+def failure_reason(error: BaseException) -> str:
     first_line = (str(error).strip().splitlines() or [""])[0]
-    if isinstance(error, tf.errors.ResourceExhaustedError):
+    if _out_of_memory(error):
         return f"out of memory: {first_line}"
     if isinstance(error, NonFiniteLossError):
         return f"non-finite loss: {first_line}"
@@ -228,9 +169,8 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
 
     from mpcore.data.ships import BadImage, read_ship_index, stratified_split, without_images
     from mpcore.precision.modes import RunConfig
-    from mpcore.probe import telemetry
+    from mpcore.probe import backend, telemetry
     from mpcore.train.fit import train
-    from mpcore.train.replicas import weight_checksums, weights_checksum
     from mpcore.train.settings import TrainSettings
     from mpcore.user.ownmodel import array_splits, is_array_data, load_float32
 
@@ -238,6 +178,8 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
         # After training, once the replicas' statistics have been averaged (that callback runs
         # before the caller's), so every worker's checksum covers the same weights.
         def on_train_end(self, logs: dict | None = None) -> None:
+            from mpcore.train.replicas import weight_checksums, weights_checksum
+
             report.update(
                 weights_sha256=weights_checksum(self.model),
                 variable_sha256=weight_checksums(self.model),
@@ -258,12 +200,17 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
             seed=settings.seed,
         )
     guard = make_loss_guard(spec.name, off_thread=spec.worker_dir is None)
-    callbacks = [*_fault_callbacks(config.name, index), guard]
+    watch = make_loss_scale_watch()
+    callbacks = [*_fault_callbacks(config.name, index, spec.repeat), guard, watch]
     if spec.worker_dir is not None:
         callbacks.append(Checksums())
-    if spec.tensorboard_dir and index == 0:
+    # Keras writes TensorBoard summaries through tf.summary: none where TensorFlow is absent.
+    if spec.tensorboard_dir and index == 0 and importlib.util.find_spec("tensorflow"):
         callbacks.append(epoch_tensorboard(spec.tensorboard_dir))
-    telemetry.reset_tf_peak_memory()
+    if backend.is_tensorflow():
+        telemetry.reset_tf_peak_memory()
+    else:
+        backend.reset_peak_memory()
     with telemetry.Sampler() as sampler:
         result = train(
             config,
@@ -275,10 +222,36 @@ def train_spec(spec: WorkerSpec, strategy: Any, index: int, report: dict[str, An
             strategy=strategy,
         )
     record = finished_record(spec.name, spec.config, result.to_dict(), sampler)
+    record["result"]["loss_scaling"] = watch.summary()
     if spec.worker_dir is not None:
         report["status"] = "ok"
         record["weights_sha256"] = report["weights_sha256"]
     return record
+
+
+def _strategy(spec: WorkerSpec, report: dict[str, Any]) -> tuple[Any, int]:
+    """The spec's strategy and its replica count: a ``tf.distribute`` strategy on TensorFlow; on
+    JAX none, with ``keras.distribution.DataParallel`` set for the process instead."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        from mpcore.train.keras_dist import data_parallel
+
+        return None, data_parallel(spec.strategy, spec.cpu_replicas)
+    # TensorFlow fixes its devices, and a multi-worker cluster its collectives, at the first
+    # op: both must come before any other TensorFlow work in this process.
+    from mpcore.train.replicas import (
+        configure_logical_cpus,
+        is_chief,
+        make_strategy,
+        read_tf_config,
+    )
+
+    if spec.cpu_replicas:
+        configure_logical_cpus(spec.cpu_replicas)
+    if spec.strategy == "multiworker":
+        tf_config = read_tf_config()
+        report["index"], report["chief"] = int(tf_config["task"]["index"]), is_chief(tf_config)
+    strategy = make_strategy(spec.strategy)
+    return strategy, strategy.num_replicas_in_sync if strategy is not None else 1
 
 
 def worker_main(spec_path: str) -> int:
@@ -288,23 +261,10 @@ def worker_main(spec_path: str) -> int:
     index, chief = 0, True
     report: dict[str, Any] = {"index": 0, "pid": os.getpid(), "status": "failed"}
     try:
-        # TensorFlow fixes its devices, and a multi-worker cluster its collectives, at the first
-        # op: both must come before any other TensorFlow work in this process.
-        from mpcore.train.replicas import (
-            configure_logical_cpus,
-            is_chief,
-            make_strategy,
-            read_tf_config,
-        )
-
-        if spec.cpu_replicas:
-            configure_logical_cpus(spec.cpu_replicas)
-        if spec.strategy == "multiworker":
-            tf_config = read_tf_config()
-            index, chief = int(tf_config["task"]["index"]), is_chief(tf_config)
-            report["index"] = index
-        strategy = make_strategy(spec.strategy)
-        report["replicas"] = strategy.num_replicas_in_sync if strategy is not None else 1
+        strategy, replicas = _strategy(spec, report)
+        index = report["index"]
+        chief = report.pop("chief", True)
+        report["replicas"] = replicas
         with prefixed_stdout(f"[{spec.name}] "):
             record = train_spec(spec, strategy, index, report)
     except KeyboardInterrupt:

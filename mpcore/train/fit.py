@@ -14,14 +14,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 
+from mpcore.data.arrays import EpochOrder, ImageBatches, cached_images
 from mpcore.data.ships import ShipIndex, make_dataset, steps_per_epoch
 from mpcore.models.registry import build_model, model_spec
 from mpcore.precision.fp8 import float8_candidates, quantize_float8
 from mpcore.precision.modes import RunConfig, applied, check_model
+from mpcore.probe import backend
 from mpcore.probe.backend import tf
 from mpcore.probe.capability import machine_record
+from mpcore.train.keras_dist import replicas as keras_replicas
 from mpcore.train.settings import TrainSettings, op_determinism
+from mpcore.train.target import parse_target, target_recorder
 from mpcore.user.ownmodel import (
     build_user_model,
     is_user_model,
@@ -54,6 +59,8 @@ class RunResult:
     global_batch: int | None = None
     #: CPU seconds the process used in each epoch's training span (see :class:`EpochTimer`).
     epoch_cpu_seconds: list[float] = dataclasses.field(default_factory=list)
+    #: Under ``--target``: the target, whether and when it was reached (:mod:`mpcore.train.target`).
+    target: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.global_batch is None:
@@ -104,12 +111,20 @@ class EpochTimer(keras.callbacks.Callback):
         self._start, self._cpu_start = time.perf_counter(), time.process_time()
         self._train_end = None
 
+    def _stop(self) -> tuple[float, float]:
+        if not backend.is_tensorflow():
+            # JAX and torch dispatch asynchronously: the epoch ends when the device has the
+            # last step's weights (TensorFlow's fit has read its metrics back by now).
+            backend.wait_for(self.model.variables)
+        return time.perf_counter(), time.process_time()
+
     def on_test_begin(self, logs: dict | None = None) -> None:
         # fit() runs validation inside the epoch; stop the clock where training ends.
-        self._train_end = (time.perf_counter(), time.process_time())
+        if self._train_end is None:
+            self._train_end = self._stop()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        wall, cpu = self._train_end or (time.perf_counter(), time.process_time())
+        wall, cpu = self._train_end or self._stop()
         self.seconds.append(wall - self._start)
         self.cpu_seconds.append(cpu - self._cpu_start)
 
@@ -221,7 +236,7 @@ def train(
     datasets are sharded by data (each worker keeps its slice of every global batch), which
     works for file lists and generated data alike.
     """
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    replicas = strategy.num_replicas_in_sync if strategy is not None else keras_replicas()
     global_batch = settings.batch_size * replicas
     if global_batch > len(train_index):
         per_replica = f" ({settings.batch_size} per replica x {replicas})" if replicas > 1 else ""
@@ -246,24 +261,34 @@ def train(
     # shard, on which oneDNN's BatchNormalization (TensorFlow's CPU default) fails
     # ("Incompatible shapes: [16] vs. [3]"): that batch (fewer images than replicas) is dropped.
     remainder = len(train_index) % global_batch
-    drop_last = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or (
-        0 < remainder < replicas
-    )
+    drop_last = (
+        strategy is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    ) or (0 < remainder < replicas)
+    if replicas > 1 and strategy is None:
+        # keras.distribution shards each batch evenly over the devices: a last batch that does
+        # not split evenly is dropped (train and validation alike).
+        drop_last = drop_last or remainder % replicas != 0
     trained_images = steps_per_epoch(len(train_index), global_batch, drop_last) * global_batch
     # Validation alike: the few images of such a last batch are not evaluated (and not counted).
-    drop_last_validation = 0 < len(validation_index) % global_batch < replicas
+    drop_last_validation = 0 < len(validation_index) % global_batch < replicas or (
+        replicas > 1 and strategy is None and len(validation_index) % global_batch % replicas != 0
+    )
     validated_images = len(validation_index) - (
         len(validation_index) % global_batch if drop_last_validation else 0
     )
     with applied(config), op_determinism(settings.resolved_deterministic):
-        keras.utils.set_random_seed(settings.seed)
+        keras.utils.set_random_seed(settings.resolved_init_seed)
         model = build_compiled(config, settings, strategy)
+        # One numpy permutation per epoch, set by Keras at each epoch's start, orders the
+        # training data on either input path (mpcore.data.arrays.EpochOrder).
+        order = EpochOrder(len(train_index), settings.resolved_init_seed)
         train_data = _make_dataset(
             train_index,
             size,
             global_batch,
             preprocess,
-            seed=settings.seed,
+            order=order,
+            seed=settings.resolved_init_seed,
             cache=settings.cache,
             drop_remainder=drop_last,
             shard_policy=shard_policy,
@@ -274,20 +299,26 @@ def train(
             global_batch,
             preprocess,
             shuffle=False,
+            order=EpochOrder(len(validation_index), settings.seed, shuffle=False),
             cache=settings.cache,
             drop_remainder=drop_last_validation,
             shard_policy=shard_policy,
         )
         timer, scales = EpochTimer(), LossScaleRecorder()
-        from mpcore.train.replicas import ReplicaStatisticsAverager
+        replica_sync = []
+        if strategy is not None:
+            from mpcore.train.replicas import ReplicaStatisticsAverager
 
-        replica_sync = [ReplicaStatisticsAverager(strategy)] if strategy is not None else []
+            replica_sync.append(ReplicaStatisticsAverager(strategy))
+        # Stops fit at the end of the epoch (validation included) that reaches --target.
+        recorder = target_recorder(parse_target(settings.target)) if settings.target else None
+        stopper = [recorder] if recorder is not None else []
         history = model.fit(
             train_data,
             validation_data=validation_data,
             epochs=settings.epochs,
-            shuffle=False,  # the tf.data pipeline shuffles, seeded
-            callbacks=[timer, scales, *replica_sync, *callbacks],
+            shuffle=False,  # the input pipeline orders the data, seeded
+            callbacks=[order.callback(), timer, scales, *replica_sync, *callbacks, *stopper],
             verbose=verbose,
         )
         logs = history.history
@@ -308,16 +339,21 @@ def train(
             machine=machine_record(),
             replicas=replicas,
             global_batch=global_batch,
+            target=recorder.result() if recorder else None,
         )
 
 
 def _make_dataset(index: Any, size: int, batch: int, preprocess: Any, **options: Any) -> Any:
-    """The ship images' pipeline, or a user's arrays (:class:`mpcore.user.ownmodel.ArraySplit`)."""
+    """The input pipeline: tf.data on TensorFlow, the backend-neutral :class:`ImageBatches`
+    (decoded, cached uint8 arrays) on JAX and torch; the ship images or a user's arrays
+    (:class:`mpcore.user.ownmodel.ArraySplit`)."""
+    order: EpochOrder = options.pop("order")
+    drop_remainder = options.get("drop_remainder", False)
+    if not backend.is_tensorflow():
+        if isinstance(index, ShipIndex):
+            images, labels = cached_images(index.paths, size), np.asarray(index.labels, np.int32)
+            return ImageBatches(images, labels, batch, preprocess, order, drop_remainder)
+        return ImageBatches(index.x, index.y, batch, None, order, drop_remainder)
     if not isinstance(index, ShipIndex):
-        return index.dataset(
-            batch,
-            options.get("shuffle", True),
-            options.get("seed") or 0,
-            options.get("drop_remainder", False),
-        )
-    return make_dataset(index, size, batch, preprocess, **options)
+        return index.dataset(batch, drop_remainder=drop_remainder, order=order)
+    return make_dataset(index, size, batch, preprocess, order=order, **options)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from typing import Any
 
 from mpcore.models.registry import model_spec
 from mpcore.probe.backend import tf
 from mpcore.probe.capability import capability
+from mpcore.train.target import parse_target
 from mpcore.user.ownmodel import (
     is_user_model,
 )
@@ -35,6 +37,11 @@ class TrainSettings:
     #: TensorFlow op determinism; None means on where no GPU is visible (free on a CPU, while on
     #: a GPU it costs speed and some ops have no deterministic kernel); a simulated GPU counts.
     deterministic: bool | None = None
+    #: ``--target`` (e.g. ``val_accuracy>=0.9``): train until reached, ``epochs`` at most.
+    target: str | None = None
+    #: The weights' initialisation and the shuffle order; None: ``seed``. Under ``--target`` each
+    #: repeat trains with ``seed + repeat`` here, while ``seed`` keeps one data split for all.
+    init_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not is_user_model(self.model):
@@ -46,12 +53,18 @@ class TrainSettings:
                 )
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"image size must be positive, got {self.image_size}")
+        if self.target is not None:
+            parse_target(self.target)  # one line naming the problem, before anything trains
 
     @property
     def resolved_image_size(self) -> int:
         if is_user_model(self.model):
             return self.image_size  # type: ignore[return-value]  # None: not an image model
         return self.image_size or model_spec(self.model).default_image_size
+
+    @property
+    def resolved_init_seed(self) -> int:
+        return self.seed if self.init_seed is None else self.init_seed
 
     @property
     def resolved_deterministic(self) -> bool:
@@ -64,12 +77,20 @@ class TrainSettings:
             **dataclasses.asdict(self),
             "image_size": self.resolved_image_size,
             "deterministic": self.resolved_deterministic,
+            "init_seed": self.resolved_init_seed,
         }
 
 
 @contextlib.contextmanager
 def op_determinism(enabled: bool) -> Iterator[None]:
-    """Enable TensorFlow op determinism inside the block and switch it back off after."""
+    """Enable TensorFlow op determinism inside the block and switch it back off after.
+
+    On JAX and torch the block changes nothing: XLA's CPU kernels are deterministic, and its GPU
+    switch (``XLA_FLAGS=--xla_gpu_deterministic_ops=true``) must be set before the process starts.
+    """
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        yield
+        return
     from tensorflow.python.framework import config as tf_config  # the only switch-off
 
     was_enabled = tf_config.is_op_determinism_enabled()

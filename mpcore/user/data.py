@@ -16,6 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from mpcore.probe import backend
 from mpcore.probe.backend import tf
 from mpcore.user.loader import (
     LoadError,
@@ -25,6 +26,7 @@ from mpcore.user.loader import (
     is_python_spec,
     leaf_layers,
     resolve_attribute,
+    users_code,
 )
 
 
@@ -141,7 +143,10 @@ def _from_function(spec: str, batch_size: int) -> tuple[Any, Any]:
     if not callable(function):
         raise LoadError(f"{spec}: is a {type(function).__name__}, not a function")
     try:
-        result = function(**accepted_keywords(function, {"batch_size": batch_size}))
+        with users_code(spec, "loading data"):
+            result = function(**accepted_keywords(function, {"batch_size": batch_size}))
+    except LoadError:
+        raise
     except Exception as error:  # the user's function may raise anything
         raise LoadError(f"{spec}: raised {first_line(error)}") from None
     if isinstance(result, tf.data.Dataset):
@@ -183,10 +188,23 @@ def _from_seed_layout(root: Path, model: keras.Model, batch_size: int, seed: int
     except DataError as error:
         raise LoadError(str(error)) from None
     # Pixels scaled to 0..1: a user model's own preprocessing belongs inside the model.
-    dataset = make_dataset(
-        index, shapes[0][0] or 224, batch_size, lambda images: images / 255.0, seed=seed
-    )
-    x, y = next(iter(dataset))
+    size = shapes[0][0] or 224
+    if not backend.is_tensorflow():
+        # The backend-neutral path's decode, on the first batch of the same order only.
+        from mpcore.data.arrays import EpochOrder, decode_resized
+
+        first = EpochOrder(len(index), seed).order(0)[:batch_size]
+        x = np.stack([decode_resized(index.paths[i], size) for i in first]).astype(np.float32)
+        return x / np.float32(255.0), np.asarray(index.labels, dtype=np.int32)[first]
+    dataset = make_dataset(index, size, batch_size, lambda images: images / 255.0, seed=seed)
+    try:
+        x, y = next(iter(dataset))
+    except tf.errors.OpError as error:  # an image in the batch the decoder cannot read
+        from mpcore.data.ships import describe_bad_images, find_bad_images
+
+        bad = find_bad_images(index)
+        what = describe_bad_images(bad) if bad else first_line(error)
+        raise LoadError(f"{root}: {what}; remove or replace them") from None
     return x.numpy(), y.numpy()
 
 

@@ -12,11 +12,13 @@ gave is one :class:`LoadError` whose message is one line naming the spec or file
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +54,10 @@ def resolve_attribute(spec: str) -> Any:
         raise LoadError(f"{spec}: not a package.module:attribute spec")
     module_name, attribute = match.groups()
     try:
-        target: Any = importlib.import_module(module_name)
+        with users_code(spec, f"importing {module_name}"):
+            target: Any = importlib.import_module(module_name)
+    except LoadError:
+        raise
     except Exception as error:  # anything the user's module raises while importing
         raise LoadError(f"{spec}: cannot import {module_name} ({first_line(error)})") from None
     for part in attribute.split("."):
@@ -60,6 +65,20 @@ def resolve_attribute(spec: str) -> Any:
             raise LoadError(f"{spec}: {module_name} has no attribute {attribute!r}")
         target = getattr(target, part)
     return target
+
+
+@contextlib.contextmanager
+def users_code(spec: str, doing: str) -> Any:
+    """Run the user's code (a module import, a factory, a data function): what it prints goes to
+    stderr (a ``--json`` report on stdout stays JSON), and a ``sys.exit()`` in it is a
+    :class:`LoadError` naming ``spec`` instead of ending the command with no message."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except SystemExit as stop:
+        raise LoadError(
+            f"{spec}: called sys.exit({stop.code!r}) while {doing}; a factory must return a model"
+        ) from None
 
 
 def accepted_keywords(function: Callable[..., Any], offered: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +185,10 @@ def _from_factory(
     offered = {"image_size": image_size, "num_classes": num_classes, "input_shape": input_shape}
     keywords = accepted_keywords(target, {k: v for k, v in offered.items() if v is not None})
     try:
-        model = target(**keywords)
+        with users_code(spec, "building the model"):
+            model = target(**keywords)
+    except LoadError:
+        raise
     except Exception as error:  # the user's factory may raise anything
         raise LoadError(f"{spec}: the factory raised {first_line(error)}") from None
     if not isinstance(model, keras.Model):
@@ -277,11 +299,17 @@ def _is_functional(model: keras.Model) -> bool:
 
 def _compile_like(copy: keras.Model, model: keras.Model, precision: str) -> None:
     optimizer = model.optimizer
+    # A user's own LossScaleOptimizer settings (initial_scale=16, say) carry over to the clone.
+    scaling: dict[str, Any] = {}
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        scaling = {
+            "initial_scale": optimizer.initial_scale,
+            "dynamic_growth_steps": optimizer.dynamic_growth_steps,
+        }
         optimizer = optimizer.inner_optimizer
     fresh = optimizer.__class__.from_config(optimizer.get_config())
     if precision in ("mixed_float16", "amp_rewrite"):
-        fresh = keras.optimizers.LossScaleOptimizer(fresh)
+        fresh = keras.optimizers.LossScaleOptimizer(fresh, **scaling)
     copy.compile(
         optimizer=fresh,
         loss=model.loss,

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from mpcore.data.arrays import EpochOrder
 from mpcore.data.ships import NUM_CLASSES
 from mpcore.models.registry import MODELS
 from mpcore.precision.modes import KERAS_POLICY, RunConfig, applied, check_model
@@ -131,11 +132,28 @@ class ArraySplit:
         return []
 
     def dataset(
-        self, batch_size: int, shuffle: bool = True, seed: int = 0, drop_remainder: bool = False
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_remainder: bool = False,
+        order: EpochOrder | None = None,
     ) -> tf.data.Dataset:
-        data = tf.data.Dataset.from_tensor_slices((self.x, self.y))
-        if shuffle:
-            data = data.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+        """The tf.data pipeline, each epoch in ``order``'s permutation (the one the
+        backend-neutral path, :class:`mpcore.data.arrays.ImageBatches`, uses)."""
+        order = order or EpochOrder(len(self), seed, shuffle)
+        if not order.shuffle:
+            data = tf.data.Dataset.from_tensor_slices((self.x, self.y))
+        else:
+            arrays = keras.tree.map_structure(tf.convert_to_tensor, (self.x, self.y))
+            data = (
+                tf.data.Dataset.from_generator(
+                    lambda: iter([order.next_pass()]),
+                    output_signature=tf.TensorSpec([order.n], tf.int64),
+                )
+                .unbatch()
+                .map(lambda i: keras.tree.map_structure(lambda a: tf.gather(a, i), arrays))
+            )
         return data.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 

@@ -1,0 +1,75 @@
+"""Each layer's own error, and histograms of the gradients between layers, for
+:mod:`mpcore.check.shadow`.
+
+The shadow comparison feeds the half model its own half outputs, so a layer's relative error there
+is accumulated: it inherits every error before it. :func:`own_outputs` runs each half layer alone
+on the float32 shadow's input to that layer, so the error it adds is its own and the layer that
+loses precision is the one named.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from mpcore.precision.census import Log2Histogram
+from mpcore.probe.backend import tf
+
+
+def _float64(values: Any) -> np.ndarray | None:
+    if not tf.as_dtype(values.dtype).is_floating:
+        return None
+    return np.asarray(values).astype(np.float64).ravel()
+
+
+def merge_histograms(histograms: list[Log2Histogram]) -> Log2Histogram:
+    """One :class:`Log2Histogram` of the values of all of ``histograms``."""
+    counts: dict[int, int] = {}
+    for histogram in histograms:
+        for exponent, count in zip(histogram.exponents, histogram.counts, strict=True):
+            counts[exponent] = counts.get(exponent, 0) + count
+    exponents = list(range(min(counts), max(counts) + 1)) if counts else []
+    return Log2Histogram(
+        exponents=exponents,
+        counts=[counts.get(e, 0) for e in exponents],
+        zeros=sum(h.zeros for h in histograms),
+        nonfinite=sum(h.nonfinite for h in histograms),
+    )
+
+
+def own_outputs(
+    float32: keras.Model,
+    rows32: list[tuple[Any, list[int]]],
+    acts32: list[np.ndarray],
+    x: Any,
+    half_layers: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """Each half layer's output on the float32 shadow's input to that layer (its own error's
+    numerator), by layer name; a layer that cannot be run alone (a shared layer, one outside the
+    graph) is left out."""
+    values: dict[int, Any] = {}
+    try:
+        for tensor, value in zip(float32.inputs, keras.tree.flatten(x), strict=True):
+            values[id(tensor)] = value
+    except (AttributeError, ValueError, TypeError):
+        return {}
+    for layer, positions in rows32:
+        for tensor, position in zip(keras.tree.flatten(layer.output), positions, strict=False):
+            values[id(tensor)] = acts32[position]
+    own: dict[str, np.ndarray] = {}
+    for layer, _ in rows32:
+        twin = half_layers.get(layer.name)
+        nodes = getattr(layer, "_inbound_nodes", [])
+        if twin is None or len(nodes) != 1:
+            continue
+        try:
+            args, kwargs = nodes[0].arguments.fill_in(values)
+            outputs = keras.tree.flatten(twin(*args, **kwargs, training=True))
+        except Exception:  # a layer that only runs inside its graph has no own error
+            continue
+        parts = [_float64(o) for o in outputs]
+        if parts and all(part is not None for part in parts):
+            own[layer.name] = np.concatenate(parts)
+    return own
