@@ -157,16 +157,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(  # a resume forgets the repeats a configuration already finished
         "resume-drops-finished-repeats",
         "mpcore/run/store.py",
-        '    runs = list(earlier.get("repeats", [])) if kept else []',
+        '    runs = [run for run in _runs_of(earlier or {}) if run.get("repeat") != repeat]',
         "    runs = []",
         ("tests/test_run_repeats.py", "-k", "resume"),
     ),
-    Mutant(  # the significance call inverted: overlapping intervals called significant
-        "significance-inverted",
+    Mutant(  # "faster" called without the significance test, on the interval alone
+        "significance-ignored",
         "mpcore/run/stats.py",
-        "else not low <= 1.0 <= high",
-        "else low <= 1.0 <= high",
-        ("tests/test_run_repeats.py", "-k", "small_exact_cases or interval_holds_one"),
+        "    faster = rejected & (low > edge)",
+        "    faster = low > edge",
+        ("tests/test_verdict_codes.py",),
     ),
     Mutant(  # efficiency against the replicas' total instead of one replica
         "scaling-efficiency-no-replicas",

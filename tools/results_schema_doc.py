@@ -58,8 +58,6 @@ One row per key. A key path is dotted; `[]` stands for "every element of this li
 - `--workers`: in the record of a configuration trained on local workers (`--workers N`).
 - `--repeats`: when each configuration runs more than once (`--repeats N` with N > 1, the
   default of both profiles), which also runs an untimed warm-up first.
-- `--repeats + baseline`: with repeats, when the baseline `float32+xla_off` is planned (the
-  speedups are against it).
 - `--repeats auto`: in a run with `--repeats auto` (rounds added until every comparison is
   decided or `--budget` is spent).
 - `--target`: in a run with `--target METRIC=VALUE` ([time-to-target.md](time-to-target.md)).
@@ -69,13 +67,13 @@ One row per key. A key path is dotted; `[]` stands for "every element of this li
 A configuration that failed has the same keys as one that finished, with `status` `failed`, its
 `reason`, and `result` and `telemetry` `null`. `tests/test_docs_schema.py` checks this table
 against the `results.json` of a real small `mpbench run --strategy mirrored --skip-bad-images
---repeats 4` and of a real `--workers 2` run: every key they write is in the table, and every key
-of the table marked `always`, `--strategy`, `--skip-bad-images` or `--repeats` is in the first,
-every `--workers` key in the second; the `GPU` keys are checked against the records mpcore's
-own functions write under a simulated T4 (`MPBENCH_FAKE_GPU`) and an NVML that knows one
-device, the `loss scaling`, `--target` and `--repeats + baseline` keys against what the
-loss-scale summary, the target recorder and the run's statistics write, and the
-`--repeats auto` keys against the source of the loop that writes them.
+--repeats 4` and of a real `mixed_float16 --workers 2` run: every key they write is in the table,
+and every key of the table marked `always`, `--strategy`, `--skip-bad-images` or `--repeats` is
+in the first, every `--workers` and `loss scaling` key in the second; the `GPU` keys are checked
+against the records mpcore's own functions write under a simulated T4 (`MPBENCH_FAKE_GPU`) and an
+NVML that knows one device, the `--target` keys against what the target recorder and the
+time-to-target table write, and the `--repeats auto` keys against the source of the loop that
+writes them.
 """
 
 OUTRO = """
