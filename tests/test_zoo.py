@@ -46,8 +46,35 @@ def zoo_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
 
 
+#: Set to run every zoo model through the costly commands (about twenty minutes on 2 cores): the
+#: default suite runs a representative few of them (REPRESENTATIVE), the rest skip with a reason.
+EVERY_MODEL_ENV = "MPBENCH_ZOO"
+EVERY_MODEL = bool(os.environ.get(EVERY_MODEL_ENV))
+#: The shapes that went wrong before (a subclassed model, a text model, a fully convolutional
+#: one, a Keras Application): what the default suite trains and benchmarks for real.
+REPRESENTATIVE = ("subclassed", "text_lstm", "fully_convolutional", "mobilenet_v2")
+_ALL_OF_THEM = pytest.mark.skipif(
+    not EVERY_MODEL,
+    reason=f"{EVERY_MODEL_ENV}=1 runs every zoo model here (about 20 minutes); "
+    f"the default suite runs {', '.join(REPRESENTATIVE)}",
+)
+
+
 def _params(names: list[str], cheap: tuple[str, ...] = ()) -> list:
-    return [pytest.param(n, marks=[] if n in cheap else [pytest.mark.slow], id=n) for n in names]
+    """``names`` as parameters: those in ``cheap`` unmarked, the representative ones ``slow``,
+    the rest ``slow`` and run only with :data:`EVERY_MODEL_ENV`."""
+    return [
+        pytest.param(
+            n,
+            marks=[]
+            if n in cheap
+            else [pytest.mark.slow]
+            if n in REPRESENTATIVE
+            else [pytest.mark.slow, _ALL_OF_THEM],
+            id=n,
+        )
+        for n in names
+    ]
 
 
 def assert_refused(entry: zoo_models.Entry, code: int, out: str, err: str) -> None:
@@ -251,8 +278,7 @@ def test_benchmarks_refuse_an_unusable_model_in_one_line(
     assert "Traceback" not in result.stderr.str()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", LIGHT)
+@pytest.mark.parametrize("name", _params(LIGHT))
 def test_benchmarks_run_every_zoo_model(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
@@ -298,8 +324,7 @@ def run_model(mpbench_process, tmp_path: Path, name: str, *extra: str):
     )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", LIGHT)
+@pytest.mark.parametrize("name", _params(LIGHT))
 def test_run_trains_every_zoo_model_or_refuses(mpbench_process, tmp_path: Path, name: str) -> None:
     entry = ZOO[name]
     result = run_model(mpbench_process, tmp_path, name, "--synthetic-per-class", "4")
