@@ -250,8 +250,19 @@ def collected(pytester: pytest.Pytester, name: str) -> dict[str, str | None]:
     return skips
 
 
-@pytest.mark.parametrize("gpu", ["none", "NVIDIA H100 80GB HBM3@9.0"])
-@pytest.mark.parametrize("name", ["subclassed", "fully_convolutional", "text_gru"])
+H100 = "NVIDIA H100 80GB HBM3@9.0"
+
+
+@pytest.mark.parametrize(
+    ("gpu", "name"),
+    [
+        ("none", "subclassed"),
+        (H100, "subclassed"),
+        (H100, "fully_convolutional"),
+        pytest.param("none", "text_gru", marks=pytest.mark.slow),
+        pytest.param(H100, "text_gru", marks=pytest.mark.slow),
+    ],
+)
 def test_benchmarks_collect_a_users_model_with_float8_where_it_has_dense_layers(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, gpu: str, name: str
 ) -> None:
