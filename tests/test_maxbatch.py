@@ -382,11 +382,12 @@ def test_cpu_search_finds_a_batch_under_the_budget_for_both_precisions(small_sea
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("model", "size", "batches"), [("small", 48, (8, 64)), ("resnet50", 64, (4, 16))]
+    ("model", "size", "batches"), [("small", 48, (8, 256)), ("resnet50", 64, (4, 48))]
 )
 def test_predicted_memory_per_sample_is_near_the_measured(model, size, batches) -> None:
     """Two fresh-process trials: the slope between them against the prediction (one peak over
-    its batch would be 2x off: the runtime and weights are fixed)."""
+    its batch would be 2x off: the runtime and weights are fixed). The batches are far apart,
+    so the training step's activations, not start-up, set the larger trial's peak."""
     from mpcore.bench.batchtrial import launch_trial, trial_spec
     from mpcore.models.memory import predict_memory
     from mpcore.models.registry import build_model
@@ -396,6 +397,7 @@ def test_predicted_memory_per_sample_is_near_the_measured(model, size, batches) 
         launch_trial(trial_spec(model, size, "float32", "off", batch, 1, None)) for batch in batches
     )
     assert small.fits and large.fits, (small.detail, large.detail)
+    assert large.peak_bytes > small.peak_bytes, (small, large)
     measured = (large.peak_bytes - small.peak_bytes) / (large.batch - small.batch)
     with applied(RunConfig("float32", "off")):
         predicted = predict_memory(build_model(model, size), batches[1]).activation_bytes_per_sample
