@@ -12,14 +12,13 @@ target is 0.9x of the raw rate; the test fails only if the pipeline loses or inv
 
 from __future__ import annotations
 
-import statistics
 import time
 import warnings
 from pathlib import Path
 
 import pytest
 
-from mpcore.bench.table import PIPELINE_KIND
+from mpcore.bench.pipelinerate import record_pipeline_rate
 from mpcore.data.arrays import EpochOrder, ImageBatches, cached_images, decode_all
 from mpcore.data.ships import read_ship_index
 from mpcore.data.synthetic import write_synthetic_ships
@@ -77,25 +76,20 @@ def test_array_pipeline(benchmark, bench_options, array_ship_root: Path, tmp_pat
         epoch, setup=time_baseline_epoch, rounds=options.rounds, warmup_rounds=warmup_rounds
     )
     assert produced == len(index)
-    if benchmark.stats is None:  # --benchmark-disable: one untimed round, nothing to compare
-        return
-    pipeline_rate = len(index) / benchmark.stats.stats.median
-    baseline_rate = len(index) / statistics.median(baseline_seconds[warmup_rounds:])
-    ratio = pipeline_rate / baseline_rate
-    benchmark.extra_info.update(
-        {
-            "kind": PIPELINE_KIND,
-            "model": options.model,
-            "image_size": options.image_size,
-            "batch": options.batch,
-            "images": len(index),
-            "source_image_size": SOURCE_IMAGE_SIZE,
-            "images_per_second": pipeline_rate,
-            "baseline_images_per_second": baseline_rate,
-            "pipeline_to_baseline": ratio,
-            "target_ratio": TARGET_RATIO,
-        }
+    measured = record_pipeline_rate(
+        benchmark,
+        len(index),
+        baseline_seconds,
+        warmup_rounds,
+        model=options.model,
+        image_size=options.image_size,
+        batch=options.batch,
+        source_image_size=SOURCE_IMAGE_SIZE,
+        target_ratio=TARGET_RATIO,
     )
+    if measured is None:  # --benchmark-disable: one untimed round, nothing to compare
+        return
+    pipeline_rate, baseline_rate, ratio = measured
     if ratio < TARGET_RATIO:
         warnings.warn(
             ArrayPipelineBelowTarget(
