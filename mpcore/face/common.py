@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -66,6 +66,20 @@ INPUT_MEMORY_SHARE = 0.25
 
 def physical_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def float_option(
+    text: str, accepted: Callable[[float], bool], wanted: str, unit: str = ""
+) -> float:
+    """The body of an argparse type for a number: ``text`` as a float that ``accepted`` allows,
+    else one line saying what was wanted and what was received (``must be WANTED, got TEXT``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number{unit}") from None
+    if not accepted(value):
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+    return value
 
 
 def target_text(text: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from mpcore.face.common import UsageError
+from mpcore.face.common import UsageError, float_option
 from mpcore.run.stats import (
     ALPHA,
     SLOWER,
@@ -32,13 +32,7 @@ NO_DATA = "undecided: no per-round data (save with --benchmark-save-data)"
 
 def band_percent(text: str) -> float:
     """An argparse type: a percentage in [0, 100), as a fraction (``3`` -> ``0.03``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"must be a percentage in 0..100, got {text}")
-    return value / 100
+    return float_option(text, lambda value: 0 <= value < 100, "a percentage in 0..100") / 100
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -18,7 +18,13 @@ import json
 import sys
 from typing import Any
 
-from mpcore.face.common import UsageError, load_tensorflow, parse_names, positive_int
+from mpcore.face.common import (
+    UsageError,
+    float_option,
+    load_tensorflow,
+    parse_names,
+    positive_int,
+)
 from mpcore.names import BASELINE_PRECISION, PRECISIONS, config_name
 
 #: What is searched without ``--precision``: on a GPU float32 and both half precisions; on a
@@ -38,13 +44,7 @@ def batch_size_or_max(text: str) -> int | str:
 
 def margin_fraction(text: str) -> float:
     """An argparse type: a fraction in 0..1 (1 excluded), e.g. 0.1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in 0..1 (1 excluded), got {value}")
-    return value
+    return float_option(text, lambda value: 0 <= value < 1, "in 0..1 (1 excluded)")
 
 
 def memory_size(text: str) -> int:

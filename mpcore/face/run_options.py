@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
-from mpcore.face.common import UsageError, positive_int
+from mpcore.face.common import UsageError, float_option, positive_int
 from mpcore.run.plan import MAX_REPEATS, RunPlan, duration, planned_configs
 
 #: ``--repeats auto``: rounds beyond the profile's until every comparison is decided.
@@ -32,13 +33,9 @@ def repeats_value(text: str) -> int | str:
 
 def budget_minutes(text: str) -> float:
     """An argparse type: a positive, finite number of minutes."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text}")
-    return value
+    return float_option(
+        text, lambda value: 0 < value < math.inf, "a positive number of minutes", " of minutes"
+    )
 
 
 def check_repeat_options(args: argparse.Namespace) -> None:
