@@ -26,7 +26,7 @@ import numpy as np
 
 from mpcore.precision.modes import RunConfig, applied
 from mpcore.probe import backend
-from mpcore.run.worker import make_loss_guard
+from mpcore.run.callbacks import make_loss_guard
 from mpcore.train.fit import build_compiled
 from mpcore.train.settings import TrainSettings
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from mpcore.report.tables import run_rows, run_table
+from mpcore.run.callbacks import make_loss_scale_watch
 from mpcore.run.lossscale import summarise_loss_scale
 from mpcore.run.schema import SCHEMA, ShapeError, check_results
-from mpcore.run.worker import make_loss_scale_watch
 
 
 def test_a_fall_of_2_to_the_10_or_more_is_a_collapse():

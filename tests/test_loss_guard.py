@@ -12,7 +12,7 @@ import pytest
 
 from mpcore.precision.modes import RunConfig, applied
 from mpcore.probe import backend
-from mpcore.run.worker import NonFiniteLossError, epoch_tensorboard, make_loss_guard
+from mpcore.run.callbacks import NonFiniteLossError, epoch_tensorboard, make_loss_guard
 from mpcore.train.fit import build_compiled
 from mpcore.train.settings import TrainSettings
 

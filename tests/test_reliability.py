@@ -397,7 +397,7 @@ def _guard_message(precision: str, loss: float, scale: float | None = None) -> s
     import keras
 
     from mpcore.precision.modes import RunConfig, applied
-    from mpcore.run.worker import NonFiniteLossError, make_loss_guard
+    from mpcore.run.callbacks import NonFiniteLossError, make_loss_guard
     from mpcore.train.fit import build_compiled
     from mpcore.train.settings import TrainSettings
 

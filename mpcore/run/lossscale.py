@@ -1,7 +1,7 @@
 """A configuration's dynamic loss scaling in ``mpbench run``: the summary the worker records
 (``result.loss_scaling`` in results.json), the rules that call it a collapse, and the table's
-notes. No TensorFlow here (the worker's callback, :func:`mpcore.run.worker.make_loss_scale_watch`,
-reads the optimizer).
+notes. No TensorFlow here (the worker's callback,
+:func:`mpcore.run.callbacks.make_loss_scale_watch`, reads the optimizer).
 """
 
 from __future__ import annotations

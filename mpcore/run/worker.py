@@ -24,11 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mpcore.run.callbacks import NonFiniteLossError as NonFiniteLossError
-from mpcore.run.callbacks import epoch_tensorboard, make_loss_guard, make_loss_scale_watch
+from mpcore.run.callbacks import (
+    NonFiniteLossError,
+    epoch_tensorboard,
+    make_loss_guard,
+    make_loss_scale_watch,
+)
 from mpcore.run.files import write_json_atomic
 from mpcore.run.launcher import WORKER_REPORT
-from mpcore.run.lossscale import summarise_loss_scale as summarise_loss_scale
 from mpcore.run.process import (
     EXIT_INTERRUPTED,
     FAULT_ENV,
