@@ -44,11 +44,21 @@ def _ok_records(document: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in document.get("configurations", []) if r.get("status") == "ok"]
 
 
+def machine_label(machine: dict[str, Any]) -> str:
+    """The machine a run was measured on, for a figure: its GPUs, else its CPU count and host."""
+    gpus = [gpu.get("name") for gpu in machine.get("gpus") or [] if isinstance(gpu, dict)]
+    if gpus:
+        return ", ".join(str(name) for name in gpus)
+    return f"{machine.get('cpu_count')} CPUs, no GPU ({machine.get('host')})"
+
+
 def subtitle(document: dict[str, Any]) -> str:
+    """What a figure measured and where: a figure measured on one machine says which."""
     settings = document.get("settings", {})
     return (
         f"model {settings.get('model')}, {settings.get('image_size')} px, "
-        f"batch {settings.get('batch_size')}, {settings.get('epochs')} epochs"
+        f"batch {settings.get('batch_size')}, {settings.get('epochs')} epochs; "
+        f"on {machine_label(document.get('machine') or {})}"
     )
 
 
