@@ -34,7 +34,8 @@ class _RecordTensorFlow:
             folder = os.environ.get("MPBENCH_TF_PROCESS_DIR")
             if folder:
                 with open(os.path.join(folder, str(os.getpid())), "w") as record:
-                    worker = os.environ.get("PYTEST_XDIST_WORKER")
+                    # An xdist worker is a bare "python -c"; its children inherit the variable.
+                    worker = os.environ.get("PYTEST_XDIST_WORKER") and sys.argv[:1] == ["-c"]
                     argv = ["pytest-xdist-worker"] if worker else sys.argv
                     record.write(" ".join(argv)[:300])
         return None
