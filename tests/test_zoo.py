@@ -289,7 +289,7 @@ def test_benchmarks_refuse_an_unusable_model_in_one_line(
     assert "Traceback" not in result.stderr.str()
 
 
-@pytest.mark.parametrize("name", _params(LIGHT))
+@pytest.mark.parametrize("name", _params([*LIGHT, *HEAVY]))
 def test_benchmarks_run_every_zoo_model(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
@@ -332,10 +332,11 @@ def run_model(mpbench_process, tmp_path: Path, name: str, *extra: str):
         *extra,
         cwd=tmp_path,
         cache=tmp_path / "cache",
+        timeout=900 if entry.heavy else 300,  # a Keras Application builds slowly on 2 cores
     )
 
 
-@pytest.mark.parametrize("name", _params(LIGHT))
+@pytest.mark.parametrize("name", _params([*LIGHT, *HEAVY]))
 def test_run_trains_every_zoo_model_or_refuses(mpbench_process, tmp_path: Path, name: str) -> None:
     entry = ZOO[name]
     result = run_model(mpbench_process, tmp_path, name, "--synthetic-per-class", "4")

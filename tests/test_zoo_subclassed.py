@@ -106,3 +106,20 @@ def test_check_json_holds_the_subclassed_models_memory(invoke, tmp_path: Path) -
         < memory["float32"]["activation_bytes_per_sample"]
     )
     assert document["predicted_memory_note"] is None
+
+
+@pytest.mark.parametrize("name", ["multi_input", "multi_output"])
+def test_benchmark_fit_step_takes_several_inputs_or_outputs(name: str) -> None:
+    """The benchmarks' resident batch of a model with two inputs (or two outputs) is a tuple:
+    tf.data packs a list into one tensor, which fails for an image and a feature vector."""
+    from mpcore.bench.stepbench import fit_train_step, user_model_step
+    from mpcore.precision.modes import RunConfig, applied
+    from mpcore.train.settings import TrainSettings
+
+    config = RunConfig("float32", "off")
+    settings = TrainSettings(model=f"zoo_models:{name}", batch_size=4)
+    with applied(config):
+        model, _, (x, y) = user_model_step(config, settings, "/CPU:0")
+        assert isinstance(x if name == "multi_input" else y, tuple)
+        loss = float(fit_train_step(model, x, y)())
+    assert np.isfinite(loss)
