@@ -123,3 +123,14 @@ def test_benchmark_fit_step_takes_several_inputs_or_outputs(name: str) -> None:
         assert isinstance(x if name == "multi_input" else y, tuple)
         loss = float(fit_train_step(model, x, y)())
     assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_run_pipeline_of_arrays_keeps_several_inputs_apart(shuffle: bool) -> None:
+    """``run --model --data`` of a two-input model: each batch is (image, features), labels."""
+    from mpcore.user.ownmodel import ArraySplit
+
+    x, y = zoo_models.zoo_data("multi_input", samples=6)
+    (images, features), labels = next(iter(ArraySplit(x, y).dataset(4, shuffle=shuffle)))
+    assert images.shape == (4, zoo_models.SIDE, zoo_models.SIDE, 3)
+    assert features.shape == (4, 6) and labels.shape == (4,)

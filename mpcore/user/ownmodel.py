@@ -193,10 +193,12 @@ class ArraySplit:
         """The tf.data pipeline, each epoch in ``order``'s permutation (the one the
         backend-neutral path, :class:`mpcore.data.arrays.ImageBatches`, uses)."""
         order = order or EpochOrder(len(self), seed, shuffle)
+        # Tuples, not lists: tf.data would pack a list of inputs (or labels) into one tensor.
+        structure = keras.tree.lists_to_tuples((self.x, self.y))
         if not order.shuffle:
-            data = tf.data.Dataset.from_tensor_slices((self.x, self.y))
+            data = tf.data.Dataset.from_tensor_slices(structure)
         else:
-            arrays = keras.tree.map_structure(tf.convert_to_tensor, (self.x, self.y))
+            arrays = keras.tree.map_structure(tf.convert_to_tensor, structure)
             data = (
                 tf.data.Dataset.from_generator(
                     lambda: iter([order.next_pass()]),
