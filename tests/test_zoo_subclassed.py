@@ -134,3 +134,19 @@ def test_run_pipeline_of_arrays_keeps_several_inputs_apart(shuffle: bool) -> Non
     (images, features), labels = next(iter(ArraySplit(x, y).dataset(4, shuffle=shuffle)))
     assert images.shape == (4, zoo_models.SIDE, zoo_models.SIDE, 3)
     assert features.shape == (4, 6) and labels.shape == (4,)
+
+
+def test_run_refuses_labels_that_do_not_fit_the_loss_before_training(
+    invoke, tmp_path: Path
+) -> None:
+    """A regression head's 2 values against one label per sample: refused in one line, not
+    failed late in every configuration's worker."""
+    data = tmp_path / "flat.npz"
+    np.savez(data, x=zoo_models.random_images(10), y=np.zeros(10, "float32"))
+    argv = ["run", "--model", "zoo_models:regression", "--data", str(data)]
+    code, out, err = invoke([*argv, "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert "Traceback" not in out + err
+    assert "labels of shape () per sample do not fit the output 'values' of shape (2,)" in line
+    assert not (tmp_path / "r").exists()

@@ -216,10 +216,14 @@ def array_splits(
     """All of ``spec``'s arrays, checked against ``model``, split at random (seeded) into
     training and validation. Raises :class:`LoadError`. At most :data:`MAX_SAMPLES`; a function
     returning a ``tf.data.Dataset`` gives its first element."""
-    from mpcore.user.data import load_batch, resolve_loss
+    from mpcore.user.data import load_batch, loss_names, resolve_loss
+    from mpcore.user.values import check_values
 
     loss, _ = resolve_loss(model, None)
     x, y = load_batch(spec, model, MAX_SAMPLES, loss, seed)
+    # Labels that do not fit the loss (or NaN data) would fail every configuration late, in
+    # its worker: refused here, before anything trains.
+    check_values(spec, model, x, y, loss_names(loss))
     total = len(ArraySplit(x, y))
     held_out = max(1, round(total * validation_fraction))
     if total - held_out < 1:
