@@ -91,12 +91,15 @@ def target_rows(
     document: Mapping[str, Any],
     step_comparisons: Mapping[str, Comparison] | None = None,
     band: float = BAND,
+    time_judged: Mapping[str, Comparison] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per configuration with target data (see :data:`TARGET_COLUMNS`)."""
+    """One row per configuration with target data (see :data:`TARGET_COLUMNS`); its time
+    verdicts are ``time_judged`` when the report has judged them already
+    (:func:`time_comparisons` at ``band`` otherwise)."""
     records = [r for r in document.get("configurations", []) if target_runs(r)]
     baseline = next((r for r in records if r.get("name") == BASELINE), None)
     base_epochs = [run.get("epochs") for run in target_runs(baseline)] if baseline else []
-    judged = time_comparisons(document, band)
+    judged = time_comparisons(document, band) if time_judged is None else time_judged
     rows = []
     for record in records:
         name = record.get("name")
@@ -147,9 +150,10 @@ def target_table(
     document: Mapping[str, Any],
     step_comparisons: Mapping[str, Comparison] | None = None,
     band: float = BAND,
+    time_judged: Mapping[str, Comparison] | None = None,
 ) -> str:
     """The time-to-target table with its heading line; empty without ``--target``."""
-    rows = target_rows(document, step_comparisons, band)
+    rows = target_rows(document, step_comparisons, band, time_judged)
     if not has_target(document) or not rows:
         return ""
     target = document["settings"]["target"]
