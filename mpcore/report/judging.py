@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from mpcore.names import BASELINE
-from mpcore.report.target import has_target, target_rows, time_comparisons
+from mpcore.report.target import has_target, target_records, time_comparisons
 from mpcore.run.stats import (
     ALPHA,
     BAND,
@@ -176,7 +176,7 @@ def run_statistics(
         "control": controls[0] if controls else None,
         "noise_floor": noise_floor(times[BASELINE], times[controls[0]]) if controls else None,
         "time_to_target": (
-            target_rows(document, judged.steps, judged.band, judged.to_target)
+            target_records(document, judged.steps, judged.band, judged.to_target)
             if has_target(document)
             else None
         ),
