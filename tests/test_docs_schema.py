@@ -112,7 +112,7 @@ def function_keys() -> set[str]:
     ``--target`` run writes, from the functions that write them: the loss-scale summary, the
     target recorder's result and the time-to-target rows of the statistics."""
     from mpcore.report.judging import run_statistics
-    from mpcore.report.target import target_rows
+    from mpcore.report.target import target_records
     from mpcore.run.lossscale import summarise_loss_scale
     from mpcore.train.target import parse_target, target_recorder
 
@@ -130,7 +130,7 @@ def function_keys() -> set[str]:
                 "configurations": [{"result": result}],
                 "statistics": {
                     **run_statistics(document),
-                    "time_to_target": target_rows(document),
+                    "time_to_target": target_records(document),
                 },
             }
         )

@@ -18,8 +18,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else source.parent
     try:
         if kind == "run":
-            table = report.run_table(document, args.band)
-            files = report.render_run(document, out, args.band)
+            judged = report.judge(document, args.band)  # once, for the table and every file
+            table = report.run_table(document, judged=judged)
+            files = report.render_run(document, out, judged=judged)
         else:
             table, files = report.render_benchmark(document, out)
     except report.ReportError as error:

@@ -389,15 +389,17 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     )
     try:
         completed = planning.run_all(plan, document, announce=lambda line: print(line, flush=True))
-        document["statistics"] = report.run_statistics(document, args.band)  # kept with the run
+        # Judged once: results.json's statistics, the table, the CSV and the plot all read it.
+        judged = report.judge(document, args.band)
+        document["statistics"] = report.run_statistics(document, judged=judged)
         files.save_results(plan.results_path, document, print)
     except files.ResultsUnsavable as error:
         print(f"mpbench run: error: {error}", file=sys.stderr)
         return 1
 
     print()
-    print(report.run_table(document))
-    files = report.render_run(document, out)
+    print(report.run_table(document, judged=judged))
+    files = report.render_run(document, out, judged=judged)
     print(f"\nwritten to {out}: {schema.RESULTS_FILE}, " + ", ".join(f.name for f in files))
     if (out / "tensorboard").is_dir():
         print(f"compare the runs in TensorBoard: tensorboard --logdir {out / 'tensorboard'}")

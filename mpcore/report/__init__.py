@@ -6,7 +6,7 @@ second. Reading the file is :mod:`~mpcore.report.load`, the rows and tables
 :mod:`~mpcore.report.render`.
 """
 
-from mpcore.report.judging import repeat_times, run_statistics
+from mpcore.report.judging import Judgement, judge, repeat_times, run_statistics
 from mpcore.report.load import ReportError, is_benchmark_json, is_results_json, load, locate
 from mpcore.report.render import plot_step_time, render_benchmark, render_run, write_csv
 from mpcore.report.tables import (
@@ -27,12 +27,14 @@ __all__ = [
     "REPEAT_COLUMNS",
     "RUN_COLUMNS",
     "SCALING_COLUMNS",
+    "Judgement",
     "ReportError",
     "benchmark_rows",
     "csv_columns",
     "format_table",
     "is_benchmark_json",
     "is_results_json",
+    "judge",
     "load",
     "locate",
     "machine_notes",

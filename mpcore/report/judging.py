@@ -2,15 +2,20 @@
 with the baseline (:func:`mpcore.run.stats.compare_all`), the footnotes on them (the method and
 its family-wise rate, the A/A control's noise floor) and what
 ``results.json`` keeps of them under ``statistics``. No TensorFlow here.
+
+A report judges a run once (:func:`judge`) and hands that :class:`Judgement` to everything it
+writes (the table and its notes, the CSV, the step-time plot, ``statistics``): the statistics
+are computed once per report, and no two outputs can come from different computations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 from mpcore.names import BASELINE
-from mpcore.report.target import has_target, target_rows
+from mpcore.report.target import has_target, target_records, time_comparisons
 from mpcore.run.stats import (
     ALPHA,
     BAND,
@@ -48,35 +53,54 @@ def band_of(document: dict[str, Any], band: float | None = None) -> float:
     return float((document.get("statistics") or {}).get("band", BAND))
 
 
-def comparisons(document: dict[str, Any], band: float | None = None) -> dict[str, Comparison]:
-    """Every configuration with repeats against the baseline, judged as one run's family."""
-    rows = {r.get("name"): repeat_times(r) for r in document.get("configurations", [])}
-    if max_repeats(document) < 2 or not rows.get(BASELINE):
-        return {}
-    return compare_all(rows, BASELINE, band=band_of(document, band))
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """A run judged once for one report (:func:`judge`)."""
+
+    #: The practical-equivalence band the verdicts used.
+    band: float
+    #: Each configuration's steady ms/step per finished repeat (empty when it failed).
+    times: dict[str, list[float]]
+    #: Every configuration with repeats against the baseline, one family (empty without).
+    steps: dict[str, Comparison]
+    #: Time to target against the baseline's (``--target``), its own family (empty without).
+    to_target: dict[str, Comparison]
+
+    @property
+    def repeated(self) -> dict[str, list[float]]:
+        """The configurations that ran more than once, with their times."""
+        return {name: values for name, values in self.times.items() if len(values) > 1}
+
+    @property
+    def family(self) -> list[Comparison]:
+        """The comparisons that are claims about a configuration (the A/A control is not)."""
+        return [c for name, c in self.steps.items() if not is_control(name)]
 
 
-def repeated_times(document: dict[str, Any]) -> dict[str, list[float]]:
+def judge(document: dict[str, Any], band: float | None = None) -> Judgement:
+    """Judge ``document``'s run once: ``band`` when given, else the run's own (``--band``)."""
+    band = band_of(document, band)
     times = {r.get("name"): repeat_times(r) for r in document.get("configurations", [])}
-    return {name: values for name, values in times.items() if len(values) > 1}
+    steps = (
+        compare_all(times, BASELINE, band=band)
+        if max_repeats(document) >= 2 and times.get(BASELINE)
+        else {}
+    )
+    to_target = time_comparisons(document, band) if has_target(document) else {}
+    return Judgement(band, times, steps, to_target)
 
 
-def _family(judged: dict[str, Comparison]) -> list[Comparison]:
-    return [c for name, c in judged.items() if not is_control(name)]
-
-
-def statistics_note(document: dict[str, Any], band: float | None = None) -> str:
+def statistics_note(judged: Judgement) -> str:
     """The footnote on the speedups of a run with repeats: the method, the band, and the
     family-wise false-call rate computed from the repeats each comparison actually had."""
-    judged = comparisons(document, band)
-    family = _family(judged)
+    family = judged.family
     counts = [(c.baseline_count, c.count) for c in family]
     rate = family_error_rate(counts)
     note = (
         f"speedup: {BASELINE}'s steady ms/step over each configuration's, the Hodges-Lehmann "
         "estimate (median of every repeat-to-repeat ratio); interval: exact distribution-free "
         "(Moses, from the Mann-Whitney distribution) at each comparison's Holm level; verdict: "
-        f"faster/slower when the interval lies beyond +-{band_of(document, band):.1%}, no "
+        f"faster/slower when the interval lies beyond +-{judged.band:.1%}, no "
         "practical difference inside that band, undecided otherwise"
     )
     if not family:
@@ -98,10 +122,9 @@ def statistics_note(document: dict[str, Any], band: float | None = None) -> str:
     )
 
 
-def control_notes(document: dict[str, Any], band: float | None = None) -> list[str]:
+def control_notes(judged: Judgement) -> list[str]:
     """The A/A control's noise floor, and a loud warning when it was itself called different."""
-    times = repeated_times(document)
-    judged = comparisons(document, band)
+    times = judged.repeated
     notes = []
     for name in [name for name in times if is_control(name)]:
         if not times.get(BASELINE):
@@ -111,7 +134,7 @@ def control_notes(document: dict[str, Any], band: float | None = None) -> list[s
             f"noise floor: on this machine identical work differed by up to {floor:.1%} "
             f"({name} against {BASELINE}, repeat against repeat)"
         )
-        verdict = judged[name].verdict if name in judged else None
+        verdict = judged.steps[name].verdict if name in judged.steps else None
         if verdict in (FASTER, SLOWER):
             notes.append(
                 f"WARNING: THE A/A CONTROL CAME OUT {verdict.upper()}: identical work looked "
@@ -120,16 +143,19 @@ def control_notes(document: dict[str, Any], band: float | None = None) -> list[s
     return notes
 
 
-def run_statistics(document: dict[str, Any], band: float | None = None) -> dict[str, Any]:
+def run_statistics(
+    document: dict[str, Any], band: float | None = None, judged: Judgement | None = None
+) -> dict[str, Any]:
     """What a run's ``statistics`` key in results.json holds: the method's settings, every
-    comparison with the baseline, the family-wise rate, the warnings and the noise floor."""
-    judged = comparisons(document, band)
-    family = _family(judged)
-    times = repeated_times(document)
+    comparison with the baseline, the family-wise rate, the warnings and the noise floor
+    (from ``judged`` when the report has judged the run already, ``band`` then unused)."""
+    judged = judged or judge(document, band)
+    family = judged.family
+    times = judged.repeated
     controls = [name for name in times if is_control(name) and times.get(BASELINE)]
     return {
         "alpha": ALPHA,
-        "band": band_of(document, band),
+        "band": judged.band,
         "family_error_rate": family_error_rate([(c.baseline_count, c.count) for c in family]),
         "minimum_repeats": minimum_repeats(len(family)) if family else None,
         "comparisons": [
@@ -144,12 +170,14 @@ def run_statistics(document: dict[str, Any], band: float | None = None) -> dict[
                 "level": c.level,
                 "control": is_control(name),
             }
-            for name, c in judged.items()
+            for name, c in judged.steps.items()
         ],
         "warnings": spread_warnings(times),
         "control": controls[0] if controls else None,
         "noise_floor": noise_floor(times[BASELINE], times[controls[0]]) if controls else None,
         "time_to_target": (
-            target_rows(document, judged, band_of(document, band)) if has_target(document) else None
+            target_records(document, judged.steps, judged.band, judged.to_target)
+            if has_target(document)
+            else None
         ),
     }

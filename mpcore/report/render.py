@@ -16,7 +16,7 @@ from mpcore.face.plots import (
     subtitle,
 )
 from mpcore.names import BASELINE
-from mpcore.report.judging import repeat_times
+from mpcore.report.judging import Judgement, judge, repeat_times
 from mpcore.report.load import ReportError
 from mpcore.report.tables import (
     PLAIN_BENCHMARK_COLUMNS,
@@ -44,14 +44,16 @@ def write_csv(
     return path
 
 
-def step_time_data(document: dict[str, Any], band: float | None = None) -> list[dict[str, Any]]:
+def step_time_data(
+    document: dict[str, Any], band: float | None = None, judged: Judgement | None = None
+) -> list[dict[str, Any]]:
     """What ``step_time.png`` draws, one entry per configuration with a time: its label, the
     bar (the table's ms/step), the speedup and its interval (the table's), and every repeat's
     ms/step as points. The table's own rows, as ``results.csv``'s, so the three cannot
-    disagree."""
+    disagree (``judged``: the report's judgement of the run, made once)."""
     records = {record.get("name"): record for record in document.get("configurations", [])}
     data = []
-    for row in run_rows(document, band):
+    for row in run_rows(document, band, judged):
         if row["ms_per_step"] is None:
             continue
         low, high = row.get("speedup_low"), row.get("speedup_high")
@@ -67,10 +69,15 @@ def step_time_data(document: dict[str, Any], band: float | None = None) -> list[
     return data
 
 
-def plot_step_time(document: dict[str, Any], path: Path, band: float | None = None) -> Path:
+def plot_step_time(
+    document: dict[str, Any],
+    path: Path,
+    band: float | None = None,
+    judged: Judgement | None = None,
+) -> Path:
     """Steady-state ms/step per configuration (the median over repeats, each repeat a dot),
     annotated with the table's speedup over the baseline and its interval."""
-    data = step_time_data(document, band)
+    data = step_time_data(document, band, judged)
     return plot_bars(
         [entry["configuration"] for entry in data],
         [entry["ms_per_step"] for entry in data],
@@ -83,15 +90,22 @@ def plot_step_time(document: dict[str, Any], path: Path, band: float | None = No
     )
 
 
-def render_run(document: dict[str, Any], out: Path, band: float | None = None) -> list[Path]:
+def render_run(
+    document: dict[str, Any],
+    out: Path,
+    band: float | None = None,
+    judged: Judgement | None = None,
+) -> list[Path]:
     """Write ``results.csv`` and the PNG plots of a run into ``out``; return the files
-    (``band``: the verdicts' band instead of the run's own)."""
+    (``band``: the verdicts' band instead of the run's own; ``judged``: the report's judgement
+    of the run when it has one, which then decides)."""
     out.mkdir(parents=True, exist_ok=True)
+    judged = judged or judge(document, band)
     written = [
-        write_csv(run_rows(document, band), out / "results.csv", csv_columns(document)),
+        write_csv(run_rows(document, judged=judged), out / "results.csv", csv_columns(document)),
         plot_time_vs_loss(document, out / "time_vs_loss.png"),
         plot_curves(document, out / "curves.png"),
-        plot_step_time(document, out / "step_time.png", band),
+        plot_step_time(document, out / "step_time.png", judged=judged),
     ]
     gpu = plot_gpu_telemetry(document, out / "gpu_telemetry.png")
     return [*written, *([gpu] if gpu else [])]

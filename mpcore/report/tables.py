@@ -13,12 +13,11 @@ from mpcore.face.plots import (
 )
 from mpcore.names import BASELINE
 from mpcore.report.judging import (
-    band_of,
-    comparisons,
+    Judgement,
     control_notes,
+    judge,
     max_repeats,
     repeat_times,
-    repeated_times,
     statistics_note,
 )
 from mpcore.report.target import has_target, target_table
@@ -113,9 +112,13 @@ def csv_columns(document: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
     return columns + REPEAT_COLUMNS if max_repeats(document) > 1 else columns
 
 
-def run_rows(document: dict[str, Any], band: float | None = None) -> list[dict[str, Any]]:
-    """One row per configuration, in run order, with the table's values (None = unknown)."""
-    judged = comparisons(document, band)
+def run_rows(
+    document: dict[str, Any], band: float | None = None, judged: Judgement | None = None
+) -> list[dict[str, Any]]:
+    """One row per configuration, in run order, with the table's values (None = unknown);
+    the verdicts ``judged``'s when the report has judged the run already (``band`` then
+    unused)."""
+    comparisons = (judged or judge(document, band)).steps
     records = document.get("configurations", [])
     baseline = next(
         (r for r in records if r.get("name") == BASELINE and r.get("status") == "ok"), None
@@ -153,7 +156,7 @@ def run_rows(document: dict[str, Any], band: float | None = None) -> list[dict[s
                 scaling_efficiency=(record.get("scaling") or {}).get("scaling_efficiency"),
             )
             _add_repeats(row, repeat_times(record))
-            _add_comparison(row, judged.get(record.get("name")), record is baseline)
+            _add_comparison(row, comparisons.get(record.get("name")), record is baseline)
         rows.append(row)
     return rows
 
@@ -314,10 +317,14 @@ def has_no_steady_epoch(record: dict[str, Any]) -> bool:
     return isinstance(result.get("epoch_seconds"), list) and len(result["epoch_seconds"]) < 2
 
 
-def run_table(document: dict[str, Any], band: float | None = None) -> str:
+def run_table(
+    document: dict[str, Any], band: float | None = None, judged: Judgement | None = None
+) -> str:
     """The run table plus a footnote saying what speedup and peak memory mean, and under it
-    the A/A control's noise floor and the warnings on the repeats' spread."""
-    rows = run_rows(document, band)
+    the A/A control's noise floor and the warnings on the repeats' spread (the run judged once,
+    or ``judged`` when the report has judged it already)."""
+    judged = judged or judge(document, band)
+    rows = run_rows(document, judged=judged)
     unsteady = {
         record.get("name")
         for record in document.get("configurations", [])
@@ -350,7 +357,7 @@ def run_table(document: dict[str, Any], band: float | None = None) -> str:
             f"; the median (min-max) over up to {repeats} repeats of each configuration, run "
             "interleaved after an untimed warm-up"
         )
-        notes[1] = statistics_note(document, band)
+        notes[1] = statistics_note(judged)
     elif repeats == 1 and len(document.get("configurations", [])) > 1:
         notes.append(
             "each configuration ran once: a speedup has no interval and on a busy machine may be "
@@ -370,12 +377,11 @@ def run_table(document: dict[str, Any], band: float | None = None) -> str:
             "first epochs (train 2 epochs or more for steady figures)"
         )
     notes += collapse_notes(document) + machine_notes(document.get("machine") or {})
-    notes.extend(control_notes(document, band))
-    notes.extend(f"warning: {line}" for line in spread_warnings(repeated_times(document)))
+    notes.extend(control_notes(judged))
+    notes.extend(f"warning: {line}" for line in spread_warnings(judged.repeated))
     text = table + "\n" + "\n".join(notes)
     if has_target(document):
-        judged = comparisons(document, band)
-        text += "\n\n" + target_table(document, judged, band_of(document, band))
+        text += "\n\n" + target_table(document, judged.steps, judged.band, judged.to_target)
     return text
 
 

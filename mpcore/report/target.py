@@ -11,6 +11,7 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -79,58 +80,106 @@ def time_comparisons(document: Mapping[str, Any], band: float = BAND) -> dict[st
     return compare_all(rows, BASELINE, band=band)
 
 
-def _speedup_text(judged: Comparison | None, is_baseline: bool) -> str:
-    if is_baseline:
-        return "1.00x"
-    if judged is None:
-        return "-"
-    return f"{judged.speedup:.2f}x ({judged.low:.2f}-{judged.high:.2f})"
+def _finite(value: float) -> float | None:
+    """A ratio as results.json can hold it: None for an open end (0 or infinity)."""
+    return value if 0 < value < math.inf else None
 
 
-def target_rows(
+def target_records(
     document: Mapping[str, Any],
     step_comparisons: Mapping[str, Comparison] | None = None,
     band: float = BAND,
+    time_judged: Mapping[str, Comparison] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per configuration with target data (see :data:`TARGET_COLUMNS`)."""
+    """One record per configuration with target data, numbers and verdict words only: what
+    results.json keeps (``statistics.time_to_target``) and what the table
+    (:func:`target_rows`) formats. The time verdicts are ``time_judged`` when the report has
+    judged them already (:func:`time_comparisons` at ``band`` otherwise)."""
     records = [r for r in document.get("configurations", []) if target_runs(r)]
     baseline = next((r for r in records if r.get("name") == BASELINE), None)
     base_epochs = [run.get("epochs") for run in target_runs(baseline)] if baseline else []
-    judged = time_comparisons(document, band)
+    judged = time_comparisons(document, band) if time_judged is None else time_judged
     rows = []
     for record in records:
         name = record.get("name")
         runs = target_runs(record)
         reached = [run for run in runs if run.get("reached")]
         is_baseline = name == BASELINE
+        time = judged.get(name)
+        every = len(reached) == len(runs)  # never a time for one that did not always get there
+        step = (step_comparisons or {}).get(name)
         row: dict[str, Any] = {
             "configuration": name,
-            "reached": f"{len(reached)}/{len(runs)}",
+            "repeats": len(runs),
+            "repeats_reached": len(reached),
             "epochs_to_target": _median([float(run["epochs"]) for run in reached]),
             "compile_s": _median(
                 [float(run["compile_seconds"]) for run in runs if run.get("compile_seconds")]
             ),
+            "seconds_to_target": (
+                _median([float(run["seconds"]) for run in reached]) if every else None
+            ),
+            "speedup_to_target": (
+                (1.0 if is_baseline else time.speedup if time else None) if every else None
+            ),
+            "speedup_to_target_low": _finite(time.low) if every and time else None,
+            "speedup_to_target_high": _finite(time.high) if every and time else None,
+            "time_verdict": (
+                ("baseline" if is_baseline else time.verdict if time else "-")
+                if every
+                else "not reached"
+            ),
+            "speedup_per_step": 1.0 if is_baseline else (step.speedup if step else None),
+            "epochs_parity": "baseline" if is_baseline else None,
         }
-        if len(reached) == len(runs):
-            row["time_to_target_s"] = _median([float(run["seconds"]) for run in reached])
-            row["time_speedup"] = _speedup_text(judged.get(name), is_baseline)
-            row["time_verdict"] = (
-                "baseline" if is_baseline else (judged[name].verdict if name in judged else "-")
-            )
-        else:
-            # Never a time for a configuration that did not always get there.
-            missing = len(runs) - len(reached)
-            row["time_to_target_s"] = f"not reached in {missing} of {len(runs)}"
-            row["time_speedup"] = "-"
-            row["time_verdict"] = "not reached"
-        step = (step_comparisons or {}).get(name)
-        row["step_speedup"] = "1.00x" if is_baseline else (f"{step.speedup:.2f}x" if step else "-")
-        if is_baseline or not base_epochs:
-            row["parity"] = "baseline" if is_baseline else "-"
-        else:
+        if not is_baseline and base_epochs:
             parity = epochs_parity(base_epochs, [run.get("epochs") for run in runs])
-            row["parity"] = f"{parity.verdict} (p={parity.p_value:.2g})"
-            row["parity_p"] = parity.p_value
+            row.update(epochs_parity=parity.verdict, parity_p=parity.p_value)
+        rows.append(row)
+    return rows
+
+
+def _speedup_text(record: Mapping[str, Any]) -> str:
+    if record["configuration"] == BASELINE and record["speedup_to_target"] is not None:
+        return "1.00x"
+    if record["speedup_to_target"] is None:
+        return "-"
+    low, high = record["speedup_to_target_low"], record["speedup_to_target_high"]
+    interval = f"{low:.2f}-{high:.2f}" if low is not None and high is not None else "no interval"
+    return f"{record['speedup_to_target']:.2f}x ({interval})"
+
+
+def target_rows(
+    document: Mapping[str, Any],
+    step_comparisons: Mapping[str, Comparison] | None = None,
+    band: float = BAND,
+    time_judged: Mapping[str, Comparison] | None = None,
+) -> list[dict[str, Any]]:
+    """The table's rows (see :data:`TARGET_COLUMNS`): :func:`target_records` formatted, the
+    only place they are."""
+    rows = []
+    for record in target_records(document, step_comparisons, band, time_judged):
+        is_baseline = record["configuration"] == BASELINE
+        runs, reached = record["repeats"], record["repeats_reached"]
+        step = record["speedup_per_step"]
+        row: dict[str, Any] = {
+            "configuration": record["configuration"],
+            "reached": f"{reached}/{runs}",
+            "epochs_to_target": record["epochs_to_target"],
+            "compile_s": record["compile_s"],
+            "time_to_target_s": (
+                record["seconds_to_target"]
+                if reached == runs
+                else f"not reached in {runs - reached} of {runs}"
+            ),
+            "time_speedup": _speedup_text(record),
+            "time_verdict": record["time_verdict"],
+            "step_speedup": "1.00x" if is_baseline else (f"{step:.2f}x" if step else "-"),
+            "parity": record["epochs_parity"] or "-",
+        }
+        if "parity_p" in record:
+            row["parity"] = f"{record['epochs_parity']} (p={record['parity_p']:.2g})"
+            row["parity_p"] = record["parity_p"]
         rows.append(row)
     return rows
 
@@ -147,9 +196,10 @@ def target_table(
     document: Mapping[str, Any],
     step_comparisons: Mapping[str, Comparison] | None = None,
     band: float = BAND,
+    time_judged: Mapping[str, Comparison] | None = None,
 ) -> str:
     """The time-to-target table with its heading line; empty without ``--target``."""
-    rows = target_rows(document, step_comparisons, band)
+    rows = target_rows(document, step_comparisons, band, time_judged)
     if not has_target(document) or not rows:
         return ""
     target = document["settings"]["target"]
