@@ -40,6 +40,7 @@ NO_GPU_REASON = "no GPU visible to TensorFlow"
 MAX_AUTO_WORKERS = 4
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
 
@@ -47,10 +48,26 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     """``pytest -n N`` distributes by group (``--dist loadgroup``) rather than test by test, so
     that the groups of :func:`group_by_shared_fixture` hold. Set here, not in ``addopts``: any
-    ``--dist`` there makes pytest-benchmark disable every benchmark, even without ``-n``."""
+    ``--dist`` there makes pytest-benchmark disable every benchmark, even without ``-n``.
+
+    A worker reads its own command line, where ``-n`` is all there is, and names each grouped
+    test after its group only when it believes the mode is ``loadgroup``: without that name the
+    controller sees no groups and spreads a scenario's readers over every worker, each running
+    it. The controller tells it (:func:`pytest_configure_node`)."""
     option = config.option
     if getattr(option, "numprocesses", None) and getattr(option, "dist", "no") == "load":
         option.dist = "loadgroup"
+    if getattr(config, "workerinput", {}).get(LOADGROUP_INPUT):
+        option.loadgroup = True
+
+
+LOADGROUP_INPUT = "mpbench_loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """In the controller, for each worker it starts: whether tests are scheduled by group."""
+    node.workerinput[LOADGROUP_INPUT] = node.config.option.dist == "loadgroup"
 
 
 def group_by_shared_fixture(items: list[pytest.Item]) -> None:
@@ -68,6 +85,9 @@ def group_by_shared_fixture(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
+# tryfirst: before pytest-xdist's worker names each grouped test after its group (it reads the
+# marks this adds); tests/conftest.py's own tryfirst hook, registered later, runs before this one.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked ``gpu`` when TensorFlow sees no GPU, and tests marked
     ``tensorflow_only`` when the Keras backend is not TensorFlow (decided once, before any

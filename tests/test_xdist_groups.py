@@ -55,3 +55,20 @@ def test_pytest_n_schedules_by_group_and_only_under_n(
     config = SimpleNamespace(option=SimpleNamespace(numprocesses=numprocesses, dist=dist))
     root_conftest(pytestconfig).pytest_configure(config)
     assert config.option.dist == expected
+
+
+def test_a_worker_names_grouped_tests_after_their_group(request: pytest.FixtureRequest) -> None:
+    """Under ``-n`` the worker must append the group to the test's id (``...@group``), which is
+    what the controller schedules by: without it a scenario's readers are spread over workers and
+    each worker runs the scenario again. Outside ``-n`` there is nothing to check."""
+    if not getattr(request.config, "workerinput", None):
+        pytest.skip("not under pytest -n: no worker, no groups to schedule")
+    assert request.config.getvalue("loadgroup") is True
+
+
+def test_a_grouped_test_carries_its_group_in_its_id_under_n(
+    request: pytest.FixtureRequest, shared_by_the_module: object
+) -> None:
+    if not getattr(request.config, "workerinput", None):
+        pytest.skip("not under pytest -n: test ids carry no group")
+    assert request.node.nodeid.endswith("@" + request.node.nodeid.split("::")[0])
