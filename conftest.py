@@ -35,10 +35,44 @@ from mpcore.probe.machine import visible_gpus
 NO_GPU_REASON = "no GPU visible to TensorFlow"
 
 
+#: ``pytest -n auto`` starts at most this many workers: each imports TensorFlow (about 1 GiB and
+#: 4-5 s of start-up), and the expensive groups below cannot be split further anyway.
+MAX_AUTO_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``pytest -n N`` distributes by group (``--dist loadgroup``) rather than test by test, so
+    that the groups of :func:`group_by_shared_fixture` hold. Set here, not in ``addopts``: any
+    ``--dist`` there makes pytest-benchmark disable every benchmark, even without ``-n``."""
+    option = config.option
+    if getattr(option, "numprocesses", None) and getattr(option, "dist", "no") == "load":
+        option.dist = "loadgroup"
+
+
+def group_by_shared_fixture(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N`` (pytest-xdist, grouped by :func:`pytest_configure`) keep the
+    tests that share a module- or class-scoped fixture in one worker: such a fixture is often one
+    expensive training (numerics/test_fp8_training.py, test_convergence_parity.py) that every
+    worker running one of its tests would repeat. Tests without one are spread freely; a group set
+    earlier (tests/conftest.py: the session scenarios) is kept."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        definitions = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope in ("module", "class", "package") for defs in definitions for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked ``gpu`` when TensorFlow sees no GPU, and tests marked
     ``tensorflow_only`` when the Keras backend is not TensorFlow (decided once, before any
-    runs, from what this process can do)."""
+    runs, from what this process can do); group tests for pytest-xdist."""
+    group_by_shared_fixture(items)
     if not backend.is_tensorflow():
         only = pytest.mark.skip(
             reason=f"{backend.TENSORFLOW_ONLY} (the Keras backend is {backend.name()})"

@@ -34,8 +34,25 @@ SCENARIOS = frozenset({"quick_run", "mirrored_run", "workers_run"})
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SCENARIOS & set(getattr(item, "fixturenames", ())):
+        used = SCENARIOS & set(getattr(item, "fixturenames", ()))
+        if used:
             item.add_marker(pytest.mark.slow)
+            # Under ``pytest -n`` (``--dist loadgroup``) every reader of a scenario runs in the
+            # worker that ran it: a session fixture is per process, and a second worker would
+            # train the whole scenario again.
+            item.add_marker(pytest.mark.xdist_group("+".join(sorted(used))))
+
+
+#: What pytest-xdist tells its workers through the environment. A test that starts a pytest
+#: session of its own (pytester, a child ``pytest benchmarks/``) must not pass it on:
+#: pytest-benchmark reads it as "this session is an xdist worker" and disables every benchmark.
+XDIST_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+
+
+@pytest.fixture(autouse=True)
+def no_xdist_env_for_inner_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in XDIST_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

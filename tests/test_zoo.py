@@ -46,7 +46,7 @@ def zoo_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
 
 
-#: Set to run every zoo model through the costly commands (about twenty minutes on 2 cores): the
+#: Set to run every zoo model through the costly commands (about 45 minutes on 2 busy cores): the
 #: default suite runs a representative few of them (REPRESENTATIVE), the rest skip with a reason.
 EVERY_MODEL_ENV = "MPBENCH_ZOO"
 EVERY_MODEL = bool(os.environ.get(EVERY_MODEL_ENV))
@@ -55,7 +55,7 @@ EVERY_MODEL = bool(os.environ.get(EVERY_MODEL_ENV))
 REPRESENTATIVE = ("subclassed", "text_lstm", "fully_convolutional", "mobilenet_v2")
 _ALL_OF_THEM = pytest.mark.skipif(
     not EVERY_MODEL,
-    reason=f"{EVERY_MODEL_ENV}=1 runs every zoo model here (about 20 minutes); "
+    reason=f"{EVERY_MODEL_ENV}=1 runs every zoo model here (about 45 minutes); "
     f"the default suite runs {', '.join(REPRESENTATIVE)}",
 )
 
@@ -289,7 +289,7 @@ def test_benchmarks_refuse_an_unusable_model_in_one_line(
     assert "Traceback" not in result.stderr.str()
 
 
-@pytest.mark.parametrize("name", _params(LIGHT))
+@pytest.mark.parametrize("name", _params([*LIGHT, *HEAVY]))
 def test_benchmarks_run_every_zoo_model(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
@@ -332,10 +332,11 @@ def run_model(mpbench_process, tmp_path: Path, name: str, *extra: str):
         *extra,
         cwd=tmp_path,
         cache=tmp_path / "cache",
+        timeout=900 if entry.heavy else 300,  # a Keras Application builds slowly on 2 cores
     )
 
 
-@pytest.mark.parametrize("name", _params(LIGHT))
+@pytest.mark.parametrize("name", _params([*LIGHT, *HEAVY]))
 def test_run_trains_every_zoo_model_or_refuses(mpbench_process, tmp_path: Path, name: str) -> None:
     entry = ZOO[name]
     result = run_model(mpbench_process, tmp_path, name, "--synthetic-per-class", "4")

@@ -390,8 +390,8 @@ def zoo_data(name: str, samples: int = DATA_SAMPLES, seed: int = 0) -> tuple:
     from mpcore.user.data import random_batch, resolve_loss
 
     model = ZOO[name].factory()
-    _, label = resolve_loss(model, None)
-    return random_batch(model, samples, label, seed)
+    loss, _ = resolve_loss(model, None)
+    return random_batch(model, samples, loss, seed)
 
 
 def _data_function(name: str) -> Callable[[], tuple]:

@@ -34,7 +34,10 @@ class _RecordTensorFlow:
             folder = os.environ.get("MPBENCH_TF_PROCESS_DIR")
             if folder:
                 with open(os.path.join(folder, str(os.getpid())), "w") as record:
-                    record.write(" ".join(sys.argv)[:300])
+                    # An xdist worker is a bare "python -c"; its children inherit the variable.
+                    worker = os.environ.get("PYTEST_XDIST_WORKER") and sys.argv[:1] == ["-c"]
+                    argv = ["pytest-xdist-worker"] if worker else sys.argv
+                    record.write(" ".join(argv)[:300])
         return None
 
 sys.meta_path.insert(0, _RecordTensorFlow())
@@ -49,6 +52,8 @@ def kind(argv: str) -> str:
         return "training worker (python -m mpcore.run.worker)"
     if first.endswith(("mpcore/__main__.py", "/mpbench")):
         return "mpbench command (python -m mpcore, mpbench)"
+    if first == "pytest-xdist-worker":
+        return "pytest-xdist worker (pytest -n)"
     if "pytest" in first or first.endswith("py.test"):
         return "pytest (the session, pytester or benchmark subprocesses)"
     if first == "-c":

@@ -201,7 +201,10 @@ def user_model_step(
     loss, _ = resolve_loss(model, None)  # the compiled one: the user's, or chosen from the head
     x, y = random_batch(model, settings.batch_size, loss, settings.seed)  # labels to fit it
     with tf.device(device):
-        batch = keras.tree.map_structure(lambda a: tf.identity(tf.constant(a)), (x, y))
+        # Tuples, not lists: tf.data would pack a list of inputs (or of labels) into one tensor.
+        batch = keras.tree.map_structure(
+            lambda a: tf.identity(tf.constant(a)), keras.tree.lists_to_tuples((x, y))
+        )
     return model, loss_function(loss), batch
 
 

@@ -87,6 +87,8 @@ class CheckReport:
     precisions: list[PrecisionReport]
     #: What the per-layer rows are (a subclassed model's are recorded as its call() runs)
     layers_shown: str = ""
+    #: Each input of the batch: its shape (batch axis first) and dtype.
+    inputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def exit_status(self) -> int:
@@ -158,6 +160,10 @@ def check(
         data=data_label,
         precisions=reports,
         layers_shown=layers_shown(float32),
+        inputs=[
+            {"shape": [int(d) for d in np.shape(part)], "dtype": str(np.asarray(part).dtype)}
+            for part in keras.tree.flatten(batch[0])
+        ],
     )
 
 

@@ -66,10 +66,37 @@ def own_outputs(
             continue
         try:
             args, kwargs = nodes[0].arguments.fill_in(values)
-            outputs = keras.tree.flatten(twin(*args, **kwargs, training=True))
         except Exception:  # a layer that only runs inside its graph has no own error
             continue
-        parts = [_float64(o) for o in outputs]
-        if parts and all(part is not None for part in parts):
-            own[layer.name] = np.concatenate(parts)
+        _run_alone(own, layer.name, twin, args, {**kwargs, "training": True})
     return own
+
+
+def recorded_own_outputs(
+    rows32: list[tuple[Any, list[int]]],
+    arguments: dict[int, tuple],
+    half_layers: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """:func:`own_outputs` for a subclassed model, which has no graph: each half layer is called
+    on the arguments its float32 twin's ``call()`` was recorded with
+    (:func:`mpcore.models.trace.recording`), ``training`` included."""
+    own: dict[str, np.ndarray] = {}
+    for layer, _ in rows32:
+        twin = half_layers.get(layer.name)
+        if twin is None or id(layer) not in arguments:
+            continue
+        args, kwargs = arguments[id(layer)]
+        _run_alone(own, layer.name, twin, args, kwargs)
+    return own
+
+
+def _run_alone(
+    own: dict[str, np.ndarray], name: str, twin: Any, args: Any, kwargs: dict[str, Any]
+) -> None:
+    try:
+        outputs = keras.tree.flatten(twin(*args, **kwargs))
+    except Exception:  # a layer that only runs inside its model has no own error
+        return
+    parts = [_float64(o) for o in outputs]
+    if parts and all(part is not None for part in parts):
+        own[name] = np.concatenate(parts)

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from mpcore.check.layererror import merge_histograms, own_outputs
+from mpcore.check.layererror import merge_histograms, own_outputs, recorded_own_outputs
 from mpcore.models.trace import recording
 from mpcore.precision.census import (
     GradientCensus,
@@ -170,15 +170,16 @@ def _probe(model: keras.Model) -> tuple[list[tuple[Any, list[int]]], Any, list[i
 
 
 def _forward(
-    model: keras.Model, x: Any
+    model: keras.Model, x: Any, arguments: dict[int, tuple] | None = None
 ) -> tuple[list[tuple[Any, list[int]]], list[Any], list[int]]:
     """One training-mode pass: (layers with their flat output positions, all outputs, positions
     of the model's outputs). A graph model's layers come from its graph (:func:`_probe`); a
-    subclassed model's are recorded as its call() runs them (:mod:`mpcore.models.trace`)."""
+    subclassed model's are recorded as its call() runs them (:mod:`mpcore.models.trace`), with
+    each one's ``(args, kwargs)`` put in ``arguments`` if given."""
     if is_graph_model(model):
         rows, probe, positions = _probe(model)
         return rows, list(probe(x, training=True)), positions
-    with recording(model) as calls:
+    with recording(model, arguments) as calls:
         outputs = keras.tree.flatten(model(x, training=True))
     rows: list[tuple[Any, list[int]]] = []
     tensors: list[Any] = []
@@ -232,8 +233,9 @@ def shadow(
     first inf/NaN of the half forward pass, else of its backward pass at loss scale 1."""
     x, y = batch
     with quiet_noise(float32, half):
+        arguments32: dict[int, tuple] = {}
         with tf.GradientTape() as tape32:
-            rows32, outputs32, outs32 = _forward(float32, x)
+            rows32, outputs32, outs32 = _forward(float32, x, arguments32)
             loss32_tensor = loss_fn(y, _structured([outputs32[i] for i in outs32]))
         grads32 = [dense_gradient(g) for g in tape32.gradient(loss32_tensor, outputs32)]
         acts32 = [a.numpy() for a in outputs32]
@@ -242,11 +244,13 @@ def shadow(
             loss16 = loss_fn(y, _structured([acts16[i] for i in outs16]))
         variables = list(half.trainable_variables)
         grads = [dense_gradient(g) for g in tape.gradient(loss16, acts16 + variables)]
-        # A layer of a subclassed model has no graph node to feed it the float32 inputs alone.
+        twins = {twin.name: twin for twin, _ in rows16}
+        # A graph model's layer is fed from its node; a subclassed model's layer gets the
+        # arguments its float32 twin was recorded with.
         own = (
-            own_outputs(float32, rows32, acts32, x, {twin.name: twin for twin, _ in rows16})
+            own_outputs(float32, rows32, acts32, x, twins)
             if is_graph_model(float32)
-            else {}
+            else recorded_own_outputs(rows32, arguments32, twins)
         )
     loss32 = float(loss32_tensor)
     acts16_np = [a.numpy() for a in acts16]

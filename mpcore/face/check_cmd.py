@@ -115,10 +115,13 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps or 0,
             unknown_size=args.image_size,
         )
-    document = report.to_dict()
-    document["predicted_memory"] = predicted_memory(
-        loaded, [item["precision"] for item in document["precisions"]], document["batch_size"]
-    )
+        document = report.to_dict()
+        document["predicted_memory"], document["predicted_memory_note"] = predicted_memory(
+            loaded,
+            [item["precision"] for item in document["precisions"]],
+            document["batch_size"],
+            document["inputs"],
+        )
     (out / "check.json").write_text(json.dumps(document, indent=2))
     files = [out / "check.json"]
     files += [plot_precision(document, item, out) for item in document["precisions"]]
@@ -179,37 +182,47 @@ def render(document: dict[str, Any]) -> str:
     ]
     for item in document["precisions"]:
         lines += ["", *_render_precision(item, tabulate)]
-    lines += _render_memory(document.get("predicted_memory") or {})
+    lines += _render_memory(
+        document.get("predicted_memory") or {}, document.get("predicted_memory_note")
+    )
     return "\n".join(lines)
 
 
-def predicted_memory(loaded: Any, precisions: list[str], batch_size: int) -> dict[str, Any]:
+def predicted_memory(
+    loaded: Any, precisions: list[str], batch_size: int, inputs: list[dict[str, Any]]
+) -> tuple[dict[str, Any], str | None]:
     """:func:`mpcore.models.memory.predict_memory` of the model under float32 and each checked
-    precision (the converted clone, as the check runs it), by precision."""
+    precision (the converted clone, as the check runs it), by precision; a model without a graph
+    of known sizes (subclassed, fully convolutional) is counted on one sample shaped like the
+    batch's ``inputs``. The second item says why there is no prediction, if there is none."""
+    import numpy as np
+
     from mpcore.models.memory import predict_memory
     from mpcore.precision.modes import RunConfig, applied
     from mpcore.user.ownmodel import under_precision
+    from mpcore.user.spec import first_line
 
+    parts = [np.zeros((1, *item["shape"][1:]), item["dtype"]) for item in inputs]
+    sample = parts[0] if len(parts) == 1 else parts
     estimates = {}
     for precision in dict.fromkeys(["float32", *precisions]):
         with applied(RunConfig(precision, "off")):
             model = under_precision(loaded, precision)
             try:
-                estimates[precision] = predict_memory(model, batch_size).to_dict()
-            except (AttributeError, ValueError):
-                # A subclassed model has no graph to read its activations from, a fully
-                # convolutional one no sizes before a batch: no prediction, not a failed check.
-                return {}
-    return estimates
+                estimates[precision] = predict_memory(model, batch_size, sample=sample).to_dict()
+            except Exception as error:  # the user's call() may raise anything on zeros
+                # No prediction is not a failed check: the report says why it has none.
+                return {}, first_line(error)
+    return estimates, None
 
 
-def _render_memory(estimates: dict[str, Any]) -> list[str]:
+def _render_memory(estimates: dict[str, Any], note: str | None = None) -> list[str]:
     """How much activation memory each half precision saves per sample, predicted."""
     from mpcore.train.maxbatch import format_bytes
 
     full = estimates.get("float32")
     if not full:
-        return []
+        return ["", f"predicted memory: not shown ({note})"] if note else []
     lines = ["", "predicted memory (model alone; mpbench maxbatch measures it):"]
     for precision, estimate in estimates.items():
         saved = full["activation_bytes_per_sample"] - estimate["activation_bytes_per_sample"]

@@ -345,10 +345,11 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     found = layout_of(root)  # which of the two ship layouts (none for a user's arrays)
     shipped = not data["synthetic"] and (Path(root) / found.csv).is_file()
     layout = f"layout {found.describe()}; " if shipped else ""
+    arrays = settings.image_size is None  # a user's model on its own arrays, not images
+    kind = "arrays" if arrays else "synthetic ship set" if data["synthetic"] else "ship set"
     print(
-        f"data: {'synthetic ship set' if data['synthetic'] else 'ship set'} at {root} "
-        f"({layout}{data['train_images']} training, {data['validation_images']} validation "
-        "images)",
+        f"data: {kind} at {root} ({layout}{data['train_images']} training, "
+        f"{data['validation_images']} validation {'samples' if arrays else 'images'})",
         flush=True,
     )
     modes = [{"precision": p, "xla": x} for p in precisions for x in xla_modes]
@@ -380,7 +381,9 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         print(distribution.describe(settings.batch_size), flush=True)
     print(
         f"{len(plan.configs)} configuration(s): {', '.join(plan.names)}; "
-        f"model {settings.model}, {settings.image_size} px, batch {settings.batch_size}, "
+        f"model {settings.model}, "
+        + (f"{settings.image_size} px, " if settings.image_size is not None else "")
+        + f"batch {settings.batch_size}, "
         f"{settings.epochs} epoch(s)" + describe_repeats(plan) + f"; output in {out}",
         flush=True,
     )

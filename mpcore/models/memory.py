@@ -143,22 +143,61 @@ def _inputs(layer: keras.layers.Layer) -> list[Any]:
     return tensors
 
 
-def activation_bytes_per_sample(model: keras.Model) -> int:
+def activation_bytes_per_sample(model: keras.Model, sample: Any = None) -> int:
     """Bytes of one sample's activations kept for the backward pass: the model's inputs, the
     output of every layer call, each in its own dtype, and the float32 copy of its input a
-    normalization layer makes under a half-precision policy (:data:`FLOAT32_INSIDE`)."""
-    total = 0
-    for tensor in keras.tree.flatten(model.inputs):
-        total += _elements(tensor.shape) * DTYPE_BYTES.get(_dtype_name(tensor.dtype), 4)
-    for layer in _leaves(model):
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        for tensor in _outputs(layer):
+    normalization layer makes under a half-precision policy (:data:`FLOAT32_INSIDE`).
+
+    Read from the model's graph; a model without one (subclassed) or with sizes unknown until
+    a batch (fully convolutional) is counted on ``sample`` (inputs of one or more samples) as
+    :func:`recorded_activation_bytes` does, and raises ``ValueError`` without it."""
+    try:
+        total = 0
+        for tensor in keras.tree.flatten(model.inputs):
             total += _elements(tensor.shape) * DTYPE_BYTES.get(_dtype_name(tensor.dtype), 4)
+        for layer in _leaves(model):
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            for tensor in _outputs(layer):
+                total += _elements(tensor.shape) * DTYPE_BYTES.get(_dtype_name(tensor.dtype), 4)
+            half = _dtype_name(layer.compute_dtype) in ("float16", "bfloat16")
+            if half and isinstance(layer, FLOAT32_INSIDE):
+                total += sum(_elements(tensor.shape) * 4 for tensor in _inputs(layer))
+        return total
+    except (AttributeError, ValueError) as error:
+        if sample is None:
+            raise ValueError(f"no graph of known sizes to count ({error})") from None
+        return recorded_activation_bytes(model, sample)
+
+
+def _bytes(tensor: Any) -> int:
+    return math.prod(int(d) for d in tensor.shape) * DTYPE_BYTES.get(_dtype_name(tensor.dtype), 4)
+
+
+def recorded_activation_bytes(model: keras.Model, sample: Any) -> int:
+    """:func:`activation_bytes_per_sample` counted on a forward pass over ``sample``: the outputs
+    of the model's direct layers as its ``call()`` runs them (:mod:`mpcore.models.trace`: a
+    nested model or a custom layer holding layers counts its output only, a layer called more
+    than once is not counted), per sample."""
+    from mpcore.models.trace import recording
+
+    arguments: dict[int, tuple] = {}
+    with recording(model, arguments) as calls:
+        model(sample, training=False)
+    flat = keras.tree.flatten(sample)
+    samples = max(int(flat[0].shape[0]), 1)
+    total = sum(_bytes(tensor) for tensor in flat)
+    for layer, outputs in calls:
+        total += sum(_bytes(tensor) for tensor in keras.tree.flatten(outputs))
         half = _dtype_name(layer.compute_dtype) in ("float16", "bfloat16")
-        if half and isinstance(layer, FLOAT32_INSIDE):
-            total += sum(_elements(tensor.shape) * 4 for tensor in _inputs(layer))
-    return total
+        if half and isinstance(layer, FLOAT32_INSIDE) and id(layer) in arguments:
+            args, _ = arguments[id(layer)]
+            total += sum(
+                math.prod(int(d) for d in t.shape) * 4
+                for t in keras.tree.flatten(args)
+                if hasattr(t, "shape")
+            )
+    return total // samples
 
 
 def main_compute_dtype(model: keras.Model) -> str:
@@ -172,9 +211,11 @@ def main_compute_dtype(model: keras.Model) -> str:
 
 
 def predict_memory(
-    model: keras.Model, batch_size: int, optimizer_slots: int = ADAM_SLOTS
+    model: keras.Model, batch_size: int, optimizer_slots: int = ADAM_SLOTS, sample: Any = None
 ) -> MemoryEstimate:
-    """The training memory of ``model`` (built under its precision) at ``batch_size``."""
+    """The training memory of ``model`` (built under its precision) at ``batch_size``;
+    ``sample`` (inputs) counts the activations of a model without a graph of known sizes
+    (:func:`activation_bytes_per_sample`)."""
     weights = sum(
         math.prod(int(d) for d in w.shape) * DTYPE_BYTES.get(_dtype_name(w.dtype), 4)
         for w in model.weights
@@ -203,7 +244,7 @@ def predict_memory(
         gradients_bytes=trainable_bytes,
         optimizer_bytes=optimizer_slots * trainable_bytes,
         cast_weights_bytes=cast,
-        activation_bytes_per_sample=activation_bytes_per_sample(model),
+        activation_bytes_per_sample=activation_bytes_per_sample(model, sample),
     )
 
 

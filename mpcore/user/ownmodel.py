@@ -193,10 +193,12 @@ class ArraySplit:
         """The tf.data pipeline, each epoch in ``order``'s permutation (the one the
         backend-neutral path, :class:`mpcore.data.arrays.ImageBatches`, uses)."""
         order = order or EpochOrder(len(self), seed, shuffle)
+        # Tuples, not lists: tf.data would pack a list of inputs (or labels) into one tensor.
+        structure = keras.tree.lists_to_tuples((self.x, self.y))
         if not order.shuffle:
-            data = tf.data.Dataset.from_tensor_slices((self.x, self.y))
+            data = tf.data.Dataset.from_tensor_slices(structure)
         else:
-            arrays = keras.tree.map_structure(tf.convert_to_tensor, (self.x, self.y))
+            arrays = keras.tree.map_structure(tf.convert_to_tensor, structure)
             data = (
                 tf.data.Dataset.from_generator(
                     lambda: iter([order.next_pass()]),
@@ -214,10 +216,14 @@ def array_splits(
     """All of ``spec``'s arrays, checked against ``model``, split at random (seeded) into
     training and validation. Raises :class:`LoadError`. At most :data:`MAX_SAMPLES`; a function
     returning a ``tf.data.Dataset`` gives its first element."""
-    from mpcore.user.data import load_batch, resolve_loss
+    from mpcore.user.data import load_batch, loss_names, resolve_loss
+    from mpcore.user.values import check_values
 
     loss, _ = resolve_loss(model, None)
     x, y = load_batch(spec, model, MAX_SAMPLES, loss, seed)
+    # Labels that do not fit the loss (or NaN data) would fail every configuration late, in
+    # its worker: refused here, before anything trains.
+    check_values(spec, model, x, y, loss_names(loss))
     total = len(ArraySplit(x, y))
     held_out = max(1, round(total * validation_fraction))
     if total - held_out < 1:

@@ -36,10 +36,8 @@ def check_values(
                     f"{source}: {role} holds {bad:,} NaN/inf value{'s' if bad != 1 else ''} of "
                     f"{array.size:,}: clean the data (a check on it would judge nothing)"
                 )
-    try:
-        # Flattened as the labels and the losses are (a dict by sorted key).
-        outputs = keras.tree.flatten(model.output)
-    except (AttributeError, ValueError):  # no graph: the output width is unknown here
+    outputs = _outputs(model)
+    if outputs is None:
         return
     names = [loss_name] if isinstance(loss_name, str) else list(loss_name)
     if len(names) == 1:
@@ -52,6 +50,28 @@ def check_values(
     for array, output, name in zip(labels, outputs, names, strict=False):
         if "sparse" in name:
             _check_class_indices(source, array, output, name)
+
+
+def _outputs(model: keras.Model) -> list[Any] | None:
+    """The model's outputs, flattened as the labels and the losses are (a dict by sorted key):
+    the graph's, or for a subclassed model :class:`keras.KerasTensor` specs of its output
+    shapes named after the layers that produce them (None where they cannot be inferred)."""
+    try:
+        return keras.tree.flatten(model.output)
+    except (AttributeError, ValueError):  # no graph: infer them from a symbolic call
+        pass
+    from mpcore.user.loader import head_layers, output_shapes
+
+    try:
+        shapes = output_shapes(model)
+    except LoadError:
+        return None
+    heads = head_layers(model)
+    names = [layer.name for layer in heads] if len(heads) == len(shapes) else []
+    return [
+        keras.KerasTensor((None, *shape), name=names[i] if names else model.name)
+        for i, shape in enumerate(shapes)
+    ]
 
 
 def _check_class_indices(source: str, array: np.ndarray, output: Any, loss_name: str) -> None:
