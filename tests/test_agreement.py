@@ -49,13 +49,11 @@ PER_CLASS = 22
 #: Four steady epochs a repeat: each repeat's figure is their median, which a burst of load on
 #: the shared machine moves little; an epoch costs less than the worker's start-up.
 EPOCHS = 5
-#: Five repeats of the run: its interval is then the 3rd of the 25 repeat-to-repeat ratios from
-#: each end, which one or two repeats caught in a burst of load on the shared machine cannot
-#: widen (with 4, the fewest that can decide one comparison, it is their extremes).
-REPEATS = 5
-#: Four rounds of benchmark sessions, the fewest that can decide: a session is seconds, and its
-#: eight timed rounds already make its figure steady.
-ROUNDS = 4
+#: Five repeats of the run and five rounds of benchmark sessions (each a session of each
+#: precision): each side's interval is then the 3rd of its 25 repeat-to-repeat ratios from each
+#: end, which one or two repeats caught in a burst of load on the shared machine cannot widen
+#: (with 4, the fewest that can decide one comparison, it is their extremes).
+REPEATS = ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -179,8 +177,8 @@ def test_run_and_benchmarks_agree_on_float16_against_float32(
     )
     print(measured)
     # Each round's speedup as the benchmark report prints it (its two rows as one table) is one
-    # of the 16 ratios the interval is made of, its ends the extremes of those: so the median
-    # of the 4 printed lies inside it.
+    # of the 25 ratios the interval is made of, its ends the 3rd from each end of those: so the
+    # median of the 5 printed (the 3rd of them) lies inside it.
     printed = [
         row["speedup"]
         for rows in rounds
