@@ -40,7 +40,7 @@ pytestmark = pytest.mark.cpu(reason="float16 is emulated on a CPU: the effect th
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 OTHER = "mixed_float16"
-#: 64 px and 15 a batch: enough arithmetic a step that the step, where float16 costs (0.2-0.3x on
+#: 64 px and 15 a batch: enough arithmetic a step that the step, where float16 costs (0.4-0.6x on
 #: this size), outweighs what the run adds to it, and a loaded machine cannot hide the effect.
 MODEL, SIZE, BATCH = "small", 64, 15
 #: 22 generated images a class, 110 in all: 18 a class train (the run validates on 20%), 90
