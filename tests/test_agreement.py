@@ -40,7 +40,7 @@ pytestmark = pytest.mark.cpu(reason="float16 is emulated on a CPU: the effect th
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 OTHER = "mixed_float16"
-#: 64 px and 15 a batch: enough arithmetic a step that the step, where float16 costs (0.2-0.3x on
+#: 64 px and 15 a batch: enough arithmetic a step that the step, where float16 costs (0.4-0.6x on
 #: this size), outweighs what the run adds to it, and a loaded machine cannot hide the effect.
 MODEL, SIZE, BATCH = "small", 64, 15
 #: 22 generated images a class, 110 in all: 18 a class train (the run validates on 20%), 90
@@ -49,13 +49,11 @@ PER_CLASS = 22
 #: Four steady epochs a repeat: each repeat's figure is their median, which a burst of load on
 #: the shared machine moves little; an epoch costs less than the worker's start-up.
 EPOCHS = 5
-#: Five repeats of the run: its interval is then the 3rd of the 25 repeat-to-repeat ratios from
-#: each end, which one or two repeats caught in a burst of load on the shared machine cannot
-#: widen (with 4, the fewest that can decide one comparison, it is their extremes).
-REPEATS = 5
-#: Four rounds of benchmark sessions, the fewest that can decide: a session is seconds, and its
-#: eight timed rounds already make its figure steady.
-ROUNDS = 4
+#: Five repeats of the run and five rounds of benchmark sessions (each a session of each
+#: precision): each side's interval is then the 3rd of its 25 repeat-to-repeat ratios from each
+#: end, which one or two repeats caught in a burst of load on the shared machine cannot widen
+#: (with 4, the fewest that can decide one comparison, it is their extremes).
+REPEATS = ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -179,8 +177,8 @@ def test_run_and_benchmarks_agree_on_float16_against_float32(
     )
     print(measured)
     # Each round's speedup as the benchmark report prints it (its two rows as one table) is one
-    # of the 16 ratios the interval is made of, its ends the extremes of those: so the median
-    # of the 4 printed lies inside it.
+    # of the 25 ratios the interval is made of, its ends the 3rd from each end of those: so the
+    # median of the 5 printed (the 3rd of them) lies inside it.
     printed = [
         row["speedup"]
         for rows in rounds
