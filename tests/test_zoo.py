@@ -100,6 +100,10 @@ def test_check_answers_or_refuses_in_one_line(invoke, tmp_path: Path, name: str)
     assert math.isfinite(report["loss_float32"])
     assert report["census"]["overall"]["count"] > 0  # gradients reached the census
     assert document["forward_flops"] > 0 or not entry.dense
+    # Every model's training memory is predicted (on one sample where it has no graph of sizes)
+    assert set(document["predicted_memory"]) == {"float32", "mixed_float16"}, document[
+        "predicted_memory_note"
+    ]
 
 
 @pytest.mark.parametrize("name", [*_params(LIGHT, PROFILED_CHEAPLY), *_params(HEAVY)])
