@@ -1,6 +1,9 @@
 """A subclassed model's ``check`` report is as full as its Functional twin's: each layer's own
 error, the predicted memory, and the refusal of labels beyond the model's classes. A fully
-convolutional model's memory is predicted for the batch's image size. Tiny models, in-process."""
+convolutional model's memory is predicted for the batch's image size (in ``check`` and
+``maxbatch``). What the full zoo run found: several inputs or outputs reach the benchmarks' step
+and ``run --model``'s array pipeline as tuples, and arrays whose labels do not fit the loss are
+refused before anything trains. Tiny models, in-process."""
 
 from __future__ import annotations
 
