@@ -46,7 +46,7 @@ def zoo_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
 
 
-#: Set to run every zoo model through the costly commands (about 45 minutes on 2 busy cores): the
+#: Set to run every zoo model through the costly commands (about an hour on 2 busy cores): the
 #: default suite runs a representative few of them (REPRESENTATIVE), the rest skip with a reason.
 EVERY_MODEL_ENV = "MPBENCH_ZOO"
 EVERY_MODEL = bool(os.environ.get(EVERY_MODEL_ENV))
@@ -55,7 +55,7 @@ EVERY_MODEL = bool(os.environ.get(EVERY_MODEL_ENV))
 REPRESENTATIVE = ("subclassed", "text_lstm", "fully_convolutional", "mobilenet_v2")
 _ALL_OF_THEM = pytest.mark.skipif(
     not EVERY_MODEL,
-    reason=f"{EVERY_MODEL_ENV}=1 runs every zoo model here (about 45 minutes); "
+    reason=f"{EVERY_MODEL_ENV}=1 runs every zoo model here (about an hour); "
     f"the default suite runs {', '.join(REPRESENTATIVE)}",
 )
 
@@ -100,6 +100,10 @@ def test_check_answers_or_refuses_in_one_line(invoke, tmp_path: Path, name: str)
     assert math.isfinite(report["loss_float32"])
     assert report["census"]["overall"]["count"] > 0  # gradients reached the census
     assert document["forward_flops"] > 0 or not entry.dense
+    # Every model's training memory is predicted (on one sample where it has no graph of sizes)
+    assert set(document["predicted_memory"]) == {"float32", "mixed_float16"}, document[
+        "predicted_memory_note"
+    ]
 
 
 @pytest.mark.parametrize("name", [*_params(LIGHT, PROFILED_CHEAPLY), *_params(HEAVY)])

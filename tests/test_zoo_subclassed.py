@@ -1,6 +1,9 @@
 """A subclassed model's ``check`` report is as full as its Functional twin's: each layer's own
 error, the predicted memory, and the refusal of labels beyond the model's classes. A fully
-convolutional model's memory is predicted for the batch's image size. Tiny models, in-process."""
+convolutional model's memory is predicted for the batch's image size (in ``check`` and
+``maxbatch``). What the full zoo run found: several inputs or outputs reach the benchmarks' step
+and ``run --model``'s array pipeline as tuples, and arrays whose labels do not fit the loss are
+refused before anything trains. Tiny models, in-process."""
 
 from __future__ import annotations
 
@@ -150,3 +153,19 @@ def test_run_refuses_labels_that_do_not_fit_the_loss_before_training(
     assert "Traceback" not in out + err
     assert "labels of shape () per sample do not fit the output 'values' of shape (2,)" in line
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("name", "side"), [("subclassed", None), ("fully_convolutional", 16)])
+def test_maxbatch_predicts_memory_of_a_model_without_a_graph_of_known_sizes(
+    name: str, side: int | None
+) -> None:
+    """``mpbench maxbatch``'s prediction column: counted on one sample (``--image-size`` for the
+    unknown sides), not a traceback."""
+    from mpcore.face.maxbatch_cmd import predictions
+    from mpcore.face.profile_cmd import load
+
+    spec = f"zoo_models:{name}"
+    estimates = predictions(load(spec, side), spec, ["float32", "mixed_float16"], 8, side)
+    assert set(estimates) == {"float32", "mixed_float16"}
+    full, half = (estimates[p].activation_bytes_per_sample for p in ("float32", "mixed_float16"))
+    assert 0 < half < full

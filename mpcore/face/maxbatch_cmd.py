@@ -152,13 +152,24 @@ def limit_sentence(on_gpu: bool, device: str, limit: int | None) -> str:
     return f"limit: a memory budget of {format_bytes(limit)} on {where}"
 
 
-def predictions(loaded: Any, spec: str, precisions: list[str], batch: int) -> dict[str, Any]:
-    """The predicted memory (:mod:`mpcore.models.memory`) of the model under each precision."""
+def predictions(
+    loaded: Any, spec: str, precisions: list[str], batch: int, image_size: int | None = None
+) -> dict[str, Any]:
+    """The predicted memory (:mod:`mpcore.models.memory`) of the model under each precision; a
+    user's model without a graph of known sizes (subclassed, fully convolutional) is counted on
+    one random sample (``image_size`` for its unknown sides), and one that cannot be counted
+    has no prediction."""
     from mpcore.models.memory import predict_memory
     from mpcore.models.registry import build_model
     from mpcore.precision.modes import RunConfig, applied
     from mpcore.user.ownmodel import is_user_model, under_precision
 
+    sample = None
+    if is_user_model(spec):
+        from mpcore.user.data import random_batch, resolve_loss
+
+        loss, _ = resolve_loss(loaded.model, None)
+        sample = random_batch(loaded.model, 1, loss, unknown_size=image_size)[0]
     estimates = {}
     for precision in precisions:
         if precision == "float8":
@@ -168,7 +179,10 @@ def predictions(loaded: Any, spec: str, precisions: list[str], batch: int) -> di
                 model = under_precision(loaded, precision)
             else:
                 model = build_model(spec, loaded.model.input_shape[1])
-            estimates[precision] = predict_memory(model, batch)
+            try:
+                estimates[precision] = predict_memory(model, batch, sample=sample)
+            except ValueError:  # the search measured it; a prediction is an extra
+                continue
     return estimates
 
 
@@ -228,7 +242,7 @@ def cmd_maxbatch(args: argparse.Namespace) -> int:
                 trial, upper=args.max_batch, start=args.start_batch, margin=args.margin, log=log
             )
     batch_for_prediction = max([r.batch for r in results.values()] + [1])
-    estimates = predictions(loaded, args.model, precisions, batch_for_prediction)
+    estimates = predictions(loaded, args.model, precisions, batch_for_prediction, args.image_size)
     document = summary(
         args.model, device, on_gpu, args.memory_limit, args.steps, results, estimates
     )
