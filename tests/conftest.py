@@ -31,16 +31,28 @@ SCRUBBED_ENV = ("TF_CONFIG", "MPBENCH_FAULT", "MPBENCH_WORKER_FAULT")
 SCENARIOS = frozenset({"quick_run", "mirrored_run", "workers_run"})
 
 
+def scenario_groups(uses: list[frozenset[str]]) -> dict[str, str]:
+    """Each scenario's xdist group: scenarios read together by one test share a group (joined
+    transitively), since one test can only run in one worker and each scenario must run in one."""
+    group = {name: frozenset({name}) for used in uses for name in used}
+    for used in uses:
+        joined = frozenset().union(*(group[name] for name in used))
+        for name in joined:
+            group[name] = joined
+    return {name: "+".join(sorted(members)) for name, members in group.items()}
+
+
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        used = SCENARIOS & set(getattr(item, "fixturenames", ()))
+    uses = [SCENARIOS & frozenset(getattr(item, "fixturenames", ())) for item in items]
+    groups = scenario_groups([used for used in uses if used])
+    for item, used in zip(items, uses, strict=True):
         if used:
             item.add_marker(pytest.mark.slow)
             # Under ``pytest -n`` (``--dist loadgroup``) every reader of a scenario runs in the
             # worker that ran it: a session fixture is per process, and a second worker would
             # train the whole scenario again.
-            item.add_marker(pytest.mark.xdist_group("+".join(sorted(used))))
+            item.add_marker(pytest.mark.xdist_group(groups[next(iter(used))]))
 
 
 #: What pytest-xdist tells its workers through the environment. A test that starts a pytest

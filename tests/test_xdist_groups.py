@@ -34,12 +34,16 @@ def test_a_test_with_only_its_own_fixtures_is_spread_freely(
     assert request.node.get_closest_marker("xdist_group") is None
 
 
-def root_conftest(pytestconfig: pytest.Config):
-    root = pytestconfig.rootpath / "conftest.py"
+def loaded_conftest(pytestconfig: pytest.Config, path: Path):
+    """The conftest module pytest loaded from ``path`` (two are named ``conftest``)."""
     for plugin in pytestconfig.pluginmanager.get_plugins():
-        if getattr(plugin, "__file__", None) and Path(plugin.__file__) == root:
+        if getattr(plugin, "__file__", None) and Path(plugin.__file__) == path:
             return plugin
-    pytest.fail(f"the root conftest {root} is not loaded")
+    pytest.fail(f"the conftest {path} is not loaded")
+
+
+def root_conftest(pytestconfig: pytest.Config):
+    return loaded_conftest(pytestconfig, pytestconfig.rootpath / "conftest.py")
 
 
 @pytest.mark.parametrize(
@@ -72,3 +76,11 @@ def test_a_grouped_test_carries_its_group_in_its_id_under_n(
     if not getattr(request.config, "workerinput", None):
         pytest.skip("not under pytest -n: test ids carry no group")
     assert request.node.nodeid.endswith("@" + request.node.nodeid.split("::")[0])
+
+
+def test_scenarios_read_together_share_one_group_transitively(pytestconfig: pytest.Config) -> None:
+    tests_conftest = loaded_conftest(pytestconfig, Path(__file__).with_name("conftest.py"))
+    scenario_groups = tests_conftest.scenario_groups
+    groups = scenario_groups([frozenset({"a"}), frozenset({"b", "c"}), frozenset({"c", "d"})])
+    assert groups == {"a": "a", "b": "b+c+d", "c": "b+c+d", "d": "b+c+d"}
+    assert scenario_groups([frozenset({"quick_run"})]) == {"quick_run": "quick_run"}
