@@ -182,7 +182,8 @@ def compile_for(
     model.compile(
         optimizer=optimizer,
         loss=loss,
-        metrics=list(metrics),
+        # None, not []: Keras 3.10 refuses an empty list for a model with several outputs.
+        metrics=list(metrics) or None,
         jit_compile=config.compile_jit,
     )
     return model
