@@ -38,6 +38,8 @@ NO_GPU_REASON = "no GPU visible to TensorFlow"
 #: ``pytest -n auto`` starts at most this many workers: each imports TensorFlow (about 1 GiB and
 #: 4-5 s of start-up), and the expensive groups below cannot be split further anyway.
 MAX_AUTO_WORKERS = 4
+#: What the controller tells each worker (``workerinput``): tests are scheduled by group.
+LOADGROUP_INPUT = "mpbench_loadgroup"
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -59,9 +61,6 @@ def pytest_configure(config: pytest.Config) -> None:
         option.dist = "loadgroup"
     if getattr(config, "workerinput", {}).get(LOADGROUP_INPUT):
         option.loadgroup = True
-
-
-LOADGROUP_INPUT = "mpbench_loadgroup"
 
 
 @pytest.hookimpl(optionalhook=True)
