@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_documents import configuration, fit_result, target_record
 
 import mpcore.report.judging
 import mpcore.report.target
@@ -31,36 +32,17 @@ TIMES = {
 
 def _document() -> dict[str, Any]:
     def record(name: str, values: list[float]) -> dict[str, Any]:
-        result = {
-            "first_epoch_seconds": 2.0,
-            "steady_epoch_seconds": values[-1] * 15 / 1000,
-            "ms_per_step": values[-1],
-            "images_per_second": 240 / (values[-1] * 15 / 1000),
-            "epoch_seconds": [2.0, values[-1] * 15 / 1000, values[-1] * 15 / 1000],
-            "loss": [0.6, 0.5, 0.4],
-            "accuracy": [0.8, 0.9, 0.95],
-            "val_loss": [0.7, 0.6, 0.5],
-            "val_accuracy": [0.7, 0.8, 0.92],
-        }
+        result = fit_result(values[-1] * 15 / 1000, values[-1], epochs=3)
         repeats = [
             {
                 "repeat": i,
                 "status": "ok",
                 "ms_per_step": t,
-                "target": {
-                    "metric": "val_accuracy",
-                    "direction": ">=",
-                    "value": 0.9,
-                    "reached": True,
-                    "epochs": 3,
-                    "seconds": 3 * t * 15 / 1000 * (1 + i / 100),
-                    "compile_seconds": 2.0,
-                    "values": [0.7, 0.8, 0.92],
-                },
+                "target": target_record(i, t * 15 / 1000),
             }
             for i, t in enumerate(values)
         ]
-        return {"name": name, "config": {}, "status": "ok", "result": result, "repeats": repeats}
+        return configuration(name, result, repeats)
 
     return {
         "schema": SCHEMA,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_documents import configuration, fit_result
 
 from mpcore import report
 from mpcore.face.cli import main
@@ -22,19 +23,9 @@ CONTROL = f"{BASELINE} (A/A)"
 
 def _document(times: dict[str, list[float]], band: float | None = None) -> dict[str, Any]:
     def record(name: str, values: list[float]) -> dict[str, Any]:
-        result = {
-            "first_epoch_seconds": 2.0,
-            "steady_epoch_seconds": values[-1] * 15 / 1000,
-            "ms_per_step": values[-1],
-            "images_per_second": 240 / (values[-1] * 15 / 1000),
-            "epoch_seconds": [2.0, values[-1] * 15 / 1000],
-            "loss": [0.6, 0.5],
-            "accuracy": [0.8, 0.9],
-            "val_loss": [0.7, 0.6],
-            "val_accuracy": [0.7, 0.8],
-        }
+        result = fit_result(values[-1] * 15 / 1000, values[-1], epochs=2)
         repeats = [{"repeat": i, "status": "ok", "ms_per_step": t} for i, t in enumerate(values)]
-        return {"name": name, "config": {}, "status": "ok", "result": result, "repeats": repeats}
+        return configuration(name, result, repeats)
 
     document: dict[str, Any] = {
         "schema": SCHEMA,

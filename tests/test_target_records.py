@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_documents import configuration, fit_result, target_record
 
 from mpcore import report
 from mpcore.face.cli import main
@@ -26,36 +27,17 @@ def _document() -> dict[str, Any]:
     in 3 epochs of 5 s, ``NEVER`` in 1 repeat of 5."""
 
     def record(name: str, epoch_seconds: float, reached: list[bool]) -> dict[str, Any]:
-        result = {
-            "first_epoch_seconds": 2.0,
-            "steady_epoch_seconds": epoch_seconds,
-            "ms_per_step": epoch_seconds * 100,
-            "images_per_second": 240 / epoch_seconds,
-            "epoch_seconds": [2.0, epoch_seconds, epoch_seconds],
-            "loss": [0.6, 0.5, 0.4],
-            "accuracy": [0.8, 0.9, 0.95],
-            "val_loss": [0.7, 0.6, 0.5],
-            "val_accuracy": [0.7, 0.8, 0.92],
-        }
+        result = fit_result(epoch_seconds, epoch_seconds * 100, epochs=3)
         runs = [
             {
                 "repeat": i,
                 "status": "ok",
                 "ms_per_step": epoch_seconds * 100 * (1 + i / 200),
-                "target": {
-                    "metric": "val_accuracy",
-                    "direction": ">=",
-                    "value": 0.9,
-                    "reached": hit,
-                    "epochs": 3 if hit else None,
-                    "seconds": 3 * epoch_seconds * (1 + i / 100) if hit else None,
-                    "compile_seconds": 2.0,
-                    "values": [0.7, 0.8, 0.92],
-                },
+                "target": target_record(i, epoch_seconds, hit),
             }
             for i, hit in enumerate(reached)
         ]
-        return {"name": name, "config": {}, "status": "ok", "result": result, "repeats": runs}
+        return configuration(name, result, runs)
 
     return {
         "schema": SCHEMA,
