@@ -143,11 +143,17 @@ def test_histogram_window_matches_real_casts():
         assert real["overflow"] == 0 and real["underflow"] < 0.01
 
 
-@pytest.mark.slow
-def test_clean_resnet50_has_no_error_findings_and_assert_helper_passes():
+@pytest.fixture(scope="module")
+def resnet50() -> keras.Model:
+    """ResNet50 at its smallest input (32 px), random weights: built once for the two tests that
+    read it (neither changes it; the check's cost is its 23.5M parameters, not the batch)."""
     with applied(RunConfig("float32")):
-        model = build_model("resnet50", 32)
-    report = assert_mixed_precision_safe(model, precisions=["mixed_float16", "mixed_bfloat16"])
+        return build_model("resnet50", 32)
+
+
+@pytest.mark.slow
+def test_clean_resnet50_has_no_error_findings_and_assert_helper_passes(resnet50):
+    report = assert_mixed_precision_safe(resnet50, precisions=["mixed_float16", "mixed_bfloat16"])
     for result in report.precisions:
         assert not result.errors, result.findings
         assert result.first_nonfinite is None
@@ -162,9 +168,8 @@ def test_assert_helper_names_the_layer():
 
 
 @pytest.mark.slow
-def test_convert_resnet50_float32_output_half_convs_close_predictions():
-    with applied(RunConfig("float32")):
-        model = build_model("resnet50", 32)
+def test_convert_resnet50_float32_output_half_convs_close_predictions(resnet50):
+    model = resnet50
     images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
     with tf.device("/CPU:0"):
         reference = model(images, training=False).numpy()

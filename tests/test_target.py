@@ -102,9 +102,10 @@ def test_recorder_names_a_metric_the_model_does_not_log(separable):
 
 @pytest.mark.slow
 def test_parity_flags_a_planted_slow_learner_trained_for_real(separable):
-    """The test's own hook: one configuration learns at a tenth of the rate. Over three seeds
+    """The test's own hook: one configuration learns at a fifth of the rate. Over three seeds
     each, it needs more epochs to the target and the parity call says so; the same rate does
-    not."""
+    not. (Measured: 5-6 epochs at the full rate, 28-37 at a fifth; a tenth never reached the
+    target in 60 epochs on two seeds of three, and its 180 epochs were most of the test's time.)"""
 
     def epochs(learning_rate: float) -> list[int | None]:
         return [
@@ -112,8 +113,8 @@ def test_parity_flags_a_planted_slow_learner_trained_for_real(separable):
             for seed in range(3)
         ]
 
-    baseline, slow, same = epochs(0.05), epochs(0.005), epochs(0.05)
-    assert epochs_parity(baseline, slow).verdict in ("needs more epochs", "not reached")
+    baseline, slow, same = epochs(0.05), epochs(0.01), epochs(0.05)
+    assert epochs_parity(baseline, slow).verdict == "needs more epochs", (baseline, slow)
     assert epochs_parity(baseline, slow).p_value <= 0.05
     assert epochs_parity(baseline, same).verdict == "no more epochs"
 

@@ -311,6 +311,17 @@ def _application(builder: Callable[..., keras.Model], image_size: int, num_class
     )
 
 
+def mobilenet(image_size: int = SIDE, num_classes: int = CLASSES) -> keras.Model:
+    """MobileNet at its narrowest width: the Application with the fewest layers (91), so the one
+    the default suite sends through every command (tracing time grows with the layer count)."""
+    return keras.applications.MobileNet(
+        weights=None,
+        input_shape=(image_size, image_size, 3),
+        classes=num_classes,
+        alpha=0.25,
+    )
+
+
 def mobilenet_v2(image_size: int = SIDE, num_classes: int = CLASSES) -> keras.Model:
     return _application(keras.applications.MobileNetV2, image_size, num_classes)
 
@@ -374,6 +385,7 @@ ZOO: dict[str, Entry] = {
     "text_lstm": Entry(text_lstm, dense=False, ship_images=False),
     "text_gru": Entry(text_gru, ship_images=False),
     "transformer": Entry(transformer, ship_images=False),
+    "mobilenet": Entry(mobilenet, heavy=True, dense=False),
     "mobilenet_v2": Entry(mobilenet_v2, heavy=True, dense=False),
     "efficientnet_b0": Entry(efficientnet_b0, heavy=True, dense=False),
     "densenet121": Entry(densenet121, heavy=True, dense=False),
