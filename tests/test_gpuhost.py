@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,8 @@ from mpcore.probe import measure
 from mpcore.probe.capability import capability, machine_record
 from mpcore.probe.peaks import FAKE_GPU_ENV
 from mpcore.train.settings import TrainSettings
+
+pytest_plugins = ("pytester",)
 
 REPO = Path(__file__).resolve().parents[1]
 T4, H100 = "Tesla T4@7.5", "NVIDIA H100 80GB HBM3@9.0"
@@ -211,18 +212,18 @@ def test_smoke_refuses_without_a_gpu(smoke, monkeypatch, tmp_path, capsys) -> No
     assert not (tmp_path / "smoke").exists()
 
 
-@pytest.mark.slow
-def test_smoke_pytest_steps_collect(smoke, tmp_path) -> None:
-    """The two pytest steps accept their options and collect: the gpu tests, every benchmark."""
+def test_smoke_pytest_steps_collect(smoke, tmp_path, pytester: pytest.Pytester) -> None:
+    """The two pytest steps accept their options and collect: the gpu tests, every benchmark.
+    Collected in this process (the smoke script's ``python -m pytest`` argv after ``-m pytest``):
+    a child would only add a TensorFlow import."""
     plan = dict(smoke.steps(tmp_path))
     collected = {}
     for name in ("gpu-tests", "benchmarks"):
         command = [a for a in plan[name] if not a.startswith(("--junitxml", "--benchmark-json"))]
-        done = subprocess.run(
-            [*command, "--collect-only", "-q"], capture_output=True, text=True, cwd=REPO
-        )
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        collected[name] = [line for line in done.stdout.splitlines() if "::" in line]
+        assert command[:3] == [sys.executable, "-m", "pytest"], command
+        recorder = pytester.inline_run(*command[3:], "--collect-only")
+        assert recorder.ret == 0, f"{name}: exit status {recorder.ret} (its error is above)"
+        collected[name] = [call.item.nodeid for call in recorder.getcalls("pytest_itemcollected")]
     assert any("on_a_tensor_core_gpu" in test for test in collected["gpu-tests"])
     assert sum("test_train_step" in test for test in collected["benchmarks"]) == 15
     assert sys.executable in plan["doctor"]
