@@ -90,7 +90,7 @@ class Zygote:
         self._ready = False
         self.dead = False
 
-    def _start(self, env: Mapping[str, str]) -> None:
+    def start(self, env: Mapping[str, str]) -> None:
         """Start the zygote with the first request's environment and folder."""
         self.env, self.cwd = dict(env), os.getcwd()
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -140,7 +140,7 @@ class Zygote:
             raise Unavailable("the fork server has died")
         if self.process is None:
             try:
-                self._start(env)
+                self.start(env)
             except OSError as error:
                 self.dead = True
                 raise Unavailable(f"the fork server could not start ({error})") from None
