@@ -196,6 +196,27 @@ def test_the_fork_server_block_stops_the_zygote_and_its_workers(fifo: Path, tmp_
     _wait_until(lambda: not _alive(worker.pid), 10, "a worker outlived its zygote")
 
 
+def test_a_worker_whose_zygote_dies_fails_and_later_workers_start_fresh(
+    fifo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = Zygote()
+    try:
+        with open(tmp_path / "log", "w") as log:
+            worker = server.spawn(str(fifo), _env(), [0, 1, log.fileno()])
+            _wait_until(lambda: _blocked_on_fifo(worker.pid), 60, "the worker never started")
+            assert server.process is not None
+            server.process.kill()
+            assert worker.wait(timeout=30) == 1  # it stopped by its parent watch, unrelayed
+            assert server.dead and not _alive(worker.pid)
+            monkeypatch.setattr(launcher, "_servers", [server])
+            process = launcher._start_worker(fifo, log, _env())
+            assert isinstance(process, subprocess.Popen)
+            process.kill()
+            process.wait()
+    finally:
+        server.close()
+
+
 PARENT = """
 import os, sys, time
 from mpcore.run.zygote import Zygote

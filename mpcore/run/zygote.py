@@ -197,6 +197,8 @@ class ForkedWorker:
             # The zygote died (its child then stops by its parent watch) or its status was
             # lost: the worker failed, for reasons its log may tell.
             self.returncode = 1
+        elif self._zygote.dead and timeout:
+            time.sleep(min(timeout, 0.1))  # no status will come: look for the pid again soon
         return self.returncode
 
     def _gone(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import gc
 import importlib
 import json
@@ -22,6 +23,8 @@ from typing import Any
 
 from mpcore.run.zygote import MESSAGE_BYTES
 
+#: ``prctl``'s option: the signal this process gets when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
 #: What every worker imports, none of which runs an op or touches a device when imported.
 PRELOAD = (
     "tensorflow",
@@ -36,11 +39,21 @@ PRELOAD = (
 )
 
 
-def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> None:
+def _die_with(parent: int) -> None:
+    """SIGKILL this process as soon as ``parent`` (the zygote) dies, whatever it is doing (the
+    worker's own parent watch starts only once its spec is read)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int], parent: int) -> None:
     """In the forked child: become the requested worker, as a fresh process would be, and exit
     with its status (never returns)."""
     code = 1
     try:
+        _die_with(parent)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -56,7 +69,7 @@ def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int]) -> N
         sys.argv = [sys.argv[0], request["spec"]]
         from mpcore.run.worker import worker_main
 
-        code = worker_main(request["spec"], parent_pid=os.getppid())
+        code = worker_main(request["spec"], parent_pid=parent)
     except KeyboardInterrupt:  # uncaught, as a fresh interpreter reports it: killed by SIGINT
         code = -signal.SIGINT
     except BaseException:
@@ -83,6 +96,7 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     children: set[int] = set()
+    zygote = os.getpid()
     try:
         sock.send(json.dumps({"ready": True}).encode())
         while os.getppid() == parent_pid:
@@ -104,7 +118,8 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
                     return
                 pid = os.fork()
                 if pid == 0:
-                    _child(json.loads(data), fds, [sock.fileno(), wake_read, wake_write])
+                    closing = [sock.fileno(), wake_read, wake_write]
+                    _child(json.loads(data), fds, closing, zygote)
                 for fd in fds:
                     os.close(fd)
                 children.add(pid)
