@@ -246,3 +246,58 @@ def test_the_zygote_and_its_workers_stop_when_the_parent_is_killed(
         parent.wait()
     _wait_until(lambda: not _alive(zygote_pid), 15, "the zygote outlived its parent")
     _wait_until(lambda: not _alive(worker_pid), 15, "a worker outlived its parent")
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_whole_group_stops_the_run_and_leaves_no_process(
+    tmp_path: Path, cache: Path, cli_env
+) -> None:
+    """A terminal's Ctrl-C: SIGINT to ``mpbench run``'s whole process group (the run, its
+    zygote, the forked worker) while the second configuration trains."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "mpcore", "run", "--profile", "quick", "--data", "synthetic"]
+    argv += ["--precision", "float32", "mixed_float16", "--epochs", "3", "--image-size", "32"]
+    argv += ["--repeats", "1"]
+    process = subprocess.Popen(
+        [*argv, "--out", str(out)],
+        env=cli_env(cache),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a group of its own, as a terminal's foreground job
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "[2/2] mixed_float16+xla_off: training" in line:
+                break
+        else:
+            raise AssertionError("the run ended before its second configuration")
+        time.sleep(1.0)  # the forked worker is training
+        members = _group_members(process.pid)
+        assert len(members) >= 3, members  # the run, the zygote, the worker
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "interrupted during mixed_float16+xla_off" in stdout
+    document = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in document["configurations"]] == ["float32+xla_off"]
+    _wait_until(lambda: not _group_members(process.pid), 10, "a process of the run was left")
