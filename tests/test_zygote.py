@@ -206,7 +206,7 @@ def test_a_worker_whose_zygote_dies_fails_and_later_workers_start_fresh(
             _wait_until(lambda: _blocked_on_fifo(worker.pid), 60, "the worker never started")
             assert server.process is not None
             server.process.kill()
-            assert worker.wait(timeout=30) == 1  # it stopped by its parent watch, unrelayed
+            assert worker.wait(timeout=30) == 1  # killed with its zygote, unrelayed
             assert server.dead and not _alive(worker.pid)
             monkeypatch.setattr(launcher, "_servers", [server])
             process = launcher._start_worker(fifo, log, _env())

@@ -13,7 +13,7 @@ environment and working folder. The zygote replies with the child's pid, reaps i
 raw wait status, so the parent's :class:`ForkedWorker` reads like a ``subprocess.Popen``: -9 for
 a worker killed by SIGKILL. The zygote ignores SIGINT (a terminal's Ctrl-C reaches the whole
 foreground group, workers included, which stop as before), and exits, killing any child left,
-when the parent closes its socket or dies; a child stops when the zygote dies (its parent watch).
+when the parent closes its socket or dies; a child is killed when the zygote dies.
 
 Variables that TensorFlow reads at import cannot change after the fork: :func:`compatible`
 accepts a request only when its environment and folder are the zygote's but for the variables
@@ -194,7 +194,7 @@ class ForkedWorker:
         if status is not None:
             self.returncode = os.waitstatus_to_exitcode(status)
         elif self._gone():
-            # The zygote died (its child then stops by its parent watch) or its status was
+            # The zygote died (its child is then killed) or its status was
             # lost: the worker failed, for reasons its log may tell.
             self.returncode = 1
         elif self._zygote.dead and timeout:
