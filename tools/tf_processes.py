@@ -3,7 +3,8 @@
     python tools/tf_processes.py -- python -m pytest -m "not slow"
 
 Every Python process started under the command (the pytest process, ``mpbench run`` parents,
-their workers, cluster members, ``python -c`` probes) imports a ``sitecustomize`` this tool puts
+their fork servers and workers, cluster members, ``python -c`` probes; a worker forked by a fork
+server imports nothing and is not counted) imports a ``sitecustomize`` this tool puts
 first on ``PYTHONPATH``; it records the process the moment it imports TensorFlow, so a process
 that is killed later (the signal tests) is counted too. Each TensorFlow start-up costs seconds
 on a small CPU, which is why the suite's time follows this number.
@@ -50,6 +51,8 @@ def kind(argv: str) -> str:
     first = argv.split(" ")[0]
     if first.endswith(("mpcore/run/worker.py", "mpcore.run.worker")):
         return "training worker (python -m mpcore.run.worker)"
+    if first.endswith(("mpcore/run/zygote_server.py", "mpcore.run.zygote_server")):
+        return "fork server of lone workers (python -m mpcore.run.zygote_server)"
     if first.endswith(("mpcore/__main__.py", "/mpbench")):
         return "mpbench command (python -m mpcore, mpbench)"
     if first == "pytest-xdist-worker":

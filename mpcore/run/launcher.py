@@ -18,13 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mpcore.names import TF_CONFIG_ENV
 from mpcore.run.process import signal_name
 from mpcore.run.spec import WorkerSpec
+from mpcore.run.zygote import Unavailable, Zygote, enabled
 
 WORKER_REPORT = "worker-{index}.json"
 WORKER_LOG = "worker-{index}.log"
@@ -215,18 +216,43 @@ def worker_command(spec_path: Path) -> list[str]:
     return [sys.executable, "-m", "mpcore.run.worker", str(spec_path)]
 
 
+#: The fork server of the innermost :func:`fork_server` block (None outside one).
+_servers: list[Zygote] = []
+
+
+@contextlib.contextmanager
+def fork_server() -> Iterator[None]:
+    """Within the block, :func:`run_worker` forks lone workers from one zygote (started by the
+    first of them; see :mod:`mpcore.run.zygote`), which is stopped when the block ends."""
+    _servers.append(Zygote())
+    try:
+        yield
+    finally:
+        _servers.pop().close()
+
+
+def _start_worker(spec_path: Path, log: Any, env: dict[str, str]) -> Any:
+    """A lone worker: forked by the fork server when there is one that can, else a fresh
+    process; a ``subprocess.Popen`` or a :class:`mpcore.run.zygote.ForkedWorker`."""
+    if _servers and enabled(env):
+        with contextlib.suppress(Unavailable):
+            return _servers[-1].spawn(str(spec_path), env, [0, 1, log.fileno()])
+    return subprocess.Popen(worker_command(spec_path), stderr=log, env=env)
+
+
 def run_worker(spec: WorkerSpec, spec_path: Path, log_path: Path) -> int:
-    """Train ``spec`` in one worker subprocess and return its exit status.
+    """Train ``spec`` in one worker process and return its exit status.
 
     The worker's stdout is ours (the progress bars); its stderr (TensorFlow's native logging,
     tracebacks) goes to ``log_path``. On Ctrl-C the worker is asked to stop like Ctrl-C would,
     killed if it does not within :data:`STOP_GRACE_SECONDS`, and ``KeyboardInterrupt`` re-raised.
+    Inside :func:`fork_server` the worker is forked from TensorFlow already imported.
     """
     spec.write(spec_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with open(log_path, "w") as log:
-        process = subprocess.Popen(worker_command(spec_path), stderr=log, env=env)
+        process = _start_worker(spec_path, log, env)
         try:
             return process.wait()
         except KeyboardInterrupt:

@@ -315,7 +315,7 @@ def run_all(
         announce(f"resuming: {len(done)} configuration(s) already finished: {', '.join(done)}")
     write_results(plan.results_path, document)
     planned = len(plan.configs) * plan.repeats
-    with tempfile.TemporaryDirectory(prefix="mpbench-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="mpbench-") as workdir, launcher.fork_server():
         runner = _Runner(plan, document, Path(workdir), Progress(planned, planned - len(pending)))
         runner.announce = announce
         try:

@@ -257,10 +257,13 @@ def _strategy(spec: WorkerSpec, report: dict[str, Any]) -> tuple[Any, int]:
     return strategy, strategy.num_replicas_in_sync if strategy is not None else 1
 
 
-def worker_main(spec_path: str) -> int:
-    """Entry point of a worker: train one configuration, write its record, exit 0/1/130."""
+def worker_main(spec_path: str, parent_pid: int | None = None) -> int:
+    """Entry point of a worker: train one configuration, write its record, exit 0/1/130.
+
+    The worker stops if its parent dies: the spec's ``parent_pid`` (``mpbench run``), or
+    ``parent_pid`` when given (the fork server, which stops when ``mpbench run`` does)."""
     spec = WorkerSpec.read(spec_path)
-    exit_with_parent(spec.parent_pid)
+    exit_with_parent(parent_pid or spec.parent_pid)
     index, chief = 0, True
     report: dict[str, Any] = {"index": 0, "pid": os.getpid(), "status": "failed"}
     try:

@@ -1,0 +1,303 @@
+"""The fork server of lone workers: a forked worker behaves as the fresh process it replaces.
+
+One zygote serves the module (its start imports TensorFlow once); a worker that must wait is
+given a FIFO as its spec, so it blocks in ``open`` (after its signal handlers are restored) until
+the test writes a spec or signals it. Two tests start zygotes of their own: one whose parent is
+SIGKILLed, one stopped while a worker runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mpcore.names import BASELINE
+from mpcore.run import launcher
+from mpcore.run.process import FAULT_ENV
+from mpcore.run.spec import WorkerSpec
+from mpcore.run.zygote import ForkedWorker, Unavailable, Zygote, compatible
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.pop(FAULT_ENV, None)
+    return {**env, **extra}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _blocked_on_fifo(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text() == "wait_for_partner"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def zygote() -> Iterator[Zygote]:
+    server = Zygote()
+    server.start(_env())  # without a planted fault: only a request may carry one
+    yield server
+    server.close()
+    assert server.process is not None and server.process.returncode is not None
+
+
+@pytest.fixture
+def spawn(zygote: Zygote, tmp_path: Path) -> Callable[..., tuple[ForkedWorker, Path, Path]]:
+    """Fork a worker of ``spec`` with stdout and stderr to files of its own."""
+
+    def run(spec: Path, **extra: str) -> tuple[ForkedWorker, Path, Path]:
+        out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            worker = zygote.spawn(str(spec), _env(**extra), [0, stdout.fileno(), stderr.fileno()])
+        return worker, out, err
+
+    return run
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.fifo"
+    os.mkfifo(path)
+    return path
+
+
+def _tiny_spec(tiny_ships: Path, folder: Path) -> WorkerSpec:
+    from mpcore.train.settings import TrainSettings
+
+    settings = TrainSettings(model="small", image_size=16, batch_size=8, epochs=1, seed=3)
+    return WorkerSpec(
+        config={"precision": "float32", "xla": "off"},
+        settings=settings.to_dict(),
+        data_root=str(tiny_ships),
+        result_path=str(folder / "result.json"),
+        verbose=2,
+        parent_pid=os.getpid(),
+    )
+
+
+def test_a_worker_trains_with_its_stdout_ours_and_exits_0(
+    spawn, tiny_ships: Path, tmp_path: Path
+) -> None:
+    spec = _tiny_spec(tiny_ships, tmp_path).write(tmp_path / "spec.json")
+    worker, out, err = spawn(spec)
+    assert worker.wait(timeout=120) == 0, err.read_text()
+    assert worker.returncode == worker.poll() == 0
+    assert f"[{BASELINE}] " in out.read_text()  # the progress line, prefixed
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "ok"
+
+
+def test_the_requests_environment_reaches_the_worker(
+    spawn, tiny_ships: Path, tmp_path: Path
+) -> None:
+    # The zygote started without the planted fault: only the request carries it.
+    spec = _tiny_spec(tiny_ships, tmp_path).write(tmp_path / "spec.json")
+    worker, _out, err = spawn(spec, **{FAULT_ENV: f"{BASELINE}=error"})
+    assert worker.wait(timeout=120) == 1
+    assert f"RuntimeError: injected fault ({FAULT_ENV})" in err.read_text()
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["reason"] == f"RuntimeError: injected fault ({FAULT_ENV})"
+
+
+def test_a_failing_worker_exits_1_with_its_traceback_in_its_stderr(spawn, tmp_path: Path) -> None:
+    worker, out, err = spawn(tmp_path / "no-such-spec.json")
+    assert worker.wait(timeout=60) == 1
+    assert "FileNotFoundError" in err.read_text() and "Traceback" in err.read_text()
+    assert out.read_text() == ""
+
+
+def test_a_worker_killed_by_sigkill_reads_minus_9(spawn, fifo: Path, tmp_path: Path) -> None:
+    worker, _out, _err = spawn(fifo)
+    _wait_until(lambda: _blocked_on_fifo(worker.pid), 30, "the worker never opened its spec")
+    assert worker.poll() is None and worker.returncode is None
+    assert Path(f"/proc/{worker.pid}/cwd").resolve() == Path.cwd().resolve()
+    with pytest.raises(subprocess.TimeoutExpired):
+        worker.wait(timeout=0.2)
+    worker.send_signal(signal.SIGKILL)
+    assert worker.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_sigint_stops_the_worker_and_spares_the_zygote(zygote: Zygote, spawn, fifo: Path) -> None:
+    # A terminal's Ctrl-C reaches the whole foreground group: here the zygote and the worker.
+    worker, _out, _err = spawn(fifo)
+    _wait_until(lambda: _blocked_on_fifo(worker.pid), 30, "the worker never opened its spec")
+    assert zygote.process is not None
+    for pid in (zygote.process.pid, worker.pid):
+        os.kill(pid, signal.SIGINT)
+    # Interrupted before its spec was read, as a fresh interpreter is: killed by SIGINT.
+    assert worker.wait(timeout=30) == -signal.SIGINT
+    time.sleep(0.2)
+    assert zygote.process.poll() is None and not zygote.dead
+    again, _out, _err = spawn(fifo)  # and it still serves
+    _wait_until(lambda: _blocked_on_fifo(again.pid), 30, "no worker after the SIGINT")
+    again.send_signal(signal.SIGKILL)
+    assert again.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_a_difference_in_an_import_time_variable_starts_a_fresh_process(
+    zygote: Zygote, fifo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _env()
+    assert compatible(base, {**base, "TF_CONFIG": "{}", FAULT_ENV: "x=crash"}) == []
+    flipped = "1" if base.get("TF_ENABLE_ONEDNN_OPTS") == "0" else "0"
+    onednn = {**base, "TF_ENABLE_ONEDNN_OPTS": flipped}
+    assert compatible(base, onednn) == ["TF_ENABLE_ONEDNN_OPTS"]
+    with open(tmp_path / "log", "w") as log:
+        with pytest.raises(Unavailable, match="TF_ENABLE_ONEDNN_OPTS"):
+            zygote.spawn(str(fifo), onednn, [0, 1, log.fileno()])
+        monkeypatch.setattr(launcher, "_servers", [zygote])
+        process = launcher._start_worker(fifo, log, onednn)
+    try:
+        assert isinstance(process, subprocess.Popen)
+        assert process.args == launcher.worker_command(fifo)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_dead_zygote_is_given_up_for_fresh_processes(fifo: Path, tmp_path: Path) -> None:
+    server = Zygote()
+    server.close()  # never started: nothing to stop
+    with open(tmp_path / "log", "w") as log, pytest.raises(Unavailable, match="died"):
+        server.spawn(str(fifo), _env(), [0, 1, log.fileno()])
+
+
+def test_the_fork_server_block_stops_the_zygote_and_its_workers(fifo: Path, tmp_path: Path) -> None:
+    with open(tmp_path / "log", "w") as log, launcher.fork_server():
+        server = launcher._servers[-1]
+        worker = server.spawn(str(fifo), _env(), [0, 1, log.fileno()])
+        _wait_until(lambda: _blocked_on_fifo(worker.pid), 60, "the worker never started")
+    assert not launcher._servers
+    assert server.process is not None and server.process.returncode == 0
+    _wait_until(lambda: not _alive(worker.pid), 10, "a worker outlived its zygote")
+
+
+def test_a_worker_whose_zygote_dies_fails_and_later_workers_start_fresh(
+    fifo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = Zygote()
+    try:
+        with open(tmp_path / "log", "w") as log:
+            worker = server.spawn(str(fifo), _env(), [0, 1, log.fileno()])
+            _wait_until(lambda: _blocked_on_fifo(worker.pid), 60, "the worker never started")
+            assert server.process is not None
+            server.process.kill()
+            assert worker.wait(timeout=30) == 1  # killed with its zygote, unrelayed
+            assert server.dead and not _alive(worker.pid)
+            monkeypatch.setattr(launcher, "_servers", [server])
+            process = launcher._start_worker(fifo, log, _env())
+            assert isinstance(process, subprocess.Popen)
+            process.kill()
+            process.wait()
+    finally:
+        server.close()
+
+
+PARENT = """
+import os, sys, time
+from mpcore.run.zygote import Zygote
+server = Zygote()
+env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+worker = server.spawn(sys.argv[1], env, [0, 1, 2])
+print(server.process.pid, worker.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_zygote_and_its_workers_stop_when_the_parent_is_killed(
+    fifo: Path, tmp_path: Path
+) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(PARENT), str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        zygote_pid, worker_pid = (int(pid) for pid in parent.stdout.readline().split())
+        assert _alive(zygote_pid) and _alive(worker_pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    _wait_until(lambda: not _alive(zygote_pid), 15, "the zygote outlived its parent")
+    _wait_until(lambda: not _alive(worker_pid), 15, "a worker outlived its parent")
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_whole_group_stops_the_run_and_leaves_no_process(
+    tmp_path: Path, cache: Path, cli_env
+) -> None:
+    """A terminal's Ctrl-C: SIGINT to ``mpbench run``'s whole process group (the run, its
+    zygote, the forked worker) while the second configuration trains."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "mpcore", "run", "--profile", "quick", "--data", "synthetic"]
+    argv += ["--precision", "float32", "mixed_float16", "--epochs", "3", "--image-size", "32"]
+    argv += ["--repeats", "1"]
+    process = subprocess.Popen(
+        [*argv, "--out", str(out)],
+        env=cli_env(cache),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a group of its own, as a terminal's foreground job
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "[2/2] mixed_float16+xla_off: training" in line:
+                break
+        else:
+            raise AssertionError("the run ended before its second configuration")
+        time.sleep(1.0)  # the forked worker is training
+        members = _group_members(process.pid)
+        assert len(members) >= 3, members  # the run, the zygote, the worker
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "interrupted during mixed_float16+xla_off" in stdout
+    document = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in document["configurations"]] == ["float32+xla_off"]
+    _wait_until(lambda: not _group_members(process.pid), 10, "a process of the run was left")
