@@ -30,7 +30,10 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Without pytest-xdist's variables: the module's zygote starts before the autouse fixture
+    # (tests/conftest.py) removes them for each test, and a request differing in them is refused.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.pop(FAULT_ENV, None)
     return {**env, **extra}

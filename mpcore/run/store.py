@@ -15,6 +15,7 @@ from mpcore.run.files import RunSetupError, read_results
 from mpcore.run.lossscale import collapse_note
 from mpcore.run.scaling import add_scaling
 from mpcore.run.schema import SCHEMA, ShapeError, check_record, finite_or_null, strategy_of
+from mpcore.run.zygote import FORKED_ENV
 
 #: The distribution settings a resume must share with the saved run, by the option that sets each.
 DISTRIBUTION_OPTIONS = {
@@ -70,6 +71,9 @@ def finished_record(
         "result": {**result, "steady": steady_description(epochs)},
         "telemetry": {
             "peak_rss_bytes": telemetry.peak_rss_bytes(),
+            # A forked worker's RSS leaves out the imported libraries' untouched pages: the figure
+            # compares only with workers started the same way.
+            "worker_start": "forked" if os.environ.get(FORKED_ENV) else "fresh",
             "tf_peak_memory_bytes": telemetry.tf_peak_memory_bytes() if on_tensorflow else None,
             # JAX's or torch's own peak GPU memory (None on a CPU, and on TensorFlow).
             "backend_peak_memory_bytes": None if on_tensorflow else backend.peak_memory_bytes(),

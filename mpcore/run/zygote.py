@@ -37,6 +37,9 @@ from mpcore.names import TF_CONFIG_ENV
 
 #: ``MPBENCH_FORK_SERVER=0`` starts every worker as a fresh process.
 SWITCH_ENV = "MPBENCH_FORK_SERVER"
+#: Set in a forked worker's environment, so its record says how it started: a forked worker's
+#: peak RSS leaves out the library pages it never touches (they stay the zygote's).
+FORKED_ENV = "MPBENCH_FORKED_WORKER"
 #: Variables a worker reads at run time, which may differ between a request and the zygote
 #: (besides mpbench's own ``MPBENCH_*``: planted faults, the data cache, a simulated GPU).
 #: Everything else (``TF_CPP_MIN_LOG_LEVEL``, ``TF_ENABLE_ONEDNN_OPTS``, ``KERAS_BACKEND``,

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mpcore.run.zygote import MESSAGE_BYTES
+from mpcore.run.zygote import FORKED_ENV, MESSAGE_BYTES
 
 #: ``prctl``'s option: the signal this process gets when its parent dies (linux/prctl.h).
 _PR_SET_PDEATHSIG = 1
@@ -66,6 +66,7 @@ def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int], pare
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        os.environ[FORKED_ENV] = "1"
         sys.argv = [sys.argv[0], request["spec"]]
         from mpcore.run.worker import worker_main
 
