@@ -34,6 +34,10 @@ from mpcore.probe import backend
 from mpcore.probe.machine import visible_gpus
 
 NO_GPU_REASON = "no GPU visible to TensorFlow"
+#: Set to run the tests marked ``acceptance``: measured experiments of minutes each (two timing
+#: paths agreeing on one comparison, a real memory-budget search), which a test session on a
+#: laptop should not wait for. CI runs them in a session of their own (.ci/run).
+ACCEPTANCE_ENV = "MPBENCH_ACCEPTANCE"
 
 
 #: ``pytest -n auto`` starts at most this many workers: each imports TensorFlow (about 1 GiB and
@@ -89,10 +93,17 @@ def group_by_shared_fixture(items: list[pytest.Item]) -> None:
 # marks this adds); tests/conftest.py's own tryfirst hook, registered later, runs before this one.
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked ``gpu`` when TensorFlow sees no GPU, and tests marked
-    ``tensorflow_only`` when the Keras backend is not TensorFlow (decided once, before any
-    runs, from what this process can do); group tests for pytest-xdist."""
+    """Skip tests marked ``gpu`` when TensorFlow sees no GPU, tests marked ``tensorflow_only``
+    when the Keras backend is not TensorFlow (decided once, before any runs, from what this
+    process can do) and tests marked ``acceptance`` unless asked for; group tests for
+    pytest-xdist."""
     group_by_shared_fixture(items)
+    if not os.environ.get(ACCEPTANCE_ENV):
+        for item in items:
+            marker = item.get_closest_marker("acceptance")
+            if marker is not None:
+                why = marker.kwargs.get("reason", "a measured experiment of minutes")
+                item.add_marker(pytest.mark.skip(reason=f"{why}; {ACCEPTANCE_ENV}=1 runs it"))
     if not backend.is_tensorflow():
         only = pytest.mark.skip(
             reason=f"{backend.TENSORFLOW_ONLY} (the Keras backend is {backend.name()})"

@@ -132,7 +132,10 @@ def interleaved_benchmarks(pytester: pytest.Pytester, folder: Path) -> list[list
     return rounds
 
 
+# Minutes of interleaved runs and benchmark sessions on a CPU: a measured report, not a unit of
+# behaviour, so it runs in CI's acceptance session rather than in every test session.
 @pytest.mark.slow
+@pytest.mark.acceptance(reason="5 interleaved runs and 10 benchmark sessions (about 200 s idle)")
 def test_run_and_benchmarks_agree_on_float16_against_float32(
     pytester: pytest.Pytester, tmp_path: Path, cache: Path
 ) -> None:
