@@ -92,7 +92,6 @@ def test_non_image_model_needs_array_data(invoke, tmp_path: Path) -> None:
 # The benchmarks
 
 
-@pytest.mark.slow
 def test_benchmarks_time_the_users_model(pytester: pytest.Pytester, monkeypatch) -> None:
     monkeypatch.setenv("MPBENCH_FAKE_GPU", "none")
     monkeypatch.delenv("TF_XLA_FLAGS", raising=False)

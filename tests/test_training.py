@@ -125,16 +125,16 @@ def test_custom_step_with_loss_scaling_matches_float32() -> None:
     assert np.linalg.norm(update16) == pytest.approx(np.linalg.norm(update32), rel=0.1)
 
 
-@pytest.mark.slow
 def test_small_model_learns_the_generated_set(tmp_path: Path) -> None:
-    """The generated set is learnable: >= 90% validation accuracy within 5 float32 epochs."""
+    """The generated set is learnable: >= 90% validation accuracy within 5 float32 epochs, at
+    the default batch and learning rate. At 32 px (measured: 0.975 after 4 epochs, 1.0 after 5)
+    rather than the default 64 (0.95, 0.99), which takes three times as long to the same end."""
     from mpcore.data.synthetic import write_synthetic_ships
 
-    root = write_synthetic_ships(tmp_path / "ships", per_class=120, image_size=96, seed=0)
+    root = write_synthetic_ships(tmp_path / "ships", per_class=120, image_size=32, seed=0)
     train_index, validation_index = stratified_split(read_ship_index(root), 0.2, seed=0)
-    result = train(
-        RunConfig("float32", "off"), TrainSettings(epochs=5), train_index, validation_index
-    )
+    settings = TrainSettings(image_size=32, epochs=5)
+    result = train(RunConfig("float32", "off"), settings, train_index, validation_index)
     assert max(result.val_accuracy) >= 0.9, result.val_accuracy
 
 
