@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -81,6 +81,17 @@ def invoke(capsys: pytest.CaptureFixture[str]) -> Callable[[Sequence[str]], tupl
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kept_fork_servers() -> Iterator[None]:
+    """The session's in-process runs share their fork servers (``fork_server_pool``): a worker
+    environment imports TensorFlow once a session, not once a run. Child ``mpbench`` processes
+    start their own, as a user's would."""
+    from mpcore.run import launcher
+
+    with launcher.fork_server_pool():
+        yield
 
 
 @pytest.fixture(scope="session")

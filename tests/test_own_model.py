@@ -232,7 +232,7 @@ def test_profile_on_this_cpu_lists_layers_slower_in_float16(invoke, tmp_path: Pa
     # A CPU fact (float16 is emulated there), so the CPU is pinned.
     with tf.device("/CPU:0"):
         profile = profile_layers(
-            load_float32(SPEC, 16), 4, ["float32", "mixed_float16"], ["off"], steps=2, rounds=2
+            load_float32(SPEC, 48), 4, ["float32", "mixed_float16"], ["off"], steps=2, rounds=2
         )
     document = profile.to_dict()
     slower = document["slower"]

@@ -60,6 +60,12 @@ def _blocked_on_fifo(pid: int) -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def no_kept_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the session's pool (tests/conftest.py): each test decides which servers exist."""
+    monkeypatch.setattr(launcher, "_pool", None)
+
+
 @pytest.fixture(scope="module")
 def zygote() -> Iterator[Zygote]:
     server = Zygote()
@@ -197,6 +203,41 @@ def test_the_fork_server_block_stops_the_zygote_and_its_workers(fifo: Path, tmp_
     assert not launcher._servers
     assert server.process is not None and server.process.returncode == 0
     _wait_until(lambda: not _alive(worker.pid), 10, "a worker outlived its zygote")
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[1])
+
+
+def test_a_pool_keeps_a_runs_fork_server_for_later_runs_and_stops_it_at_its_end(
+    fifo: Path, tmp_path: Path
+) -> None:
+    with launcher.fork_server_pool(), open(tmp_path / "log", "w") as log:
+        workers, servers = [], []
+        for _run in range(2):
+            with launcher.fork_server():
+                worker = launcher._start_worker(fifo, log, _env())
+                _wait_until(lambda w=worker: _blocked_on_fifo(w.pid), 60, "no worker started")
+                workers.append(worker)
+                servers.append(launcher._servers[-1])
+                worker.send_signal(signal.SIGKILL)
+                assert worker.wait(timeout=30) == -signal.SIGKILL
+        first, second = servers
+        # The second run's worker came from the first run's server; its own never started.
+        assert first.process is not None and second.process is None
+        assert first.process.poll() is None, "the kept server was stopped with its run"
+        # A worker whose environment the kept server does not fit gets the run's own.
+        flipped = "1" if _env().get("TF_ENABLE_ONEDNN_OPTS") == "0" else "0"
+        with launcher.fork_server():
+            other = launcher._start_worker(fifo, log, _env(TF_ENABLE_ONEDNN_OPTS=flipped))
+            own = launcher._servers[-1]
+            assert own.process is not None and own.process is not first.process
+            _wait_until(lambda: _blocked_on_fifo(other.pid), 60, "no worker started")
+            assert _parent_of(other.pid) == own.process.pid
+            other.send_signal(signal.SIGKILL)
+            other.wait(timeout=30)
+    assert first.process.returncode == 0 and own.process.returncode == 0
+    assert launcher._pool is None
 
 
 def test_a_worker_whose_zygote_dies_fails_and_later_workers_start_fresh(

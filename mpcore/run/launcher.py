@@ -216,27 +216,58 @@ def worker_command(spec_path: Path) -> list[str]:
     return [sys.executable, "-m", "mpcore.run.worker", str(spec_path)]
 
 
-#: The fork server of the innermost :func:`fork_server` block (None outside one).
+#: The fork servers of the :func:`fork_server` blocks, the innermost last.
 _servers: list[Zygote] = []
+#: Inside :func:`fork_server_pool`: the fork servers kept running for later runs (else None).
+_pool: list[Zygote] | None = None
+#: At most this many kept fork servers (each holds TensorFlow's imports, about 0.6 GiB).
+POOL_SIZE = 2
 
 
 @contextlib.contextmanager
 def fork_server() -> Iterator[None]:
     """Within the block, :func:`run_worker` forks lone workers from one zygote (started by the
-    first of them; see :mod:`mpcore.run.zygote`), which is stopped when the block ends."""
-    _servers.append(Zygote())
+    first of them; see :mod:`mpcore.run.zygote`), which is stopped when the block ends, or kept
+    for later runs inside :func:`fork_server_pool`."""
+    server = Zygote()
+    _servers.append(server)
     try:
         yield
     finally:
-        _servers.pop().close()
+        _servers.pop()
+        if _pool is not None and server.fits(server.env):
+            _pool.append(server)
+            while len(_pool) > POOL_SIZE:
+                _pool.pop(0).close()
+        else:
+            server.close()
+
+
+@contextlib.contextmanager
+def fork_server_pool() -> Iterator[None]:
+    """Within the block, a run's fork server outlives its run and serves the workers of later
+    runs whose environment it fits, so a process that starts many runs (the test suite, a
+    script of experiments) imports TensorFlow once per environment rather than once per run.
+    Every kept server is stopped when the block ends."""
+    global _pool
+    outer, _pool = _pool, []
+    try:
+        yield
+    finally:
+        kept, _pool = _pool, outer
+        for server in kept:
+            server.close()
 
 
 def _start_worker(spec_path: Path, log: Any, env: dict[str, str]) -> Any:
-    """A lone worker: forked by the fork server when there is one that can, else a fresh
-    process; a ``subprocess.Popen`` or a :class:`mpcore.run.zygote.ForkedWorker`."""
+    """A lone worker: forked by a kept fork server that fits its environment, else by the
+    run's own, else (none can) a fresh process; a ``subprocess.Popen`` or a
+    :class:`mpcore.run.zygote.ForkedWorker`."""
     if _servers and enabled(env):
-        with contextlib.suppress(Unavailable):
-            return _servers[-1].spawn(str(spec_path), env, [0, 1, log.fileno()])
+        kept = [server for server in _pool or () if server.fits(env)]
+        for server in [*kept, _servers[-1]]:
+            with contextlib.suppress(Unavailable):
+                return server.spawn(str(spec_path), env, [0, 1, log.fileno()])
     return subprocess.Popen(worker_command(spec_path), stderr=log, env=env)
 
 

@@ -93,6 +93,12 @@ class Zygote:
         self._ready = False
         self.dead = False
 
+    def fits(self, env: Mapping[str, str]) -> bool:
+        """Whether the zygote is running and a worker with ``env`` in this folder may be forked
+        from it (see :func:`compatible`)."""
+        running = self.process is not None and self._ready and not self.dead
+        return running and self.cwd == os.getcwd() and not compatible(self.env, env)
+
     def start(self, env: Mapping[str, str]) -> None:
         """Start the zygote with the first request's environment and folder."""
         self.env, self.cwd = dict(env), os.getcwd()
