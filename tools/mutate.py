@@ -221,6 +221,34 @@ MUTANTS: tuple[Mutant, ...] = (
         "    return True",
         ("tests/test_results_schema.py", "-k", "hostile"),
     ),
+    Mutant(  # the fork server's wait status read as a plain exit code: a SIGKILLed worker reads 0
+        "zygote-status-not-decoded",
+        "mpcore/run/zygote.py",
+        "self.returncode = os.waitstatus_to_exitcode(status)",
+        "self.returncode = status >> 8",
+        ("tests/test_zygote.py", "-k", "sigkill_reads_minus_9"),
+    ),
+    Mutant(  # every variable taken as read at run time: a fork would keep the zygote's oneDNN
+        "zygote-env-always-compatible",
+        "mpcore/run/zygote.py",
+        "        and name not in RUNTIME_ENV\n",
+        "        and False\n",
+        ("tests/test_zygote.py", "-k", "import_time_variable"),
+    ),
+    Mutant(  # a forked worker says fresh: its smaller CPU peak RSS compared with fresh ones
+        "worker-start-always-fresh",
+        "mpcore/run/store.py",
+        '"forked" if os.environ.get(FORKED_ENV) else "fresh"',
+        '"fresh"',
+        ("tests/test_cli_distribute.py", "-k", "two_local_workers_train_in_sync"),
+    ),
+    Mutant(  # a run's fork server stopped with its run inside a pool: one import per run again
+        "pool-keeps-nothing",
+        "mpcore/run/launcher.py",
+        "if _pool is not None and server.fits(server.env):",
+        "if False:",
+        ("tests/test_zygote.py", "-k", "pool_keeps"),
+    ),
 )
 
 _PEAK_LINE = re.compile(r'DevicePeak\("(?P<name>[^"]+)", (?P<fields>[^)]*)\)')
