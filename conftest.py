@@ -36,7 +36,8 @@ from mpcore.probe.machine import visible_gpus
 NO_GPU_REASON = "no GPU visible to TensorFlow"
 #: Set to run the tests marked ``acceptance``: measured experiments of minutes each (two timing
 #: paths agreeing on one comparison, a real memory-budget search), which a test session on a
-#: laptop should not wait for. CI runs them in a session of their own (.ci/run).
+#: laptop should not wait for. CI runs the agreement test in a session of its own (.ci/run);
+#: the maxbatch search is run by hand (docs/testing.md).
 ACCEPTANCE_ENV = "MPBENCH_ACCEPTANCE"
 
 

@@ -377,7 +377,7 @@ def test_cpu_search_finds_a_batch_under_the_budget_for_both_precisions(small_sea
     )
 
 
-# Alone (pytest tests/test_maxbatch.py, or CI's acceptance session) both trials peak apart as
+# Alone (MPBENCH_ACCEPTANCE=1 pytest tests/test_maxbatch.py) both trials peak apart as
 # expected; late in the full suite both have peaked at the same RSS (a slope of 0), a leak of
 # state into the trial processes not yet found. Until it is, this runs where it is meaningful.
 @pytest.mark.slow
