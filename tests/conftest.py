@@ -21,10 +21,8 @@ TESTS_DIR = str(Path(__file__).resolve().parent)
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
-#: Variables of the test session's environment a child ``mpbench`` must not inherit: a cluster
-#: spec or a planted fault would change what the child does.
-SCRUBBED_ENV = ("TF_CONFIG", "MPBENCH_FAULT", "MPBENCH_WORKER_FAULT")
-
+# Below the sys.path line above: scenarios.py lives in this folder.
+from scenarios import SCRUBBED_ENV, XDIST_ENV  # noqa: E402
 
 #: The session's scenario fixtures (below): each is a real run of tens of seconds, so a test that
 #: reads one is ``slow`` (marked here, whichever test happens to run it first).
@@ -53,12 +51,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             # worker that ran it: a session fixture is per process, and a second worker would
             # train the whole scenario again.
             item.add_marker(pytest.mark.xdist_group(groups[next(iter(used))]))
-
-
-#: What pytest-xdist tells its workers through the environment. A test that starts a pytest
-#: session of its own (pytester, a child ``pytest benchmarks/``) must not pass it on:
-#: pytest-benchmark reads it as "this session is an xdist worker" and disables every benchmark.
-XDIST_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,10 @@ from mpcore.run.process import FAULT_ENV
 #: Variables of the test session's environment a run must not see: a cluster spec or a planted
 #: fault would change what it does.
 SCRUBBED_ENV = ("TF_CONFIG", FAULT_ENV, "MPBENCH_WORKER_FAULT")
+#: What pytest-xdist tells its workers through the environment. A test that starts a pytest
+#: session of its own (pytester, a child ``pytest benchmarks/``) must not pass it on:
+#: pytest-benchmark reads it as "this session is an xdist worker" and disables every benchmark.
+XDIST_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from scenarios import XDIST_ENV
 
 from mpcore.names import BASELINE
 from mpcore.run import launcher
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 def _env(**extra: str) -> dict[str, str]:
     # Without pytest-xdist's variables: the module's zygote starts before the autouse fixture
     # (tests/conftest.py) removes them for each test, and a request differing in them is refused.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    env = {k: v for k, v in os.environ.items() if k not in XDIST_ENV}
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.pop(FAULT_ENV, None)
