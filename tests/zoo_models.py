@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -305,21 +306,22 @@ def transformer(num_classes: int = CLASSES) -> keras.Model:
 # Keras Applications (random weights)
 
 
-def _application(builder: Callable[..., keras.Model], image_size: int, num_classes: int):
+def _application(
+    builder: Callable[..., keras.Model], image_size: int, num_classes: int, **options: Any
+):
     return builder(
-        weights=None, input_shape=(image_size, image_size, 3), classes=num_classes, pooling="avg"
+        weights=None,
+        input_shape=(image_size, image_size, 3),
+        classes=num_classes,
+        pooling="avg",
+        **options,
     )
 
 
 def mobilenet(image_size: int = SIDE, num_classes: int = CLASSES) -> keras.Model:
     """MobileNet at its narrowest width: the Application with the fewest layers (91), so the one
     the default suite sends through every command (tracing time grows with the layer count)."""
-    return keras.applications.MobileNet(
-        weights=None,
-        input_shape=(image_size, image_size, 3),
-        classes=num_classes,
-        alpha=0.25,
-    )
+    return _application(keras.applications.MobileNet, image_size, num_classes, alpha=0.25)
 
 
 def mobilenet_v2(image_size: int = SIDE, num_classes: int = CLASSES) -> keras.Model:
