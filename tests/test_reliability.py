@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from processes import alive, children
 
 from mpcore.data.ships import (
     DataError,
@@ -469,20 +470,6 @@ def test_runs_without_op_determinism_repeat_within_a_tolerance(tiny_ships: Path)
 # End to end: corrupt images skipped, SIGKILL mid-configuration, --resume, a real NaN loss
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_real_process_bad_input_has_no_traceback(
     ships: Path, tmp_path: Path, mpbench_process
@@ -521,7 +508,7 @@ def test_killed_run_keeps_its_state_and_resume_continues_it(
             assert time.monotonic() < deadline, "no configuration finished within 240 s"
             time.sleep(0.2)
         time.sleep(0.5)  # let the parent start the next worker
-        workers = _children(process.pid)
+        workers = children(process.pid)
         process.send_signal(signal.SIGKILL)
         stdout, _ = process.communicate(timeout=60)
     finally:
@@ -532,7 +519,7 @@ def test_killed_run_keeps_its_state_and_resume_continues_it(
     assert "[2/2] mixed_float16+xla_off: training" in stdout
     assert workers, "no worker was running when the run was killed"
     deadline = time.monotonic() + 30  # orphaned workers notice the dead parent and stop
-    while any(_alive(pid) for pid in workers):
+    while any(alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "a worker kept running after its parent was killed"
         time.sleep(0.2)
     killed = json.loads(results.read_text())

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from processes import alive, parent_of
 from scenarios import XDIST_ENV
 
 from mpcore.names import BASELINE
@@ -38,13 +39,6 @@ def _env(**extra: str) -> dict[str, str]:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.pop(FAULT_ENV, None)
     return {**env, **extra}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
@@ -203,11 +197,7 @@ def test_the_fork_server_block_stops_the_zygote_and_its_workers(fifo: Path, tmp_
         _wait_until(lambda: _blocked_on_fifo(worker.pid), 60, "the worker never started")
     assert not launcher._servers
     assert server.process is not None and server.process.returncode == 0
-    _wait_until(lambda: not _alive(worker.pid), 10, "a worker outlived its zygote")
-
-
-def _parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[1])
+    _wait_until(lambda: not alive(worker.pid), 10, "a worker outlived its zygote")
 
 
 def test_a_pool_keeps_a_runs_fork_server_for_later_runs_and_stops_it_at_its_end(
@@ -234,7 +224,7 @@ def test_a_pool_keeps_a_runs_fork_server_for_later_runs_and_stops_it_at_its_end(
             own = launcher._servers[-1]
             assert own.process is not None and own.process is not first.process
             _wait_until(lambda: _blocked_on_fifo(other.pid), 60, "no worker started")
-            assert _parent_of(other.pid) == own.process.pid
+            assert parent_of(other.pid) == own.process.pid
             other.send_signal(signal.SIGKILL)
             other.wait(timeout=30)
     assert first.process.returncode == 0 and own.process.returncode == 0
@@ -252,7 +242,7 @@ def test_a_worker_whose_zygote_dies_fails_and_later_workers_start_fresh(
             assert server.process is not None
             server.process.kill()
             assert worker.wait(timeout=30) == 1  # killed with its zygote, unrelayed
-            assert server.dead and not _alive(worker.pid)
+            assert server.dead and not alive(worker.pid)
             monkeypatch.setattr(launcher, "_servers", [server])
             process = launcher._start_worker(fifo, log, _env())
             assert isinstance(process, subprocess.Popen)
@@ -285,12 +275,12 @@ def test_the_zygote_and_its_workers_stop_when_the_parent_is_killed(
     try:
         assert parent.stdout is not None
         zygote_pid, worker_pid = (int(pid) for pid in parent.stdout.readline().split())
-        assert _alive(zygote_pid) and _alive(worker_pid)
+        assert alive(zygote_pid) and alive(worker_pid)
     finally:
         parent.kill()
         parent.wait()
-    _wait_until(lambda: not _alive(zygote_pid), 15, "the zygote outlived its parent")
-    _wait_until(lambda: not _alive(worker_pid), 15, "a worker outlived its parent")
+    _wait_until(lambda: not alive(zygote_pid), 15, "the zygote outlived its parent")
+    _wait_until(lambda: not alive(worker_pid), 15, "a worker outlived its parent")
 
 
 def _group_members(pgid: int) -> list[int]:
