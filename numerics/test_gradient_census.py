@@ -177,6 +177,30 @@ def test_gradient_census_is_the_cast_census_of_the_scaled_tape_gradients(
     assert report.histogram.total == everything.size == model.count_params() - 2 * (16 + 32 + 64)
 
 
+def test_a_census_at_several_scales_is_one_pass_with_each_scales_figures(
+    confident_model, cargo_batch, census_at, settled_scale: float, monkeypatch
+) -> None:
+    """``gradient_censuses`` differentiates once and gives, scale by scale and in the order
+    asked, exactly the census that ``gradient_census`` gives at that scale alone."""
+    from mpcore.precision import census as census_module
+
+    passes = []
+    one_pass = census_module._loss_and_gradients
+    monkeypatch.setattr(
+        census_module,
+        "_loss_and_gradients",
+        lambda *args: passes.append(args) or one_pass(*args),
+    )
+    scales = [2.0**15, 1.0, settled_scale]
+    reports = census_module.gradient_censuses(
+        confident_model, cargo_batch, scales, loss_fn=CROSS_ENTROPY
+    )
+    assert len(passes) == 1
+    assert [r.loss_scale for r in reports] == scales
+    for scale, report in zip(scales, reports, strict=True):
+        assert report == census_at(scale), scale
+
+
 def test_gradient_census_uses_the_compiled_loss_when_no_loss_fn_is_given(
     confident_weights, cargo_batch, census_at
 ) -> None:

@@ -1,4 +1,4 @@
-"""Each layer's own error, and histograms of the gradients between layers, for
+"""Each layer's own error, for
 :mod:`mpcore.check.shadow`.
 
 The shadow comparison feeds the half model its own half outputs, so a layer's relative error there
@@ -14,7 +14,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from mpcore.precision.census import Log2Histogram
 from mpcore.probe.backend import tf
 
 
@@ -22,21 +21,6 @@ def _float64(values: Any) -> np.ndarray | None:
     if not tf.as_dtype(values.dtype).is_floating:
         return None
     return np.asarray(values).astype(np.float64).ravel()
-
-
-def merge_histograms(histograms: list[Log2Histogram]) -> Log2Histogram:
-    """One :class:`Log2Histogram` of the values of all of ``histograms``."""
-    counts: dict[int, int] = {}
-    for histogram in histograms:
-        for exponent, count in zip(histogram.exponents, histogram.counts, strict=True):
-            counts[exponent] = counts.get(exponent, 0) + count
-    exponents = list(range(min(counts), max(counts) + 1)) if counts else []
-    return Log2Histogram(
-        exponents=exponents,
-        counts=[counts.get(e, 0) for e in exponents],
-        zeros=sum(h.zeros for h in histograms),
-        nonfinite=sum(h.nonfinite for h in histograms),
-    )
 
 
 def own_outputs(

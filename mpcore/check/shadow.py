@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from mpcore.check.layererror import merge_histograms, own_outputs, recorded_own_outputs
+from mpcore.check.layererror import own_outputs, recorded_own_outputs
 from mpcore.models.trace import recording
 from mpcore.precision.census import (
     GradientCensus,
@@ -26,7 +26,7 @@ from mpcore.precision.census import (
     cast_census,
     dense_gradient,
     float_format,
-    gradient_census,
+    gradient_censuses,
 )
 from mpcore.probe.backend import tf
 from mpcore.train.fit import current_loss_scale
@@ -304,7 +304,7 @@ def shadow(
         loss_half=float(loss16),
         output_error=relative_error(out16, out32) if out32 is not None else 0.0,
         first_nonfinite=first,
-        activation_gradients=merge_histograms(histograms) if histograms else None,
+        activation_gradients=Log2Histogram.merged(histograms) if histograms else None,
         activation_layers=len(halves),
     )
 
@@ -369,10 +369,9 @@ def gradients(
     loss-scale window derived from the census at scale 1, with the activation gradients of
     ``passes`` (the shadow comparison) where it has them."""
     scale, source = loss_scale_source(optimizer, dtype)
+    # One forward and backward pass serves both scales.
     with quiet_noise(float32):
-        at_scale = gradient_census(float32, batch, scale, dtype, loss_fn)
-    with quiet_noise(float32):
-        at_one = at_scale if scale == 1.0 else gradient_census(float32, batch, 1.0, dtype, loss_fn)
+        at_scale, at_one = gradient_censuses(float32, batch, [scale, 1.0], dtype, loss_fn)
     census = at_scale.to_dict()
     census["overall_at_1"] = at_one.overall
     census["loss_scale_source"] = source
@@ -415,7 +414,7 @@ def loss_scale_window(
     # below consider the activation gradients too.
     underflow_at_1 = scaled_fractions(census, 0)[0] if sum(census.histogram.counts) else 0.0
     if activations is not None:
-        histogram = merge_histograms([census.histogram, activations])
+        histogram = Log2Histogram.merged([census.histogram, activations])
         census = dataclasses.replace(census, histogram=histogram)
         based_on = f"weight gradients and the {layers} activation gradients".replace("  ", " ")
     if not census.histogram.counts or not sum(census.histogram.counts):

@@ -112,6 +112,40 @@ def _float_array(values: Any) -> np.ndarray:
     return array.astype(np.float64) if array.dtype.itemsize <= 8 else array
 
 
+def cast_counts(values: Any, dtype: str) -> dict[str, int]:
+    """The numbers behind :func:`cast_census`: how many of the finite non-zero ``values`` a cast
+    to ``dtype`` makes zero, subnormal or not finite, and how many there are (``count``).
+    Counts add up across arrays, so a census of many arrays need not join them first."""
+    fmt = float_format(dtype)
+    magnitudes = np.abs(_float_array(values)).ravel()
+    magnitudes = magnitudes[np.isfinite(magnitudes) & (magnitudes != 0)]
+    beyond = (
+        magnitudes >= fmt.overflow_threshold
+        if fmt.overflow_tie_rounds_up
+        else magnitudes > fmt.overflow_threshold
+    )
+    return {
+        "underflow": int(np.count_nonzero(magnitudes <= fmt.underflow_limit)),
+        "subnormal": int(
+            np.count_nonzero(
+                (magnitudes > fmt.underflow_limit) & (magnitudes < fmt.normal_threshold)
+            )
+        ),
+        "overflow": int(np.count_nonzero(beyond)),
+        "count": int(magnitudes.size),
+    }
+
+
+def _fractions(counts: dict[str, int]) -> dict[str, float]:
+    denominator = max(counts["count"], 1)
+    return {
+        "underflow": counts["underflow"] / denominator,
+        "subnormal": counts["subnormal"] / denominator,
+        "overflow": counts["overflow"] / denominator,
+        "count": counts["count"],
+    }
+
+
 def cast_census(values: Any, dtype: str) -> dict[str, float]:
     """Fractions of the finite non-zero ``values`` that a cast to ``dtype`` makes zero
     (``underflow``), subnormal and non-zero (``subnormal``) or not finite (``overflow``: infinite,
@@ -120,27 +154,7 @@ def cast_census(values: Any, dtype: str) -> dict[str, float]:
     for an unknown ``dtype``. The census is of a plain cast: it does not apply the clipping with
     which Keras's float8 layers saturate instead of overflowing.
     """
-    fmt = float_format(dtype)
-    magnitudes = np.abs(_float_array(values)).ravel()
-    magnitudes = magnitudes[np.isfinite(magnitudes) & (magnitudes != 0)]
-    count = int(magnitudes.size)
-    underflow = int(np.count_nonzero(magnitudes <= fmt.underflow_limit))
-    subnormal = int(
-        np.count_nonzero((magnitudes > fmt.underflow_limit) & (magnitudes < fmt.normal_threshold))
-    )
-    beyond = (
-        magnitudes >= fmt.overflow_threshold
-        if fmt.overflow_tie_rounds_up
-        else magnitudes > fmt.overflow_threshold
-    )
-    overflow = int(np.count_nonzero(beyond))
-    denominator = max(count, 1)
-    return {
-        "underflow": underflow / denominator,
-        "subnormal": subnormal / denominator,
-        "overflow": overflow / denominator,
-        "count": count,
-    }
+    return _fractions(cast_counts(values, dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +192,21 @@ class Log2Histogram:
     @property
     def total(self) -> int:
         return sum(self.counts) + self.zeros + self.nonfinite
+
+    @classmethod
+    def merged(cls, histograms: Sequence[Log2Histogram]) -> Log2Histogram:
+        """One histogram of the values of all of ``histograms``."""
+        counts: dict[int, int] = {}
+        for histogram in histograms:
+            for exponent, count in zip(histogram.exponents, histogram.counts, strict=True):
+                counts[exponent] = counts.get(exponent, 0) + count
+        exponents = list(range(min(counts), max(counts) + 1)) if counts else []
+        return cls(
+            exponents=exponents,
+            counts=[counts.get(e, 0) for e in exponents],
+            zeros=sum(h.zeros for h in histograms),
+            nonfinite=sum(h.nonfinite for h in histograms),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,9 +300,23 @@ def gradient_census(
     have been through one already. The forward pass runs in training mode, as in a training
     step; non-trainable state it updates (batch-norm statistics) is put back afterwards.
     """
+    return gradient_censuses(model, batch, [loss_scale], dtype, loss_fn)[0]
+
+
+def gradient_censuses(
+    model: keras.Model,
+    batch: Sequence[Any],
+    loss_scales: Sequence[float],
+    dtype: str = "float16",
+    loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+) -> list[GradientCensus]:
+    """:func:`gradient_census` at each of ``loss_scales``, in that order, from one forward and
+    backward pass: the gradients do not depend on the scale (it multiplies them in float64,
+    after the pass), so a census at several scales costs one pass, not one per scale."""
     float_format(dtype)
-    if not (np.isfinite(loss_scale) and loss_scale > 0):
-        raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale}")
+    for loss_scale in loss_scales:
+        if not (np.isfinite(loss_scale) and loss_scale > 0):
+            raise ValueError(f"loss_scale must be a positive finite number, got {loss_scale}")
     low_precision = sorted(
         {layer.compute_dtype for layer in model.layers if layer.compute_dtype != "float32"}
     )
@@ -293,24 +336,37 @@ def gradient_census(
     finally:
         for variable, value in zip(model.non_trainable_variables, saved_state, strict=True):
             variable.assign(value)
-
-    # float64 so that the product neither overflows nor rounds before the census looks at it.
-    scaled = [
-        np.zeros(tuple(v.shape)) if g is None else np.asarray(g, dtype=np.float64) * loss_scale
+    unscaled = [
+        np.zeros(tuple(v.shape)) if g is None else np.asarray(g, dtype=np.float64)
         for g, v in zip(gradients, variables, strict=True)
     ]
-    per_variable = [
-        VariableCensus(variable.path, [int(n) for n in variable.shape], cast_census(g, dtype))
-        for variable, g in zip(variables, scaled, strict=True)
-    ]
-    everything = np.concatenate([g.ravel() for g in scaled]) if scaled else np.zeros(0)
+    return [_census_of(variables, unscaled, float(s), dtype, float(loss)) for s in loss_scales]
+
+
+def _census_of(
+    variables: Sequence[Any], unscaled: list[np.ndarray], loss_scale: float, dtype: str, loss: float
+) -> GradientCensus:
+    per_variable, histograms = [], []
+    totals = {"underflow": 0, "subnormal": 0, "overflow": 0, "count": 0}
+    for variable, gradient in zip(variables, unscaled, strict=True):
+        # float64 so that the product neither overflows nor rounds before the census looks at it.
+        scaled = gradient * loss_scale
+        counts = cast_counts(scaled, dtype)
+        for key, value in counts.items():
+            totals[key] += value
+        per_variable.append(
+            VariableCensus(variable.path, [int(n) for n in variable.shape], _fractions(counts))
+        )
+        histograms.append(Log2Histogram.of(scaled))
+    # Counts and histogram bins add up across variables: the same numbers as a census of all the
+    # gradients joined, without building that 8-bytes-a-value copy.
     return GradientCensus(
         dtype=dtype,
-        loss_scale=float(loss_scale),
-        loss=float(loss),
-        overall=cast_census(everything, dtype),
+        loss_scale=loss_scale,
+        loss=loss,
+        overall=_fractions(totals),
         per_variable=per_variable,
-        histogram=Log2Histogram.of(everything),
+        histogram=Log2Histogram.merged(histograms),
     )
 
 

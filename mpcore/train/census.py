@@ -20,7 +20,7 @@ def loss_scale_census(
     generated ships, with no loss scaling and at the ``LossScaleOptimizer``'s initial scale:
     ``[(scale, GradientCensus), ...]`` (see :func:`mpcore.precision.census.gradient_census`)."""
     from mpcore.data.synthetic import generated_batch
-    from mpcore.precision.census import gradient_census
+    from mpcore.precision.census import gradient_censuses
 
     float32 = RunConfig("float32", "off")
     with applied(float32):
@@ -31,4 +31,4 @@ def loss_scale_census(
         optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam())
         optimizer.build(model.trainable_variables)
         scales = [1.0, current_loss_scale(optimizer) or 1.0]
-        return [(s, gradient_census(model, batch, loss_scale=s, dtype=dtype)) for s in scales]
+        return list(zip(scales, gradient_censuses(model, batch, scales, dtype=dtype), strict=True))
