@@ -149,7 +149,9 @@ def test_steps_per_execution_must_divide_the_round() -> None:
         pass
 
 
-@pytest.mark.slow
+# A measured experiment, not a unit of behaviour: 11 interleaved rounds of real timings, which
+# beside another test's load (pytest -n) measure that load. CI runs it in its acceptance session.
+@pytest.mark.acceptance(reason="11 interleaved rounds of real step timings (about 40 s)")
 def test_the_fit_steps_time_agrees_with_model_fits_own() -> None:
     """The harness's ``fit`` step times what ``model.fit`` takes per step, within 15%.
 
