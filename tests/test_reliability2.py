@@ -136,37 +136,28 @@ def test_2_two_runs_on_one_out_and_a_stale_lock(
     out = tmp_path / "out"
     argv = ["run", "--data", str(tiny_ships), *ONE_EPOCH, "--precision", "float32"]
     argv += ["--out", str(out)]
-    env = cli_env(tmp_path)
-    first = _start(argv, tmp_path, env)
-    time.sleep(0.5)
-    second = _start(argv, tmp_path, env)
-    processes = [first, second]
+    # The holder is another process (what the lock is for); the second run, refused, can be this
+    # one: a process of its own would add only a start-up.
+    holder = _start(argv, tmp_path, cli_env(tmp_path))
     try:
-        # The loser exits 2 as soon as it meets the lock; the holder trains on.
         deadline = time.monotonic() + 240
-        while all(p.poll() is None for p in processes):
-            assert time.monotonic() < deadline, "neither run ended or was refused"
-            time.sleep(0.2)
-        loser = next(p for p in processes if p.poll() is not None)
-        holder = second if loser is first else first
-        _, err = loser.communicate()
+        lock = out / LOCK_FILE
+        while not (lock.is_file() and lock.read_text().strip() == str(holder.pid)):
+            assert holder.poll() is None, holder.communicate()
+            assert time.monotonic() < deadline, "the run took no lock within 240 s"
+            time.sleep(0.1)
+        code, _, err = invoke(argv)
         one_line(
-            loser.returncode,
-            err,
-            2,
-            f"--out {out} is in use by another mpbench run (pid {holder.pid}, lock ",
+            code, err, 2, f"--out {out} is in use by another mpbench run (pid {holder.pid}, lock "
         )
         assert holder.poll() is None, "the holder ended before it could be killed"
-        while not (out / RESULTS_FILE).is_file():
-            time.sleep(0.1)
-        assert (out / LOCK_FILE).read_text().strip() == str(holder.pid)
+        assert lock.read_text().strip() == str(holder.pid), "the refused run touched the lock"
         holder.send_signal(signal.SIGKILL)
         holder.communicate(timeout=60)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+        if holder.poll() is None:
+            holder.kill()
+            holder.communicate()
     # The next run takes the dead holder's lock over (the planted fault keeps it short).
     monkeypatch.setenv(FAULT_ENV, f"{FLOAT32}=error")
     code, stdout, _ = invoke([*argv, "--resume"])
