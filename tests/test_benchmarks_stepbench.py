@@ -20,6 +20,7 @@ from mpcore.train.settings import TrainSettings
 TINY = TrainSettings(model="small", image_size=16, batch_size=4)
 
 
+@pytest.mark.slow
 def test_a_round_runs_its_steps_and_the_step_is_timed_apart() -> None:
     config = RunConfig("mixed_float16", "off")
     with prepared_step(config, TINY, steps_per_round=3) as prepared:
@@ -118,6 +119,7 @@ def test_a_round_syncs_once_after_its_last_step_and_returns_a_float(
     assert calls.count("step") == 1 and calls.count("sync") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps_per_execution", [1, 3])
 def test_the_fit_step_is_kerass_train_function(steps_per_execution: int) -> None:
     with prepared_step(

@@ -159,6 +159,7 @@ def test_allow_cpu_runs_exactly_the_cpu_possible_combinations(suite: pytest.Pyte
     assert "auto-clustering does not cluster CPU ops" in skips["float32-auto-fit"]
 
 
+@pytest.mark.slow
 def test_cpu_run_records_every_field_prints_the_table_and_compares(
     suite: pytest.Pytester,
 ) -> None:
@@ -221,6 +222,7 @@ def test_cpu_run_records_every_field_prints_the_table_and_compares(
     second.stdout.fnmatch_lines(["*test_train_step?float32-off-fit? (0001*"])
 
 
+@pytest.mark.slow
 def test_both_steps_run_in_one_session_each_in_its_own_table(suite: pytest.Pytester) -> None:
     out = suite.path / "out.json"
     result = run(
@@ -263,6 +265,7 @@ def test_both_steps_run_in_one_session_each_in_its_own_table(suite: pytest.Pytes
     )
 
 
+@pytest.mark.slow
 def test_combinations_do_not_leak_rewrite_or_autoclustering(
     suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -297,6 +300,7 @@ def test_combinations_do_not_leak_rewrite_or_autoclustering(
     assert process_modes() == before
 
 
+@pytest.mark.slow
 def test_a_failing_combination_does_not_stop_the_others(
     suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -125,6 +125,7 @@ def _child_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": root, **extra}
 
 
+@pytest.mark.slow
 def test_working_folder_is_on_the_path_and_start_up_is_quiet(tmp_path):
     """As ``python -m`` would have it: ``cd`` into the factory's folder and name ``mod:fn``. The
     child is not told to quieten TensorFlow: its stderr holds the one error line and nothing

@@ -118,6 +118,7 @@ def test_doctor_notes_tf32_for_a_fake_h100(invoke, monkeypatch, tf32_on) -> None
 TIMING_FIELDS = {"op", "dtype", "shape", "flops", "seconds", "tflops", "peak_tflops", "error"}
 
 
+@pytest.mark.slow
 def test_doctor_measure_json_on_this_machine(invoke) -> None:
     start = time.perf_counter()
     code, out, err = invoke(["doctor", "--measure", "--json"])

@@ -53,6 +53,7 @@ KERAS_HOOKS_ON_THE_TRAINING_THREAD = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.cpu(reason="a model on the CPU, every backend")
 def test_a_planted_nan_is_named_at_its_step_and_the_scale_it_ran_with(tmp_path: Path) -> None:
     guard = make_loss_guard("mixed_float16+xla_off")
@@ -86,6 +87,7 @@ def test_a_guard_that_is_not_async_safe_puts_every_hook_back_on_the_training_thr
     assert probe.threads == {threading.main_thread().name}
 
 
+@pytest.mark.slow
 @pytest.mark.tensorflow_only
 @pytest.mark.cpu(reason="which thread runs Keras's batch hooks, for a model on the CPU")
 def test_on_tensorflow_keras_reads_every_batch_on_the_training_thread() -> None:

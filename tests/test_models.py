@@ -97,6 +97,7 @@ def test_imagenet_weights_are_never_downloaded(tmp_path: Path, monkeypatch) -> N
         build_model("small", 32, weights="imagenet")
 
 
+@pytest.mark.slow
 def test_imagenet_weights_load_from_the_local_cache(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     donor = build_model("resnet50", 32)

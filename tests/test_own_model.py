@@ -92,6 +92,7 @@ def test_non_image_model_needs_array_data(invoke, tmp_path: Path) -> None:
 # The benchmarks
 
 
+@pytest.mark.slow
 def test_benchmarks_time_the_users_model(pytester: pytest.Pytester, monkeypatch) -> None:
     monkeypatch.setenv("MPBENCH_FAKE_GPU", "none")
     monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
@@ -228,6 +229,7 @@ def test_slower_layers_are_sorted_by_added_time_from_their_own_timings() -> None
     assert made_up_profile().layer_sum_ms("mixed_float16+xla_off") == 23.0
 
 
+@pytest.mark.slow
 def test_profile_on_this_cpu_lists_layers_slower_in_float16(invoke, tmp_path: Path) -> None:
     # A CPU fact (float16 is emulated there), so the CPU is pinned.
     with tf.device("/CPU:0"):
@@ -254,6 +256,7 @@ def test_profile_on_this_cpu_lists_layers_slower_in_float16(invoke, tmp_path: Pa
         assert total == pytest.approx(sum(layer["ms"][name] for layer in document["layers"]))
 
 
+@pytest.mark.slow
 def test_profile_command_names_the_model(invoke, tmp_path: Path) -> None:
     out = tmp_path / "p"
     code, stdout, stderr = invoke(

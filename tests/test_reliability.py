@@ -376,6 +376,7 @@ def fuzz_root(tiny_ships: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return Path(shutil.copytree(tiny_ships, tmp_path_factory.mktemp("fuzz") / "ships"))
 
 
+@pytest.mark.slow
 @settings(
     max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -459,6 +460,7 @@ def test_the_loss_guard_names_configuration_epoch_step_and_scale(
 # Reproducibility where bitwise identity is not promised
 
 
+@pytest.mark.slow
 def test_runs_without_op_determinism_repeat_within_a_tolerance(tiny_ships: Path) -> None:
     """Without op determinism (the default on a GPU, and what ``xla_jit`` gets: Keras drops
     ``jit_compile`` under it) two runs are only promised to agree within a tolerance; the CPU

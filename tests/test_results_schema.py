@@ -355,6 +355,7 @@ def _report_survives(document: Any, name: str, folder: Path, capsys) -> None:
         assert_refused(code, err)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(mutation=_mutations(real_run()))
 def test_report_of_a_mutated_results_json_renders_or_refuses(

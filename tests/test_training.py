@@ -125,6 +125,7 @@ def test_custom_step_with_loss_scaling_matches_float32() -> None:
     assert np.linalg.norm(update16) == pytest.approx(np.linalg.norm(update32), rel=0.1)
 
 
+@pytest.mark.slow
 def test_small_model_learns_the_generated_set(tmp_path: Path) -> None:
     """The generated set is learnable: >= 90% validation accuracy within 5 float32 epochs, at
     the default batch and learning rate. At 32 px (measured: 0.975 after 4 epochs, 1.0 after 5)

@@ -190,6 +190,7 @@ def test_a_dead_zygote_is_given_up_for_fresh_processes(fifo: Path, tmp_path: Pat
         server.spawn(str(fifo), _env(), [0, 1, log.fileno()])
 
 
+@pytest.mark.slow
 def test_the_fork_server_block_stops_the_zygote_and_its_workers(fifo: Path, tmp_path: Path) -> None:
     with open(tmp_path / "log", "w") as log, launcher.fork_server():
         server = launcher._servers[-1]
@@ -200,6 +201,7 @@ def test_the_fork_server_block_stops_the_zygote_and_its_workers(fifo: Path, tmp_
     _wait_until(lambda: not alive(worker.pid), 10, "a worker outlived its zygote")
 
 
+@pytest.mark.slow
 def test_a_pool_keeps_a_runs_fork_server_for_later_runs_and_stops_it_at_its_end(
     fifo: Path, tmp_path: Path
 ) -> None:
@@ -231,6 +233,7 @@ def test_a_pool_keeps_a_runs_fork_server_for_later_runs_and_stops_it_at_its_end(
     assert launcher._pool is None
 
 
+@pytest.mark.slow
 def test_a_worker_whose_zygote_dies_fails_and_later_workers_start_fresh(
     fifo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -263,6 +266,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_the_zygote_and_its_workers_stop_when_the_parent_is_killed(
     fifo: Path, tmp_path: Path
 ) -> None:
