@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from mpcore.data.ships import (
     images_dir,
     make_dataset,
     read_ship_index,
+    steps_per_epoch,
     stratified_split,
 )
 from mpcore.data.synthetic import MARKER, write_synthetic_ships
@@ -78,6 +81,31 @@ def test_pipeline_batches_have_model_shapes_and_dtypes(ship_root: Path) -> None:
     assert float(np.min(images)) >= 0.0 and float(np.max(images)) <= 1.0
     total = sum(int(batch[1].shape[0]) for batch in dataset)
     assert total == len(index)
+
+
+@pytest.mark.parametrize(
+    ("shuffle", "cache"),
+    [(True, False), (True, True), (False, False)],
+    ids=["shuffled", "cached", "in-order"],
+)
+def test_pipeline_knows_its_length_so_fit_does_not_warn(
+    ship_root: Path, shuffle: bool, cache: bool
+) -> None:
+    """Every pipeline counts its batches: with an unknown count Keras's first epoch ends by
+    running out of data, with a UserWarning that every run printed."""
+    index = read_ship_index(ship_root)
+    dataset = make_dataset(
+        index, 16, 16, model_spec("small").preprocess, shuffle=shuffle, cache=cache
+    )
+    assert int(dataset.cardinality()) == steps_per_epoch(len(index), 16)
+    assert sum(1 for _ in dataset) == steps_per_epoch(len(index), 16)  # and it holds that many
+    model = keras.Sequential(
+        [keras.Input((16, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(5)]
+    )
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*ran out of data.*")
+        model.fit(dataset, epochs=2, shuffle=False, verbose=0)
 
 
 def test_pipeline_order_is_seeded(ship_root: Path) -> None:

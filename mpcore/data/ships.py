@@ -403,6 +403,10 @@ def make_dataset(
                 (tf.gather(batch[0], positions), tf.gather(batch[1], positions))
             )
         )
+    # The shuffled orders come from a generator, so tf.data cannot count the images; Keras then
+    # learns the epoch's length only by running out of data, and says so as a UserWarning ("Your
+    # input ran out of data; interrupting training") after every first epoch. The count is known.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     if shard_policy is not None:
         options = tf.data.Options()
