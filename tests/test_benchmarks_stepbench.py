@@ -10,6 +10,7 @@ import time
 import keras
 import pytest
 import tensorflow as tf
+from traces import counted_steps
 
 import mpcore.bench.stepbench
 from mpcore.bench.stepbench import MemoryProbe, PreparedStep, prepared_step, throughput_fields
@@ -122,9 +123,16 @@ def test_a_round_syncs_once_after_its_last_step_and_returns_a_float(
 @pytest.mark.slow
 @pytest.mark.parametrize("steps_per_execution", [1, 3])
 def test_the_fit_step_is_kerass_train_function(steps_per_execution: int) -> None:
-    with prepared_step(
-        RunConfig(), TINY, steps_per_round=6, kind="fit", steps_per_execution=steps_per_execution
-    ) as prepared:
+    with (
+        counted_steps() as traces,
+        prepared_step(
+            RunConfig("mixed_float16", "off"),
+            TINY,
+            steps_per_round=6,
+            kind="fit",
+            steps_per_execution=steps_per_execution,
+        ) as prepared,
+    ):
         model = prepared.model
         assert prepared.describe()["step"] == "fit"
         assert model.steps_per_execution == steps_per_execution
@@ -141,6 +149,9 @@ def test_the_fit_step_is_kerass_train_function(steps_per_execution: int) -> None
             verbose=0,
         )
         assert model.train_function is train_function
+        # Traced once, in the first step: the optimizer's slots and loss scale and the metrics'
+        # totals exist before it (build_before_tracing), or the first step would trace twice.
+        assert traces["train_step"] == 1
 
 
 def test_steps_per_execution_must_divide_the_round() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import math
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from traces import counted_steps
 
 from mpcore.data.ships import read_ship_index, stratified_split
 from mpcore.models.registry import build_model
@@ -25,12 +27,21 @@ def splits(ship_root: Path):
 
 
 @pytest.fixture(scope="module")
-def results(splits):
+def step_traces() -> dict[str, collections.Counter]:
+    """Per precision, the traces of the train and test steps while ``results`` trained it."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def results(splits, step_traces):
     train_index, validation_index = splits
-    return {
-        precision: train(RunConfig(precision, "off"), SETTINGS, train_index, validation_index)
-        for precision in ("float32", "mixed_float16")
-    }
+    trained = {}
+    for precision in ("float32", "mixed_float16"):
+        with counted_steps() as step_traces[precision]:
+            trained[precision] = train(
+                RunConfig(precision, "off"), SETTINGS, train_index, validation_index
+            )
+    return trained
 
 
 @pytest.mark.slow
@@ -73,6 +84,17 @@ def test_every_result_field_is_filled(results, splits, precision: str) -> None:
 def test_first_epoch_includes_tracing(results) -> None:
     result = results["float32"]
     assert result.first_epoch_seconds > result.steady_epoch_seconds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_fit_traces_each_step_once(results, step_traces, precision: str) -> None:
+    """Two epochs, each validated, trace the train step once and the test step once. Without a
+    strategy Keras on TensorFlow would create the optimizer's slots (and the loss scale) and the
+    metrics' totals while tracing, and a tf.function that creates variables is traced twice:
+    ``train`` builds them first (``build_before_tracing``)."""
+    assert len(results[precision].loss) == 2
+    assert dict(step_traces[precision]) == {"train_step": 1, "test_step": 1}
 
 
 def test_batch_larger_than_training_split_is_refused(splits) -> None:

@@ -249,6 +249,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "if False:",
         ("tests/test_zygote.py", "-k", "pool_keeps"),
     ),
+    Mutant(  # the optimizer and metrics left to fit's first trace: the train step traced twice
+        "fit-builds-while-tracing",
+        "mpcore/train/fit.py",
+        "        build(data_batch=data.element_spec)",
+        "        pass",
+        ("tests/test_benchmarks_stepbench.py", "-k", "kerass_train_function"),
+    ),
 )
 
 _PEAK_LINE = re.compile(r'DevicePeak\("(?P<name>[^"]+)", (?P<fields>[^)]*)\)')

@@ -38,7 +38,7 @@ from mpcore.probe import backend, telemetry
 from mpcore.probe.backend import tf
 from mpcore.probe.peaks import device_peak, peak_tflops
 from mpcore.train.custom_step import make_train_step
-from mpcore.train.fit import build_compiled, current_loss_scale
+from mpcore.train.fit import build_before_tracing, build_compiled, current_loss_scale
 from mpcore.train.settings import TrainSettings
 from mpcore.user.ownmodel import is_user_model
 
@@ -216,12 +216,14 @@ def fit_train_step(
     default strategy included). One call runs ``steps_per_execution`` steps and returns the
     loss (the loss tracker's mean, as ``fit``'s logs report it).
 
-    The first execution goes through ``model.fit`` itself: fit builds the optimizer and the
-    metrics before tracing (under a strategy a variable created while tracing fails) and makes
-    the train function, which the later calls reuse.
+    The first execution goes through ``model.fit`` itself, which makes the train function that
+    the later calls reuse. The optimizer and the metrics are built before it traces (under a
+    strategy fit does it, and a variable created while tracing fails there; without one
+    :func:`build_before_tracing` does, or the train function would be traced twice).
     """
     model.steps_per_execution = steps_per_execution
     data = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    build_before_tracing(model, data)
     model.fit(data, epochs=1, steps_per_epoch=steps_per_execution, shuffle=False, verbose=0)
     iterator = iter(model.distribute_strategy.experimental_distribute_dataset(data))
     train_function = model.train_function

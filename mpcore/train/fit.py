@@ -219,6 +219,30 @@ def build_compiled(
     return model
 
 
+def build_before_tracing(model: keras.Model, data: Any) -> None:
+    """Create the variables that training adds to a compiled model (the optimizer's slots and
+    step counter, a loss scale, the compiled metrics' totals) before ``fit`` traces its train
+    function, as Keras itself does under a ``tf.distribute`` strategy and on JAX and torch.
+
+    Without a strategy, Keras on TensorFlow defers them to the first trace of the train function,
+    and a ``tf.function`` that creates variables on its first call is traced a second time,
+    without them, before it runs: twice the tracing and graph building of the whole training
+    step, the forward pass, the gradients and every variable's update. For the 91-layer MobileNet
+    (alpha 0.25, 48 px, batch 8, a 2-core CPU) the first epoch took 16.3 s with the second trace
+    and 6.7 s without it (this build: 0.55 s). ``data`` is the ``tf.data.Dataset`` that ``fit``
+    will read (its element spec shapes the symbolic build); any other input is left to Keras."""
+    if not backend.is_tensorflow() or not isinstance(data, tf.data.Dataset):
+        return
+    if model.distribute_strategy is not tf.distribute.get_strategy():
+        return  # the model's own strategy: fit builds everything before tracing by itself
+    # Keras's own build (what fit calls under a strategy): a symbolic forward pass, the
+    # compiled loss and metrics on its outputs, then the optimizer on the trainable variables.
+    # Private: a Keras without it traces twice, as before.
+    build = getattr(model, "_symbolic_build", None)
+    if build is not None:
+        build(data_batch=data.element_spec)
+
+
 def train(
     config: RunConfig,
     settings: TrainSettings,
@@ -312,6 +336,7 @@ def train(
         # Stops fit at the end of the epoch (validation included) that reaches --target.
         recorder = target_recorder(parse_target(settings.target)) if settings.target else None
         stopper = [recorder] if recorder is not None else []
+        build_before_tracing(model, train_data)
         history = model.fit(
             train_data,
             validation_data=validation_data,
