@@ -19,7 +19,7 @@ from mpcore.data.synthetic import write_synthetic_ships
 from mpcore.models.registry import build_model, model_spec
 from mpcore.precision.fp8 import float8_candidates, float8_report
 from mpcore.precision.modes import RunConfig, applied, check_model
-from mpcore.train.fit import compile_for
+from mpcore.train.fit import build_before_tracing, compile_for
 from mpcore.train.settings import op_determinism
 
 #: The data is a tf.data pipeline: TensorFlow-only (the float8 layers exist on every backend).
@@ -45,6 +45,7 @@ def fit(precision: str, train_data, validation_data) -> dict:
         quantized = [
             layer.name for layer in float8_candidates(model) if layer.quantization_mode == "float8"
         ]
+        build_before_tracing(model, train_data)  # as train() does: one trace, not two
         history = model.fit(
             train_data,
             validation_data=validation_data,
