@@ -18,8 +18,8 @@ from mpcore.precision.census import (
     Log2Histogram,
     cast_census,
     gradient_census,
-    plot_log2_histogram,
 )
+from mpcore.precision.census_plot import plot_log2_histogram
 from mpcore.precision.modes import RunConfig, applied
 from mpcore.probe import backend
 from mpcore.probe.backend import tf

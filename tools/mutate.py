@@ -178,9 +178,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(  # the census counts a value exactly at the underflow limit as representable
         "census-underflow-boundary",
         "mpcore/precision/census.py",
-        "    underflow = int(np.count_nonzero(magnitudes <= fmt.underflow_limit))",
-        "    underflow = int(np.count_nonzero(magnitudes < fmt.underflow_limit))",
+        '        "underflow": int(np.count_nonzero(magnitudes <= fmt.underflow_limit)),',
+        '        "underflow": int(np.count_nonzero(magnitudes < fmt.underflow_limit)),',
         ("numerics/test_representability.py",),
+    ),
+    Mutant(  # the overall census of many variables is the last variable's, not their sum
+        "census-overall-not-summed",
+        "mpcore/precision/census.py",
+        "            totals[key] += value",
+        "            totals[key] = value",
+        ("numerics/test_gradient_census.py", "-k", "cast_census_of_the_scaled_tape"),
     ),
     _guarded("check-variable-dtype", "layer.variable_dtype != variable"),
     _guarded("check-output-dtype", 'output.dtype != "float32"'),

@@ -17,7 +17,7 @@ def _percent(fraction: float) -> str:
 def cmd_numerics(args: argparse.Namespace) -> int:
     load_tensorflow()
     from mpcore.models.registry import model_spec
-    from mpcore.precision.census import plot_log2_histogram
+    from mpcore.precision.census_plot import plot_log2_histogram
     from mpcore.train.census import loss_scale_census
 
     spec = model_spec(args.model)
