@@ -8,11 +8,8 @@ replica and the scaling efficiency against that baseline.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -184,33 +181,7 @@ def test_two_local_workers_train_in_sync_and_the_chief_records(workers_run) -> N
     assert f"{name}@multiworker" in workers_run.stdout
 
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TINY_BENCH = ("--mp-allow-cpu", "--mp-xla=off", "--mp-image-size=16", "--mp-batch=4")
-
-
-def bench(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The training-step benchmark in its own process (logical CPUs must be set up first)."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(BENCHMARKS / "test_train_step.py"),
-            "-p",
-            "no:randomly",
-            "-q",
-            "-rs",
-            "--rootdir",
-            str(BENCHMARKS),
-            *TINY_BENCH,
-            *args,
-        ],
-        env={**env, "MPBENCH_FAKE_GPU": "none", "CUDA_VISIBLE_DEVICES": ""},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.mark.cpu(reason="one unsplit CPU is one device to mirror over")
@@ -232,35 +203,6 @@ def test_benchmark_mirrored_is_skipped_with_one_replica(
         assert reason.startswith(
             "--mp-strategy mirrored needs 2 or more replicas; TensorFlow sees 1"
         )
-
-
-@pytest.mark.slow
-@pytest.mark.cpu(reason="--mp-cpu-replicas splits the CPU into logical devices")
-def test_benchmark_mirrored_over_two_cpus_records_replicas(tmp_path: Path, cli_env) -> None:
-    out = tmp_path / "bench.json"
-    result = bench(
-        "--mp-precision=mixed_float16",
-        "--mp-strategy=mirrored",
-        "--mp-cpu-replicas=2",
-        "--mp-steps=2",
-        "--mp-rounds=2",
-        "--mp-warmup-rounds=0",
-        f"--benchmark-json={out}",
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
-    (benchmark,) = json.loads(out.read_text())["benchmarks"]
-    info = benchmark["extra_info"]
-    assert (info["strategy"], info["replicas"], info["batch"], info["global_batch"]) == (
-        "mirrored",
-        2,
-        4,
-        8,
-    )
-    assert info["images_per_second"] == pytest.approx(2 * info["images_per_second_per_replica"])
-    assert info["final_loss_scale"] > 0  # the LossScaleOptimizer ran under the strategy
-    assert "small 16px batch 4 on CPU, mirrored x2" in result.stdout
 
 
 @pytest.mark.slow
