@@ -3,9 +3,13 @@
 The CPU must be split into logical devices before TensorFlow initialises its devices, which the
 pytest process has long done, hence a separate process. Usage::
 
-    python tests/mirrored_probe.py DATA_ROOT
+    python tests/mirrored_probe.py DATA_ROOT [BENCHMARK_JSON]
 
-prints one JSON document (last line of stdout) with the measurements the tests assert on.
+prints one JSON document (last line of stdout) with the measurements the tests assert on. With
+``BENCHMARK_JSON`` the process first runs the mirrored training-step benchmark (a pytest session
+of ``benchmarks/`` with ``--mp-cpu-replicas 2``, whose plugin splits the CPU), writing
+pytest-benchmark's JSON there and its report to stdout: one TensorFlow start-up for both, which
+need the same split CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -28,6 +33,14 @@ from mpcore.train.settings import TrainSettings
 
 PER_REPLICA_BATCH = 8
 IMAGE_SIZE = 16
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+#: The benchmark's tiny settings: mixed_float16 (a loss scale under the strategy), 4 images per
+#: replica at 16 px, 2 rounds of 2 steps.
+BENCHMARK_OPTIONS = (
+    *("--mp-allow-cpu", "--mp-xla=off", "--mp-image-size=16", "--mp-batch=4"),
+    *("--mp-precision=mixed_float16", "--mp-strategy=mirrored", "--mp-cpu-replicas=2"),
+    *("--mp-steps=2", "--mp-rounds=2", "--mp-warmup-rounds=0"),
+)
 
 
 class WeightUpdate(keras.callbacks.Callback):
@@ -154,9 +167,31 @@ def xla_checks(strategy: tf.distribute.Strategy) -> dict[str, object]:
     return {"jit_compile": verified, "auto_rejected": auto_rejected}
 
 
-def main(data_root: str) -> None:
-    # Importing TensorFlow leaves its devices uninitialised; the first op would fix them.
-    configure_logical_cpus(2)
+def benchmark(json_path: str) -> int:
+    """``pytest benchmarks/test_train_step.py`` under MirroredStrategy over two logical CPUs,
+    in this process; its exit status. The plugin splits the CPU (``--mp-cpu-replicas``), so this
+    must come before any other TensorFlow work."""
+    import pytest
+
+    return int(
+        pytest.main(
+            [
+                str(BENCHMARKS / "test_train_step.py"),
+                *("-p", "no:randomly", "-p", "no:cacheprovider", "-q", "-rs"),
+                *("--rootdir", str(BENCHMARKS), *BENCHMARK_OPTIONS),
+                f"--benchmark-json={json_path}",
+            ]
+        )
+    )
+
+
+def main(data_root: str, benchmark_json: str | None = None) -> None:
+    benchmark_status = None
+    if benchmark_json:
+        benchmark_status = benchmark(benchmark_json)  # splits the CPU in two
+    else:
+        # Importing TensorFlow leaves its devices uninitialised; the first op would fix them.
+        configure_logical_cpus(2)
     strategy = make_strategy("mirrored")
     splits = stratified_split(read_ship_index(data_root), 0.2, seed=0)
     runs = {}
@@ -184,10 +219,11 @@ def main(data_root: str) -> None:
         "runs": runs,
         "overflow_on_replica_1": overflow_on_one_replica(strategy, replica=1),
         "xla": xla_checks(strategy),
+        "benchmark_status": benchmark_status,
     }
     sys.stdout.flush()
     print(json.dumps(report))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -3,8 +3,9 @@ multi-worker launcher, and scaling figures.
 
 MirroredStrategy needs the CPU split into two logical devices before TensorFlow initialises its
 devices, which this pytest process did long ago, so those runs happen in a fresh process
-(tests/mirrored_probe.py) whose JSON report the tests read. MultiWorkerMirroredStrategy runs
-as two real worker processes started by the launcher under test.
+(tests/mirrored_probe.py) whose JSON report the tests read; the same process first runs the
+training-step benchmark under the strategy (``--mp-cpu-replicas 2``). MultiWorkerMirroredStrategy
+runs as two real worker processes started by the launcher under test.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import keras
 import pytest
+from scenarios import SCRUBBED_ENV, XDIST_ENV
 
 from mpcore.models.registry import build_model
 from mpcore.names import STRATEGIES
@@ -258,17 +260,35 @@ def small_ships(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mirrored(small_ships: Path) -> dict:
+def mirrored(small_ships: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The probe's report, plus ``benchmark`` (pytest-benchmark's JSON of the mirrored
+    training-step benchmark it ran first) and ``stdout`` (that session's report among it)."""
+    folder = tmp_path_factory.mktemp("mirrored-probe")
+    benchmark_json = folder / "bench.json"
+    # Made before the function-scoped fixtures that drop these variables: a planted fault or a
+    # cluster must not reach the probe, and pytest-xdist's variables would make the benchmark
+    # session inside it disable its benchmarks.
+    env = {k: v for k, v in os.environ.items() if k not in (*SCRUBBED_ENV, *XDIST_ENV)}
     completed = subprocess.run(
-        [sys.executable, str(PROBE), str(small_ships)],
+        [sys.executable, str(PROBE), str(small_ships), str(benchmark_json)],
         capture_output=True,
         text=True,
         timeout=600,
-        # The probe splits the CPU into two logical devices: no GPU in the child.
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""},
+        cwd=folder,
+        # The probe splits the CPU into two logical devices: no GPU in the child, and every
+        # decision of the benchmark's plugin made for none.
+        env={
+            **env,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "CUDA_VISIBLE_DEVICES": "",
+            "MPBENCH_FAKE_GPU": "none",
+        },
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    # No file when the benchmark session stopped early: its test says why, the others go on.
+    benchmark = json.loads(benchmark_json.read_text()) if benchmark_json.exists() else {}
+    return report | {"benchmark": benchmark, "stdout": completed.stdout}
 
 
 def _relative(a: float, b: float) -> float:
@@ -348,6 +368,25 @@ def test_xla_mode_is_verified_under_a_strategy(mirrored: dict) -> None:
     assert mirrored["xla"]["jit_compile"] == {"off": False, "jit": True}
     # jit_compile="auto" resolves to off under tf.distribute (and on a CPU): check_model says so.
     assert "model.jit_compile is False, expected True" in mirrored["xla"]["auto_rejected"]
+
+
+@pytest.mark.slow
+@pytest.mark.cpu(reason="--mp-cpu-replicas splits the CPU into logical devices")
+def test_benchmark_mirrored_over_two_cpus_records_replicas(mirrored: dict) -> None:
+    """The training-step benchmark the probe ran first, with --mp-strategy mirrored and
+    --mp-cpu-replicas 2 (tests/mirrored_probe.py, BENCHMARK_OPTIONS: mixed_float16, batch 4)."""
+    assert mirrored["benchmark_status"] == 0, mirrored["stdout"][-3000:]
+    (benchmark,) = mirrored["benchmark"].get("benchmarks", [])
+    info = benchmark["extra_info"]
+    assert (info["strategy"], info["replicas"], info["batch"], info["global_batch"]) == (
+        "mirrored",
+        2,
+        4,
+        8,
+    )
+    assert info["images_per_second"] == pytest.approx(2 * info["images_per_second_per_replica"])
+    assert info["final_loss_scale"] > 0  # the LossScaleOptimizer ran under the strategy
+    assert "small 16px batch 4 on CPU, mirrored x2" in mirrored["stdout"]
 
 
 # --------------------------------------------------------------------------------------------
