@@ -152,6 +152,10 @@ def test_2_two_runs_on_one_out_and_a_stale_lock(
         )
         assert holder.poll() is None, "the holder ended before it could be killed"
         assert lock.read_text().strip() == str(holder.pid), "the refused run touched the lock"
+        while not (out / RESULTS_FILE).is_file():  # a run to resume: the lock comes first
+            assert holder.poll() is None, holder.communicate()
+            assert time.monotonic() < deadline, "the run wrote no results.json within 240 s"
+            time.sleep(0.1)
         holder.send_signal(signal.SIGKILL)
         holder.communicate(timeout=60)
     finally:
