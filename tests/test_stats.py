@@ -177,6 +177,18 @@ def test_spread_warnings_name_the_configuration_and_repeat() -> None:
     assert any("repeat 4" in w for w in spread_warnings({C: [10.0, 10.0, 10.0, 13.0, 10.1]}))
 
 
+def test_spread_of_huge_figures_is_the_same_and_overflows_nothing() -> None:
+    """A results.json edited by hand may hold any finite number: the spread is the same ratio,
+    with no RuntimeWarning from squaring deviations near the largest float."""
+    values = [50.0, 70.0, 40.0, 60.0, 55.0]
+    with np.errstate(all="raise"):
+        huge = spread_warnings({B: [v * 1e306 for v in values]}, unit="ms/step")
+    assert [w.split(":")[1] for w in huge if "vary by" in w] == [
+        w.split(":")[1] for w in spread_warnings({B: values}) if "vary by" in w
+    ]
+    assert any("vary by 20%" in w for w in huge)
+
+
 def test_noise_floor_is_the_largest_relative_difference() -> None:
     assert noise_floor([100.0, 104.0], [98.0, 101.0]) == pytest.approx(104 / 98 - 1)
     assert noise_floor([10.0], [10.0]) == 0.0

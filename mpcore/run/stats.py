@@ -326,8 +326,12 @@ def spread_warnings(rows: Mapping[str, Sequence[float]], unit: str = "ms/step") 
         array = np.asarray(values, dtype=float)
         if len(array) < 2:
             continue
-        mean = float(array.mean())
-        cv = float(array.std(ddof=1)) / mean if mean > 0 else 0.0
+        # The ratio does not depend on the unit: taken on values scaled to at most 1, huge
+        # figures (a hand-edited results.json) do not overflow the squares of the deviation.
+        peak = float(np.max(np.abs(array)))
+        scaled = array / peak if 0 < peak < np.inf else array
+        mean = float(scaled.mean())
+        cv = float(scaled.std(ddof=1)) / mean if mean > 0 else 0.0
         if cv > CV_WARNING:
             warnings.append(
                 f"{name}: its repeats vary by {cv:.0%} of their mean (over {CV_WARNING:.0%}): "
