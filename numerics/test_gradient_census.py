@@ -191,11 +191,12 @@ def test_a_census_at_several_scales_is_one_pass_with_each_scales_figures(
         "_loss_and_gradients",
         lambda *args: passes.append(args) or one_pass(*args),
     )
-    scales = [2.0**15, 1.0, settled_scale]
+    scales = [2.0**15, 1.0, settled_scale, 1.0]
     reports = census_module.gradient_censuses(
         confident_model, cargo_batch, scales, loss_fn=CROSS_ENTROPY
     )
     assert len(passes) == 1
+    assert reports[3] is reports[1]  # a scale asked for twice is counted once
     assert [r.loss_scale for r in reports] == scales
     for scale, report in zip(scales, reports, strict=True):
         assert report == census_at(scale), scale

@@ -107,7 +107,7 @@ def _float_array(values: Any) -> np.ndarray:
         )
     # Comparisons against the thresholds are exact in float64 for every narrower input; wider
     # inputs (long double) are compared in their own type.
-    return array.astype(np.float64) if array.dtype.itemsize <= 8 else array
+    return array.astype(np.float64, copy=False) if array.dtype.itemsize <= 8 else array
 
 
 def cast_counts(values: Any, dtype: str) -> dict[str, int]:
@@ -338,7 +338,13 @@ def gradient_censuses(
         np.zeros(tuple(v.shape)) if g is None else np.asarray(g, dtype=np.float64)
         for g, v in zip(gradients, variables, strict=True)
     ]
-    return [_census_of(variables, unscaled, float(s), dtype, float(loss)) for s in loss_scales]
+    # A scale asked for twice (check asks for the optimizer's and 1, often one and the same)
+    # is counted once.
+    censuses = {
+        float(s): _census_of(variables, unscaled, float(s), dtype, float(loss))
+        for s in dict.fromkeys(loss_scales)
+    }
+    return [censuses[float(s)] for s in loss_scales]
 
 
 def _census_of(
