@@ -84,7 +84,6 @@ def run_in_process(
     """``mpbench run ARGV --out folder/run`` in this process, with the data cache in ``cache``,
     ``env`` added to the environment and the scrubbed variables removed. ``cpu_only``: every
     decision made for no GPU and the workers shown none (as the ``cpu`` marker does)."""
-    folder.mkdir(parents=True, exist_ok=True)
     out = folder / "run"
     with pytest.MonkeyPatch.context() as patch:
         for name in SCRUBBED_ENV:
@@ -100,12 +99,20 @@ def run_in_process(
             for module in [m for name, m in sys.modules.items() if name.startswith("mpcore")]:
                 if getattr(module, "visible_gpus", None) is visible_gpus:
                     patch.setattr(module, "visible_gpus", lambda: ())
-        with output_to(folder) as (stdout, stderr):
-            try:
-                code = main([*argv, "--out", str(out)])
-            except SystemExit as stop:  # argparse's errors
-                code = stop.code
-    return Run(code, stdout.read_text(), stderr.read_text(), out)
+        code, stdout, stderr = run_main([*argv, "--out", str(out)], folder)
+    return Run(code, stdout, stderr, out)
+
+
+def run_main(argv: Sequence[str], folder: Path) -> tuple[int, str, str]:
+    """``mpbench ARGV`` in this process, with file descriptors 1 and 2 (the workers' output too)
+    kept in ``folder``: (exit code, stdout, stderr), as a child process would give them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with output_to(folder) as (stdout, stderr):
+        try:
+            code = main(list(argv))
+        except SystemExit as stop:  # argparse's errors
+            code = stop.code
+    return code, stdout.read_text(), stderr.read_text()
 
 
 # --------------------------------------------------------------------------------------------

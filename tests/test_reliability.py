@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from processes import alive, children
-from scenarios import output_to
+from scenarios import run_main
 
 from mpcore.data.ships import (
     DataError,
@@ -34,7 +34,6 @@ from mpcore.data.ships import (
     read_ship_index,
     stratified_split,
 )
-from mpcore.face.cli import main
 from mpcore.run.files import write_json_atomic
 from mpcore.run.process import FAULT_ENV
 from mpcore.run.schema import RESULTS_FILE, SCHEMA
@@ -77,18 +76,6 @@ def saved_run(tmp_path: Path) -> Path:
         },
     )
     return out
-
-
-def run_command(argv: list[str], folder: Path) -> subprocess.CompletedProcess:
-    """``mpbench ARGV`` in this process, with file descriptors 1 and 2 (the workers' output too)
-    kept in ``folder``: the result a child process would give, without its start-up."""
-    folder.mkdir(parents=True)
-    with output_to(folder) as (stdout, stderr):
-        try:
-            code = main(argv)
-        except SystemExit as stop:
-            code = stop.code
-    return subprocess.CompletedProcess(argv, code, stdout.read_text(), stderr.read_text())
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -553,11 +540,11 @@ def test_killed_run_keeps_its_state_and_resume_continues_it(
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MPBENCH_CACHE", str(tmp_path))
         patch.setenv(FAULT_ENV, "mixed_float16+xla_off=nan")
-        resumed = run_command([*argv[3:], "--resume"], tmp_path / "resumed")
-    assert resumed.returncode == 1, resumed.stderr  # one configuration failed
-    assert "Traceback" not in resumed.stderr
-    assert "resuming: 1 configuration(s) already finished: float32+xla_off" in resumed.stdout
-    assert "[float32+xla_off] Epoch" not in resumed.stdout  # not trained again
+        code, resumed_out, resumed_err = run_main([*argv[3:], "--resume"], tmp_path / "resumed")
+    assert code == 1, resumed_err  # one configuration failed
+    assert "Traceback" not in resumed_err
+    assert "resuming: 1 configuration(s) already finished: float32+xla_off" in resumed_out
+    assert "[float32+xla_off] Epoch" not in resumed_out  # not trained again
     document = json.loads(results.read_text())
     assert document["status"] == "complete"
     records = {r["name"]: r for r in document["configurations"]}
@@ -568,7 +555,7 @@ def test_killed_run_keeps_its_state_and_resume_continues_it(
         "non-finite loss: mixed_float16+xla_off: loss is nan at epoch 1, step 2, loss scale "
     )
     assert float(nan["reason"].rsplit(" ", 1)[1]) > 1  # a live scale: not named collapsed
-    assert "FAILED after " in resumed.stdout and nan["reason"] in resumed.stdout
+    assert "FAILED after " in resumed_out and nan["reason"] in resumed_out
 
     # 3. Every result records the seed, the full configuration, the versions and the machine.
     result = records["float32+xla_off"]["result"]
