@@ -1,9 +1,11 @@
 """The fork server of lone workers: a forked worker behaves as the fresh process it replaces.
 
 One zygote serves the module (its start imports TensorFlow once); a worker that must wait is
-given a FIFO as its spec, so it blocks in ``open`` (after its signal handlers are restored) until
-the test writes a spec or signals it. Two tests start zygotes of their own: one whose parent is
-SIGKILLed, one stopped while a worker runs.
+given a FIFO as its spec, so it blocks in ``open`` (after its signal handlers are restored, before
+it imports TensorFlow) until the test writes a spec or signals it. The tests that start, stop or
+kill zygotes of their own test the process plumbing only: their zygotes preload nothing
+(``Zygote(preload=())``, :data:`LIGHT`), since importing TensorFlow changes nothing in it and
+costs seconds of CPU per zygote.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,10 @@ from mpcore.run.spec import WorkerSpec
 from mpcore.run.zygote import ForkedWorker, Unavailable, Zygote, compatible
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+#: A zygote that imports nothing before it serves: for the tests of starting, stopping and
+#: killing zygotes, whose workers block on a FIFO before they would import TensorFlow.
+LIGHT = partial(Zygote, preload=())
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -63,24 +70,35 @@ def no_kept_servers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def zygote() -> Iterator[Zygote]:
-    server = Zygote()
+    """The module's zygote, preloading nothing: its workers block on a FIFO or fail before they
+    would import TensorFlow (the one that trains has a real zygote of its own)."""
+    server = LIGHT()
     server.start(_env())  # without a planted fault: only a request may carry one
     yield server
     server.close()
     assert server.process is not None and server.process.returncode is not None
 
 
+def _spawn(
+    zygote: Zygote, folder: Path, spec: Path, **extra: str
+) -> tuple[ForkedWorker, Path, Path]:
+    """Fork a worker of ``spec`` with stdout and stderr to files of its own in ``folder``."""
+    out, err = folder / "stdout.txt", folder / "stderr.txt"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        worker = zygote.spawn(str(spec), _env(**extra), [0, stdout.fileno(), stderr.fileno()])
+    return worker, out, err
+
+
 @pytest.fixture
 def spawn(zygote: Zygote, tmp_path: Path) -> Callable[..., tuple[ForkedWorker, Path, Path]]:
-    """Fork a worker of ``spec`` with stdout and stderr to files of its own."""
+    """Fork a worker of ``spec`` from the module's zygote (:func:`_spawn`)."""
+    return partial(_spawn, zygote, tmp_path)
 
-    def run(spec: Path, **extra: str) -> tuple[ForkedWorker, Path, Path]:
-        out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-        with open(out, "w") as stdout, open(err, "w") as stderr:
-            worker = zygote.spawn(str(spec), _env(**extra), [0, stdout.fileno(), stderr.fileno()])
-        return worker, out, err
 
-    return run
+@pytest.fixture
+def light_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fork servers of :func:`launcher.fork_server` blocks preload nothing (:data:`LIGHT`)."""
+    monkeypatch.setattr(launcher, "Zygote", LIGHT)
 
 
 @pytest.fixture
@@ -104,26 +122,35 @@ def _tiny_spec(tiny_ships: Path, folder: Path) -> WorkerSpec:
     )
 
 
-def test_a_worker_trains_with_its_stdout_ours_and_exits_0(
-    spawn, tiny_ships: Path, tmp_path: Path
+@pytest.mark.slow
+def test_a_worker_trains_with_its_stdout_ours_and_a_requests_environment_reaches_its_worker(
+    tiny_ships: Path, tmp_path: Path
 ) -> None:
-    spec = _tiny_spec(tiny_ships, tmp_path).write(tmp_path / "spec.json")
-    worker, out, err = spawn(spec)
-    assert worker.wait(timeout=120) == 0, err.read_text()
-    assert worker.returncode == worker.poll() == 0
+    """A real zygote (TensorFlow imported before the fork): a worker trains and exits 0, and the
+    next request's environment, which alone carries a planted fault, reaches its worker."""
+    server = Zygote()
+    first, second = tmp_path / "first", tmp_path / "second"
+    try:
+        for folder in (first, second):
+            folder.mkdir()
+            _tiny_spec(tiny_ships, folder).write(folder / "spec.json")
+        worker, out, err = _spawn(server, first, first / "spec.json")
+        assert server.process is not None
+        # What the fork server is for: TensorFlow's libraries are loaded before any fork.
+        assert "libtensorflow" in Path(f"/proc/{server.process.pid}/maps").read_text()
+        assert worker.wait(timeout=120) == 0, err.read_text()
+        assert worker.returncode == worker.poll() == 0
+        # The zygote started without the planted fault: only the request carries it.
+        faulty, _out, faulty_err = _spawn(
+            server, second, second / "spec.json", **{FAULT_ENV: f"{BASELINE}=error"}
+        )
+        assert faulty.wait(timeout=120) == 1
+    finally:
+        server.close()
     assert f"[{BASELINE}] " in out.read_text()  # the progress line, prefixed
-    assert json.loads((tmp_path / "result.json").read_text())["status"] == "ok"
-
-
-def test_the_requests_environment_reaches_the_worker(
-    spawn, tiny_ships: Path, tmp_path: Path
-) -> None:
-    # The zygote started without the planted fault: only the request carries it.
-    spec = _tiny_spec(tiny_ships, tmp_path).write(tmp_path / "spec.json")
-    worker, _out, err = spawn(spec, **{FAULT_ENV: f"{BASELINE}=error"})
-    assert worker.wait(timeout=120) == 1
-    assert f"RuntimeError: injected fault ({FAULT_ENV})" in err.read_text()
-    record = json.loads((tmp_path / "result.json").read_text())
+    assert json.loads((first / "result.json").read_text())["status"] == "ok"
+    assert f"RuntimeError: injected fault ({FAULT_ENV})" in faulty_err.read_text()
+    record = json.loads((second / "result.json").read_text())
     assert record["reason"] == f"RuntimeError: injected fault ({FAULT_ENV})"
 
 
@@ -190,8 +217,9 @@ def test_a_dead_zygote_is_given_up_for_fresh_processes(fifo: Path, tmp_path: Pat
         server.spawn(str(fifo), _env(), [0, 1, log.fileno()])
 
 
-@pytest.mark.slow
-def test_the_fork_server_block_stops_the_zygote_and_its_workers(fifo: Path, tmp_path: Path) -> None:
+def test_the_fork_server_block_stops_the_zygote_and_its_workers(
+    light_runs: None, fifo: Path, tmp_path: Path
+) -> None:
     with open(tmp_path / "log", "w") as log, launcher.fork_server():
         server = launcher._servers[-1]
         worker = server.spawn(str(fifo), _env(), [0, 1, log.fileno()])
@@ -201,9 +229,8 @@ def test_the_fork_server_block_stops_the_zygote_and_its_workers(fifo: Path, tmp_
     _wait_until(lambda: not alive(worker.pid), 10, "a worker outlived its zygote")
 
 
-@pytest.mark.slow
 def test_a_pool_keeps_a_runs_fork_server_for_later_runs_and_stops_it_at_its_end(
-    fifo: Path, tmp_path: Path
+    light_runs: None, fifo: Path, tmp_path: Path
 ) -> None:
     with launcher.fork_server_pool(), open(tmp_path / "log", "w") as log:
         workers, servers = [], []
@@ -233,11 +260,10 @@ def test_a_pool_keeps_a_runs_fork_server_for_later_runs_and_stops_it_at_its_end(
     assert launcher._pool is None
 
 
-@pytest.mark.slow
 def test_a_worker_whose_zygote_dies_fails_and_later_workers_start_fresh(
     fifo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = Zygote()
+    server = LIGHT()
     try:
         with open(tmp_path / "log", "w") as log:
             worker = server.spawn(str(fifo), _env(), [0, 1, log.fileno()])
@@ -258,7 +284,7 @@ def test_a_worker_whose_zygote_dies_fails_and_later_workers_start_fresh(
 PARENT = """
 import os, sys, time
 from mpcore.run.zygote import Zygote
-server = Zygote()
+server = Zygote(preload=())
 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 worker = server.spawn(sys.argv[1], env, [0, 1, 2])
 print(server.process.pid, worker.pid, flush=True)
@@ -266,7 +292,6 @@ time.sleep(600)
 """
 
 
-@pytest.mark.slow
 def test_the_zygote_and_its_workers_stop_when_the_parent_is_killed(
     fifo: Path, tmp_path: Path
 ) -> None:
@@ -308,8 +333,10 @@ def test_ctrl_c_to_the_whole_group_stops_the_run_and_leaves_no_process(
     zygote, the forked worker) while the second configuration trains."""
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "mpcore", "run", "--profile", "quick", "--data", "synthetic"]
-    argv += ["--precision", "float32", "mixed_float16", "--epochs", "3", "--image-size", "32"]
-    argv += ["--repeats", "1"]
+    argv += ["--precision", "float32", "mixed_float16", "--epochs", "2", "--image-size", "32"]
+    # 30 images: the first configuration only has to finish; the second is stopped a second
+    # after it starts, long before its start-up and first trace are done.
+    argv += ["--repeats", "1", "--synthetic-per-class", "6", "--batch-size", "8"]
     process = subprocess.Popen(
         [*argv, "--out", str(out)],
         env=cli_env(cache),

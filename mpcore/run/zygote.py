@@ -50,6 +50,19 @@ RUNTIME_ENV = frozenset({TF_CONFIG_ENV, "PYTEST_CURRENT_TEST"})
 READY_SECONDS = 180.0
 #: The zygote's module (it imports the worker, which imports the launcher, which imports us).
 SERVER = "mpcore.run.zygote_server"
+#: What the zygote imports before it serves: what every worker imports, none of which runs an op
+#: or touches a device when imported. A worker imports whatever is missing itself, after the fork.
+PRELOAD = (
+    "tensorflow",
+    "keras",
+    "mpcore.data.ships",
+    "mpcore.precision.modes",
+    "mpcore.probe.telemetry",
+    "mpcore.run.worker",
+    "mpcore.train.fit",
+    "mpcore.train.replicas",
+    "mpcore.user.ownmodel",
+)
 MESSAGE_BYTES = 1 << 20
 
 
@@ -82,9 +95,12 @@ def compatible(base: Mapping[str, str], env: Mapping[str, str]) -> list[str]:
 
 class Zygote:
     """The parent's side: the zygote process, started by the first :meth:`spawn` (with that
-    request's environment and folder), given up for good once it has died."""
+    request's environment and folder), given up for good once it has died. ``preload``: the
+    modules it imports before serving (the tests of the process plumbing itself pass none: what
+    they test is the same without TensorFlow, which costs seconds of CPU to import)."""
 
-    def __init__(self) -> None:
+    def __init__(self, preload: Sequence[str] = PRELOAD) -> None:
+        self.preload = tuple(preload)
         self.env: dict[str, str] = {}
         self.cwd = ""
         self.process: subprocess.Popen | None = None
@@ -103,9 +119,10 @@ class Zygote:
         """Start the zygote with the first request's environment and folder."""
         self.env, self.cwd = dict(env), os.getcwd()
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        command = [sys.executable, "-m", SERVER, str(theirs.fileno()), str(os.getpid())]
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", SERVER, str(theirs.fileno()), str(os.getpid())],
+                [*command, *self.preload],
                 pass_fds=[theirs.fileno()],
                 env=self.env,
                 stdin=subprocess.DEVNULL,

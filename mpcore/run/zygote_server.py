@@ -1,8 +1,8 @@
-"""The fork server's own process: ``python -m mpcore.run.zygote_server FD PARENT_PID``.
+"""The fork server's own process: ``python -m mpcore.run.zygote_server FD PARENT_PID MODULE...``.
 
-It imports TensorFlow, Keras and the worker's modules once, then forks a worker per request that
-arrives on the socket ``FD`` (see :mod:`mpcore.run.zygote` for the parent's side and why), until
-``mpbench run`` (``PARENT_PID``) closes the socket or dies.
+It imports the MODULEs once (TensorFlow, Keras and the worker's modules: ``zygote.PRELOAD``),
+then forks a worker per request that arrives on the socket ``FD`` (see :mod:`mpcore.run.zygote`
+for the parent's side and why), until ``mpbench run`` (``PARENT_PID``) closes the socket or dies.
 """
 
 from __future__ import annotations
@@ -25,18 +25,6 @@ from mpcore.run.zygote import FORKED_ENV, MESSAGE_BYTES
 
 #: ``prctl``'s option: the signal this process gets when its parent dies (linux/prctl.h).
 _PR_SET_PDEATHSIG = 1
-#: What every worker imports, none of which runs an op or touches a device when imported.
-PRELOAD = (
-    "tensorflow",
-    "keras",
-    "mpcore.data.ships",
-    "mpcore.precision.modes",
-    "mpcore.probe.telemetry",
-    "mpcore.run.worker",
-    "mpcore.train.fit",
-    "mpcore.train.replicas",
-    "mpcore.user.ownmodel",
-)
 
 
 def _die_with(parent: int) -> None:
@@ -137,7 +125,7 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
 def main(argv: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the workers, not their zygote
     sock = socket.socket(fileno=int(argv[0]))
-    for module in PRELOAD:
+    for module in argv[2:]:
         importlib.import_module(module)
     gc.freeze()  # the imported objects stay shared with the children, untouched by their GC
     serve(sock, int(argv[1]))
