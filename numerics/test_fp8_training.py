@@ -46,24 +46,29 @@ def fit(precision: str, train_data, validation_data) -> dict:
             layer.name for layer in float8_candidates(model) if layer.quantization_mode == "float8"
         ]
         build_before_tracing(model, train_data)  # as train() does: one trace, not two
-        history = model.fit(
-            train_data,
-            validation_data=validation_data,
-            validation_freq=EPOCHS,  # only the final accuracy is compared; saves time
-            epochs=EPOCHS,
-            shuffle=False,
-            verbose=0,
-        ).history
+        history = model.fit(train_data, epochs=EPOCHS, shuffle=False, verbose=0).history
         histories = [
             layer.inputs_amax_history.numpy() for layer in float8_candidates(model) if quantized
         ]
         return {
-            "val_accuracy": history["val_accuracy"],
+            "val_accuracy": [accuracy(model, validation_data)],
             "loss": history["loss"],
             "quantized": quantized,
             "report": float8_report(model),
             "amax_histories": histories,
         }
+
+
+def accuracy(model: keras.Model, data) -> float:
+    """The trained model's accuracy on ``data``, from one eager inference pass over all of it.
+    Only the final accuracy is compared, so ``fit`` does not validate: its validation would
+    trace and optimize a test step to run it once (measured with ``evaluate``: 0.8 CPU seconds
+    for bfloat16, 2.2 for float8, against 0.3 and 0.5 eagerly, the same accuracies). Inference
+    mode: the float8 layers use their scales and leave their amax histories alone, as in
+    ``fit``'s validation."""
+    images, labels = next(iter(data.unbatch().batch(PER_CLASS * 5)))
+    predicted = np.argmax(keras.ops.convert_to_numpy(model(images, training=False)), axis=-1)
+    return float(np.mean(predicted == labels.numpy()))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from mpcore.check.api import assert_mixed_precision_safe, check
-from mpcore.check.shadow import loss_scale_window, scaled_fractions
+from mpcore.check.shadow import loss_scale_window, relative_error, scaled_fractions
 from mpcore.models.registry import build_model
 from mpcore.precision.census import GradientCensus, Log2Histogram, cast_census
 from mpcore.precision.modes import RunConfig, applied
@@ -141,6 +141,20 @@ def test_histogram_window_matches_real_casts():
     for exponent in range(window.low, window.high + 1):
         real = cast_census(values * 2.0**exponent, "float16")
         assert real["overflow"] == 0 and real["underflow"] < 0.01
+
+
+def test_relative_error_is_the_ratio_of_euclidean_norms():
+    """The per-layer error sums its squares itself (not BLAS's threaded dot product, slow on a
+    busy machine): the same figure as numpy's norms, and inf or 0 at the edges."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(8, 16, 16, 64)).ravel()
+    half = reference + rng.normal(scale=1e-3, size=reference.size)
+    expected = np.linalg.norm(half - reference) / np.linalg.norm(reference)
+    assert relative_error(half, reference) == pytest.approx(expected, rel=1e-12)
+    assert relative_error(reference, reference) == 0.0
+    assert relative_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert relative_error(np.ones(3), np.zeros(3)) == float("inf")
+    assert relative_error(np.array([np.inf, 1.0]), np.ones(2)) == float("inf")
 
 
 @pytest.fixture(scope="module")

@@ -203,12 +203,22 @@ def _joined(values: list[Any], positions: list[int]) -> np.ndarray | None:
     return np.concatenate(parts) if parts else None
 
 
+def euclidean_norm(values: np.ndarray) -> float:
+    """``||values||`` of a float64 array, summed by numpy itself rather than by BLAS.
+
+    Why not ``np.linalg.norm``: for a 1-D float64 array it is OpenBLAS's threaded dot product,
+    whose threads spin and wait for cores on a busy machine: 5-8 ms of CPU (13-18 ms wall) for
+    131,072 values on the shared 2-core Zen 3 at load 4, against 0.03 ms with one BLAS thread
+    and 0.2-0.5 ms for this sum. A ResNet50 check takes about 1,400 norms: 10 s of its 27."""
+    return float(np.sqrt(np.sum(np.square(values))))
+
+
 def relative_error(half: np.ndarray, reference: np.ndarray) -> float:
     """``||half - reference|| / ||reference||`` (inf when ``half`` is not finite)."""
     if not np.isfinite(half).all():
         return float("inf")
-    norm = float(np.linalg.norm(reference))
-    difference = float(np.linalg.norm(half - reference))
+    norm = euclidean_norm(reference)
+    difference = euclidean_norm(half - reference)
     return difference / norm if norm else (0.0 if difference == 0 else float("inf"))
 
 
