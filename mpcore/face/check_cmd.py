@@ -333,6 +333,8 @@ def plot_precision(document: dict[str, Any], item: dict[str, Any], out: Path) ->
     for one policy, to ``out/check_<precision>.png``."""
     from matplotlib.figure import Figure
 
+    from mpcore.face.plots import tight_layout
+
     rows = item["layers"]
     positions = list(range(len(rows)))
     finite = [r["relative_error"] if r["relative_error"] is not None else math.nan for r in rows]
@@ -392,7 +394,7 @@ def plot_precision(document: dict[str, Any], item: dict[str, Any], out: Path) ->
     figure.suptitle(
         f"{document['model']} under {item['precision']}: {item['verdict']}"[:140], fontsize=10
     )
-    figure.tight_layout()
+    tight_layout(figure)  # without the placeholder engine savefig would draw twice
     path = out / f"check_{item['precision']}.png"
     figure.savefig(path)
     return path
