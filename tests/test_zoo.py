@@ -305,6 +305,25 @@ def test_benchmarks_collect_a_users_model_with_float8_where_it_has_dense_layers(
         assert "no Dense or EinsumDense layer" in float8
 
 
+def test_benchmarks_make_no_float8_copy_of_a_model_float8_skips(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mpcore.user import ownmodel
+
+    loaded = ownmodel.load_float32("zoo_models:fully_convolutional")
+    made = []
+    real = ownmodel.under_precision
+    monkeypatch.setattr(
+        ownmodel, "under_precision", lambda *args: made.append(args[1]) or real(*args)
+    )
+    # The benchmarks' check (float8 skipped without Dense layers): the float8 copy is not made
+    assert ownmodel.conversion_problem(loaded, ["mixed_float16", "float8"], False) is None
+    assert made == ["mixed_float16"]
+    # run's check refuses float8 for it, as before
+    problem = ownmodel.conversion_problem(loaded, ["float8"])
+    assert "has no Dense or EinsumDense layer besides its head" in problem
+
+
 @pytest.mark.parametrize("name", [n for n in LIGHT if ZOO[n].refused])
 def test_benchmarks_refuse_an_unusable_model_in_one_line(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
