@@ -371,6 +371,11 @@ def run_model(tmp_path: Path, name: str, *extra: str) -> Run:
     return run_in_process([*argv, *extra], tmp_path, tmp_path / "cache")
 
 
+# One xdist worker runs them all, one after another: their workers are forked from one fork
+# server (kept_fork_servers), which imported TensorFlow once (about 6 core-seconds); spread over
+# the workers of ``pytest -n``, each worker started a server of its own for this environment
+# (PYTHONPATH naming this folder and the ``cpu`` marker's variables: few other tests' fit).
+@pytest.mark.xdist_group("zoo-runs")
 @pytest.mark.parametrize("name", _params([*LIGHT, *HEAVY]))
 def test_run_trains_every_zoo_model_or_refuses(tmp_path: Path, name: str) -> None:
     entry = ZOO[name]
