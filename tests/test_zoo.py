@@ -305,6 +305,25 @@ def test_benchmarks_collect_a_users_model_with_float8_where_it_has_dense_layers(
         assert "no Dense or EinsumDense layer" in float8
 
 
+def test_benchmarks_make_no_float8_copy_of_a_model_float8_skips(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mpcore.user import ownmodel
+
+    loaded = ownmodel.load_float32("zoo_models:fully_convolutional")
+    made = []
+    real = ownmodel.under_precision
+    monkeypatch.setattr(
+        ownmodel, "under_precision", lambda *args: made.append(args[1]) or real(*args)
+    )
+    # The benchmarks' check (float8 skipped without Dense layers): the float8 copy is not made
+    assert ownmodel.conversion_problem(loaded, ["mixed_float16", "float8"], False) is None
+    assert made == ["mixed_float16"]
+    # run's check refuses float8 for it, as before
+    problem = ownmodel.conversion_problem(loaded, ["float8"])
+    assert "has no Dense or EinsumDense layer besides its head" in problem
+
+
 @pytest.mark.parametrize("name", [n for n in LIGHT if ZOO[n].refused])
 def test_benchmarks_refuse_an_unusable_model_in_one_line(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, name: str
@@ -352,6 +371,11 @@ def run_model(tmp_path: Path, name: str, *extra: str) -> Run:
     return run_in_process([*argv, *extra], tmp_path, tmp_path / "cache")
 
 
+# One xdist worker runs them all, one after another: their workers are forked from one fork
+# server (kept_fork_servers), which imported TensorFlow once (about 6 core-seconds); spread over
+# the workers of ``pytest -n``, each worker started a server of its own for this environment
+# (PYTHONPATH naming this folder and the ``cpu`` marker's variables: few other tests' fit).
+@pytest.mark.xdist_group("zoo-runs")
 @pytest.mark.parametrize("name", _params([*LIGHT, *HEAVY]))
 def test_run_trains_every_zoo_model_or_refuses(tmp_path: Path, name: str) -> None:
     entry = ZOO[name]

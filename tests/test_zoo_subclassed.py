@@ -16,6 +16,7 @@ import zoo_models
 
 from mpcore.check.api import check
 from mpcore.models.memory import predict_memory
+from mpcore.precision.modes import RunConfig, applied
 from mpcore.user.loader import LoadError
 
 pytestmark = pytest.mark.cpu(reason="tiny zoo models checked on the CPU")
@@ -93,7 +94,22 @@ def test_fully_convolutional_memory_is_counted_for_the_samples_image_side() -> N
         assert estimate.activation_bytes_per_sample == expected(side)
 
 
-def test_check_json_holds_the_subclassed_models_memory(invoke, tmp_path: Path) -> None:
+def test_check_json_holds_the_subclassed_models_memory(
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mpcore.check import api
+    from mpcore.user import ownmodel
+
+    converted = []
+    for module in (api, ownmodel):
+        real = module.convert
+        monkeypatch.setattr(
+            module,
+            "convert",
+            lambda model, precision, *a, real=real, **k: (
+                converted.append(precision) or real(model, precision, *a, **k)
+            ),
+        )
     code, out, err = invoke(
         ["check", "zoo_models:subclassed", "--batch-size", "4", "--json", "--out", str(tmp_path)]
     )
@@ -109,6 +125,14 @@ def test_check_json_holds_the_subclassed_models_memory(invoke, tmp_path: Path) -
         < memory["float32"]["activation_bytes_per_sample"]
     )
     assert document["predicted_memory_note"] is None
+    # The memory is predicted on the copy the check judged, not on one more conversion
+    assert converted.count("mixed_float16") == 1, converted
+    with applied(RunConfig("mixed_float16", "off")):
+        fresh = ownmodel.under_precision(
+            ownmodel.load_float32("zoo_models:subclassed"), "mixed_float16"
+        )
+        sample = np.zeros((1, zoo_models.SIDE, zoo_models.SIDE, 3), "float32")
+        assert memory["mixed_float16"] == predict_memory(fresh, 4, sample=sample).to_dict()
 
 
 @pytest.mark.parametrize("name", ["multi_input", "multi_output"])

@@ -120,6 +120,7 @@ def check(
     seed: int = 0,
     steps: int = 0,
     unknown_size: int | None = None,
+    copies: dict[str, keras.Model] | None = None,
 ) -> CheckReport:
     """Check ``model`` (a model, a :class:`~mpcore.user.loader.LoadedModel` or a spec) on one batch.
 
@@ -127,8 +128,10 @@ def check(
     for a seeded random batch (``unknown_size``: the side of an axis the model leaves unknown,
     such as a fully convolutional model's image side). With ``steps`` a copy trains that many
     steps on the batch under each policy first (:mod:`mpcore.check.warmup`) and is judged as
-    trained; the user's model is left as it was. Raises :class:`mpcore.user.loader.LoadError`
-    for unusable input.
+    trained; the user's model is left as it was. ``copies``, if given, receives each precision's
+    model as judged (the converted clone, or the model itself), for a caller that needs it again
+    (``mpbench check`` predicts its memory) rather than converting the model once more. Raises
+    :class:`mpcore.user.loader.LoadError` for unusable input.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     for precision in precisions:
@@ -145,8 +148,11 @@ def check(
     float32 = float32_clone(loaded.model, loaded.remake)
     # Output sizes from the batch itself: a fully convolutional model's are unknown until then.
     shapes = output_shapes(float32, batch[0])
+    copies = {} if copies is None else copies
     reports = [
-        _check_one(loaded, float32, precision, batch, loss_function(loss_object), shapes, steps)
+        _check_one(
+            loaded, float32, precision, batch, loss_function(loss_object), shapes, steps, copies
+        )
         for precision in precisions
     ]
     flops = sum(_flops(layer, shapes) for layer in float32.layers)
@@ -193,6 +199,7 @@ def _check_one(
     loss_fn: Any,
     shapes: dict[str, tuple],
     steps: int = 0,
+    copies: dict[str, keras.Model] | None = None,
 ) -> PrecisionReport:
     from mpcore.user.loader import model_precision
 
@@ -200,6 +207,8 @@ def _check_one(
     dtype = precision.removeprefix("mixed_")
     converted = model_precision(model) != KERAS_POLICY[precision]
     half = convert(model, precision, remake=loaded.remake) if converted else model
+    if copies is not None:
+        copies[precision] = half
     saved = half.get_weights() if steps and not converted else None
     try:
         training = None

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise LoadError(f"--out {out}: {error.strerror or error}") from None
     # Under --json stdout carries the one document: anything else printed on the way (Keras,
     # the user's data function) goes to stderr.
+    copies: dict[str, Any] = {}  # each precision's model as checked, for its memory
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         report = check(
             loaded,
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             steps=args.steps or 0,
             unknown_size=args.image_size,
+            copies=copies,
         )
         document = report.to_dict()
         document["predicted_memory"], document["predicted_memory_note"] = predicted_memory(
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             [item["precision"] for item in document["precisions"]],
             document["batch_size"],
             document["inputs"],
+            copies,
         )
     (out / "check.json").write_text(json.dumps(document, indent=2))
     files = [out / "check.json"]
@@ -189,12 +192,17 @@ def render(document: dict[str, Any]) -> str:
 
 
 def predicted_memory(
-    loaded: Any, precisions: list[str], batch_size: int, inputs: list[dict[str, Any]]
+    loaded: Any,
+    precisions: list[str],
+    batch_size: int,
+    inputs: list[dict[str, Any]],
+    copies: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """:func:`mpcore.models.memory.predict_memory` of the model under float32 and each checked
-    precision (the converted clone, as the check runs it), by precision; a model without a graph
-    of known sizes (subclassed, fully convolutional) is counted on one sample shaped like the
-    batch's ``inputs``. The second item says why there is no prediction, if there is none."""
+    precision (the converted clone, as the check runs it: the one in ``copies``, the check's own,
+    where there is one, not made again), by precision; a model without a graph of known sizes
+    (subclassed, fully convolutional) is counted on one sample shaped like the batch's
+    ``inputs``. The second item says why there is no prediction, if there is none."""
     import numpy as np
 
     from mpcore.models.memory import predict_memory
@@ -207,7 +215,8 @@ def predicted_memory(
     estimates = {}
     for precision in dict.fromkeys(["float32", *precisions]):
         with applied(RunConfig(precision, "off")):
-            model = under_precision(loaded, precision)
+            model = (copies or {}).get(precision)
+            model = under_precision(loaded, precision) if model is None else model
             try:
                 estimates[precision] = predict_memory(model, batch_size, sample=sample).to_dict()
             except Exception as error:  # the user's call() may raise anything on zeros
@@ -333,6 +342,8 @@ def plot_precision(document: dict[str, Any], item: dict[str, Any], out: Path) ->
     for one policy, to ``out/check_<precision>.png``."""
     from matplotlib.figure import Figure
 
+    from mpcore.face.plots import tight_layout
+
     rows = item["layers"]
     positions = list(range(len(rows)))
     finite = [r["relative_error"] if r["relative_error"] is not None else math.nan for r in rows]
@@ -392,7 +403,7 @@ def plot_precision(document: dict[str, Any], item: dict[str, Any], out: Path) ->
     figure.suptitle(
         f"{document['model']} under {item['precision']}: {item['verdict']}"[:140], fontsize=10
     )
-    figure.tight_layout()
+    tight_layout(figure)  # without the placeholder engine savefig would draw twice
     path = out / f"check_{item['precision']}.png"
     figure.savefig(path)
     return path

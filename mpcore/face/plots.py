@@ -34,8 +34,17 @@ def _marker(position: int) -> dict[str, Any]:
     }
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def tight_layout(figure: Figure) -> None:
+    """``figure.tight_layout()``, leaving no layout engine behind: ``tight_layout`` sets a
+    placeholder engine, and ``savefig`` draws a figure that has an engine once more before the
+    real draw (for constrained layout to run), a whole draw for nothing here, about a sixth of
+    a figure's cost; the saved image is the same, byte for byte."""
     figure.tight_layout()
+    figure.set_layout_engine(None)
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    tight_layout(figure)
     figure.savefig(path, dpi=110)
     return path
 

@@ -95,6 +95,10 @@ def plot_log2_histogram(report: GradientCensus, path: str | Path, title: str | N
     )
     axes.grid(axis="y", alpha=0.3, zorder=1)
     figure.tight_layout()
+    # No placeholder layout engine left: savefig would draw the figure twice (see
+    # mpcore.face.plots.tight_layout, not imported here: the precision package does not
+    # depend on the CLI's).
+    figure.set_layout_engine(None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

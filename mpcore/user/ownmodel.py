@@ -131,13 +131,16 @@ def conversion_problem(
     from mpcore.user.loader import first_line
 
     for precision in dict.fromkeys(precisions):
+        skipped = precision == "float8" and not float8_needs_layers
+        if skipped and not has_float8_layers(loaded.model):
+            # A copy has the original's layers: with none to quantize float8 is skipped, and its
+            # copy (a bfloat16 clone of the whole model) is not made for nothing.
+            continue
         try:
             with applied(RunConfig(precision, "off")):
                 model = under_precision(loaded, precision)
                 if precision == "float8":
                     if not has_float8_layers(model):
-                        if not float8_needs_layers:
-                            continue
                         return (
                             f"{loaded.source}: has no Dense or EinsumDense layer besides its "
                             "head, so float8 would change nothing"
