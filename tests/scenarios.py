@@ -141,7 +141,8 @@ def quick_run(ships: Path, folder: Path, cache: Path) -> Run:
 
 #: The mirrored run: float32 over two logical CPUs with oneDNN on (TensorFlow's CPU default,
 #: which the test session turns off), its one-replica baseline, four repeats after a warm-up
-#: (the fewest that can decide the one comparison, which writes keys of its own), and one
+#: (the fewest that can decide the one comparison, which writes keys of its own: ``mpbench run``
+#: refuses 2 or 3, ``stats.minimum_repeats(1)``; 1 writes no comparison and no warm-up), and one
 #: undecodable image left out with --skip-bad-images: nearly every key results.json can hold on
 #: a CPU. Under the strategy both splits end in a batch of 1 image, which must be dropped.
 MIRRORED_PRECISION = "float32"
@@ -151,19 +152,27 @@ def mirrored_run(folder: Path, cache: Path) -> Run:
     from mpcore.data.ships import images_dir
     from mpcore.data.synthetic import write_synthetic_ships
 
-    # 7 per class less one bad image: 29 training and 5 validation images. In global batches of
-    # 4 (2 per replica) each split's last batch holds 1 image, which would leave replica 1 an
-    # empty shard, on which oneDNN's BatchNormalization fails: the mirrored configuration drops
-    # those batches (7 steps, 28 images trained, 4 validated); the baseline, in batches of 2 on
-    # one device, keeps them.
-    root = write_synthetic_ships(folder / "ships", per_class=7, image_size=32)
+    # 3 per class less one bad image: 9 training and 5 validation images (the fewest with a
+    # validation split as large as the global batch). In global batches of 4 (2 per replica)
+    # each split's last batch holds 1 image, which would leave replica 1 an empty shard, on
+    # which oneDNN's BatchNormalization fails: the mirrored configuration drops those batches
+    # (2 steps, 8 images trained, 4 validated); the baseline, in batches of 2 on one device,
+    # keeps them. The fewest images: a worker's time goes to its start and its tracing (a step
+    # takes about 10 ms), so 7 per class (7 and 15 steps) cost little more, but nothing needs them.
+    root = write_synthetic_ships(folder / "ships", per_class=3, image_size=32)
     (images_dir(root) / "000001.jpg").write_bytes(b"not an image")
     argv = ["run", "--profile", "quick", "--data", str(root), "--skip-bad-images"]
     argv += ["--precision", MIRRORED_PRECISION, "--epochs", "1", "--image-size", "32"]
     argv += ["--batch-size", "2", "--strategy", "mirrored", "--cpu-replicas", "2"]
     argv += ["--repeats", "4"]  # the repeats and the warm-up write keys of their own
-    # oneDNN reaches the workers through the environment (read when TensorFlow is imported).
-    return run_in_process(argv, folder, cache, cpu_only=True, TF_ENABLE_ONEDNN_OPTS="1")
+    # oneDNN reaches the workers through the environment (read when TensorFlow is imported), so
+    # this run's fork server, the only one with oneDNN on, can serve no later run: a pool of its
+    # own closes it at the end, where the session's pool (kept_fork_servers, at most two) would
+    # keep it in place of one that later in-process runs can fork from.
+    from mpcore.run.launcher import fork_server_pool
+
+    with fork_server_pool():
+        return run_in_process(argv, folder, cache, cpu_only=True, TF_ENABLE_ONEDNN_OPTS="1")
 
 
 #: The two-worker run: mixed_float16 on two local worker processes (a TF_CONFIG cluster), after

@@ -263,6 +263,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "        pass",
         ("tests/test_benchmarks_stepbench.py", "-k", "kerass_train_function"),
     ),
+    Mutant(  # SIGTERM left to TensorFlow's coordination service: a stuck worker waits the grace
+        "cluster-worker-keeps-tf-sigterm",
+        "mpcore/run/worker.py",
+        "        signal.signal(signal.SIGTERM, signal.SIG_DFL)\n    return strategy",
+        "        pass\n    return strategy",
+        ("tests/test_distribute.py", "-k", "killing_a_worker"),
+    ),
 )
 
 _PEAK_LINE = re.compile(r'DevicePeak\("(?P<name>[^"]+)", (?P<fields>[^)]*)\)')

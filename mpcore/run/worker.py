@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,6 +255,13 @@ def _strategy(spec: WorkerSpec, report: dict[str, Any]) -> tuple[Any, int]:
         tf_config = read_tf_config()
         report["index"], report["chief"] = int(tf_config["task"]["index"]), is_chief(tf_config)
     strategy = make_strategy(spec.strategy)
+    if spec.strategy == "multiworker" and threading.current_thread() is threading.main_thread():
+        # The strategy starts TensorFlow's coordination service, whose preemption notifier
+        # takes SIGTERM over: it only logs "SIGTERM caught" (mpbench keeps no preemption
+        # checkpoints), so a worker waiting in an all-reduce for a dead peer outlived the
+        # launcher's SIGTERM until SIGKILL came after the grace period (5 s). The default
+        # action again: SIGTERM ends a cluster worker at once, as it ends a lone one.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return strategy, strategy.num_replicas_in_sync if strategy is not None else 1
 
 
