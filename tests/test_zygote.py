@@ -1,11 +1,11 @@
 """The fork server of lone workers: a forked worker behaves as the fresh process it replaces.
 
-One zygote serves the module (its start imports TensorFlow once); a worker that must wait is
-given a FIFO as its spec, so it blocks in ``open`` (after its signal handlers are restored, before
-it imports TensorFlow) until the test writes a spec or signals it. The tests that start, stop or
-kill zygotes of their own test the process plumbing only: their zygotes preload nothing
-(``Zygote(preload=())``, :data:`LIGHT`), since importing TensorFlow changes nothing in it and
-costs seconds of CPU per zygote.
+One zygote serves the module; a worker that must wait is given a FIFO as its spec, so it blocks
+in ``open`` (after its signal handlers are restored, before it imports TensorFlow) until the test
+writes a spec or signals it. These tests, and those that start, stop or kill zygotes of their
+own, test the process plumbing only: their zygotes preload nothing (``Zygote(preload=())``,
+:data:`LIGHT`), since importing TensorFlow changes nothing in it and costs seconds of CPU per
+zygote. The one test whose worker trains has a real zygote, TensorFlow imported before the fork.
 """
 
 from __future__ import annotations
