@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 
 from mpcore.bench import onednn_setting
@@ -25,6 +26,14 @@ os.environ.setdefault(
 # TensorFlow's own multi-process tests set this too (tensorflow/python/distribute/
 # multi_process_lib.py); children inherit it.
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+# A shell without job control starts a background command (`pytest ... &` in a script, `nohup`)
+# with SIGINT ignored, and a process inherits that: Python then installs no KeyboardInterrupt
+# handler, and every process the suite starts ignores Ctrl-C too. The tests of Ctrl-C (SIGINT
+# to this process or to an `mpbench run`) then fail for the way pytest was started (a launcher
+# test timed out after 60 s; a run finished instead of stopping). Python's own handler again,
+# which pytest-xdist's workers and every child inherit as the default action.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import keras
 import pytest
