@@ -1,7 +1,5 @@
 """``python -m mpcore`` is the ``mpbench`` command."""
 
-import sys
+from mpcore.face.cli import console
 
-from mpcore.face.cli import main
-
-sys.exit(main())
+console()

@@ -42,6 +42,7 @@ from mpcore.run.process import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     Terminated,
+    exit_now,
     sigterm_as_interrupt,
 )
 
@@ -262,5 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def console() -> None:
+    """The ``mpbench`` console script and ``python -m mpcore``: :func:`main` in a process of its
+    own, which ends without the interpreter's teardown (:func:`mpcore.run.process.exit_now`)."""
+    code = main()
+    exit_now(code if isinstance(code, int) else int(code is not None))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -37,6 +37,7 @@ from mpcore.run.process import (
     EXIT_INTERRUPTED,
     FAULT_ENV,
     WORKER_FAULT_ENV,
+    exit_now,
     exit_with_parent,
     planted_fault,
 )
@@ -298,4 +299,4 @@ if __name__ == "__main__":
     if len(sys.argv) != 2:
         print("usage: python -m mpcore.run.worker SPEC.json", file=sys.stderr)
         sys.exit(2)
-    sys.exit(worker_main(sys.argv[1]))
+    exit_now(worker_main(sys.argv[1]))
