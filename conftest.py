@@ -35,12 +35,14 @@ os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-import keras
 import pytest
 
-from mpcore.precision.modes import GlobalState
 from mpcore.probe import backend
 from mpcore.probe.machine import visible_gpus
+
+# Nothing here imports Keras (so TensorFlow) when this file is loaded: pytest-xdist's controller
+# loads it too and runs no test, and TensorFlow's import there (4-5 s on a small CPU) came before
+# any worker started. The fixtures import what they use; the workers' first test pays it once.
 
 NO_GPU_REASON = "no GPU visible to TensorFlow"
 #: Set to run the tests marked ``acceptance``: measured experiments of minutes each (two timing
@@ -148,6 +150,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
 @pytest.fixture(autouse=True)
 def restore_tf_globals():
     """Restore the dtype policy, grappler options and JIT setting after every test."""
+    from mpcore.precision.modes import GlobalState
+
     saved = GlobalState.capture()
     yield
     saved.restore()
@@ -175,6 +179,8 @@ def pin_cpu_when_marked(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     for module in [m for name, m in sys.modules.items() if name.startswith("mpcore")]:
         if getattr(module, "visible_gpus", None) is visible_gpus:
             monkeypatch.setattr(module, "visible_gpus", lambda: ())
+    import keras
+
     with keras.device("cpu:0"):  # tf.device on TensorFlow; the same on JAX and torch
         yield
 

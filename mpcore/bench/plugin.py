@@ -23,26 +23,25 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from mpcore.bench.backendstep import prepared_keras_step
-from mpcore.bench.benchmodel import names as _names
-from mpcore.bench.benchmodel import registry_size, user_model
-from mpcore.bench.stepbench import PreparedStep, prepared_step
 from mpcore.bench.table import render_report
-from mpcore.models.registry import model_spec
 from mpcore.names import PRECISIONS, STEP_KINDS, XLA_MODES
-from mpcore.precision.modes import RunConfig
 from mpcore.probe import backend, telemetry
 from mpcore.probe.capability import capability
 from mpcore.probe.machine import GpuInfo, software_versions, visible_gpus
 from mpcore.probe.skips import skip_reason
 from mpcore.train.placement import cpu_replicas_problem
-from mpcore.train.settings import TrainSettings
-from mpcore.user.ownmodel import is_user_model
+
+# Modules that import Keras are imported where used: see _controller_only.
+if TYPE_CHECKING:
+    from mpcore.bench.stepbench import PreparedStep
+    from mpcore.precision.modes import RunConfig
+    from mpcore.train.settings import TrainSettings
 
 GPU_DEFAULTS = {"model": "resnet50", "batch": 80, "image_size": None, "steps": 10, "rounds": 10}
 CPU_DEFAULTS = {"model": "small", "batch": 8, "image_size": 32, "steps": 5, "rounds": 5}
@@ -103,6 +102,8 @@ class BenchOptions:
 
     @property
     def train_settings(self) -> TrainSettings:
+        from mpcore.train.settings import TrainSettings
+
         return TrainSettings(model=self.model, image_size=self.image_size, batch_size=self.batch)
 
 
@@ -209,6 +210,11 @@ def _replicas(config: pytest.Config, strategy: str, gpu_count: int) -> int:
 
 def resolve_options(config: pytest.Config) -> BenchOptions:
     """Validate the ``--mp-*`` options and fill the defaults for the device they will run on."""
+    from mpcore.bench.benchmodel import names as _names
+    from mpcore.bench.benchmodel import registry_size, user_model
+    from mpcore.models.registry import model_spec
+    from mpcore.user.ownmodel import is_user_model
+
     try:
         decided = capability()
     except ValueError as error:
@@ -268,26 +274,49 @@ def _user_model_shape(
 ) -> tuple[int | None, int]:
     """A user's model's image side and output width (see
     :func:`mpcore.bench.benchmodel.user_model`)."""
+    from mpcore.bench.benchmodel import user_model
+
     return user_model(config, model, default_size)[:2]
+
+
+def _controller_only(config: pytest.Config) -> bool:
+    """pytest-xdist's controller, given no ``--mp-*`` option: it runs no benchmark, and resolving
+    the options (importing TensorFlow: 4-5 s on a small CPU) would delay every worker's start.
+    Given options are checked here too: a bad one is one line, not one per worker."""
+    return (
+        bool(getattr(config.option, "numprocesses", None))
+        and not hasattr(config, "workerinput")
+        and not any(str(arg).startswith("--mp-") for arg in config.invocation_params.args)
+    )
+
+
+def options_of(config: pytest.Config) -> BenchOptions:
+    """The session's ``--mp-*`` options, resolved at the first use."""
+    if _OPTIONS not in config.stash:
+        config.stash[_OPTIONS] = resolve_options(config)
+    return config.stash[_OPTIONS]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a GPU visible to TensorFlow")
-    config.stash[_OPTIONS] = resolve_options(config)
     config.stash[_ROWS] = []
+    if not _controller_only(config):
+        options_of(config)  # a bad option stops the session before collection
 
 
 @pytest.fixture(scope="session")
 def bench_options(pytestconfig: pytest.Config) -> BenchOptions:
     """The resolved ``--mp-*`` options of this session."""
-    return pytestconfig.stash[_OPTIONS]
+    return options_of(pytestconfig)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``combination`` over precision x XLA; unservable ones carry a skip mark."""
     if "combination" not in metafunc.fixturenames:
         return
-    options = metafunc.config.stash[_OPTIONS]
+    from mpcore.precision.modes import RunConfig
+
+    options = options_of(metafunc.config)
     params = []
     for precision in options.precisions:
         for xla in options.xla_modes:
@@ -336,11 +365,14 @@ def prepared(
 ) -> Iterator[PreparedStep]:
     """The combination built in isolation, compiled, verified and run once; globals restored."""
     if not backend.is_tensorflow():  # JAX, torch: Keras's own compiled train function
+        from mpcore.bench.backendstep import prepared_keras_step
+
         with prepared_keras_step(
             combination, bench_options.train_settings, bench_options.steps, bench_options.classes
         ) as step:
             yield step
         return
+    from mpcore.bench.stepbench import prepared_step
     from mpcore.train.replicas import make_strategy
 
     with prepared_step(
@@ -365,13 +397,15 @@ def _first_line(excinfo: pytest.ExceptionInfo) -> str:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
     """Keep each benchmark's ``extra_info``, or its error (setup or call), for the report."""
+    from mpcore.precision.modes import RunConfig
+
     report = yield
     funcargs = getattr(item, "funcargs", {})
     callspec = getattr(item, "callspec", None)
     combination = callspec.params.get("combination") if callspec else None
     row: dict = {}
     if isinstance(combination, RunConfig):
-        options = item.config.stash[_OPTIONS]
+        options = options_of(item.config)
         step_kind = callspec.params.get("step_kind", "fit")
         row = {"group": options.group_of(step_kind), "step": step_kind, **combination.to_dict()}
     if "benchmark" in funcargs:
@@ -395,7 +429,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """GPU, driver, CUDA/cuDNN build, the Keras backend and its version, TensorFlow/Keras
     versions and TF32 state."""
-    options = config.stash[_OPTIONS]
+    options = options_of(config)
     versions = software_versions()
     gpu = options.gpu.to_dict() if options.gpu else {"name": None, "compute_capability": None}
     machine_info.update(
