@@ -173,6 +173,12 @@ FAKE_WORKER = textwrap.dedent(
     elif role == "fail":
         print("worker gave up: no data", file=sys.stderr)
         sys.exit(3)
+    elif role == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif role == "fail_after_1":  # as a peer's next collective fails once worker 1 is gone
+        while not os.path.exists(os.path.join(out, "seen-1.json")):
+            time.sleep(0.01)
+        sys.exit(3)
     elif role == "hang":
         time.sleep(120)
     elif role == "stubborn":
@@ -217,6 +223,17 @@ def test_a_failing_worker_stops_the_others_with_a_clear_message(tmp_path: Path) 
     assert "worker gave up: no data" in message and "stopped the other worker(s)" in message
     assert sorted(caught.value.pids) == sorted(_seen_pids(tmp_path, 2))
     assert_all_gone(caught.value.pids)
+
+
+def test_a_worker_killed_by_a_signal_is_named_before_a_peer_that_failed_after_it(
+    tmp_path: Path,
+) -> None:
+    """Both found dead by the same poll (one poll a second here): worker 1's SIGKILL is the
+    cause, worker 0's exit status 3 just after it (a peer's collective failing) the consequence."""
+    with pytest.raises(WorkerLaunchError) as caught:
+        _fake_launch(tmp_path, {0: "fail_after_1", 1: "sigkill"}, poll_seconds=1.0)
+    message = str(caught.value)
+    assert message.startswith("worker 1 of 2") and "was killed by SIGKILL" in message, message
 
 
 def test_timeout_kills_workers_that_ignore_sigterm(tmp_path: Path) -> None:

@@ -270,6 +270,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "        pass\n    return strategy",
         ("tests/test_distribute.py", "-k", "killing_a_worker"),
     ),
+    Mutant(  # the lowest index named: a peer that failed after the killed worker hides it
+        "launcher-names-a-consequence",
+        "mpcore/run/launcher.py",
+        "    return (killed or list(failed))[0]",
+        "    return list(failed)[0]",
+        ("tests/test_distribute.py", "-k", "named_before"),
+    ),
 )
 
 _PEAK_LINE = re.compile(r'DevicePeak\("(?P<name>[^"]+)", (?P<fields>[^)]*)\)')

@@ -126,6 +126,15 @@ def _failure_message(index: int, count: int, process: subprocess.Popen, log: Pat
     )
 
 
+def _first_cause(failed: Sequence[int], processes: Sequence[subprocess.Popen]) -> int:
+    """Which of the ``failed`` workers (indices), all found dead by one poll, the error names:
+    one killed by a signal, else the first. A worker whose peer dies fails too, in its next
+    collective (TensorFlow's ``UnavailableError``), often within one poll of the death on a
+    loaded machine: naming it, as the lower index, hid the worker whose death caused it."""
+    killed = [index for index in failed if (processes[index].returncode or 0) < 0]
+    return (killed or list(failed))[0]
+
+
 def launch_local_workers(
     count: int,
     worker_argv: Sequence[str],
@@ -174,13 +183,14 @@ def launch_local_workers(
                     )
                 )
         while True:
-            for index, process in enumerate(processes):
-                if process.poll() not in (None, 0):
-                    raise WorkerLaunchError(
-                        _failure_message(index, count, process, log_paths[index]),
-                        [p.pid for p in processes],
-                        log_paths,
-                    )
+            failed = [i for i, process in enumerate(processes) if process.poll() not in (None, 0)]
+            if failed:
+                index = _first_cause(failed, processes)
+                raise WorkerLaunchError(
+                    _failure_message(index, count, processes[index], log_paths[index]),
+                    [p.pid for p in processes],
+                    log_paths,
+                )
             if all(process.returncode == 0 for process in processes):
                 break
             if time.monotonic() - started > timeout:
