@@ -270,6 +270,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "        pass\n    return strategy",
         ("tests/test_distribute.py", "-k", "killing_a_worker"),
     ),
+    Mutant(  # a forked cluster worker left in the launcher's group: a Ctrl-C would reach it
+        "cluster-worker-keeps-the-launchers-group",
+        "mpcore/run/zygote_server.py",
+        '        if request.get("session"):\n',
+        "        if False:\n",
+        ("tests/test_zygote.py", "-k", "cluster_workers"),
+    ),
 )
 
 _PEAK_LINE = re.compile(r'DevicePeak\("(?P<name>[^"]+)", (?P<fields>[^)]*)\)')
