@@ -1,4 +1,4 @@
-"""The fork server of lone workers: a forked worker behaves as the fresh process it replaces.
+"""The fork server of the workers: a forked worker behaves as the fresh process it replaces.
 
 One zygote serves the module; a worker that must wait is given a FIFO as its spec, so it blocks
 in ``open`` (after its signal handlers are restored, before it imports TensorFlow) until the test

@@ -26,6 +26,7 @@ accepts a request only when its environment and folder are the zygote's but for 
 read at run time (:data:`RUNTIME_ENV`, ``MPBENCH_*``); the launcher starts a fresh process
 otherwise, or when the zygote cannot start or has died. ``MPBENCH_FORK_SERVER=0`` turns it off.
 """
+
 from __future__ import annotations
 
 import json
