@@ -32,6 +32,7 @@ from mpcore.precision.modes import RunConfig, applied
 from mpcore.run.launcher import (
     LaunchOutcome,
     WorkerLaunchError,
+    fork_server,
     launch_local_workers,
     local_tf_configs,
     run_local_multiworker,
@@ -430,7 +431,9 @@ def test_killing_a_worker_stops_the_run_quickly_and_leaves_no_process(
         result_path="",
     )
     started = time.monotonic()
-    with pytest.raises(WorkerLaunchError) as caught:
+    # Inside a run's fork server, as ``mpbench run`` starts them: both workers forked, each in
+    # a session of its own (a kept fork server of the session's pool serves them if it fits).
+    with pytest.raises(WorkerLaunchError) as caught, fork_server():
         # Worker 1 SIGKILLs itself after its first step, while worker 0 waits for it in the
         # next all-reduce, which on its own would wait forever.
         run_local_multiworker(

@@ -1,4 +1,4 @@
-"""The fork server of lone workers: a forked worker behaves as the fresh process it replaces.
+"""The fork server of the workers: a forked worker behaves as the fresh process it replaces.
 
 One zygote serves the module; a worker that must wait is given a FIFO as its spec, so it blocks
 in ``open`` (after its signal handlers are restored, before it imports TensorFlow) until the test
@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import pytest
-from processes import alive, parent_of
+from processes import alive, children, parent_of
 from scenarios import XDIST_ENV
 
 from mpcore.names import BASELINE
@@ -201,7 +202,7 @@ def test_a_difference_in_an_import_time_variable_starts_a_fresh_process(
         with pytest.raises(Unavailable, match="TF_ENABLE_ONEDNN_OPTS"):
             zygote.spawn(str(fifo), onednn, [0, 1, log.fileno()])
         monkeypatch.setattr(launcher, "_servers", [zygote])
-        process = launcher._start_worker(fifo, log, onednn)
+        process = launcher._start_worker(fifo, onednn, (None, None, log.fileno()))
     try:
         assert isinstance(process, subprocess.Popen)
         assert process.args == launcher.worker_command(fifo)
@@ -236,7 +237,7 @@ def test_a_pool_keeps_a_runs_fork_server_for_later_runs_and_stops_it_at_its_end(
         workers, servers = [], []
         for _run in range(2):
             with launcher.fork_server():
-                worker = launcher._start_worker(fifo, log, _env())
+                worker = launcher._start_worker(fifo, _env(), (None, None, log.fileno()))
                 _wait_until(lambda w=worker: _blocked_on_fifo(w.pid), 60, "no worker started")
                 workers.append(worker)
                 servers.append(launcher._servers[-1])
@@ -249,7 +250,9 @@ def test_a_pool_keeps_a_runs_fork_server_for_later_runs_and_stops_it_at_its_end(
         # A worker whose environment the kept server does not fit gets the run's own.
         flipped = "1" if _env().get("TF_ENABLE_ONEDNN_OPTS") == "0" else "0"
         with launcher.fork_server():
-            other = launcher._start_worker(fifo, log, _env(TF_ENABLE_ONEDNN_OPTS=flipped))
+            other = launcher._start_worker(
+                fifo, _env(TF_ENABLE_ONEDNN_OPTS=flipped), (None, None, log.fileno())
+            )
             own = launcher._servers[-1]
             assert own.process is not None and own.process is not first.process
             _wait_until(lambda: _blocked_on_fifo(other.pid), 60, "no worker started")
@@ -258,6 +261,66 @@ def test_a_pool_keeps_a_runs_fork_server_for_later_runs_and_stops_it_at_its_end(
             other.wait(timeout=30)
     assert first.process.returncode == 0 and own.process.returncode == 0
     assert launcher._pool is None
+
+
+def test_cluster_workers_are_forked_each_in_a_session_of_its_own(
+    light_runs: None, fifo: Path, tmp_path: Path
+) -> None:
+    """A local cluster inside a run's fork server (``launch_local_workers`` given a spec file):
+    each worker is the zygote's child, leads a session and process group of its own (as
+    ``start_new_session=True`` made a fresh one: a terminal's Ctrl-C reaches the launcher only),
+    reads ``/dev/null`` and logs to its own file; one killed by SIGKILL reads -9, and the other
+    is stopped through its group at once."""
+    seen: dict[int, dict[str, object]] = {}
+    logs = tmp_path / "logs"
+
+    def inspect_then_kill(server: Zygote) -> None:
+        deadline = time.monotonic() + 60
+        pids: list[int] = []
+        while time.monotonic() < deadline:
+            if server.process is not None:
+                pids = children(server.process.pid)
+                if len(pids) == 2 and all(_blocked_on_fifo(pid) for pid in pids):
+                    break
+            time.sleep(0.05)
+        for pid in pids:
+            seen[pid] = {
+                "parent": parent_of(pid),
+                "zygote": server.process.pid if server.process else None,
+                "sid": os.getsid(pid),
+                "pgid": os.getpgid(pid),
+                "stdin": os.readlink(f"/proc/{pid}/fd/0"),
+                "stderr": os.readlink(f"/proc/{pid}/fd/2"),
+            }
+        for pid, found in seen.items():
+            if found["stderr"] == str(logs / "worker-1.log"):
+                os.kill(pid, signal.SIGKILL)
+
+    with launcher.fork_server():
+        watcher = threading.Thread(target=inspect_then_kill, args=(launcher._servers[-1],))
+        watcher.start()
+        try:
+            with pytest.raises(launcher.WorkerLaunchError) as caught:
+                launcher.launch_local_workers(
+                    2, fifo, 60.0, result_path=tmp_path / "result.json", log_dir=logs
+                )
+        finally:
+            watcher.join()
+    assert sorted(seen) == sorted(caught.value.pids), "the workers are not the zygote's children"
+    for pid, found in seen.items():
+        assert found["parent"] == found["zygote"], found
+        assert found["sid"] == found["pgid"] == pid, found
+        assert found["stdin"] == os.devnull, found
+    assert sorted(found["stderr"] for found in seen.values()) == [
+        str(logs / "worker-0.log"),
+        str(logs / "worker-1.log"),
+    ]
+    message = str(caught.value)
+    assert "worker 1 of 2" in message and "was killed by SIGKILL" in message, message
+    # Worker 0, blocked in open(), ends at the SIGTERM to its group, not after the 5 s grace.
+    assert caught.value.stop_seconds < 2.5, caught.value.stop_seconds
+    for pid in seen:
+        assert not alive(pid)
 
 
 def test_a_worker_whose_zygote_dies_fails_and_later_workers_start_fresh(
@@ -273,7 +336,7 @@ def test_a_worker_whose_zygote_dies_fails_and_later_workers_start_fresh(
             assert worker.wait(timeout=30) == 1  # killed with its zygote, unrelayed
             assert server.dead and not alive(worker.pid)
             monkeypatch.setattr(launcher, "_servers", [server])
-            process = launcher._start_worker(fifo, log, _env())
+            process = launcher._start_worker(fifo, _env(), (None, None, log.fileno()))
             assert isinstance(process, subprocess.Popen)
             process.kill()
             process.wait()
@@ -286,17 +349,20 @@ import os, sys, time
 from mpcore.run.zygote import Zygote
 server = Zygote(preload=())
 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-worker = server.spawn(sys.argv[1], env, [0, 1, 2])
+worker = server.spawn(sys.argv[1], env, [0, 1, 2], session=sys.argv[2] == "session")
 print(server.process.pid, worker.pid, flush=True)
 time.sleep(600)
 """
 
 
+@pytest.mark.parametrize("session", ["lone", "session"])
 def test_the_zygote_and_its_workers_stop_when_the_parent_is_killed(
-    fifo: Path, tmp_path: Path
+    session: str, fifo: Path, tmp_path: Path
 ) -> None:
+    """``mpbench run`` SIGKILLed: its zygote stops, and the workers with it, a cluster's worker
+    in its own session included (its parent is still the zygote)."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(PARENT), str(fifo)],
+        [sys.executable, "-c", textwrap.dedent(PARENT), str(fifo), session],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -305,6 +371,9 @@ def test_the_zygote_and_its_workers_stop_when_the_parent_is_killed(
         assert parent.stdout is not None
         zygote_pid, worker_pid = (int(pid) for pid in parent.stdout.readline().split())
         assert alive(zygote_pid) and alive(worker_pid)
+        if session == "session":
+            _wait_until(lambda: _blocked_on_fifo(worker_pid), 30, "the worker never started")
+            assert os.getsid(worker_pid) == worker_pid
     finally:
         parent.kill()
         parent.wait()

@@ -277,6 +277,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "    return list(failed)[0]",
         ("tests/test_distribute.py", "-k", "named_before"),
     ),
+    Mutant(  # a forked cluster worker left in the launcher's group: a Ctrl-C would reach it
+        "cluster-worker-keeps-the-launchers-group",
+        "mpcore/run/zygote_server.py",
+        '        if request.get("session"):\n',
+        "        if False:\n",
+        ("tests/test_zygote.py", "-k", "cluster_workers"),
+    ),
 )
 
 _PEAK_LINE = re.compile(r'DevicePeak\("(?P<name>[^"]+)", (?P<fields>[^)]*)\)')

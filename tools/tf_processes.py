@@ -52,7 +52,7 @@ def kind(argv: str) -> str:
     if first.endswith(("mpcore/run/worker.py", "mpcore.run.worker")):
         return "training worker (python -m mpcore.run.worker)"
     if first.endswith(("mpcore/run/zygote_server.py", "mpcore.run.zygote_server")):
-        return "fork server of lone workers (python -m mpcore.run.zygote_server)"
+        return "fork server of the workers (python -m mpcore.run.zygote_server)"
     if first.endswith(("mpcore/__main__.py", "/mpbench")):
         return "mpbench command (python -m mpcore, mpbench)"
     if first == "pytest-xdist-worker":

@@ -1,10 +1,12 @@
 """Starting and stopping training workers: one worker process, or a local cluster of them.
 
-A lone worker (:func:`run_worker`) trains one configuration in a fresh process, because mixed
-precision, XLA and GPU memory are process-global in TensorFlow. A local cluster
+A lone worker (:func:`run_worker`) trains one configuration in a process of its own, because
+mixed precision, XLA and GPU memory are process-global in TensorFlow. A local cluster
 (:func:`launch_local_workers`, :func:`run_local_multiworker`) runs N workers on 127.0.0.1, each
-with its own generated ``TF_CONFIG`` (free ports) and process group, and stops every one of them
-on any failure, timeout or Ctrl-C. Both run the same worker, :mod:`mpcore.run.worker`.
+with its own generated ``TF_CONFIG`` (free ports) and session (process group), and stops every
+one of them on any failure, timeout or Ctrl-C. Both run the same worker,
+:mod:`mpcore.run.worker`, and both are forked from the run's fork server where one fits
+(:func:`fork_server`, :mod:`mpcore.run.zygote`), else started as fresh processes.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from typing import Any
 from mpcore.names import TF_CONFIG_ENV
 from mpcore.run.process import signal_name
 from mpcore.run.spec import WorkerSpec
-from mpcore.run.zygote import Unavailable, Zygote, enabled
+from mpcore.run.zygote import ForkedWorker, Unavailable, Zygote, enabled
 
 WORKER_REPORT = "worker-{index}.json"
 WORKER_LOG = "worker-{index}.log"
 #: Seconds a lone worker gets to stop after the parent forwards SIGINT, before it is killed.
 STOP_GRACE_SECONDS = 20.0
+
+#: A started worker: a fresh process, or one forked by a fork server (which reads the same).
+WorkerProcess = subprocess.Popen | ForkedWorker
 
 
 class WorkerLaunchError(RuntimeError):
@@ -80,7 +85,7 @@ class LaunchOutcome:
 
 
 def _stop_all(
-    processes: Sequence[subprocess.Popen], grace_seconds: float, first: int = signal.SIGTERM
+    processes: Sequence[WorkerProcess], grace_seconds: float, first: int = signal.SIGTERM
 ) -> None:
     """Send ``first`` (SIGTERM) to every worker, SIGKILL what is left after ``grace_seconds``,
     and reap them all (so no zombie keeps a pid). A worker in its own session (a cluster
@@ -110,7 +115,7 @@ def _last_line(path: Path) -> str:
     return ""
 
 
-def _failure_message(index: int, count: int, process: subprocess.Popen, log: Path) -> str:
+def _failure_message(index: int, count: int, process: WorkerProcess, log: Path) -> str:
     code = process.returncode
     how = f"was killed by {signal_name(code)}" if code < 0 else f"exited with status {code}"
     report = log.with_name(WORKER_REPORT.format(index=index))
@@ -126,7 +131,7 @@ def _failure_message(index: int, count: int, process: subprocess.Popen, log: Pat
     )
 
 
-def _first_cause(failed: Sequence[int], processes: Sequence[subprocess.Popen]) -> int:
+def _first_cause(failed: Sequence[int], processes: Sequence[WorkerProcess]) -> int:
     """Which of the ``failed`` workers (indices), all found dead by one poll, the error names:
     one killed by a signal, else the first. A worker whose peer dies fails too, in its next
     collective (TensorFlow's ``UnavailableError``), often within one poll of the death on a
@@ -137,7 +142,7 @@ def _first_cause(failed: Sequence[int], processes: Sequence[subprocess.Popen]) -
 
 def launch_local_workers(
     count: int,
-    worker_argv: Sequence[str],
+    worker: Path | Sequence[str],
     timeout: float,
     *,
     result_path: Path,
@@ -147,41 +152,46 @@ def launch_local_workers(
     poll_seconds: float = 0.2,
     echo_chief: bool = False,
 ) -> LaunchOutcome:
-    """Run ``worker_argv`` as ``count`` local workers of one cluster and return the chief's
-    result (the JSON the chief, worker 0, writes to ``result_path``).
+    """Run ``worker`` as ``count`` local workers of one cluster and return the chief's result
+    (the JSON the chief, worker 0, writes to ``result_path``).
 
-    Each worker gets its own ``TF_CONFIG`` (127.0.0.1, free ports) and process group, and logs
-    to ``log_dir/worker-N.log`` (``echo_chief`` sends worker 0's stdout to ours instead); a
-    failure reason a worker leaves in ``log_dir/worker-N.json`` is quoted in the error. When a
-    worker fails or dies, the run exceeds ``timeout`` seconds, or Ctrl-C arrives, every worker is
-    stopped (SIGTERM, then SIGKILL after ``stop_grace_seconds``) before
-    :class:`WorkerLaunchError` (or ``KeyboardInterrupt``) is raised.
+    ``worker`` is either a spec file, for the training worker (:func:`worker_command`), forked
+    from the run's fork server where one fits (as a lone worker is: :func:`_start_worker`),
+    else started fresh; or any command line, started fresh (the launcher's own tests run
+    stand-in workers so). Each worker gets :func:`worker_env` with ``env`` and its own
+    ``TF_CONFIG`` (127.0.0.1, free ports), its own session and process group (Ctrl-C in a
+    terminal reaches us only), stdin from ``/dev/null``, and logs to ``log_dir/worker-N.log``
+    (``echo_chief`` sends worker 0's stdout to ours instead); a failure reason a worker leaves
+    in ``log_dir/worker-N.json`` is quoted in the error. When a worker fails or dies, the run
+    exceeds ``timeout`` seconds, or Ctrl-C arrives, every worker is stopped (SIGTERM, then
+    SIGKILL after ``stop_grace_seconds``) before :class:`WorkerLaunchError` (or
+    ``KeyboardInterrupt``) is raised.
     """
     result_path, log_dir = Path(result_path), Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         result_path.unlink()  # a stale result must not pass for this run's
-    base_env = {**os.environ, **(env or {})}
-    base_env.setdefault("PYTHONUNBUFFERED", "1")
-    processes: list[subprocess.Popen] = []
+    if isinstance(worker, str):  # a spec's path as a str would run as a command of letters
+        raise TypeError("worker: a spec file's Path or a command line's list, not a str")
+    base_env = worker_env(env)
+    processes: list[WorkerProcess] = []
     log_paths: list[Path] = []
     started = time.monotonic()
     try:
-        for index, tf_config in enumerate(local_tf_configs(count)):
-            log_path = log_dir / WORKER_LOG.format(index=index)
-            log_paths.append(log_path)
-            with open(log_path, "w") as log:
-                stdout = None if echo_chief and index == 0 else log
-                processes.append(
-                    subprocess.Popen(
-                        list(worker_argv),
-                        stdout=stdout,
-                        stderr=log,
-                        stdin=subprocess.DEVNULL,
-                        env={**base_env, TF_CONFIG_ENV: json.dumps(tf_config)},
-                        start_new_session=True,  # own process group; Ctrl-C reaches us only
+        with open(os.devnull) as devnull:
+            for index, tf_config in enumerate(local_tf_configs(count)):
+                log_path = log_dir / WORKER_LOG.format(index=index)
+                log_paths.append(log_path)
+                with open(log_path, "w") as log:
+                    stdout = None if echo_chief and index == 0 else log.fileno()
+                    processes.append(
+                        _start_worker(
+                            worker,
+                            {**base_env, TF_CONFIG_ENV: json.dumps(tf_config)},
+                            (devnull.fileno(), stdout, log.fileno()),
+                            session=True,  # own process group; Ctrl-C reaches us only
+                        )
                     )
-                )
         while True:
             failed = [i for i, process in enumerate(processes) if process.poll() not in (None, 0)]
             if failed:
@@ -269,16 +279,44 @@ def fork_server_pool() -> Iterator[None]:
             server.close()
 
 
-def _start_worker(spec_path: Path, log: Any, env: dict[str, str]) -> Any:
-    """A lone worker: forked by a kept fork server that fits its environment, else by the
-    run's own, else (none can) a fresh process; a ``subprocess.Popen`` or a
+def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A worker's environment: ours with ``extra``, unbuffered output, TensorFlow's native
+    logging quietened unless chosen. The same for a lone worker and a cluster's, so that one
+    fork server fits both (:func:`mpcore.run.zygote.compatible`)."""
+    env = {**os.environ, **(extra or {}), "PYTHONUNBUFFERED": "1"}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def _start_worker(
+    worker: Path | Sequence[str],
+    env: dict[str, str],
+    stdio: tuple[int | None, int | None, int | None],
+    *,
+    session: bool = False,
+) -> WorkerProcess:
+    """Start a worker with ``env``, and stdin, stdout and stderr the file descriptors
+    ``stdio`` (None: ours), in a session of its own when ``session`` (a cluster worker).
+
+    ``worker`` is a spec file (the training worker): inside :func:`fork_server`, forked by a
+    kept fork server that fits its environment, else by the run's own, else (none can) a fresh
+    process; or a command line: a fresh process. A ``subprocess.Popen`` or a
     :class:`mpcore.run.zygote.ForkedWorker`."""
-    if _servers and enabled(env):
+    if isinstance(worker, Path) and _servers and enabled(env):
+        fds = [ours if fd is None else fd for ours, fd in enumerate(stdio)]
         kept = [server for server in _pool or () if server.fits(env)]
         for server in [*kept, _servers[-1]]:
             with contextlib.suppress(Unavailable):
-                return server.spawn(str(spec_path), env, [0, 1, log.fileno()])
-    return subprocess.Popen(worker_command(spec_path), stderr=log, env=env)
+                return server.spawn(str(worker), env, fds, session=session)
+    stdin, stdout, stderr = stdio
+    return subprocess.Popen(
+        worker_command(worker) if isinstance(worker, Path) else list(worker),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        env=env,
+        start_new_session=session,
+    )
 
 
 def run_worker(spec: WorkerSpec, spec_path: Path, log_path: Path) -> int:
@@ -290,10 +328,8 @@ def run_worker(spec: WorkerSpec, spec_path: Path, log_path: Path) -> int:
     Inside :func:`fork_server` the worker is forked from TensorFlow already imported.
     """
     spec.write(spec_path)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with open(log_path, "w") as log:
-        process = _start_worker(spec_path, log, env)
+        process = _start_worker(Path(spec_path), worker_env(), (None, None, log.fileno()))
         try:
             return process.wait()
         except KeyboardInterrupt:
@@ -316,7 +352,9 @@ def run_local_multiworker(
     ``result.json`` go to ``workdir`` (``spec``'s result path and worker folder are replaced).
     The outcome's result is the chief's record (as :func:`mpcore.run.store.finished_record`
     makes it) plus ``weights_sha256`` and ``workers`` (every worker's report); raises
-    :class:`WorkerLaunchError` if a worker fails or the workers' weights differ.
+    :class:`WorkerLaunchError` if a worker fails or the workers' weights differ. Inside
+    :func:`fork_server` the workers are forked from TensorFlow already imported, each in a
+    session of its own (``MPBENCH_FORK_SERVER=0``: fresh processes).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +371,7 @@ def run_local_multiworker(
             (workdir / WORKER_REPORT.format(index=index)).unlink()
     outcome = launch_local_workers(
         workers,
-        worker_command(spec_path),
+        spec_path,
         timeout,
         result_path=Path(spec.result_path),
         log_dir=workdir,

@@ -1,19 +1,25 @@
-"""A fork server for lone workers: TensorFlow imported once per run, one fork per worker.
+"""A fork server for a run's workers: TensorFlow imported once per run, one fork per worker.
 
-Every lone worker is a fresh process because mixed precision, XLA and the devices are
+Every worker is a process of its own because mixed precision, XLA and the devices are
 process-global in TensorFlow; but importing TensorFlow and Keras costs seconds of CPU, paid again
-by every repeat. The zygote (``python -m mpcore.run.zygote_server FD PID``, started once per
-``mpbench run``) imports TensorFlow, Keras and the worker's modules, never runs an op nor lists a
-device, and forks one child per request: the child is a fresh TensorFlow process in everything
-but the import, so it still chooses its logical CPUs, GPUs, precision policy and XLA itself.
+by every repeat and every worker of a cluster. The zygote (``python -m mpcore.run.zygote_server
+FD PID``, started once per ``mpbench run``) imports TensorFlow, Keras and the worker's modules,
+never runs an op nor lists a device, and forks one child per request: the child is a fresh
+TensorFlow process in everything but the import, so it still chooses its logical CPUs, GPUs,
+precision policy and XLA itself, and a cluster worker starts its gRPC server and TensorFlow's
+coordination service (``MultiWorkerMirroredStrategy``, its ``TF_CONFIG`` read at run time) after
+the fork, in the child.
 
 Requests and replies are JSON messages on an ``AF_UNIX`` ``SOCK_SEQPACKET`` pair; a request
 carries the child's stdin, stdout and stderr as file descriptors (``SCM_RIGHTS``), its
-environment and working folder. The zygote replies with the child's pid, reaps it and relays its
-raw wait status, so the parent's :class:`ForkedWorker` reads like a ``subprocess.Popen``: -9 for
-a worker killed by SIGKILL. The zygote ignores SIGINT (a terminal's Ctrl-C reaches the whole
-foreground group, workers included, which stop as before), and exits, killing any child left,
-when the parent closes its socket or dies; a child is killed when the zygote dies.
+environment and working folder, and whether it starts a session of its own (a cluster worker,
+as ``Popen(start_new_session=True)`` started one: ``os.setsid()`` is the child's first act). The
+zygote replies with the child's pid, reaps it and relays its raw wait status, so the parent's
+:class:`ForkedWorker` reads like a ``subprocess.Popen``: -9 for a worker killed by SIGKILL. The
+zygote ignores SIGINT (a terminal's Ctrl-C reaches the whole foreground group, lone workers
+included, which stop as before; a cluster worker, in its own session, is stopped by the
+launcher), and exits, killing any child left, when the parent closes its socket or dies; a
+child is killed when the zygote dies.
 
 Variables that TensorFlow reads at import cannot change after the fork: :func:`compatible`
 accepts a request only when its environment and folder are the zygote's but for the variables
@@ -159,9 +165,18 @@ class Zygote:
                 break
         return self._statuses.pop(pid, None)
 
-    def spawn(self, spec_path: str, env: Mapping[str, str], fds: Sequence[int]) -> ForkedWorker:
-        """Fork a worker training ``spec_path`` with ``env`` and stdin/stdout/stderr ``fds``;
-        raises :class:`Unavailable` when the zygote cannot (the caller starts a fresh one)."""
+    def spawn(
+        self,
+        spec_path: str,
+        env: Mapping[str, str],
+        fds: Sequence[int],
+        *,
+        session: bool = False,
+    ) -> ForkedWorker:
+        """Fork a worker training ``spec_path`` with ``env`` and stdin/stdout/stderr ``fds``,
+        in a session (and process group) of its own when ``session`` (a cluster worker, as
+        ``Popen(start_new_session=True)`` would start it); raises :class:`Unavailable` when the
+        zygote cannot (the caller starts a fresh one)."""
         if self.dead:
             raise Unavailable("the fork server has died")
         if self.process is None:
@@ -180,7 +195,7 @@ class Zygote:
         if not self._ready:
             self.close()
             raise Unavailable("the fork server did not start")
-        request = {"spec": spec_path, "env": dict(env), "cwd": os.getcwd()}
+        request = {"spec": spec_path, "env": dict(env), "cwd": os.getcwd(), "session": session}
         try:
             assert self._sock is not None
             socket.send_fds(self._sock, [json.dumps(request).encode()], list(fds))

@@ -41,6 +41,11 @@ def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int], pare
     with its status (never returns)."""
     code = 1
     try:
+        if request.get("session"):
+            # First: until then the child is in the zygote's group (the launcher's), where a
+            # Ctrl-C or a signal to that group would reach it; the launcher signals a cluster
+            # worker's own group.
+            os.setsid()
         _die_with(parent)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
