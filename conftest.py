@@ -26,8 +26,8 @@ os.environ.setdefault(
 # TensorFlow's own multi-process tests set this too (tensorflow/python/distribute/
 # multi_process_lib.py); children inherit it.
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-# A shell without job control starts a background command (`pytest ... &` in a script, `nohup`)
-# with SIGINT ignored, and a process inherits that: Python then installs no KeyboardInterrupt
+# A shell without job control starts a background command (`pytest ... &` in a script) with
+# SIGINT ignored, and a process inherits that: Python then installs no KeyboardInterrupt
 # handler, and every process the suite starts ignores Ctrl-C too. The tests of Ctrl-C (SIGINT
 # to this process or to an `mpbench run`) then fail for the way pytest was started (a launcher
 # test timed out after 60 s; a run finished instead of stopping). Python's own handler again,

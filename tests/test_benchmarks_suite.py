@@ -364,3 +364,29 @@ def test_bad_fake_gpu_fails_in_one_line(
     result.stderr.fnmatch_lines(
         [f"ERROR: {FAKE_GPU_ENV}='T4' is not 'none' or 'NAME@MAJOR.MINOR'*"]
     )
+
+
+@pytest.mark.parametrize(
+    ("numprocesses", "worker", "args", "controller_only"),
+    [
+        (2, False, ["-n", "2"], True),  # the README's command: the controller imports nothing
+        (2, False, ["-n", "2", "--mp-allow-cpu"], False),  # tox -m ci: checked once, here
+        (2, False, ["-n", "2", "--mp-model=vgg"], False),
+        (0, False, ["-n", "0"], False),  # no workers: this process runs the benchmarks
+        (None, False, [], False),  # no xdist
+        (2, True, ["-n", "2"], False),  # a worker resolves its own
+    ],
+)
+def test_only_an_xdist_controller_without_mp_options_leaves_them_unresolved(
+    numprocesses: int | None, worker: bool, args: list[str], controller_only: bool
+) -> None:
+    from types import SimpleNamespace
+
+    from mpcore.bench.plugin import _controller_only
+
+    config = SimpleNamespace(
+        option=SimpleNamespace(numprocesses=numprocesses),
+        invocation_params=SimpleNamespace(args=tuple(args)),
+        **({"workerinput": {}} if worker else {}),
+    )
+    assert _controller_only(config) is controller_only

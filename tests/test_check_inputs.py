@@ -134,10 +134,10 @@ def test_working_folder_is_on_the_path_and_start_up_is_quiet(tmp_path):
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "my_factories.py").write_text(source)
     # What the console script is: a file elsewhere (its own folder, not the working one, starts
-    # sys.path) that calls main(). `python -c` would put the working folder there itself.
+    # sys.path) that calls console(). `python -c` would put the working folder there itself.
     (tmp_path / "bin").mkdir()
     launcher = tmp_path / "bin" / "mpbench_script.py"
-    launcher.write_text("import sys\nfrom mpcore.face.cli import main\nsys.exit(main())\n")
+    launcher.write_text("import sys\nfrom mpcore.face.cli import console\nsys.exit(console())\n")
     result = subprocess.run(
         [sys.executable, str(launcher), "check", "my_factories:raises", "--out", "o"],
         cwd=tmp_path / "work",

@@ -284,6 +284,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "        if False:\n",
         ("tests/test_zygote.py", "-k", "cluster_workers"),
     ),
+    Mutant(  # os._exit straight away: a thread's last write and buffered output lost
+        "exit-now-skips-threading-shutdown",
+        "mpcore/run/process.py",
+        "    if shutdown is not None:\n        shutdown()\n",
+        "    if shutdown is not None:\n        pass\n",
+        ("tests/test_exit_now.py",),
+    ),
 )
 
 _PEAK_LINE = re.compile(r'DevicePeak\("(?P<name>[^"]+)", (?P<fields>[^)]*)\)')

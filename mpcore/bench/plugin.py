@@ -280,9 +280,9 @@ def _user_model_shape(
 
 
 def _controller_only(config: pytest.Config) -> bool:
-    """pytest-xdist's controller, given no ``--mp-*`` option: it runs no benchmark, and resolving
-    the options (importing TensorFlow: 4-5 s on a small CPU) would delay every worker's start.
-    Given options are checked here too: a bad one is one line, not one per worker."""
+    """pytest-xdist's controller, no ``--mp-*`` on its command line: it runs no benchmark, and
+    resolving the options (importing TensorFlow: 4-5 s) would delay every worker's start. Options
+    given there are checked here (one line for a bad one); PYTEST_ADDOPTS's, by each worker."""
     return (
         bool(getattr(config.option, "numprocesses", None))
         and not hasattr(config, "workerinput")

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from mpcore.face import check_cmd, compare_cmd, maxbatch_cmd, profile_cmd
 from mpcore.face.common import (
@@ -240,7 +241,7 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mpbench`` console script."""
+    """``mpbench ARGV`` in this process: its exit status (the console script is :func:`console`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
@@ -263,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def console() -> None:
+def console() -> NoReturn:
     """The ``mpbench`` console script and ``python -m mpcore``: :func:`main` in a process of its
     own, which ends without the interpreter's teardown (:func:`mpcore.run.process.exit_now`)."""
     code = main()

@@ -172,7 +172,7 @@ def launch_local_workers(
     with contextlib.suppress(FileNotFoundError):
         result_path.unlink()  # a stale result must not pass for this run's
     if isinstance(worker, str):  # a spec's path as a str would run as a command of letters
-        raise TypeError("worker: a spec file's Path or a command line's list, not a str")
+        raise TypeError(f"worker: a spec file's Path or a command line's list, got {worker!r}")
     base_env = worker_env(env)
     processes: list[WorkerProcess] = []
     log_paths: list[Path] = []
@@ -246,7 +246,8 @@ POOL_SIZE = 2
 
 @contextlib.contextmanager
 def fork_server() -> Iterator[None]:
-    """Within the block, :func:`run_worker` forks lone workers from one zygote (started by the
+    """Within the block, :func:`run_worker` and :func:`launch_local_workers` fork workers, lone
+    and cluster ones, from one zygote (started by the
     first of them; see :mod:`mpcore.run.zygote`), which is stopped when the block ends, or kept
     for later runs inside :func:`fork_server_pool`."""
     server = Zygote()

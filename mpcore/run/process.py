@@ -71,14 +71,21 @@ def exit_now(code: int) -> NoReturn:
     Once TensorFlow has run ops, the interpreter's teardown (freeing every module, TensorFlow's
     static objects) takes 1.0-1.5 s and about 0.9 CPU-second on a small CPU and checks nothing;
     a test suite that starts a dozen ``mpbench`` commands and cluster workers pays it a dozen
-    times. What the teardown does that matters is kept, in its order: wait for the threads that
-    are not daemons, run the ``atexit`` functions (logging's flush, TensorFlow's and absl's own),
-    flush stdout and stderr. For the ``__main__`` of a process only, never a library call.
+    times. What the teardown does that matters is kept, in its order: threading's own shutdown
+    (its exit hooks, which stop ``concurrent.futures``' idle pool threads, then a wait for the
+    threads that are not daemons), the ``atexit`` functions (logging's flush, TensorFlow's and
+    absl's own), stdout and stderr flushed. For the ``__main__`` of a process only (it must run
+    in the main thread), never a library call.
     """
-    main = threading.main_thread()
-    for thread in threading.enumerate():
-        if thread is not main and not thread.daemon and thread is not threading.current_thread():
-            thread.join()
+    # threading._shutdown is what the interpreter's exit calls first (Py_FinalizeEx): joining
+    # the threads by hand would skip its hooks, and an executor left open would wait forever.
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    else:
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
     with contextlib.suppress(BaseException):
         atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

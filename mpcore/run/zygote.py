@@ -77,7 +77,7 @@ class Unavailable(RuntimeError):
 
 
 def enabled(env: Mapping[str, str]) -> bool:
-    """Whether lone workers may be forked: not switched off, Linux (``SOCK_SEQPACKET``), and the
+    """Whether workers may be forked: not switched off, Linux (``SOCK_SEQPACKET``), and the
     TensorFlow backend (the only one whose imports were checked to leave no runtime behind)."""
     return (
         env.get(SWITCH_ENV, "1") != "0"
