@@ -14,7 +14,6 @@ need the same split CPU.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ import tensorflow as tf
 
 from mpcore.data.ships import read_ship_index, stratified_split
 from mpcore.precision.modes import ModeMismatchError, RunConfig, applied, check_model
+from mpcore.run.process import end_process
 from mpcore.train.fit import build_compiled, train
 from mpcore.train.replicas import check_replicated, configure_logical_cpus, make_strategy
 from mpcore.train.settings import TrainSettings
@@ -229,10 +229,6 @@ def main(data_root: str, benchmark_json: str | None = None) -> None:
 if __name__ == "__main__":
     main(*sys.argv[1:])
     # The report is out: leave without the interpreter's teardown, which once TensorFlow has
-    # run ops takes 1.0-1.5 s and about 0.9 CPU-second (measured on a small Keras fit: 0.07 s
-    # with os._exit) and checks nothing. A forked worker leaves the same way
-    # (mpcore/run/zygote_server.py).
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # run ops takes 1.0-1.5 s and about 0.9 CPU-second and checks nothing, as a forked worker
+    # leaves (mpcore.run.process.end_process).
+    end_process(0)

@@ -86,11 +86,22 @@ def exit_now(code: int) -> NoReturn:
         for thread in threading.enumerate():
             if thread is not threading.current_thread() and not thread.daemon:
                 thread.join()
+    end_process(code)
+
+
+def end_process(code: int) -> NoReturn:
+    """The last of :func:`exit_now`, without its wait for threads (a forked worker, which leaves
+    from its fork's one thread, and a test probe end here): the ``atexit`` functions, stdout and
+    stderr flushed, then ``os._exit(code)``; a negative ``code`` ends the process killed by that
+    signal, as a fresh interpreter ends on an uncaught ``KeyboardInterrupt`` (-2)."""
     with contextlib.suppress(BaseException):
         atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BaseException):
             stream.flush()
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
     os._exit(code)
 
 

@@ -7,7 +7,6 @@ for the parent's side and why), until ``mpbench run`` (``PARENT_PID``) closes th
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import gc
@@ -21,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mpcore.run.process import end_process
 from mpcore.run.zygote import FORKED_ENV, MESSAGE_BYTES
 
 #: ``prctl``'s option: the signal this process gets when its parent dies (linux/prctl.h).
@@ -71,14 +71,7 @@ def _child(request: dict[str, Any], fds: list[int], closing: Sequence[int], pare
 
         traceback.print_exc()
     finally:
-        with contextlib.suppress(BaseException):
-            atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        if code < 0:
-            signal.signal(-code, signal.SIG_DFL)
-            os.kill(os.getpid(), -code)
-        os._exit(code)
+        end_process(code)
 
 
 def serve(sock: socket.socket, parent_pid: int) -> None:
